@@ -1,0 +1,90 @@
+"""The `edgepipe` command. A thin layer: each subcommand lives next to the code it drives and is
+imported only when used, so `edgepipe --help` does not load torch."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+
+import click
+
+from edgepipe import __version__
+from edgepipe.errors import EdgepipeError
+
+# command name -> "module:attribute"; adding a command is one line here.
+COMMANDS = {
+    "capture": "edgepipe.pipeline.cli:capture",
+    "monitor": "edgepipe.pipeline.cli:monitor",
+    "demo": "edgepipe.pipeline.cli:demo",
+    "train": "edgepipe.train.cli:train",
+    "export": "edgepipe.train.cli:export",
+    "eval": "edgepipe.evaluation.cli:evaluate",
+    "build-engine": "edgepipe.engines.tensorrt_cli:build_engine",
+    "calibrate": "edgepipe.calibration.cli:calibrate",
+    "keys": "edgepipe.pipeline.keys_cli:keys",
+}
+
+HELP = {
+    "capture": "Edge loop: source -> pre-transform -> HEVC -> ZeroMQ.",
+    "monitor": "Server side: decode, classify, report accuracy against bitrate.",
+    "demo": "Whole pipeline on loopback with bundled images; prints the table.",
+    "train": "Train an ED pre-transform against a frozen recognizer.",
+    "export": "Export a trained ED (.pt) to ONNX with dynamic H and W.",
+    "eval": "Offline accuracy-vs-bpp curves and BD-Rate(accuracy) tables.",
+    "build-engine": "Build a TensorRT .plan from an ONNX model.",
+    "calibrate": "INT8 calibration data for TensorRT from real images.",
+    "keys": "Generate CURVE key pairs for secure transport.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(name for name in COMMANDS if self._importable(name))
+
+    @staticmethod
+    def _importable(name: str) -> bool:
+        module = COMMANDS[name].split(":")[0]
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # its parent package is not there (yet)
+            return False
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or not self._importable(name):
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, HELP.get(name, "")) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgepipeError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgepipe")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """edgepipe: recognition-aware camera ingestion.
+
+    A learned encoder-decoder pre-transform before HEVC lowers the bits a camera sends while
+    keeping what a classifier on the server needs.
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    cli(prog_name="edgepipe")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

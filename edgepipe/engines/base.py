@@ -1,0 +1,47 @@
+"""The one interface every pre-transform engine implements.
+
+An engine takes a batch of uint8 RGB frames (N, H, W, 3) and returns frames of the same shape and
+dtype. Inside, models see float32 NCHW in [0, 1] (the layout exported ONNX models and TensorRT
+plans use); the two helpers below are the only place that conversion is written.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Engine(Protocol):
+    model_id: str  # travels in the stream header, so the server knows what made the frames
+
+    def run(self, frames: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def to_model_input(frames: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 NHWC RGB -> float32 NCHW in [0, 1]; writes into `out` when given (no allocation)."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 (N, H, W, 3) RGB frames, got {frames.dtype} {frames.shape}")
+    if out is None:
+        out = np.empty((frames.shape[0], 3, frames.shape[1], frames.shape[2]), np.float32)
+    np.multiply(frames.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=out)
+    return out
+
+
+def from_model_output(x: np.ndarray) -> np.ndarray:
+    """float NCHW in [0, 1] -> uint8 NHWC RGB, rounded and clamped to valid pixels."""
+    y = np.clip(x.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255)
+    return np.ascontiguousarray(y.astype(np.uint8))
+
+
+class IdentityEngine:
+    """`--engine none`: no pre-transform; frames pass through untouched."""
+
+    model_id = "none"
+
+    def run(self, frames: np.ndarray) -> np.ndarray:
+        return frames
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,45 @@
+"""Pre-transform on ONNX Runtime: CPU everywhere, CUDA/TensorRT providers where installed."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from edgepipe.engines.base import from_model_output, to_model_input
+from edgepipe.errors import EdgepipeError
+
+_PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OnnxEngine:
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EdgepipeError("onnxruntime is not installed: pip install onnxruntime") from None
+        path = Path(path)
+        if not path.is_file():
+            raise EdgepipeError(f"model file not found: {path}")
+        available = ort.get_available_providers()
+        providers = providers or [p for p in _PREFERRED if p in available]
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types
+            raise EdgepipeError(f"{path} is not a loadable ONNX model: {str(exc).splitlines()[0][:200]}") from None
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise EdgepipeError(f"{path}: expected one input and one output, got {len(inputs)} and {len(outputs)}")
+        self._input, self._output = inputs[0].name, outputs[0].name
+        self.providers = self._session.get_providers()
+        self.model_id = f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
+
+    def run(self, frames: np.ndarray) -> np.ndarray:
+        y = self._session.run([self._output], {self._input: to_model_input(frames)})[0]
+        return from_model_output(y)
+
+    def close(self) -> None:
+        self._session = None

