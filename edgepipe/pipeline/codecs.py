@@ -1,0 +1,181 @@
+"""Real codecs: HEVC through PyAV (libx265, or hevc_nvenc on NVIDIA), JPEG and JPEG 2000 through OpenCV.
+
+Every encoder reports the exact size in bytes of each encoded frame; bits per pixel are computed from
+those sizes and nothing else. Frames are uint8 RGB (H, W, 3).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from edgepipe.errors import EdgepipeError
+
+log = logging.getLogger(__name__)
+
+HEVC_ENCODERS = ("libx265", "hevc_nvenc")
+STILL_CODECS = ("jpeg", "jpeg2000", "hevc")
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    data: bytes
+    keyframe: bool
+    pts: int
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+def _pad_even(frame: np.ndarray) -> np.ndarray:
+    """4:2:0 needs even sizes: replicate the last row/column where needed."""
+    h, w = frame.shape[:2]
+    if h % 2 == 0 and w % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def hevc_encoder_available(name: str) -> bool:
+    import av
+
+    try:
+        av.codec.Codec(name, "w")
+    except Exception:  # av raises UnknownCodecError / FFmpegError depending on the version
+        return False
+    return True
+
+
+def check_hevc_support(encoder: str = "libx265") -> None:
+    """Fail early, in one line, when this PyAV build cannot encode HEVC (PyAV 14.3/14.4 wheels lack libx265)."""
+    if not hevc_encoder_available(encoder):
+        import av
+
+        raise EdgepipeError(
+            f"this PyAV build ({av.__version__}) has no {encoder} encoder; "
+            "PyAV 14.3/14.4 wheels lack libx265 - install another version, e.g. pip install 'av>=15'"
+        )
+
+
+class HevcEncoder:
+    """Low-latency HEVC: one packet out per frame in, no B-frames, no lookahead.
+
+    gop=0 means intra-only. Parameter sets are repeated at every keyframe, so a decoder that joins
+    mid-stream can start at the next keyframe. `force_keyframe` asks for an IDR frame now.
+    """
+
+    def __init__(self, width: int, height: int, qp: int | None = 32, crf: float | None = None,
+                 gop: int = 30, preset: str = "ultrafast", encoder: str = "libx265", fps: float = 30.0):
+        import av
+
+        if encoder == "auto":
+            encoder = next((e for e in ("hevc_nvenc", "libx265") if hevc_encoder_available(e)), "libx265")
+        check_hevc_support(encoder)
+        if (qp is None) == (crf is None):
+            raise EdgepipeError("give exactly one of qp or crf")
+        if qp is not None and not 0 <= qp <= 51:
+            raise EdgepipeError(f"qp must be in 0..51, got {qp}")
+        self.width, self.height = width, height
+        self.qp, self.crf, self.gop, self.encoder = qp, crf, gop, encoder
+        self._pts = 0
+        ctx = av.CodecContext.create(encoder, "w")
+        ctx.width, ctx.height = width + width % 2, height + height % 2
+        ctx.pix_fmt = "yuv420p"
+        ctx.time_base = Fraction(1, 1000)
+        ctx.framerate = Fraction(fps).limit_denominator(1001)
+        keyint = 1 if gop <= 0 else gop
+        if encoder == "libx265":
+            rate = f"qp={qp}" if qp is not None else f"crf={crf}"
+            params = f"{rate}:keyint={keyint}:min-keyint={keyint}:scenecut=0:repeat-headers=1:log-level=error"
+            ctx.options = {"preset": preset, "tune": "zerolatency", "x265-params": params, "forced-idr": "1"}
+        else:  # hevc_nvenc: constant QP, low-latency tuning, no B-frames
+            ctx.gop_size = keyint
+            ctx.max_b_frames = 0
+            opts = {"preset": "p1", "tune": "ll", "forced-idr": "1", "zerolatency": "1"}
+            opts.update({"rc": "constqp", "qp": str(qp)} if qp is not None else {"rc": "vbr", "cq": str(int(crf))})
+            ctx.options = opts
+        ctx.open()
+        self._ctx = ctx
+
+    def encode(self, frame: np.ndarray, force_keyframe: bool = False) -> list[EncodedFrame]:
+        import av
+
+        if frame.shape[:2] != (self.height, self.width):
+            raise ValueError(f"frame is {frame.shape[1]}x{frame.shape[0]}, encoder is {self.width}x{self.height}")
+        vf = av.VideoFrame.from_ndarray(_pad_even(frame), format="rgb24")
+        vf.pts = self._pts
+        self._pts += 1
+        if force_keyframe or self.gop <= 0:
+            vf.pict_type = av.video.frame.PictureType.I
+        return self._packets(self._ctx.encode(vf))
+
+    def flush(self) -> list[EncodedFrame]:
+        return self._packets(self._ctx.encode(None))
+
+    @staticmethod
+    def _packets(packets) -> list[EncodedFrame]:
+        return [EncodedFrame(bytes(p), bool(p.is_keyframe), int(p.pts or 0)) for p in packets]
+
+
+class HevcDecoder:
+    """Decodes one packet at a time; returns RGB frames cropped to (height, width) when given."""
+
+    def __init__(self):
+        import av
+
+        self._ctx = av.CodecContext.create("hevc", "r")
+
+    def decode(self, data: bytes, width: int | None = None, height: int | None = None) -> list[np.ndarray]:
+        import av
+
+        frames = self._ctx.decode(av.Packet(data))
+        out = [f.to_ndarray(format="rgb24") for f in frames]
+        if width and height:
+            out = [f[:height, :width] for f in out]
+        return out
+
+
+# --- still images -------------------------------------------------------------------------------
+
+def encode_image(codec: str, image: np.ndarray, quality: float) -> bytes:
+    """Encode one RGB image. quality: JPEG quality 1..100; JPEG 2000 compression x1000 (OpenCV's
+    IMWRITE_JPEG2000_COMPRESSION_X1000, higher = more bits); HEVC intra QP 0..51 (lower = more bits)."""
+    import cv2
+
+    if codec == "jpeg":
+        ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    elif codec == "jpeg2000":
+        ok, buf = cv2.imencode(".jp2", image[..., ::-1], [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, int(quality)])
+    elif codec == "hevc":
+        h, w = image.shape[:2]
+        enc = HevcEncoder(w, h, qp=int(quality), gop=0, preset="medium")
+        packets = enc.encode(image) + enc.flush()
+        return b"".join(p.data for p in packets)
+    else:
+        raise EdgepipeError(f"unknown codec {codec!r}; choose one of {', '.join(STILL_CODECS)}")
+    if not ok:
+        raise EdgepipeError(f"OpenCV could not encode {codec} (is it in this OpenCV build?)")
+    return buf.tobytes()
+
+
+def decode_image(codec: str, data: bytes, width: int | None = None, height: int | None = None) -> np.ndarray:
+    import cv2
+
+    if codec in ("jpeg", "jpeg2000"):
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"undecodable {codec} payload ({len(data)} bytes)")
+        return np.ascontiguousarray(bgr[..., ::-1])
+    if codec == "hevc":
+        frames = HevcDecoder().decode(data, width, height)
+        if not frames:
+            raise ValueError(f"undecodable hevc payload ({len(data)} bytes)")
+        return frames[0]
+    raise EdgepipeError(f"unknown codec {codec!r}; choose one of {', '.join(STILL_CODECS)}")
+
+
+def bits_per_pixel(num_bytes: int, width: int, height: int) -> float:
+    """bpp = encoded bytes x 8 / pixels of the coded image."""
+    return num_bytes * 8.0 / (width * height)

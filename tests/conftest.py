@@ -1,0 +1,47 @@
+"""Shared fixtures: real data from ../shared/data (or $EDGEPIPE_SHARED_DATA)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EDGEPIPE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path} (set EDGEPIPE_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _require(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def imagenette_val() -> Path:
+    return _require(SHARED_DATA / "imagenette" / "val")
+
+
+@pytest.fixture(scope="session")
+def imagenette_train() -> Path:
+    return _require(SHARED_DATA / "imagenette" / "train")
+
+
+@pytest.fixture(scope="session")
+def video_clip() -> Path:
+    return _require(SHARED_DATA / "video" / "car-detection.mp4")
+
+
+@pytest.fixture(scope="session")
+def small_val_folder(tmp_path_factory, imagenette_val) -> Path:
+    """A labelled folder of 4 real images from each of 3 classes (symlinks, no copies)."""
+    root = tmp_path_factory.mktemp("small_val")
+    for synset in sorted(os.listdir(imagenette_val))[:3]:
+        (root / synset).mkdir()
+        for name in sorted(os.listdir(imagenette_val / synset))[:4]:
+            (root / synset / name).symlink_to(imagenette_val / synset / name)
+    return root
