@@ -88,7 +88,7 @@ class HevcEncoder:
         keyint = 1 if gop <= 0 else gop
         if encoder == "libx265":
             rate = f"qp={qp}" if qp is not None else f"crf={crf}"
-            params = f"{rate}:keyint={keyint}:min-keyint={keyint}:scenecut=0:repeat-headers=1:log-level=error"
+            params = f"{rate}:keyint={keyint}:min-keyint={keyint}:scenecut=0:repeat-headers=1:info=0:log-level=error"
             ctx.options = {"preset": preset, "tune": "zerolatency", "x265-params": params, "forced-idr": "1"}
         else:  # hevc_nvenc: constant QP, low-latency tuning, no B-frames
             ctx.gop_size = keyint
