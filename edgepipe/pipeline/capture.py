@@ -1,0 +1,214 @@
+"""The edge loop: source -> pre-transform engine -> encoder -> ZeroMQ, as four overlapping stages.
+
+Each stage is a thread joined to the next by a bounded queue; the heavy work in every stage (OpenCV,
+ONNX Runtime / TensorRT, libx265, ZeroMQ) releases the GIL, so the loop runs at the rate of its
+slowest stage rather than the sum. Drop policy: a live source drops frames *before* inference when
+the pipeline is full (counted by cause); nothing is dropped after encoding, since a P-frame needs
+every frame before it. Files and folders are replayed losslessly: their reader waits instead.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgepipe.engines import Engine, load_engine
+from edgepipe.pipeline.codecs import HevcEncoder, encode_image
+from edgepipe.pipeline.frames import Frame, ReadStatus
+from edgepipe.pipeline.sources import Source, open_source
+from edgepipe.pipeline.stats import CaptureStats
+from edgepipe.pipeline.transport import FrameHeader, Publisher
+
+log = logging.getLogger(__name__)
+
+_END = object()  # travels down the queues once the source ends or a stop is asked for
+
+
+@dataclass
+class CaptureSettings:
+    source: str
+    publish: str
+    engine: str = "none"
+    codec: str = "hevc"  # hevc, or jpeg / jpeg2000 for still frames
+    qp: int | None = 32  # HEVC QP; for jpeg the quality, for jpeg2000 the compression x1000
+    crf: float | None = None
+    gop: int = 30  # frames per keyframe; 0 = intra-only
+    preset: str = "ultrafast"
+    encoder: str = "libx265"
+    frames: int | None = None  # stop after this many frames
+    size: tuple[int, int] | None = None
+    crop: bool = False
+    realtime: bool = False  # pace files and folders at the source's frame rate
+    fps: float | None = None  # pacing rate when the source has none (folders)
+    loop: bool = False
+    stream_id: str = "cam0"
+    queue_size: int = 4
+    wait_subscriber_s: float = 0.0
+
+
+class CaptureLoop:
+    def __init__(self, settings: CaptureSettings, source: Source | None = None, engine: Engine | None = None,
+                 publisher: Publisher | None = None):
+        self.settings = settings
+        self.stats = CaptureStats()
+        # Open everything before any thread starts, so bad input fails here with one clear line.
+        self.source = source or open_source(settings.source, settings.size, settings.crop, settings.loop)
+        self.engine = engine or load_engine(settings.engine)
+        self._own_publisher = publisher is None
+        self.publisher = publisher or Publisher(settings.publish)
+        self.epoch = int(time.time() * 1000) & 0xFFFFFFFF  # a restart starts a new accounting period
+        self._keyframe_wanted = threading.Event()
+        self._abort = threading.Event()  # set on errors: every stage stops at once
+        self.errors: list[BaseException] = []
+
+    def request_keyframe(self) -> None:
+        """Thread-safe: the next encoded frame will be an IDR frame (e.g. after loss at the monitor)."""
+        self.stats.keyframe_requests += 1
+        self._keyframe_wanted.set()
+
+    # --- stages ---------------------------------------------------------------------------------
+
+    def _put(self, q: queue.Queue, item) -> bool:
+        while not self._abort.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _get(self, q: queue.Queue):
+        while True:
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                if self._abort.is_set():
+                    return _END
+
+    def _read(self, stop: threading.Event, out: queue.Queue) -> None:
+        s, src = self.settings, self.source
+        interval = 1.0 / (src.fps or s.fps) if (s.realtime and (src.fps or s.fps)) else 0.0
+        next_due = time.monotonic()
+        produced = 0
+        while not stop.is_set() and not self._abort.is_set():
+            if s.frames is not None and produced >= s.frames:
+                break
+            t0 = time.perf_counter()
+            status, frame = src.read()
+            if status is ReadStatus.EOS:
+                break
+            if status is ReadStatus.TIMEOUT:
+                continue
+            self.stats.timed("source", time.perf_counter() - t0)
+            produced += 1
+            if src.live:
+                try:
+                    out.put_nowait(frame)
+                except queue.Full:
+                    self.stats.drop("pipeline_full_before_inference")
+            elif not self._put(out, frame):
+                return
+            if interval:
+                next_due += interval
+                time.sleep(max(0.0, next_due - time.monotonic()))
+        self._put(out, _END)
+
+    def _infer(self, inp: queue.Queue, out: queue.Queue) -> None:
+        while (frame := self._get(inp)) is not _END:
+            t0 = time.perf_counter()
+            frame.image = self.engine.run(frame.image[np.newaxis])[0]
+            self.stats.timed("engine", time.perf_counter() - t0)
+            if not self._put(out, frame):
+                return
+        self._put(out, _END)
+
+    def _encode(self, inp: queue.Queue, out: queue.Queue) -> None:
+        s = self.settings
+        encoder: HevcEncoder | None = None
+        pending: list[Frame] = []  # frames whose packets have not come out yet (none with zerolatency)
+        while (frame := self._get(inp)) is not _END:
+            t0 = time.perf_counter()
+            h, w = frame.image.shape[:2]
+            if s.codec == "hevc":
+                if encoder is None or (encoder.width, encoder.height) != (w, h):
+                    encoder = HevcEncoder(w, h, qp=s.qp if s.crf is None else None, crf=s.crf, gop=s.gop,
+                                          preset=s.preset, encoder=s.encoder, fps=self.source.fps or s.fps or 30.0)
+                force = self._keyframe_wanted.is_set()
+                self._keyframe_wanted.clear()
+                pending.append(frame)
+                packets = encoder.encode(frame.image, force_keyframe=force)
+                items = [(pending.pop(0), p.data, p.keyframe) for p in packets]
+            else:
+                items = [(frame, encode_image(s.codec, frame.image, s.qp), True)]
+            self.stats.timed("encoder", time.perf_counter() - t0)
+            for item in items:
+                if not self._put(out, item):
+                    return
+        if encoder is not None:  # flush: frames still inside the encoder go out before the end
+            for p in encoder.flush():
+                if pending:
+                    self._put(out, (pending.pop(0), p.data, p.keyframe))
+        self._put(out, _END)
+
+    def _send(self, inp: queue.Queue) -> None:
+        s = self.settings
+        seq = 0
+        qp = -1 if s.crf is not None else int(s.qp if s.qp is not None else -1)
+        qp = max(-1, min(qp, 127))
+        while (item := self._get(inp)) is not _END:
+            frame, payload, keyframe = item
+            t0 = time.perf_counter()
+            h, w = frame.image.shape[:2]
+            header = FrameHeader(s.stream_id, seq, frame.capture_time, s.codec, w, h, qp, keyframe,
+                                 frame.label, self.engine.model_id, self.epoch)
+            seq += 1
+            if self.publisher.send(header, payload):
+                self.stats.sent(len(payload), keyframe)
+            else:
+                self.stats.drop("network_hwm_after_encode")
+            self.publisher.poll_subscriptions()
+            self.stats.timed("send", time.perf_counter() - t0)
+
+    # --- driver ---------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> CaptureStats:
+        """Run until the source ends, `frames` are done, or `stop` is set; then drain and flush."""
+        stop = stop or threading.Event()
+        if self.settings.wait_subscriber_s > 0 and not self.publisher.wait_for_subscriber(self.settings.wait_subscriber_s):
+            log.warning("no subscriber joined within %.1f s; sending anyway", self.settings.wait_subscriber_s)
+        n = self.settings.queue_size
+        q_infer, q_encode, q_send = queue.Queue(n), queue.Queue(n), queue.Queue(n)
+        stages = [
+            ("reader", self._read, (stop, q_infer)),
+            ("engine", self._infer, (q_infer, q_encode)),
+            ("encoder", self._encode, (q_encode, q_send)),
+            ("sender", self._send, (q_send,)),
+        ]
+        threads = [threading.Thread(target=self._guard, args=(fn, args), name=f"edgepipe-{name}", daemon=True)
+                   for name, fn, args in stages]
+        self.stats.started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self.errors:
+            raise self.errors[0]
+        return self.stats
+
+    def _guard(self, fn, args) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # a failing stage stops the whole loop, and run() re-raises it
+            log.error("capture stage %s failed: %s", threading.current_thread().name, exc)
+            self.errors.append(exc)
+            self._abort.set()
+
+    def close(self) -> None:
+        self.source.close()
+        self.engine.close()
+        if self._own_publisher:
+            self.publisher.close()

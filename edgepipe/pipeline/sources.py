@@ -1,0 +1,234 @@
+"""Frame sources, chosen by one string (see `open_source`):
+
+    /dev/video0, 0          V4L2 camera through OpenCV (live: reopened with back-off)
+    rtsp://..., http://...  network stream through OpenCV/FFmpeg (live: reopened with back-off)
+    clip.mp4                video file through PyAV (ends cleanly)
+    folder:PATH             labelled ImageNet-layout folder replayed as a camera (ends cleanly)
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from edgepipe.datasets import list_labelled_images, read_rgb
+from edgepipe.errors import EdgepipeError
+from edgepipe.pipeline.frames import Frame, ReadStatus
+
+log = logging.getLogger(__name__)
+
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+class Source(Protocol):
+    name: str
+    live: bool  # live sources drop frames when the pipeline falls behind; files and folders wait
+    fps: float | None  # native rate when known
+
+    def read(self) -> tuple[ReadStatus, Frame | None]: ...
+
+    def close(self) -> None: ...
+
+
+class FrameShaper:
+    """Resize (or centre-crop then resize) to a set size; sizes are made even for 4:2:0 codecs."""
+
+    def __init__(self, size: tuple[int, int] | None, crop: bool = False):
+        self.size = None if size is None else (size[0] - size[0] % 2, size[1] - size[1] % 2)
+        self.crop = crop
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        import cv2
+
+        h, w = image.shape[:2]
+        if self.size is None:
+            return image if (h % 2 == 0 and w % 2 == 0) else image[: h - h % 2, : w - w % 2]
+        tw, th = self.size
+        if self.crop:
+            scale = max(tw / w, th / h)
+            cw, ch = round(tw / scale), round(th / scale)
+            x0, y0 = (w - cw) // 2, (h - ch) // 2
+            image = image[y0:y0 + ch, x0:x0 + cw]
+        if image.shape[:2] == (th, tw):
+            return image
+        return cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
+
+
+class FolderSource:
+    """Replays a labelled image folder as a camera; each frame carries its ImageNet label.
+    Unreadable images are skipped, counted and logged."""
+
+    live = False
+
+    def __init__(self, root: str | Path, shaper: FrameShaper, loop: bool = False):
+        self.items = list_labelled_images(root)
+        self.name = f"folder:{root}"
+        self.fps = None
+        self.skipped = 0
+        self._shaper, self._loop, self._pos, self._index = shaper, loop, 0, 0
+
+    def read(self) -> tuple[ReadStatus, Frame | None]:
+        while True:
+            if self._pos >= len(self.items):
+                if not self._loop:
+                    return ReadStatus.EOS, None
+                self._pos = 0
+            item = self.items[self._pos]
+            self._pos += 1
+            image = read_rgb(item.path)
+            if image is None:
+                self.skipped += 1
+                log.warning("skipped unreadable image %s (%d so far)", item.path, self.skipped)
+                continue
+            frame = Frame(self._shaper(image), self._index, time.time(), item.label)
+            self._index += 1
+            return ReadStatus.OK, frame
+
+    def close(self) -> None:
+        pass
+
+
+class VideoFileSource:
+    """A video file decoded with PyAV (first video stream; audio ignored)."""
+
+    live = False
+
+    def __init__(self, path: str | Path, shaper: FrameShaper, loop: bool = False):
+        import av
+
+        self.name, self._path, self._shaper, self._loop = str(path), str(path), shaper, loop
+        try:
+            self._container = av.open(self._path)
+            stream = self._container.streams.video[0]
+        except (av.FFmpegError, IndexError) as exc:
+            raise EdgepipeError(f"cannot read video {path}: {exc}") from None
+        self.fps = float(stream.average_rate) if stream.average_rate else None
+        self._index = 0
+        self._frames = self._decode()
+
+    def _decode(self):
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in self._container.decode(stream):
+            yield frame.to_ndarray(format="rgb24")
+
+    def read(self) -> tuple[ReadStatus, Frame | None]:
+        import av
+
+        try:
+            image = next(self._frames)
+        except StopIteration:
+            if not self._loop:
+                return ReadStatus.EOS, None
+            self._container.seek(0)
+            self._frames = self._decode()
+            return self.read()
+        except av.FFmpegError as exc:  # a corrupt tail ends the file, it does not crash the loop
+            log.warning("video %s ended with a decode error: %s", self._path, exc)
+            return ReadStatus.EOS, None
+        frame = Frame(self._shaper(image), self._index, time.time())
+        self._index += 1
+        return ReadStatus.OK, frame
+
+    def close(self) -> None:
+        self._container.close()
+
+
+class LiveSource:
+    """A camera or network stream through OpenCV. When it fails mid-stream it is reopened with
+    exponential back-off (0.5 s doubling to 10 s); reads during the outage return TIMEOUT."""
+
+    live = True
+
+    def __init__(self, target: str | int, shaper: FrameShaper, backoff: tuple[float, float] = (0.5, 10.0)):
+        self.name = str(target)
+        self._target, self._shaper = target, shaper
+        self._backoff_min, self._backoff_max = backoff
+        self._backoff = self._backoff_min
+        self._next_try = 0.0
+        self._index = 0
+        self.reconnects = 0
+        self._cap = self._open()
+        if self._cap is None:
+            raise EdgepipeError(f"cannot open source {self.name}")
+        fps = self._cap.get(5)  # cv2.CAP_PROP_FPS
+        self.fps = fps if fps and fps > 0 else None
+
+    def _open(self):
+        import cv2
+
+        backend = cv2.CAP_V4L2 if isinstance(self._target, int) or str(self._target).startswith("/dev/") else cv2.CAP_FFMPEG
+        cap = cv2.VideoCapture(self._target, backend)
+        if not cap.isOpened():
+            cap.release()
+            return None
+        return cap
+
+    def read(self) -> tuple[ReadStatus, Frame | None]:
+        if self._cap is None:
+            if time.monotonic() < self._next_try:
+                time.sleep(min(0.05, self._next_try - time.monotonic()))
+                return ReadStatus.TIMEOUT, None
+            self._cap = self._open()
+            if self._cap is None:
+                self._schedule_retry()
+                return ReadStatus.TIMEOUT, None
+            self.reconnects += 1
+            self._backoff = self._backoff_min
+            log.warning("source %s reopened (reconnect %d)", self.name, self.reconnects)
+        ok, bgr = self._cap.read()
+        if not ok or bgr is None:
+            log.warning("source %s failed; reopening in %.1f s", self.name, self._backoff)
+            self._cap.release()
+            self._cap = None
+            self._schedule_retry()
+            return ReadStatus.TIMEOUT, None
+        frame = Frame(self._shaper(np.ascontiguousarray(bgr[..., ::-1])), self._index, time.time())
+        self._index += 1
+        return ReadStatus.OK, frame
+
+    def _schedule_retry(self) -> None:
+        self._next_try = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self._backoff_max)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+def open_source(spec: str, size: tuple[int, int] | None = None, crop: bool = False, loop: bool = False) -> Source:
+    """Pick the source from one string; unknown strings are a one-line error."""
+    shaper = FrameShaper(size, crop)
+    if spec.startswith("folder:"):
+        return FolderSource(spec[len("folder:"):], shaper, loop)
+    if spec.isdigit():
+        return LiveSource(int(spec), shaper)
+    if spec.startswith("/dev/video"):
+        return LiveSource(spec, shaper)
+    if spec.startswith(LIVE_SCHEMES):
+        return LiveSource(spec, shaper)
+    path = Path(spec[len("file://"):] if spec.startswith("file://") else spec)
+    if path.is_file():
+        return VideoFileSource(path, shaper, loop)
+    if path.is_dir():
+        raise EdgepipeError(f"{spec} is a folder: use folder:{spec} to replay labelled images")
+    raise EdgepipeError(
+        f"unknown source {spec!r}: use /dev/videoN or an index, rtsp://..., a video file, or folder:PATH"
+    )
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'224x224' -> (224, 224)."""
+    if not text:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise EdgepipeError(f"size must look like WIDTHxHEIGHT, e.g. 224x224, got {text!r}") from None
+    if w < 16 or h < 16:
+        raise EdgepipeError(f"size {text} is too small (at least 16x16)")
+    return w, h

@@ -1,0 +1,60 @@
+"""Thread-safe counters and per-stage timings for the capture loop."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StageTimer:
+    count: int = 0
+    busy_s: float = 0.0
+
+    @property
+    def fps(self) -> float:
+        return self.count / self.busy_s if self.busy_s > 0 else 0.0
+
+
+@dataclass
+class CaptureStats:
+    started: float = field(default_factory=time.monotonic)
+    stages: dict[str, StageTimer] = field(default_factory=lambda: defaultdict(StageTimer))
+    drops: Counter = field(default_factory=Counter)  # cause -> frames dropped
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    keyframes: int = 0
+    keyframe_requests: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def timed(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            t = self.stages[stage]
+            t.count += 1
+            t.busy_s += seconds
+
+    def drop(self, cause: str, n: int = 1) -> None:
+        with self._lock:
+            self.drops[cause] += n
+
+    def sent(self, nbytes: int, keyframe: bool) -> None:
+        with self._lock:
+            self.frames_sent += 1
+            self.bytes_sent += nbytes
+            self.keyframes += int(keyframe)
+
+    def as_dict(self) -> dict:
+        with self._lock:
+            wall = time.monotonic() - self.started
+            return {
+                "wall_s": round(wall, 3),
+                "frames_sent": self.frames_sent,
+                "bytes_sent": self.bytes_sent,
+                "keyframes": self.keyframes,
+                "keyframe_requests": self.keyframe_requests,
+                "loop_fps": round(self.frames_sent / wall, 2) if wall > 0 else 0.0,
+                "drops": dict(self.drops),
+                "stages": {name: {"frames": t.count, "busy_s": round(t.busy_s, 3), "fps_alone": round(t.fps, 2)}
+                           for name, t in self.stages.items()},
+            }
