@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from edgepipe.datasets import list_labelled_images, read_rgb
+from edgepipe.errors import EdgepipeError
+from edgepipe.pipeline.codecs import (HevcDecoder, HevcEncoder, bits_per_pixel, check_hevc_support, decode_image,
+                                      encode_image)
+
+
+@pytest.fixture(scope="module")
+def image(small_val_folder):
+    return read_rgb(list_labelled_images(small_val_folder)[0].path)
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255**2 / mse)
+
+
+@pytest.mark.parametrize("codec,quality", [("jpeg", 75), ("jpeg2000", 100), ("hevc", 30)])
+def test_still_roundtrip_is_faithful(image, codec, quality):
+    data = encode_image(codec, image, quality)
+    out = decode_image(codec, data, image.shape[1], image.shape[0])
+    assert out.shape == image.shape
+    assert 28 < psnr(image, out) < 60
+
+
+@pytest.mark.parametrize("codec,better,worse", [("jpeg", 90, 30), ("jpeg2000", 200, 20), ("hevc", 22, 42)])
+def test_quality_setting_orders_the_rate(image, codec, better, worse):
+    assert len(encode_image(codec, image, better)) > 1.5 * len(encode_image(codec, image, worse))
+
+
+def test_hevc_odd_size_is_padded_then_cropped(image):
+    odd = np.ascontiguousarray(image[:223, :221])
+    out = decode_image("hevc", encode_image("hevc", odd, 30), 221, 223)
+    assert out.shape == (223, 221, 3)
+    assert psnr(odd, out) > 28
+
+
+def test_stream_gop_forced_keyframe_and_exact_sizes(image):
+    enc = HevcEncoder(224, 224, qp=32, gop=8)
+    dec = HevcDecoder()
+    packets = []
+    for i in range(20):
+        out = enc.encode(image, force_keyframe=(i == 11))
+        assert len(out) == 1, "low-latency encoder: one packet per frame"
+        packets += out
+    packets += enc.flush()
+    keys = [i for i, p in enumerate(packets) if p.keyframe]
+    assert keys == [0, 8, 11, 19]  # forced IDR at 11 restarts the GOP
+    for p in packets:
+        assert p.size == len(p.data) > 0
+        assert dec.decode(p.data, 224, 224)[0].shape == (224, 224, 3)
+
+
+def test_decoder_can_join_at_a_later_keyframe(image):
+    enc = HevcEncoder(224, 224, qp=32, gop=5)
+    packets = [enc.encode(image)[0] for _ in range(12)]
+    dec = HevcDecoder()  # joins at frame 5 (a keyframe): headers are repeated there
+    frames = [f for p in packets[5:] for f in dec.decode(p.data, 224, 224)]
+    assert len(frames) == 7
+
+
+def test_intra_only_makes_every_frame_a_keyframe(image):
+    enc = HevcEncoder(224, 224, qp=32, gop=0)
+    assert all(enc.encode(image)[0].keyframe for _ in range(4))
+
+
+def test_bits_per_pixel_arithmetic():
+    assert bits_per_pixel(6272, 224, 224) == pytest.approx(1.0)
+    assert bits_per_pixel(0, 10, 10) == 0.0
+
+
+def test_bad_settings_and_codecs_are_clear_errors(image):
+    with pytest.raises(EdgepipeError, match="qp"):
+        HevcEncoder(64, 64, qp=60)
+    with pytest.raises(EdgepipeError, match="exactly one"):
+        HevcEncoder(64, 64, qp=None, crf=None)
+    with pytest.raises(EdgepipeError, match="unknown codec"):
+        encode_image("webp2", image, 50)
+    with pytest.raises(EdgepipeError, match="no not_an_encoder encoder"):
+        check_hevc_support("not_an_encoder")
+    with pytest.raises(ValueError):
+        decode_image("jpeg", b"garbage")

@@ -1,0 +1,106 @@
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepipe.errors import EdgepipeError
+from edgepipe.labels import synset_to_index
+from edgepipe.pipeline.frames import ReadStatus
+from edgepipe.pipeline.sources import FolderSource, FrameShaper, LiveSource, open_source, parse_size
+
+
+def drain(source, limit=10_000):
+    frames = []
+    for _ in range(limit):
+        status, frame = source.read()
+        if status is ReadStatus.EOS:
+            return frames
+        if status is ReadStatus.OK:
+            frames.append(frame)
+    raise AssertionError("source did not end")
+
+
+def test_folder_source_replays_every_image_with_its_label(small_val_folder):
+    source = open_source(f"folder:{small_val_folder}", size=(224, 224))
+    frames = drain(source)
+    assert len(frames) == 12
+    expected = sorted(synset_to_index()[p.parent.name] for p in Path(small_val_folder).glob("*/*"))
+    assert sorted(f.label for f in frames) == expected
+    assert [f.index for f in frames] == list(range(12))
+    assert all(f.image.shape == (224, 224, 3) and f.image.dtype == np.uint8 for f in frames)
+
+
+def test_folder_source_skips_and_counts_unreadable_images(tmp_path, small_val_folder):
+    synset = sorted(p.name for p in small_val_folder.iterdir())[0]
+    (tmp_path / synset).mkdir()
+    good = next((small_val_folder / synset).iterdir())
+    (tmp_path / synset / "a.JPEG").write_bytes(good.read_bytes())
+    (tmp_path / synset / "b.JPEG").write_bytes(b"not a jpeg at all")
+    (tmp_path / synset / "c.JPEG").write_bytes(good.read_bytes()[:200])  # truncated
+    source = FolderSource(tmp_path, FrameShaper(None))
+    frames = drain(source)
+    assert len(frames) >= 1 and source.skipped + len(frames) == 3
+    assert source.skipped >= 1
+
+
+def test_video_file_source_decodes_real_clip_and_ends(video_clip):
+    source = open_source(str(video_clip), size=(384, 216))
+    assert source.fps == pytest.approx(12.5, abs=0.1)
+    assert not source.live
+    frames = drain(source)
+    assert len(frames) == 377
+    assert frames[0].image.shape == (216, 384, 3)
+    assert frames[0].label == -1
+
+
+def test_crop_keeps_aspect_and_makes_even_sizes():
+    image = np.zeros((432, 768, 3), np.uint8)
+    image[:, 96:672] = 255  # a centred 576-wide bright square region
+    out = FrameShaper((225, 225), crop=True)(image)
+    assert out.shape == (224, 224, 3)
+    assert out.min() == 255  # the crop took the centre square only
+
+
+def test_live_source_reopens_with_backoff_after_failure(video_clip):
+    # OpenCV reading a file as a "stream": at its end the read fails, exactly like an RTSP drop.
+    source = LiveSource(str(video_clip), FrameShaper((128, 72)), backoff=(0.05, 0.2))
+    assert source.live
+    ok = timeouts = 0
+    deadline = time.monotonic() + 60
+    while source.reconnects < 1 and time.monotonic() < deadline:
+        status, _ = source.read()
+        ok += status is ReadStatus.OK
+        timeouts += status is ReadStatus.TIMEOUT
+    assert source.reconnects == 1
+    assert ok >= 370 and timeouts >= 1
+    status, frame = source.read()
+    assert status is ReadStatus.OK and frame.image.shape == (72, 128, 3)
+    source.close()
+
+
+@pytest.mark.parametrize("spec", ["nonsense", "/no/such/file.mp4", "ftp:/x"])
+def test_unknown_source_is_one_clear_error(spec):
+    with pytest.raises(EdgepipeError, match="unknown source"):
+        open_source(spec)
+
+
+def test_folder_without_prefix_says_how(small_val_folder):
+    with pytest.raises(EdgepipeError, match="folder:"):
+        open_source(str(small_val_folder))
+
+
+def test_empty_or_unlabelled_folder_is_an_error(tmp_path):
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "x.jpg").write_bytes(b"")
+    with pytest.raises(EdgepipeError, match="no labelled images"):
+        open_source(f"folder:{tmp_path}")
+    with pytest.raises(EdgepipeError, match="not found"):
+        open_source(f"folder:{tmp_path / 'missing'}")
+
+
+def test_parse_size():
+    assert parse_size("224x160") == (224, 160)
+    assert parse_size(None) is None
+    with pytest.raises(EdgepipeError):
+        parse_size("big")
