@@ -1,0 +1,74 @@
+"""`edgepipe train` and `edgepipe export`. The same command trains on a laptop CPU (EfficientNet-Lite0,
+Imagenette, minutes) and on a GPU (VGG-16, ImageNet, hours): CUDA is used whenever it is available."""
+from __future__ import annotations
+
+import json
+import logging
+
+import click
+
+log = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option("--data", required=True, type=click.Path(), help="Training images, ImageNet layout ROOT/<synset>/*.")
+@click.option("--recognizer", default="efficientnet-lite0", show_default=True,
+              help="Frozen recognizer: efficientnet-lite0 or vgg16.")
+@click.option("--weights", type=click.Path(), default=None, help="Recognizer weight file (vgg16 needs one).")
+@click.option("--lambda-tv", "lambda_tv", type=float, default=1.0, show_default=True,
+              help="Weight of the per-pixel anisotropic TV term.")
+@click.option("--tv", "tv_kind", type=click.Choice(["anisotropic", "isotropic"]), default="anisotropic",
+              show_default=True)
+@click.option("--no-bypass", is_flag=True, help="Plain encoder-decoder without skip/residual connections.")
+@click.option("--out", required=True, type=click.Path(), help="Checkpoint to write (rewritten atomically).")
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--crop", type=int, default=128, show_default=True, help="Random crop side (native pixel scale).")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--recon-warmup", type=int, default=0, show_default=True,
+              help="First steps train MSE(ED(x), x) only (Palacio et al. pre-train the AE to reconstruct).")
+@click.option("--max-minutes", type=float, default=None, help="Wall-clock training budget (summed over resumes).")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total.")
+@click.option("--val-data", type=click.Path(), default=None, help="Labelled images validated after each epoch.")
+@click.option("--val-limit", type=int, default=200, show_default=True, help="Validation images (top-1).")
+@click.option("--bpp-limit", type=int, default=48, show_default=True, help="Of those, how many are HEVC-encoded.")
+@click.option("--qp", type=int, default=32, show_default=True, help="HEVC intra QP for the bits-per-pixel check.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
+@click.option("--log", "log_path", type=click.Path(), default=None, help="CSV log (default: OUT with .csv).")
+@click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+def train(data, recognizer, weights, lambda_tv, tv_kind, no_bypass, out, epochs, crop, batch_size, lr,
+          recon_warmup, max_minutes, max_steps, val_data, val_limit, bpp_limit, qp, seed, resume, log_path,
+          checkpoint_every, device, threads, no_progress) -> None:
+    """Train an ED pre-transform: loss = CE(recognizer(ED(x)), y) + LAMBDA * TV(ED(x))."""
+    from edgepipe.train.loop import TrainConfig
+    from edgepipe.train.loop import train as run
+
+    cfg = TrainConfig(
+        data=data, out=out, recognizer=recognizer, weights=weights, lambda_tv=lambda_tv, tv_kind=tv_kind,
+        bypass=not no_bypass, epochs=epochs, crop=crop, batch_size=batch_size, lr=lr, recon_warmup=recon_warmup,
+        max_minutes=max_minutes, max_steps=max_steps, val_data=val_data, val_limit=val_limit,
+        bpp_limit=bpp_limit, qp=qp, seed=seed, resume=resume, log=log_path, checkpoint_every=checkpoint_every,
+        device=device, threads=threads, progress=not no_progress,
+    )
+    result = run(cfg)
+    click.echo(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in result.items()}))
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(), help="ONNX file to write.")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--check-data", type=click.Path(), default=None,
+              help="Real images (a folder) for the parity check; default: the bundled demo images.")
+@click.option("--tolerance", type=float, default=1e-3, show_default=True,
+              help="Fail when ONNX and PyTorch differ by more than this (on [0, 1] pixels).")
+def export(checkpoint, onnx_path, opset, check_data, tolerance) -> None:
+    """Export a trained ED to ONNX (dynamic batch, H and W) and check it against PyTorch."""
+    from edgepipe.train.export import export_onnx
+
+    report = export_onnx(checkpoint, onnx_path, opset=opset, check_data=check_data, tolerance=tolerance)
+    click.echo(json.dumps(report))

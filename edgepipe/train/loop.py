@@ -1,0 +1,274 @@
+"""The training loop: ED -> frozen recognizer, loss = CE + lambda * TV, checkpoints, resume, validation log.
+
+One checkpoint file (`out`) is rewritten atomically every `checkpoint_every` steps and at the end; it
+holds the model, the optimizer, where in the data order the run is (epoch, batch), the time spent and the
+validation history, so `--resume` continues the same run: same batches, same time budget, same log.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from edgepipe.engines.base import to_model_input
+from edgepipe.errors import EdgepipeError
+from edgepipe.train.data import CropBatches, validation_set
+from edgepipe.train.losses import TV_KINDS, RecognitionAwareLoss
+from edgepipe.train.model import EDConfig, EncoderDecoder, model_from_checkpoint, read_checkpoint, save_checkpoint
+from edgepipe.train.validate import Validator
+
+log = logging.getLogger(__name__)
+
+# Arguments that define *what* is trained; a resumed run must not change them.
+_IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
+                  "n_blocks", "recon_warmup")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    recognizer: str = "efficientnet-lite0"
+    weights: str | None = None
+    lambda_tv: float = 1.0
+    tv_kind: str = "anisotropic"
+    bypass: bool = True
+    widths: tuple[int, int, int] = (16, 32, 64)
+    n_blocks: int = 1
+    epochs: int = 1
+    crop: int = 128
+    batch_size: int = 16
+    lr: float = 1e-3
+    recon_warmup: int = 0          # steps of MSE(ED(x), x) first: Palacio et al. pre-train the AE to reconstruct
+    max_minutes: float | None = None
+    max_steps: int | None = None   # stop after this many steps in total (tests, quick looks)
+    val_data: str | None = None
+    val_limit: int = 200
+    bpp_limit: int = 48
+    qp: int = 32
+    seed: int = 0
+    resume: bool = False
+    log: str | None = None
+    checkpoint_every: int = 200
+    device: str | None = None
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(int(w) for w in self.widths)  # type: ignore[assignment]
+        if self.tv_kind not in TV_KINDS:
+            raise EdgepipeError(f"unknown TV kind {self.tv_kind!r}; choose one of {', '.join(TV_KINDS)}")
+        if self.lambda_tv < 0:
+            raise EdgepipeError(f"--lambda-tv must be >= 0, got {self.lambda_tv}")
+        if not 0 <= self.qp <= 51:
+            raise EdgepipeError(f"--qp must be in 0..51, got {self.qp}")
+        if self.epochs < 1:
+            raise EdgepipeError(f"--epochs must be >= 1, got {self.epochs}")
+
+    def args(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+
+@dataclass
+class _Running:
+    """Means of the training metrics since the last validation (kept in the checkpoint for resume)."""
+
+    n: int = 0
+    loss: float = 0.0
+    ce: float = 0.0
+    tv: float = 0.0
+    correct: int = 0
+    images: int = 0
+
+    def add(self, loss: float, ce: float, tv: float, correct: int, images: int) -> None:
+        self.n += 1
+        self.loss += loss
+        self.ce += ce
+        self.tv += tv
+        self.correct += correct
+        self.images += images
+
+    def means(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        return {"train_loss": self.loss / n, "train_ce": self.ce / n, "train_tv": self.tv / n,
+                "train_top1": self.correct / max(self.images, 1)}
+
+
+LOG_FIELDS = ["epoch", "step", "minutes", "reason", "train_loss", "train_ce", "train_tv", "train_top1",
+              "top1_input", "top1_ed", "bpp_input", "bpp_ed", "bpp_saving", "tv_input", "tv_ed", "val_images",
+              "bpp_images", "unreadable"]
+
+
+def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    """The whole CSV, rewritten atomically from the history (so a resumed run's log has no duplicates)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: (f"{v:.5f}" if isinstance(v, float) else v) for k, v in row.items()})
+    os.replace(tmp, path)
+
+
+def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, out: Path) -> None:
+    old = ckpt.get("args", {})
+    changed = [k for k in _IDENTITY_ARGS if k in old and old[k] != cfg.args()[k]]
+    if changed:
+        pairs = ", ".join(f"{k}: {old[k]} -> {cfg.args()[k]}" for k in changed)
+        raise EdgepipeError(f"cannot resume {out}: it was trained with other settings ({pairs})")
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train (or resume) an ED; returns the last validation row (or training means without --val-data)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(cfg.out)
+    log_path = Path(cfg.log) if cfg.log else out.with_suffix(".csv")
+
+    # Validate every input before any work, so bad input fails in one line and nothing is written.
+    from edgepipe.recognition import Classifier, build_recognizer
+
+    batches = CropBatches(cfg.data, cfg.crop, cfg.batch_size, cfg.seed)
+    if cfg.val_data is not None:
+        from edgepipe.datasets import list_labelled_images
+
+        list_labelled_images(cfg.val_data)
+    recognizer = build_recognizer(cfg.recognizer, cfg.weights)
+    ckpt = None
+    if cfg.resume:
+        if not out.exists():
+            raise EdgepipeError(f"nothing to resume: {out} does not exist")
+        ckpt = read_checkpoint(out)
+        _check_resume(ckpt, cfg, out)
+    elif out.exists():
+        raise EdgepipeError(f"{out} exists: pass --resume to continue it, or choose another --out")
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if ckpt is not None:
+        model = model_from_checkpoint(ckpt, out)
+    else:
+        model = EncoderDecoder(EDConfig(bypass=cfg.bypass, widths=cfg.widths, n_blocks=cfg.n_blocks))
+    model.to(device).train()
+    criterion = RecognitionAwareLoss(recognizer, cfg.lambda_tv, cfg.tv_kind).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "elapsed": 0.0, "history": [], "running": {},
+                             "unreadable": []}
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for key in state:
+            state[key] = ckpt.get(key, state[key])
+        batches.unreadable.update(state["unreadable"])
+        log.info("resuming %s at epoch %d, batch %d (step %d, %.1f min done)", out, state["epoch"],
+                 state["batch"], state["step"], state["elapsed"] / 60)
+    running = _Running(**state["running"])
+    history: list[dict[str, Any]] = list(state["history"])
+
+    validator = None
+    if cfg.val_data is not None:
+        frames, labels, bad = validation_set(cfg.val_data, cfg.val_limit)
+        classifier = Classifier(cfg.recognizer, cfg.weights, threads=cfg.threads)
+        validator = Validator(frames, labels, classifier, cfg.qp, cfg.bpp_limit, device)
+        if bad:
+            log.warning("%d unreadable validation image(s) skipped", bad)
+
+    def checkpoint(done: bool = False) -> None:
+        save_checkpoint(out, model, optimizer=optimizer.state_dict(), epoch=state["epoch"], batch=state["batch"],
+                        step=state["step"], elapsed=state["elapsed"], history=history,
+                        running=asdict(running), unreadable=sorted(batches.unreadable), args=cfg.args(), done=done)
+
+    def validate(reason: str) -> dict[str, Any]:
+        nonlocal running
+        row: dict[str, Any] = {"epoch": state["epoch"], "step": state["step"],
+                               "minutes": state["elapsed"] / 60, "reason": reason, **running.means(),
+                               "unreadable": len(batches.unreadable)}
+        if validator is not None:
+            row.update(validator(model))
+            log.info("epoch %d step %d: top-1 %.3f (input %.3f), bpp %.4f (input %.4f, %+.1f %%)",
+                     state["epoch"], state["step"], row["top1_ed"], row["top1_input"], row["bpp_ed"],
+                     row["bpp_input"], -100 * row["bpp_saving"])
+        history.append(row)
+        _write_log(log_path, history)
+        running = _Running()
+        return row
+
+    per_epoch = len(batches)
+    total = cfg.epochs * per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=min(state["step"], total), disable=not cfg.progress, mininterval=2.0,
+               desc=out.stem, unit="step", dynamic_ncols=True)
+    stop_reason = ""
+    t_last = time.perf_counter()
+    try:
+        while state["epoch"] < cfg.epochs and not stop_reason:
+            while state["batch"] < per_epoch:
+                if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
+                    stop_reason = "max-steps"
+                    break
+                if budget is not None and state["elapsed"] >= budget:
+                    stop_reason = "max-minutes"
+                    break
+                images, labels = batches.batch(state["epoch"], state["batch"])
+                state["batch"] += 1
+                if len(images):
+                    _step(model, criterion, optimizer, images, labels, state["step"] < cfg.recon_warmup,
+                          device, running)
+                state["step"] += 1
+                now = time.perf_counter()
+                state["elapsed"] += now - t_last
+                t_last = now
+                bar.update(1)
+                m = running.means()
+                bar.set_postfix(loss=f"{m['train_loss']:.3f}", tv=f"{m['train_tv']:.4f}",
+                                acc=f"{m['train_top1']:.2f}", refresh=False)
+                if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
+                    checkpoint()
+                    t_last = time.perf_counter()  # checkpoint time is bookkeeping, not training
+            if stop_reason:
+                break
+            state["epoch"] += 1
+            state["batch"] = 0
+            validate("epoch")
+            checkpoint()
+            t_last = time.perf_counter()
+        if stop_reason:
+            validate(stop_reason)
+    finally:
+        bar.close()
+    done = not stop_reason or stop_reason in ("max-minutes",)
+    checkpoint(done=done)
+    if batches.unreadable:
+        log.warning("%d unreadable training image(s) skipped", len(batches.unreadable))
+    result = dict(history[-1]) if history else running.means()
+    result["stopped"] = stop_reason or "epochs"
+    return result
+
+
+def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: torch.optim.Optimizer,
+          images: np.ndarray, labels: np.ndarray, reconstruct: bool, device: str, running: _Running) -> None:
+    x = torch.from_numpy(to_model_input(images)).to(device)
+    y_true = torch.from_numpy(labels).to(device)
+    y = model(x)
+    terms = criterion(y, y_true)
+    loss = F.mse_loss(y, x) if reconstruct else terms["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    correct = int((terms["logits"].argmax(1) == y_true).sum())
+    running.add(float(loss.detach()), float(terms["ce"].detach()), float(terms["tv"].detach()), correct, len(labels))

@@ -1,0 +1,118 @@
+"""Training: loss goes down on real images, resume continues exactly, logs, bad input in one line."""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgepipe.cli import cli
+from edgepipe.engines.base import to_model_input
+from edgepipe.errors import EdgepipeError
+from edgepipe.train.data import CropBatches
+from edgepipe.train.loop import TrainConfig, _Running, _step, train
+from edgepipe.train.losses import RecognitionAwareLoss
+from edgepipe.train.model import EDConfig, EncoderDecoder, load_ed, read_checkpoint
+
+
+@pytest.mark.parametrize("bypass", [True, False])
+def test_steps_reduce_loss_on_real_batch(recognizer, real_frames, bypass: bool) -> None:
+    torch.manual_seed(0)
+    frames, labels = real_frames
+    images, labels = np.ascontiguousarray(frames[::3, 40:136, 40:136]), labels[::3]  # 4 real 96x96 crops
+    model = EncoderDecoder(EDConfig(bypass=bypass))
+    criterion = RecognitionAwareLoss(recognizer, lambda_tv=1.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    x, y = torch.from_numpy(to_model_input(images)), torch.from_numpy(labels)
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(criterion(model(x), y)["loss"])
+
+    before = loss()
+    for _ in range(8):
+        _step(model, criterion, optimizer, images, labels, False, "cpu", _Running())
+    assert loss() < before - 0.05
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), crop=48, batch_size=4, lambda_tv=5.0, progress=False,
+                checkpoint_every=1, threads=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_continues_where_it_stopped(small_val_folder: Path, tmp_path: Path) -> None:
+    """4 steps in one go == 2 steps, stop, resume to 4 (crossing an epoch boundary: 3 batches per epoch)."""
+    straight = train(_cfg(small_val_folder, tmp_path / "a.pt", max_steps=4, epochs=3))
+    assert straight["stopped"] == "max-steps"
+    train(_cfg(small_val_folder, tmp_path / "b.pt", max_steps=2, epochs=3))
+    assert read_checkpoint(tmp_path / "b.pt")["step"] == 2
+    train(_cfg(small_val_folder, tmp_path / "b.pt", max_steps=4, epochs=3, resume=True))
+    a, b = read_checkpoint(tmp_path / "a.pt"), read_checkpoint(tmp_path / "b.pt")
+    assert (a["step"], a["epoch"], a["batch"]) == (b["step"], b["epoch"], b["batch"]) == (4, 1, 1)
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(a["state_dict"]["out.weight"], torch.zeros_like(a["state_dict"]["out.weight"]))
+    # resuming with another lambda is another run: refused
+    with pytest.raises(EdgepipeError, match="lambda_tv"):
+        train(_cfg(small_val_folder, tmp_path / "b.pt", max_steps=6, epochs=3, resume=True, lambda_tv=1.0))
+
+
+def test_cli_train_validates_and_logs(small_val_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run" / "ed.pt"
+    result = CliRunner().invoke(cli, [
+        "train", "--data", str(small_val_folder), "--val-data", str(small_val_folder), "--out", str(out),
+        "--crop", "48", "--batch-size", "4", "--epochs", "1", "--val-limit", "6", "--bpp-limit", "2",
+        "--no-bypass", "--recon-warmup", "1", "--no-progress", "--threads", "2"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    assert len(rows) == 1 and rows[0]["reason"] == "epoch" and rows[0]["step"] == "3"
+    for key in ("top1_input", "top1_ed", "bpp_input", "bpp_ed"):
+        assert 0.0 <= float(rows[0][key]) and (float(rows[0][key]) <= 1.0 or key.startswith("bpp"))
+    assert float(rows[0]["bpp_input"]) > 0.1 and float(rows[0]["bpp_ed"]) > 0.0
+    assert load_ed(out).config.bypass is False
+    assert read_checkpoint(out)["done"] is True
+
+
+def test_unreadable_images_are_skipped_and_counted(small_val_folder: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(small_val_folder, root, symlinks=True)
+    synset = sorted(p for p in root.iterdir())[0]
+    (synset / "broken.JPEG").write_bytes(b"\xff\xd8 this is not a jpeg")
+    batches = CropBatches(root, crop=32, batch_size=13, seed=0)  # all 13 files in one batch
+    images, labels = batches.batch(0, 0)
+    assert images.shape == (12, 32, 32, 3) and labels.shape == (12,)
+    assert len(batches.unreadable) == 1
+
+
+def _one_line_error(args: list[str]) -> str:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_bad_input_is_one_clear_line(small_val_folder: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "x.pt")
+    assert "data folder not found" in _one_line_error(["train", "--data", str(tmp_path / "nope"), "--out", out])
+    (tmp_path / "empty").mkdir()
+    assert "no labelled images" in _one_line_error(["train", "--data", str(tmp_path / "empty"), "--out", out])
+    assert "nothing to resume" in _one_line_error(
+        ["train", "--data", str(small_val_folder), "--out", out, "--resume"])
+    junk = tmp_path / "vgg.pth"
+    torch.save({"features.0.weight": torch.zeros(3)}, junk)
+    assert "not a vgg16 weight file" in _one_line_error(
+        ["train", "--data", str(small_val_folder), "--out", out, "--recognizer", "vgg16", "--weights", str(junk)])
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "x.csv").exists()  # nothing half-written
+    stale = tmp_path / "old.pt"
+    torch.save({"format": "edgepipe-ed", "version": 0}, stale)
+    assert "format version 0" in _one_line_error(
+        ["train", "--data", str(small_val_folder), "--out", str(stale), "--resume"])
+    assert "format version 0" in _one_line_error(["export", str(stale), "--onnx", str(tmp_path / "o.onnx")])
