@@ -1,0 +1,272 @@
+"""Pipeline benchmark: each stage alone, the whole overlapped capture loop, and an imagezmq baseline.
+
+    python bench/pipeline_bench.py --out bench/results/pipeline.json
+
+For each resolution (224x224 from Imagenette val, 1280x720 from a real fixed-camera clip) it measures
+frames/s of source, engine, encoder, send+receive, decode and recognizer alone; then the capture
+loop (source -> engine -> encoder -> ZeroMQ, overlapped) and its ratio to the slowest capture
+stage; the header and transport cost as a share of a frame's time; and, side by side, the same
+224x224 frames sent the way imagezmq users do (JPEG q95 over REQ/REP): bytes per frame, frames/s
+and the monitor's top-1 for both. Each timing is the median of --repeats runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from edgepipe.engines import load_engine  # noqa: E402
+from edgepipe.pipeline.capture import CaptureLoop, CaptureSettings  # noqa: E402
+from edgepipe.pipeline.codecs import HevcDecoder, HevcEncoder  # noqa: E402
+from edgepipe.pipeline.demo import default_engines, free_tcp_endpoint  # noqa: E402
+from edgepipe.pipeline.frames import ReadStatus  # noqa: E402
+from edgepipe.pipeline.monitor import Monitor  # noqa: E402
+from edgepipe.pipeline.sources import open_source  # noqa: E402
+from edgepipe.pipeline.transport import FrameHeader, Publisher, Subscriber, parse_message  # noqa: E402
+from edgepipe.recognition import Classifier  # noqa: E402
+
+SHARED = Path(os.environ.get("EDGEPIPE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def median_rate(fn, n: int, repeats: int) -> float:
+    """Median frames/s of fn() processing n frames, over `repeats` runs."""
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def read_all(spec: str, size, n: int):
+    src = open_source(spec, size, crop=True, loop=True)
+    frames = []
+    while len(frames) < n:
+        status, frame = src.read()
+        if status is ReadStatus.OK:
+            frames.append(frame)
+        elif status is ReadStatus.EOS:
+            break
+    src.close()
+    return frames
+
+
+def send_receive_rate(payloads: list[bytes], header: FrameHeader) -> float:
+    endpoint = free_tcp_endpoint()
+    pub, sub = Publisher(endpoint), Subscriber(endpoint)
+    pub.wait_for_subscriber(5)
+    got = []
+
+    def drain():
+        while len(got) < len(payloads):
+            parts = sub.recv(timeout_ms=2000)
+            if parts is None:
+                break
+            got.append(parse_message(parts))
+
+    t = threading.Thread(target=drain)
+    t0 = time.perf_counter()
+    t.start()
+    for p in payloads:
+        while not pub.send(header, p):  # never drop in a throughput measurement
+            time.sleep(0.0005)
+    t.join()
+    rate = len(got) / (time.perf_counter() - t0)
+    pub.close()
+    sub.close()
+    return rate
+
+
+def capture_loop_rate(spec, size, engine_spec, n, qp, gop, preset):
+    endpoint = free_tcp_endpoint()
+    sub = Subscriber(endpoint)
+    mon = Monitor(None, sub)
+    stop = threading.Event()
+    t = threading.Thread(target=mon.run, args=(stop,))
+    t.start()
+    settings = CaptureSettings(source=spec, publish=endpoint, engine=engine_spec, qp=qp, gop=gop, preset=preset,
+                               frames=n, size=size, crop=True, loop=True, wait_subscriber_s=5)
+    loop = CaptureLoop(settings)
+    # warm up the engine outside the timed run (ORT allocates on the first call of a shape)
+    loop.engine.run(np.zeros((1, size[1], size[0], 3), np.uint8))
+    stats = loop.run()
+    rate = stats.frames_sent / (time.monotonic() - stats.started)
+    time.sleep(0.5)
+    stop.set()
+    t.join()
+    loop.close()
+    sub.close()
+    return rate, stats.as_dict(), mon.report()
+
+
+def bench_resolution(name, spec, size, engine_spec, n, repeats, qp, gop, preset, classifier):
+    frames = read_all(spec, size, n)
+    images = [f.image for f in frames]
+    n = len(images)
+    engine = load_engine(engine_spec)
+    engine.run(images[0][None])
+    out = {"resolution": f"{size[0]}x{size[1]}", "frames": n, "engine": engine.model_id, "qp": qp, "gop": gop,
+           "preset": preset, "stages_fps": {}}
+    s = out["stages_fps"]
+    s["source"] = median_rate(lambda: read_all(spec, size, n), n, repeats)
+    s["engine"] = median_rate(lambda: [engine.run(im[None]) for im in images], n, repeats)
+    transformed = [engine.run(im[None])[0] for im in images]
+    packets = []
+
+    def encode():
+        enc = HevcEncoder(size[0], size[1], qp=qp, gop=gop, preset=preset)
+        packets[:] = [p for im in transformed for p in enc.encode(im)] + enc.flush()
+
+    s["encoder"] = median_rate(encode, n, repeats)
+    header = FrameHeader("bench", 0, time.time(), "hevc", size[0], size[1], qp, True, -1, engine.model_id)
+    payloads = [p.data for p in packets]
+    s["send_receive"] = statistics.median(send_receive_rate(payloads, header) for _ in range(repeats))
+    s["decode"] = median_rate(lambda: _decode_all(payloads, size), n, repeats)
+    s["recognizer"] = median_rate(lambda: [classifier.top1(im[None]) for im in images[: max(1, n // 4)]],
+                                  max(1, n // 4), repeats)
+    loop_rates, loop_stats = [], None
+    for _ in range(repeats):
+        rate, loop_stats, _ = capture_loop_rate(spec, size, engine_spec, n, qp, gop, preset)
+        loop_rates.append(rate)
+    out["capture_loop_fps"] = statistics.median(loop_rates)
+    slowest = min(("source", "engine", "encoder", "send_receive"), key=lambda k: s[k])
+    out["slowest_capture_stage"] = slowest
+    out["loop_vs_slowest_stage"] = out["capture_loop_fps"] / s[slowest]
+    out["sum_of_stage_times_fps"] = 1 / sum(1 / s[k] for k in ("source", "engine", "encoder", "send_receive"))
+    out["capture_loop_stats"] = loop_stats
+    out["bytes_per_frame"] = sum(len(p) for p in payloads) / n
+    # header pack + unpack + validation, and the whole ZeroMQ hop, as shares of a frame's time
+    reps = 20000
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        parse_message([header.pack(), b"x"])
+    header_s = (time.perf_counter() - t0) / reps
+    frame_s = 1 / out["capture_loop_fps"]
+    out["header_us"] = header_s * 1e6
+    out["header_share_of_frame"] = header_s / frame_s
+    out["transport_share_of_frame"] = (1 / s["send_receive"]) / frame_s
+    return out
+
+
+def _decode_all(payloads, size):
+    dec = HevcDecoder()
+    for p in payloads:
+        dec.decode(p, size[0], size[1])
+
+
+def imagezmq_comparison(folder, engine_spec, qp, classifier, n, preset):
+    """Same 224x224 labelled frames: edgepipe (pre-transform + HEVC + edgepipe transport + monitor)
+    against imagezmq (JPEG q95, REQ/REP), each classified by the same recognizer on the server side."""
+    import cv2
+    import imagezmq
+
+    frames = read_all(f"folder:{folder}", (224, 224), n)
+    # edgepipe
+    rate, stats, report = capture_loop_rate_labelled(folder, engine_spec, qp, classifier, len(frames), preset)
+    ours = {"bytes_per_frame": stats["bytes_sent"] / max(1, stats["frames_sent"]), "frames_per_s": rate,
+            "top1": report["rows"][0]["top1"] if report["rows"] else None, "engine": engine_spec, "qp": qp,
+            "codec": f"HEVC intra QP {qp} ({preset}) over edgepipe PUB/SUB"}
+    # imagezmq: the hub binds REP, the sender connects REQ and waits for each reply
+    endpoint = free_tcp_endpoint()
+    port = endpoint.rsplit(":", 1)[1]
+    hub = imagezmq.ImageHub(open_port=f"tcp://127.0.0.1:{port}")
+    sender = imagezmq.ImageSender(connect_to=f"tcp://127.0.0.1:{port}")
+    correct, sizes = [], []
+
+    def serve():
+        for _ in frames:
+            name, jpg = hub.recv_jpg()
+            hub.send_reply(b"OK")
+            rgb = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+            correct.append(int(classifier.top1(np.ascontiguousarray(rgb)[None])[0]) == int(name))
+
+    t = threading.Thread(target=serve)
+    t.start()
+    t0 = time.perf_counter()
+    for f in frames:
+        ok, jpg = cv2.imencode(".jpg", f.image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+        sizes.append(len(jpg))
+        sender.send_jpg(str(f.label), jpg)
+    t.join()
+    elapsed = time.perf_counter() - t0
+    sender.close()
+    hub.close()
+    theirs = {"bytes_per_frame": float(np.mean(sizes)), "frames_per_s": len(frames) / elapsed,
+              "top1": float(np.mean(correct)), "codec": "JPEG q95 over REQ/REP"}
+    return {"edgepipe": ours, "imagezmq": theirs,
+            "bytes_ratio_edgepipe_over_imagezmq": ours["bytes_per_frame"] / theirs["bytes_per_frame"]}
+
+
+def capture_loop_rate_labelled(folder, engine_spec, qp, classifier, n, preset):
+    endpoint = free_tcp_endpoint()
+    sub = Subscriber(endpoint)
+    mon = Monitor(lambda im: int(classifier.top1(im[None])[0]), sub)
+    t = threading.Thread(target=mon.run, kwargs=dict(max_frames=n, idle_timeout=30))
+    t.start()
+    settings = CaptureSettings(source=f"folder:{folder}", publish=endpoint, engine=engine_spec, qp=qp, gop=0,
+                               preset=preset, frames=n, size=(224, 224), crop=True, wait_subscriber_s=5)
+    loop = CaptureLoop(settings)
+    t0 = time.perf_counter()
+    stats = loop.run()
+    t.join()  # the monitor classifies every frame: this is the end-to-end rate
+    rate = stats.frames_sent / (time.perf_counter() - t0)
+    loop.close()
+    sub.close()
+    return rate, stats.as_dict(), mon.report()
+
+
+def hardware() -> dict:
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench/results/pipeline.json")
+    ap.add_argument("--engine", default=None, help="pre-transform (default: ours when shipped, else none)")
+    ap.add_argument("--frames", type=int, default=120)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--qp", type=int, default=32)
+    ap.add_argument("--gop", type=int, default=30)
+    ap.add_argument("--preset", default="ultrafast")
+    ap.add_argument("--compare-frames", type=int, default=100)
+    args = ap.parse_args()
+    engine_spec = args.engine or default_engines()[-1]
+    classifier = Classifier("efficientnet-lite0")
+    val = SHARED / "imagenette" / "val"
+    clip = SHARED / "video" / "car-detection.mp4"
+    result = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "hardware": hardware(),
+              "date": time.strftime("%Y-%m-%d"), "resolutions": []}
+    for spec, size in ((f"folder:{val}", (224, 224)), (str(clip), (1280, 720))):
+        r = bench_resolution(spec, spec, size, engine_spec, args.frames, args.repeats, args.qp, args.gop,
+                             args.preset, classifier)
+        result["resolutions"].append(r)
+        print(json.dumps({k: v for k, v in r.items() if k != "capture_loop_stats"}, indent=1), flush=True)
+    result["imagezmq_comparison"] = imagezmq_comparison(val, engine_spec, args.qp, classifier, args.compare_frames, args.preset)
+    print(json.dumps(result["imagezmq_comparison"], indent=1))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
