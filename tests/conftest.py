@@ -12,7 +12,10 @@ SHARED_DATA = Path(os.environ.get("EDGEPIPE_SHARED_DATA", REPO.parent / "shared"
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"shared data not found at {path} (set EDGEPIPE_SHARED_DATA)")
+        message = f"shared data not found at {path} (set EDGEPIPE_SHARED_DATA)"
+        if os.environ.get("CI"):  # CI lays ../shared beside the clone: missing data there is a failure
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 
