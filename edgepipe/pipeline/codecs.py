@@ -68,7 +68,8 @@ class HevcEncoder:
     """
 
     def __init__(self, width: int, height: int, qp: int | None = 32, crf: float | None = None,
-                 gop: int = 30, preset: str = "ultrafast", encoder: str = "libx265", fps: float = 30.0):
+                 gop: int = 30, preset: str = "ultrafast", encoder: str = "libx265", fps: float = 30.0,
+                 threads: int | None = None):
         import av
 
         if encoder == "auto":
@@ -90,6 +91,11 @@ class HevcEncoder:
         if encoder == "libx265":
             rate = f"qp={qp}" if qp is not None else f"crf={crf}"
             params = f"{rate}:keyint={keyint}:min-keyint={keyint}:scenecut=0:repeat-headers=1:info=0:log-level=error"
+            if threads == 1:
+                # No thread pool (so no WPP) and one frame thread: on a loaded CPU, x265's per-CTU-row
+                # handoffs made a 224x224 still take ~0.5 s wall for ~25 ms of CPU. Offline evaluation
+                # runs one encoder per core instead.
+                params += ":pools=none:frame-threads=1"
             ctx.options = {"preset": preset, "tune": "zerolatency", "x265-params": params, "forced-idr": "1"}
         else:  # hevc_nvenc: constant QP, low-latency tuning, no B-frames
             ctx.gop_size = keyint
@@ -149,7 +155,7 @@ class HevcDecoder:
 
 # --- still images -------------------------------------------------------------------------------
 
-def encode_image(codec: str, image: np.ndarray, quality: float) -> bytes:
+def encode_image(codec: str, image: np.ndarray, quality: float, threads: int | None = None) -> bytes:
     """Encode one RGB image. quality: JPEG quality 1..100; JPEG 2000 compression x1000 (OpenCV's
     IMWRITE_JPEG2000_COMPRESSION_X1000, higher = more bits); HEVC intra QP 0..51 (lower = more bits)."""
 
@@ -159,7 +165,7 @@ def encode_image(codec: str, image: np.ndarray, quality: float) -> bytes:
         ok, buf = cv2.imencode(".jp2", image[..., ::-1], [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, int(quality)])
     elif codec == "hevc":
         h, w = image.shape[:2]
-        enc = HevcEncoder(w, h, qp=int(quality), gop=0, preset="medium")
+        enc = HevcEncoder(w, h, qp=int(quality), gop=0, preset="medium", threads=threads)
         packets = enc.encode(image) + enc.flush()
         return b"".join(p.data for p in packets)
     else:
