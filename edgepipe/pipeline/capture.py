@@ -5,6 +5,13 @@ ONNX Runtime / TensorRT, libx265, ZeroMQ) releases the GIL, so the loop runs at 
 slowest stage rather than the sum. Drop policy: a live source drops frames *before* inference when
 the pipeline is full (counted by cause); nothing is dropped after encoding, since a P-frame needs
 every frame before it. Files and folders are replayed losslessly: their reader waits instead.
+
+Network backpressure: when a subscriber's queue is full the sender waits up to `send_stall_s`
+(live sources; files wait as long as it takes) while the queues behind it fill and the reader drops
+before inference. If the network is still stuck, that encoded frame is dropped, an IDR is forced,
+and every frame that depends on the dropped one is dropped too (counted by cause), so no P-frame
+ever goes out after a missing reference. Keyframe requests (from monitors over the back channel, or
+after such a drop) are coalesced and forced at most every `keyframe_min_interval_s`.
 """
 from __future__ import annotations
 
@@ -48,6 +55,8 @@ class CaptureSettings:
     stream_id: str = "cam0"
     queue_size: int = 4
     wait_subscriber_s: float = 0.0
+    send_stall_s: float = 0.5  # live sources: longest wait on a full subscriber before dropping
+    keyframe_min_interval_s: float = 0.5  # forced IDRs at most this often, however many requests come
 
 
 class CaptureLoop:
@@ -63,12 +72,19 @@ class CaptureLoop:
         self.epoch = int(time.time() * 1000) & 0xFFFFFFFF  # a restart starts a new accounting period
         self._keyframe_wanted = threading.Event()
         self._abort = threading.Event()  # set on errors: every stage stops at once
+        self._stop: threading.Event = threading.Event()
         self.errors: list[BaseException] = []
+        self.queues: dict[str, queue.Queue] = {}  # name -> queue, for metrics (queue depths)
+        self.frames_handled = 0  # frames out of the encoder, sent or dropped: the watchdog's "frames flow"
+        self.forced_keyframes = 0
 
     def request_keyframe(self) -> None:
         """Thread-safe: the next encoded frame will be an IDR frame (e.g. after loss at the monitor)."""
         self.stats.keyframe_requests += 1
         self._keyframe_wanted.set()
+
+    def _cancelled(self) -> bool:
+        return self._stop.is_set() or self._abort.is_set()
 
     # --- stages ---------------------------------------------------------------------------------
 
@@ -130,6 +146,7 @@ class CaptureLoop:
         s = self.settings
         encoder: HevcEncoder | None = None
         pending: list[Frame] = []  # frames whose packets have not come out yet (none with zerolatency)
+        last_forced = float("-inf")
         while (frame := self._get(inp)) is not _END:
             t0 = time.perf_counter()
             h, w = frame.image.shape[:2]
@@ -137,10 +154,15 @@ class CaptureLoop:
                 if encoder is None or (encoder.width, encoder.height) != (w, h):
                     encoder = HevcEncoder(w, h, qp=s.qp if s.crf is None else None, crf=s.crf, gop=s.gop,
                                           preset=s.preset, encoder=s.encoder, fps=self.source.fps or s.fps or 30.0)
-                force = self._keyframe_wanted.is_set()
-                self._keyframe_wanted.clear()
+                force = self._keyframe_wanted.is_set() and t0 - last_forced >= s.keyframe_min_interval_s
+                if force:
+                    self._keyframe_wanted.clear()
+                    last_forced = t0
+                    self.forced_keyframes += 1
                 pending.append(frame)
                 packets = encoder.encode(frame.image, force_keyframe=force)
+                if any(p.keyframe for p in packets):
+                    self._keyframe_wanted.clear()  # a GOP keyframe answers any request as well
                 items = [(pending.pop(0), p.data, p.keyframe) for p in packets]
             else:
                 items = [(frame, encode_image(s.codec, frame.image, s.qp), True)]
@@ -159,17 +181,29 @@ class CaptureLoop:
         seq = 0
         qp = -1 if s.crf is not None else int(s.qp if s.qp is not None else -1)
         qp = max(-1, min(qp, 127))
+        # live: bounded wait on a full subscriber; files and folders: lossless, wait until stopped
+        timeout = s.send_stall_s if self.source.live else None
+        inter_coded = s.codec == "hevc" and s.gop != 0
+        broken = False  # an encoded frame was dropped: frames referring to it must not go out
+        cancel = _Cancel(self._cancelled)
         while (item := self._get(inp)) is not _END:
             frame, payload, keyframe = item
             t0 = time.perf_counter()
             h, w = frame.image.shape[:2]
             header = FrameHeader(s.stream_id, seq, frame.capture_time, s.codec, w, h, qp, keyframe,
                                  frame.label, self.engine.model_id, self.epoch)
-            seq += 1
-            if self.publisher.send(header, payload):
+            seq += 1  # dropped frames keep their seq: the monitor counts them as lost, exactly
+            self.frames_handled += 1
+            if broken and not keyframe:
+                self.stats.drop("reference_dropped_after_encode")
+            elif self.publisher.send(header, payload, timeout=timeout, cancel=cancel):
+                broken = False
                 self.stats.sent(len(payload), keyframe)
             else:
                 self.stats.drop("network_hwm_after_encode")
+                if inter_coded:
+                    broken = True
+                    self._keyframe_wanted.set()  # resume with an IDR as soon as the network lets us
             self.publisher.poll_subscriptions()
             self.stats.timed("send", time.perf_counter() - t0)
 
@@ -178,10 +212,12 @@ class CaptureLoop:
     def run(self, stop: threading.Event | None = None) -> CaptureStats:
         """Run until the source ends, `frames` are done, or `stop` is set; then drain and flush."""
         stop = stop or threading.Event()
+        self._stop = stop
         if self.settings.wait_subscriber_s > 0 and not self.publisher.wait_for_subscriber(self.settings.wait_subscriber_s):
             log.warning("no subscriber joined within %.1f s; sending anyway", self.settings.wait_subscriber_s)
         n = self.settings.queue_size
         q_infer, q_encode, q_send = queue.Queue(n), queue.Queue(n), queue.Queue(n)
+        self.queues = {"inference": q_infer, "encode": q_encode, "send": q_send}
         stages = [
             ("reader", self._read, (stop, q_infer)),
             ("engine", self._infer, (q_infer, q_encode)),
@@ -212,3 +248,10 @@ class CaptureLoop:
         self.engine.close()
         if self._own_publisher:
             self.publisher.close()
+
+
+class _Cancel:
+    """Event-like view of "stop or abort" for Publisher.send."""
+
+    def __init__(self, fn):
+        self.is_set = fn

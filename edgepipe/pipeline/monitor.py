@@ -4,6 +4,11 @@ Sequencing is tracked per (stream, epoch): a gap in `seq` is counted as lost fra
 or when joining mid-stream, HEVC frames are not decodable until the next keyframe and are counted
 as `waiting_for_keyframe`, never shown. Accuracy and rate are accounted per (stream, model, QP).
 Every rejected message is counted by cause and logged (rate-limited); the monitor keeps running.
+Every message counts exactly once: decoded, or one reject. A replayed or reordered frame
+(`out_of_order`) is rejected, not decoded, since it would corrupt the decoder's references. Memory
+stays bounded for a monitor that runs for months: at most `max_streams` (stream, epoch) states (a
+flood of invented stream ids is rejected as `too_many_streams`), and latency medians over the last
+10,000 frames of each row.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,7 +41,8 @@ class RateAccount:
     correct: int = 0
     first_capture: float = float("inf")
     last_capture: float = float("-inf")
-    latency_s: list[float] = field(default_factory=list)
+    latency_s: deque = field(default_factory=lambda: deque(maxlen=10000))  # recent frames, for the median
+    latency_sum_s: float = 0.0  # all frames, for the mean in metrics
 
     def add(self, header: FrameHeader, nbytes: int, prediction: int | None, latency: float) -> None:
         self.frames += 1
@@ -45,6 +51,7 @@ class RateAccount:
         self.first_capture = min(self.first_capture, header.capture_time)
         self.last_capture = max(self.last_capture, header.capture_time)
         self.latency_s.append(latency)
+        self.latency_sum_s += latency
         if header.label >= 0 and prediction is not None:
             self.labelled += 1
             self.correct += int(prediction == header.label)
@@ -78,10 +85,13 @@ class StreamState:
 
 class Monitor:
     def __init__(self, classify: Callable[[np.ndarray], int] | None, subscriber: Subscriber | None = None,
-                 on_loss: Callable[[str], None] | None = None):
+                 on_loss: Callable[[str], None] | None = None, max_streams: int = 256):
         self.classify = classify  # one RGB frame -> ImageNet index; None: accounting only
         self.subscriber = subscriber
         self.on_loss = on_loss  # hook for the keyframe back channel
+        self.max_streams = max_streams
+        self.ticks = 0  # receive-loop iterations: the service watchdog's sign of life
+        self.timings = {"decode": [0, 0.0], "classify": [0, 0.0]}  # stage -> [frames, seconds]
         self.streams: dict[tuple[str, int], StreamState] = {}
         self.rows: dict[tuple[str, str, int, str], RateAccount] = {}
         self.rejects: Counter = Counter()
@@ -103,9 +113,12 @@ class Monitor:
                 self._reject(exc.cause, str(exc))
                 return None
             state = self._sequence(header)
+            if state is None:  # rejected (out of order, too many streams)
+                return None
             if header.codec == "hevc" and state.waiting_keyframe and not header.keyframe:
                 self._reject("waiting_for_keyframe", f"{header.stream_id} seq {header.seq}")
                 return None
+            t0 = time.perf_counter()
             try:
                 image = self._decode(header, payload, state)
             except Exception as exc:  # any decoder failure on hostile bytes is a counted reject
@@ -114,7 +127,9 @@ class Monitor:
                     state.waiting_keyframe = True
                     state.decoder = None
                 return None
-            if image is None:  # the decoder is holding it (not with our low-latency streams)
+            self._timed("decode", time.perf_counter() - t0)
+            if image is None:  # no picture (our low-latency streams give one per packet): counted, not shown
+                self._reject("no_picture", f"{header.stream_id} seq {header.seq}: the decoder gave no picture")
                 return None
             if image.shape[:2] != (header.height, header.width):
                 self._reject("size_mismatch", f"decoded {image.shape[1]}x{image.shape[0]}, header says "
@@ -122,16 +137,31 @@ class Monitor:
                 return None
             state.waiting_keyframe = False
             self.decoded += 1
+        t0 = time.perf_counter()
         prediction = self.classify(image) if self.classify else None
         with self._lock:
+            if self.classify:
+                self._timed("classify", time.perf_counter() - t0)
             key = (header.stream_id, header.model_id, header.qp, header.codec)
             self.rows.setdefault(key, RateAccount()).add(header, len(payload), prediction, received_at - header.capture_time)
         return image
 
-    def _sequence(self, header: FrameHeader) -> StreamState:
+    def _timed(self, stage: str, seconds: float) -> None:
+        t = self.timings[stage]
+        t[0] += 1
+        t[1] += seconds
+
+    def _sequence(self, header: FrameHeader) -> StreamState | None:
         key = (header.stream_id, header.epoch)
         state = self.streams.get(key)
         if state is None:
+            if len(self.streams) >= self.max_streams:
+                self._reject("too_many_streams", f"{len(self.streams)} (stream, epoch) pairs already; "
+                                                 f"ignoring {header.stream_id!r} epoch {header.epoch}")
+                return None
+            for (sid, epoch), old in self.streams.items():
+                if sid == header.stream_id:  # the earlier epoch keeps its counts; its decoder is not needed
+                    old.decoder = None
             if any(sid == header.stream_id for sid, _ in self.streams):
                 log.info("stream %s restarted (epoch %d): new accounting period", header.stream_id, header.epoch)
             state = self.streams[key] = StreamState()
@@ -144,8 +174,9 @@ class Monitor:
                 state.waiting_keyframe = True
                 if self.on_loss:
                     self.on_loss(header.stream_id)
-            else:
+            else:  # a duplicate or a replay: decoding it would corrupt the references
                 self._reject("out_of_order", f"{header.stream_id} seq {header.seq} < {state.expected_seq}")
+                return None
         state.expected_seq = max(header.seq + 1, state.expected_seq or 0)
         return state
 
@@ -173,6 +204,7 @@ class Monitor:
         stop = stop or threading.Event()
         last_message = time.monotonic()
         while not stop.is_set():
+            self.ticks += 1
             parts = self.subscriber.recv()
             if parts is None:
                 if idle_timeout is not None and time.monotonic() - last_message > idle_timeout:

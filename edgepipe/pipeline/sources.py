@@ -150,7 +150,10 @@ class LiveSource:
         self._backoff = self._backoff_min
         self._next_try = 0.0
         self._index = 0
-        self.reconnects = 0
+        self.reconnects = 0  # successful reopens
+        self.failures = 0  # times the source dropped mid-stream
+        self.open_attempts = 0  # reopen tries, failed or not: the watchdog's sign of life while it is down
+        self.retry_in_s = 0.0  # the back-off now in force (0 while connected), for metrics
         self._cap = self._open()
         if self._cap is None:
             raise EdgepipeError(f"cannot open source {self.name}")
@@ -172,15 +175,19 @@ class LiveSource:
             if time.monotonic() < self._next_try:
                 time.sleep(min(0.05, self._next_try - time.monotonic()))
                 return ReadStatus.TIMEOUT, None
+            self.open_attempts += 1
             self._cap = self._open()
             if self._cap is None:
+                log.warning("source %s still unavailable; next try in %.1f s", self.name, self._backoff)
                 self._schedule_retry()
                 return ReadStatus.TIMEOUT, None
             self.reconnects += 1
             self._backoff = self._backoff_min
+            self.retry_in_s = 0.0
             log.warning("source %s reopened (reconnect %d)", self.name, self.reconnects)
         ok, bgr = self._cap.read()
         if not ok or bgr is None:
+            self.failures += 1
             log.warning("source %s failed; reopening in %.1f s", self.name, self._backoff)
             self._cap.release()
             self._cap = None
@@ -190,7 +197,12 @@ class LiveSource:
         self._index += 1
         return ReadStatus.OK, frame
 
+    @property
+    def connected(self) -> bool:
+        return self._cap is not None
+
     def _schedule_retry(self) -> None:
+        self.retry_in_s = self._backoff
         self._next_try = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self._backoff_max)
 

@@ -15,13 +15,17 @@ Header layout (little-endian), protocol version 1:
     capture_time f64 unix seconds when the frame was read
     stream_id, model_id: u8 length + UTF-8 bytes each
 
-The capture side binds a PUB-like socket (XPUB, so it can tell when a subscriber has joined) and
-never blocks: at the high-water mark ZeroMQ drops, and the monitor sees the gap in `seq`.
+The capture side binds a PUB-like socket (XPUB, so it can tell when a subscriber has joined). It
+never blocks on a missing subscriber (ZeroMQ discards messages nobody subscribed to). XPUB_NODROP
+makes a *slow* subscriber visible: send() reports would-block instead of ZeroMQ dropping silently
+mid-GOP, so the capture loop can decide what to drop (see capture.py). Either side may run CURVE
+(security.py): the binding side is the CURVE server.
 """
 from __future__ import annotations
 
 import logging
 import struct
+import threading
 import time
 from dataclasses import dataclass
 
@@ -35,6 +39,7 @@ _FIXED = struct.Struct("<2sBBBbHHiIQd")
 CODEC_IDS = {"hevc": 1, "jpeg": 2, "jpeg2000": 3}
 CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
 MAX_PAYLOAD = 64 * 1024 * 1024  # larger parts are rejected unread
+MAX_DIMENSION = 16384  # wider or taller frames are not ours: reject before any decoder allocates
 
 
 class ProtocolError(ValueError):
@@ -78,7 +83,7 @@ class FrameHeader:
             raise ProtocolError("bad_version", f"protocol version {version}, this monitor speaks {PROTOCOL_VERSION}")
         if codec not in CODEC_NAMES:
             raise ProtocolError("bad_header", f"unknown codec id {codec}")
-        if width == 0 or height == 0:
+        if width == 0 or height == 0 or width > MAX_DIMENSION or height > MAX_DIMENSION:
             raise ProtocolError("bad_header", f"frame size {width}x{height}")
         pos = _FIXED.size
         strings = []
@@ -107,6 +112,10 @@ def parse_message(parts: list[bytes]) -> tuple[FrameHeader, bytes]:
     header = FrameHeader.unpack(parts[0])
     if not parts[1]:
         raise ProtocolError("empty_payload", "payload is empty")
+    # No codec of ours spends 4 bytes a pixel; a bigger payload is garbage or an attack on the decoder.
+    limit = 4 * header.width * header.height + 65536
+    if len(parts[1]) > limit:
+        raise ProtocolError("oversized", f"payload of {len(parts[1])} bytes for a {header.width}x{header.height} frame")
     return header, parts[1]
 
 
@@ -119,6 +128,12 @@ class SocketDefaults:
     recv_hwm: int = 2000
     linger_ms: int = 500
     poll_ms: int = 100
+    # ZMTP heartbeats: a peer that vanished without closing TCP (power cut, cable) is dropped in
+    # seconds instead of the kernel's ~15 minutes, so its queue stops holding the sender back.
+    heartbeat_ivl_ms: int = 2000
+    heartbeat_timeout_ms: int = 6000
+    reconnect_ivl_max_ms: int = 5000  # a connecting side backs off 100 ms -> 5 s while the peer is down
+    max_message_bytes: int = MAX_PAYLOAD + 4096  # ZeroMQ drops a peer that sends more, unread
 
 
 DEFAULTS = SocketDefaults()
@@ -146,10 +161,21 @@ def _connect(sock, endpoint: str) -> None:
         raise EdgepipeError(f"cannot connect to {endpoint}: {exc}") from None
 
 
-class Publisher:
-    """Capture side. Binds an XPUB socket; send() never blocks."""
+def _heartbeats(sock, defaults: SocketDefaults) -> None:
+    import zmq
 
-    def __init__(self, endpoint: str, defaults: SocketDefaults = DEFAULTS, context=None):
+    sock.setsockopt(zmq.HEARTBEAT_IVL, defaults.heartbeat_ivl_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, defaults.heartbeat_timeout_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, defaults.heartbeat_timeout_ms)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, defaults.reconnect_ivl_max_ms)
+
+
+class Publisher:
+    """Capture side. Binds an XPUB socket; send() never blocks unless given a timeout.
+
+    `curve`: a security.CurveServer (this side is the CURVE server); None for plain text."""
+
+    def __init__(self, endpoint: str, defaults: SocketDefaults = DEFAULTS, context=None, curve=None):
         import zmq
 
         self._zmq = zmq
@@ -158,6 +184,14 @@ class Publisher:
         self.sock.setsockopt(zmq.SNDHWM, defaults.send_hwm)
         self.sock.setsockopt(zmq.LINGER, defaults.linger_ms)
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every (re)subscription, e.g. a restarted monitor
+        self.sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full subscriber queue is reported, not dropped silently
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 1024)  # subscribers only ever send (un)subscriptions
+        _heartbeats(self.sock, defaults)
+        if curve is not None:
+            from edgepipe.pipeline.security import configure_server
+
+            configure_server(self.sock, curve)
+        self.linger_s = defaults.linger_ms / 1000
         self.endpoint = endpoint
         _bind(self.sock, endpoint)
         self.subscribers_seen = 0
@@ -180,24 +214,49 @@ class Publisher:
                 self.subscribers_seen += 1
             timeout_ms = 0
 
-    def send(self, header: FrameHeader, payload: bytes) -> bool:
-        """False when ZeroMQ would have blocked (the frame is counted as dropped)."""
+    @property
+    def bound_endpoint(self) -> str:
+        """The endpoint as bound (tcp://0.0.0.0:5555 for tcp://*:5555; the real port for :0 / *)."""
+        return self.sock.last_endpoint.decode()
+
+    def send(self, header: FrameHeader, payload: bytes, timeout: float | None = 0.0,
+             cancel: threading.Event | None = None) -> bool:
+        """False when a subscriber's queue stayed full (the frame is counted as dropped).
+
+        timeout: seconds to keep retrying while a subscriber is full (0: never wait; None: until
+        `cancel` is set). Once `cancel` is set, waits at most the socket linger more, so a stop
+        never hangs on a stuck subscriber. With no subscriber at all, send() always succeeds."""
         zmq = self._zmq
-        try:
-            self.sock.send_multipart((header.pack(), payload), flags=zmq.NOBLOCK, copy=len(payload) < 16384)
-            return True
-        except zmq.Again:
-            self.dropped += 1
-            return False
+        parts = (header.pack(), payload)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cancel_deadline = None
+        while True:
+            try:
+                self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=len(payload) < 16384)
+                return True
+            except zmq.Again:
+                pass
+            now = time.monotonic()
+            if cancel is not None and cancel.is_set():
+                cancel_deadline = cancel_deadline or now + self.linger_s
+                if now >= cancel_deadline:
+                    break
+            elif deadline is not None and now >= deadline:
+                break
+            time.sleep(0.002)  # XPUB has no useful POLLOUT with NODROP: retry briefly
+        self.dropped += 1
+        return False
 
     def close(self) -> None:
         self.sock.close()
 
 
 class Subscriber:
-    """Monitor side. Connects a SUB socket subscribed to everything."""
+    """Monitor side. Connects a SUB socket subscribed to everything.
 
-    def __init__(self, endpoint: str, defaults: SocketDefaults = DEFAULTS, context=None):
+    `curve`: a security.CurveClient (the capture is the CURVE server); None for plain text."""
+
+    def __init__(self, endpoint: str, defaults: SocketDefaults = DEFAULTS, context=None, curve=None):
         import zmq
 
         self._zmq = zmq
@@ -205,7 +264,13 @@ class Subscriber:
         self.sock = self._ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, defaults.recv_hwm)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_PAYLOAD)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, defaults.max_message_bytes)
+        _heartbeats(self.sock, defaults)
+        if curve is not None:
+            from edgepipe.pipeline.security import configure_client
+
+            configure_client(self.sock, curve)
+        self.endpoint = endpoint
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.poll_ms = defaults.poll_ms
         _connect(self.sock, endpoint)

@@ -1,0 +1,215 @@
+"""Prometheus metrics for capture and monitor (prometheus-client).
+
+The collectors read the counters the loop already keeps (CaptureStats, Monitor, LiveSource, the
+back channel, the allow-list) at scrape time, so the hot path does no extra bookkeeping and the
+metrics always agree with the JSON reports. Each process gets its own CollectorRegistry (not the
+global default), so tests and embedded uses do not collide.
+
+Rates are counters: frames/s per stage is rate(edgepipe_capture_frames_total[1m]); mean encode or
+inference ms is rate(edgepipe_capture_stage_seconds_sum[1m]) / rate(..._count[1m]) * 1000, and the
+same for bits per frame and end-to-end latency.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+from edgepipe.errors import EdgepipeError
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen(spec: str) -> tuple[str, int]:
+    """'9101' -> ('127.0.0.1', 9101); ':9101' -> ('0.0.0.0', 9101); 'HOST:PORT' as given."""
+    host, _, port = spec.rpartition(":")
+    if not _:
+        host = "127.0.0.1"
+    elif not host:
+        host = "0.0.0.0"
+    try:
+        number = int(port)
+    except ValueError:
+        raise EdgepipeError(f"metrics address must be PORT, :PORT or HOST:PORT, got {spec!r}") from None
+    if not 0 <= number <= 65535:
+        raise EdgepipeError(f"metrics port {number} is out of range")
+    return host.strip("[]"), number
+
+
+class MetricsServer:
+    """An HTTP /metrics endpoint for one registry, stopped with close()."""
+
+    def __init__(self, registry, listen: str):
+        from prometheus_client import start_http_server
+
+        host, port = parse_listen(listen)
+        try:
+            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise EdgepipeError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from None
+        self.port = self._server.server_address[1]
+        self.host = host
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _families():
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+
+    return CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+
+
+class CaptureCollector:
+    """Metrics of one CaptureLoop; `control`, `zap` and `handshakes` are optional."""
+
+    def __init__(self, loop, control=None, zap=None, handshakes=None):
+        self.loop, self.control, self.zap, self.handshakes = loop, control, zap, handshakes
+
+    def collect(self) -> Iterator:
+        Counter_, Gauge, Summary = _families()
+        loop, st, s = self.loop, self.loop.stats, self.loop.settings
+        p = "edgepipe_capture_"
+        with st._lock:  # one consistent snapshot
+            stages = {name: (t.count, t.busy_s) for name, t in st.stages.items()}
+            drops = dict(st.drops)
+            sent, nbytes, keyframes, requests = st.frames_sent, st.bytes_sent, st.keyframes, st.keyframe_requests
+        info = Gauge(p + "info", "What this capture runs (value 1).",
+                     labels=["stream", "source", "model", "codec", "encoder"])
+        info.add_metric([s.stream_id, loop.source.name, loop.engine.model_id, s.codec, s.encoder], 1)
+        yield info
+        yield Gauge(p + "epoch", "Stream epoch of this run (changes when capture restarts).", value=loop.epoch)
+        qp = -1 if s.crf is not None or s.qp is None else s.qp
+        yield Gauge(p + "qp", "HEVC QP (JPEG quality / JPEG 2000 rate for those codecs; -1 under CRF).", value=qp)
+        frames = Counter_(p + "frames", "Frames through each stage (rate() gives frames/s).", labels=["stage"])
+        secs = Summary(p + "stage_seconds", "Busy time per frame in each stage (encode, inference ms).",
+                       labels=["stage"])
+        for name, (count, busy) in sorted(stages.items()):
+            frames.add_metric([name], count)
+            secs.add_metric([name], count_value=count, sum_value=busy)
+        yield frames
+        yield secs
+        yield Counter_(p + "frames_sent", "Encoded frames handed to ZeroMQ.", value=sent)
+        yield Counter_(p + "bytes_sent", "Encoded payload bytes sent.", value=nbytes)
+        yield Counter_(p + "keyframes_sent", "Keyframes (IDR) sent.", value=keyframes)
+        yield Summary(p + "bits_per_frame", "Encoded bits per sent frame.", count_value=sent, sum_value=nbytes * 8)
+        dropped = Counter_(p + "drops", "Frames dropped, by cause and where it happened.", labels=["cause"])
+        for cause, n in sorted(drops.items()):
+            dropped.add_metric([cause], n)
+        yield dropped
+        depth = Gauge(p + "queue_depth", "Frames waiting in each inter-stage queue.", labels=["queue"])
+        for name, q in loop.queues.items():
+            depth.add_metric([name], q.qsize())
+        yield depth
+        yield Gauge(p + "queue_capacity", "Capacity of each inter-stage queue.", value=s.queue_size)
+        yield Counter_(p + "keyframe_requests", "Keyframe requests received (back channel).", value=requests)
+        yield Counter_(p + "forced_keyframes", "IDR frames forced by requests or after a network drop.",
+                       value=loop.forced_keyframes)
+        yield Counter_(p + "subscriptions", "Subscriptions seen on the data socket (monitors joining).",
+                       value=loop.publisher.subscribers_seen)
+        src = loop.source
+        yield Gauge(p + "source_up", "1 while the source delivers, 0 while it is being reopened.",
+                    value=int(getattr(src, "connected", True)))
+        yield Counter_(p + "source_failures", "Times a live source dropped.", value=getattr(src, "failures", 0))
+        yield Counter_(p + "source_reconnects", "Successful reopens of a live source.",
+                       value=getattr(src, "reconnects", 0))
+        yield Counter_(p + "source_open_attempts", "Reopen attempts of a live source.",
+                       value=getattr(src, "open_attempts", 0))
+        yield Gauge(p + "source_retry_seconds", "Back-off before the next reopen attempt (0 when up).",
+                    value=getattr(src, "retry_in_s", 0.0))
+        if self.control is not None:
+            bad = Counter_(p + "control_rejects", "Ignored back-channel messages, by cause.", labels=["cause"])
+            for cause, n in sorted(self.control.rejects.items()):
+                bad.add_metric([cause], n)
+            yield bad
+        yield from _auth_metrics(p, self.zap, self.handshakes)
+
+
+def _auth_metrics(prefix: str, zap, handshakes) -> Iterator:
+    Counter_, _, _ = _families()
+    refused = Counter_(prefix + "auth_refused", "Peers refused (allow-list or failed CURVE handshake), by cause.",
+                       labels=["cause"])
+    for source in (zap.denied if zap else {}, handshakes.failures if handshakes else {}):
+        for cause, n in sorted(dict(source).items()):
+            refused.add_metric([cause], n)
+    yield refused
+    if zap is not None:
+        yield Counter_(prefix + "auth_accepted", "Client keys accepted by the allow-list.", value=zap.accepted)
+
+
+class MonitorCollector:
+    """Metrics of one Monitor; `control` (the keyframe back channel) and `handshakes` optional."""
+
+    def __init__(self, monitor, control=None, handshakes=None):
+        self.monitor, self.control, self.handshakes = monitor, control, handshakes
+
+    def collect(self) -> Iterator:
+        Counter_, Gauge, Summary = _families()
+        m = self.monitor
+        p = "edgepipe_monitor_"
+        with m._lock:
+            messages, decoded, rejects = m.messages, m.decoded, dict(m.rejects)
+            lost_by_stream: dict[str, int] = {}
+            received_by_stream: dict[str, int] = {}
+            epochs: dict[str, int] = {}
+            for (sid, epoch), state in m.streams.items():
+                lost_by_stream[sid] = lost_by_stream.get(sid, 0) + state.lost
+                received_by_stream[sid] = received_by_stream.get(sid, 0) + state.received
+                epochs[sid] = epoch  # insertion order: the latest epoch wins
+            rows = [(key, acc.frames, acc.bytes, acc.labelled, acc.correct, acc.latency_sum_s)
+                    for key, acc in m.rows.items()]
+            timings = {k: tuple(v) for k, v in m.timings.items()}
+        yield Counter_(p + "messages", "Messages received on the data socket.", value=messages)
+        yield Counter_(p + "frames_decoded", "Frames decoded and shown.", value=decoded)
+        bad = Counter_(p + "rejects", "Messages rejected, by cause.", labels=["cause"])
+        for cause, n in sorted(rejects.items()):
+            bad.add_metric([cause], n)
+        yield bad
+        lost = Counter_(p + "lost_frames", "Frames missing from the sequence (all epochs).", labels=["stream"])
+        received = Counter_(p + "received_frames", "Well-formed frames received (all epochs).", labels=["stream"])
+        epoch = Gauge(p + "epoch", "Latest epoch seen for each stream.", labels=["stream"])
+        for sid in sorted(lost_by_stream):
+            lost.add_metric([sid], lost_by_stream[sid])
+            received.add_metric([sid], received_by_stream[sid])
+            epoch.add_metric([sid], epochs[sid])
+        yield lost
+        yield received
+        yield epoch
+        labels = ["stream", "model", "qp", "codec"]
+        frames = Counter_(p + "frames", "Decoded frames per operating point.", labels=labels)
+        nbytes = Counter_(p + "bytes", "Payload bytes of decoded frames per operating point.", labels=labels)
+        bits = Summary(p + "bits_per_frame", "Encoded bits per decoded frame.", labels=labels)
+        latency = Summary(p + "latency_seconds", "End-to-end latency, capture to decoded.", labels=labels)
+        top1 = Gauge(p + "top1_ratio", "Top-1 accuracy against the labels carried in the stream.", labels=labels)
+        labelled = Counter_(p + "labelled_frames", "Decoded frames that carried a label.", labels=labels)
+        for (sid, model, qp, codec), n, b, lab, correct, lat in sorted(rows, key=lambda r: tuple(map(str, r[0]))):
+            key = [sid, model, str(qp), codec]
+            frames.add_metric(key, n)
+            nbytes.add_metric(key, b)
+            bits.add_metric(key, count_value=n, sum_value=b * 8)
+            latency.add_metric(key, count_value=n, sum_value=lat)
+            labelled.add_metric(key, lab)
+            if lab:
+                top1.add_metric(key, correct / lab)
+        yield from (frames, nbytes, bits, latency, top1, labelled)
+        secs = Summary(p + "stage_seconds", "Time per frame in decode and classify (inference ms).", labels=["stage"])
+        for stage, (count, total) in sorted(timings.items()):
+            secs.add_metric([stage], count_value=count, sum_value=total)
+        yield secs
+        if self.control is not None:
+            yield Counter_(p + "keyframe_requests", "Keyframe requests sent to the capture after a loss.",
+                           value=self.control.sent)
+            yield Counter_(p + "keyframe_requests_unsent", "Keyframe requests that could not be sent.",
+                           value=self.control.unsent)
+        yield from _auth_metrics(p, None, self.handshakes)
+
+
+def registry_for(*collectors):
+    """A private registry holding the given collectors (plus nothing global)."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    for c in collectors:
+        registry.register(c)
+    return registry

@@ -1,0 +1,238 @@
+"""Capture and monitor as long-running services: sockets (CURVE or plain text), allow-list, back
+channel, metrics endpoint and systemd notifications around CaptureLoop and Monitor.
+
+Startup order is chosen so a bad setting fails with one line before anything is half-open: keys
+and allow-list first, then sockets, then source and model. Shutdown closes everything in reverse,
+sockets with a bounded linger, so a SIGTERM at any point ends within a few seconds.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from edgepipe.errors import EdgepipeError
+from edgepipe.pipeline.capture import CaptureLoop, CaptureSettings
+from edgepipe.pipeline.stats import CaptureStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SecurityOptions:
+    key: str | None = None  # own secret key: PATH, credential:NAME
+    allow: tuple[str, ...] = ()  # capture: monitor public keys / folders of *.key
+    server_key: str | None = None  # monitor: the capture's public key
+    insecure: bool = False  # plain text beyond loopback, only when asked for
+
+
+@dataclass
+class ServiceOptions:
+    control: str | None = None  # capture: endpoint to bind; monitor: endpoint to connect
+    metrics: str | None = None  # PORT, :PORT or HOST:PORT for /metrics
+    security: SecurityOptions = field(default_factory=SecurityOptions)
+
+
+def server_curve(sec: SecurityOptions):
+    """CurveServer for the capture, or None for plain text; key errors surface here, first."""
+    from edgepipe.pipeline.security import CurveServer, load_allow_list, load_keypair
+
+    if sec.server_key:
+        raise EdgepipeError("server-key is a monitor setting; the capture takes key and allow")
+    if not sec.key:
+        if sec.allow:
+            raise EdgepipeError("allow needs key: the capture's own secret key (edgepipe keys generate capture)")
+        return None
+    return CurveServer(load_keypair(sec.key), load_allow_list(sec.allow))
+
+
+def client_curve(sec: SecurityOptions):
+    from edgepipe.pipeline.security import CurveClient, load_keypair, load_public_key
+
+    if sec.allow:
+        raise EdgepipeError("allow is a capture setting; the monitor takes key and server-key")
+    if bool(sec.key) != bool(sec.server_key):
+        raise EdgepipeError("CURVE on the monitor needs both key (its own secret key) and server-key "
+                            "(the capture's public key)")
+    if not sec.key:
+        return None
+    return CurveClient(load_keypair(sec.key), load_public_key(sec.server_key))
+
+
+class CaptureService:
+    """CaptureLoop + data socket + control socket + allow-list + metrics + sd_notify."""
+
+    def __init__(self, settings: CaptureSettings, options: ServiceOptions | None = None, source=None,
+                 engine=None):
+        import zmq
+
+        from edgepipe.pipeline.security import HandshakeWatcher, ZapHandler, check_plaintext_allowed
+        from edgepipe.pipeline.transport import Publisher
+
+        self.options = options = options or ServiceOptions()
+        curve = server_curve(options.security)
+        self.curve = curve
+        self.context = zmq.Context()
+        self.zap = self.handshakes = self.publisher = self.loop = self.control = self.metrics = None
+        try:
+            if curve is not None:
+                self.zap = ZapHandler(self.context, curve.allowed).start()  # before any bind: fail closed
+                self.handshakes = HandshakeWatcher(self.context)
+            self.publisher = Publisher(settings.publish, context=self.context, curve=curve)
+            if curve is None:
+                check_plaintext_allowed(self.publisher.bound_endpoint, options.security.insecure, "capture")
+            else:
+                self.handshakes.watch(self.publisher.sock, "capture data")
+            self.loop = CaptureLoop(settings, source=source, engine=engine, publisher=self.publisher)
+            if options.control:
+                from edgepipe.pipeline.backchannel import ControlServer
+
+                self.control = ControlServer(options.control, settings.stream_id, self.loop.request_keyframe,
+                                             self.context, curve)
+                if curve is None:
+                    check_plaintext_allowed(self.control.bound_endpoint, options.security.insecure, "capture")
+                else:
+                    self.handshakes.watch(self.control.sock, "capture control")
+            if options.metrics:
+                from edgepipe.pipeline.metrics import CaptureCollector, MetricsServer, registry_for
+
+                self.registry = registry_for(CaptureCollector(self.loop, self.control, self.zap, self.handshakes))
+                self.metrics = MetricsServer(self.registry, options.metrics)
+        except BaseException:
+            self.close()
+            raise
+
+    def progress(self) -> int:
+        """Frames out of the encoder, plus reopen attempts of a live source that is down."""
+        return self.loop.frames_handled + getattr(self.loop.source, "open_attempts", 0)
+
+    def status(self) -> str:
+        st = self.loop.stats
+        drops = sum(st.drops.values())
+        return f"sent {st.frames_sent} frames, dropped {drops}, keyframe requests {st.keyframe_requests}"
+
+    def run(self, stop: threading.Event | None = None) -> CaptureStats:
+        from edgepipe.pipeline.watchdog import FlowWatchdog, Notifier
+
+        stop = stop or threading.Event()
+        if self.handshakes is not None:
+            self.handshakes.start()
+        if self.control is not None:
+            self.control.start()
+        notifier = Notifier()
+        watchdog = FlowWatchdog(notifier, self.progress, stop, self.status)
+        watchdog.ready()
+        try:
+            return self.loop.run(stop)
+        finally:
+            watchdog.close()
+            notifier.close()
+
+    def close(self) -> None:
+        """Idempotent; every socket closes with a bounded linger, then the context ends."""
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.handshakes is not None:
+            self.handshakes.stop()
+            self.handshakes = None
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.loop is not None:
+            self.loop.close()
+            self.loop = None
+        if self.publisher is not None:
+            self.publisher.close()
+            self.publisher = None
+        if self.zap is not None:
+            self.zap.stop()
+            self.zap = None
+        if self.context is not None:
+            self.context.term()  # returns once every socket's linger has run out
+            self.context = None
+
+
+class MonitorService:
+    """Monitor + data socket + keyframe back channel + metrics + sd_notify."""
+
+    def __init__(self, connect: str, classify: Callable[[np.ndarray], int] | None,
+                 options: ServiceOptions | None = None, max_streams: int = 256):
+        import zmq
+
+        from edgepipe.pipeline.monitor import Monitor
+        from edgepipe.pipeline.security import HandshakeWatcher, check_plaintext_allowed
+        from edgepipe.pipeline.transport import Subscriber
+
+        self.options = options = options or ServiceOptions()
+        curve = client_curve(options.security)
+        if curve is None:
+            check_plaintext_allowed(connect, options.security.insecure, "monitor")
+            if options.control:
+                check_plaintext_allowed(options.control, options.security.insecure, "monitor")
+        self.context = zmq.Context()
+        self.subscriber = self.control = self.handshakes = self.metrics = None
+        try:
+            self.subscriber = Subscriber(connect, context=self.context, curve=curve)
+            if options.control:
+                from edgepipe.pipeline.backchannel import ControlClient
+
+                self.control = ControlClient(options.control, self.context, curve)
+            if curve is not None:
+                self.handshakes = HandshakeWatcher(self.context)
+                self.handshakes.watch(self.subscriber.sock, "monitor data")
+                if self.control is not None:
+                    self.handshakes.watch(self.control.sock, "monitor control")
+            self.monitor = Monitor(classify, self.subscriber,
+                                   on_loss=self.control.request_keyframe if self.control else None,
+                                   max_streams=max_streams)
+            if options.metrics:
+                from edgepipe.pipeline.metrics import MetricsServer, MonitorCollector, registry_for
+
+                self.registry = registry_for(MonitorCollector(self.monitor, self.control, self.handshakes))
+                self.metrics = MetricsServer(self.registry, options.metrics)
+        except BaseException:
+            self.close()
+            raise
+
+    def status(self) -> str:
+        m = self.monitor
+        return f"decoded {m.decoded} frames, lost {sum(s.lost for s in m.streams.values())}, " \
+               f"rejected {sum(m.rejects.values())}"
+
+    def run(self, stop: threading.Event | None = None, max_frames: int | None = None,
+            idle_timeout: float | None = None) -> dict:
+        from edgepipe.pipeline.watchdog import FlowWatchdog, Notifier
+
+        stop = stop or threading.Event()
+        if self.handshakes is not None:
+            self.handshakes.start()
+        notifier = Notifier()
+        watchdog = FlowWatchdog(notifier, lambda: self.monitor.ticks, stop, self.status)
+        watchdog.ready()
+        try:
+            self.monitor.run(stop, max_frames=max_frames, idle_timeout=idle_timeout)
+        finally:
+            watchdog.close()
+            notifier.close()
+        return self.monitor.report()
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.handshakes is not None:
+            self.handshakes.stop()
+            self.handshakes = None
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.subscriber is not None:
+            self.subscriber.close()
+            self.subscriber = None
+        if self.context is not None:
+            self.context.term()
+            self.context = None
