@@ -1,0 +1,124 @@
+"""`edgepipe eval` end to end on real images, and its answers to bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgepipe.cli import cli
+
+
+def _identity_onnx(path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, "h", "w"])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _eval(*args):
+    result = CliRunner().invoke(cli, ["eval", "--no-progress", *args])
+    return result
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_end_to_end_two_codecs(small_val_folder, tmp_path):
+    ident = tmp_path / "ident.onnx"
+    _identity_onnx(ident)
+    out = tmp_path / "out"
+    args = ["--data", str(small_val_folder), "--pre", f"none,tvl1,{ident}", "--codec", "jpeg,jpeg2000",
+            "--jobs", "2", "--out", str(out)]
+    res = _eval(*args)
+    assert res.exit_code == 0, res.output
+    rows = _rows(out / "results.csv")
+    assert len(rows) == 3 * 2 * 4
+    assert set(rows[0]) == {"pre", "codec", "quality", "bpp", "top1", "psnr_db", "n_images", "n_skipped"}
+    for r in rows:
+        assert r["n_images"] == "12" and r["n_skipped"] == "0"
+        assert 0.0 <= float(r["top1"]) <= 1.0
+        assert 0.05 < float(r["bpp"]) < 2.0
+        assert 15.0 < float(r["psnr_db"]) < 60.0
+    for codec in ("jpeg", "jpeg2000"):
+        anchor = [r for r in rows if r["pre"] == "none" and r["codec"] == codec]
+        bpp = [float(r["bpp"]) for r in anchor]
+        assert bpp == sorted(bpp) and bpp[-1] <= 1.0  # 4 points under --max-bpp, low to high
+        assert [float(r["psnr_db"]) for r in anchor] == sorted(float(r["psnr_db"]) for r in anchor)
+        # an identity model file must reproduce the codec alone exactly
+        same = [r for r in rows if r["pre"] == "ident" and r["codec"] == codec]
+        assert [(r["bpp"], r["top1"], r["psnr_db"]) for r in same] == [(r["bpp"], r["top1"], r["psnr_db"]) for r in anchor]
+    bd = {(r["pre"], r["codec"]): r for r in _rows(out / "bdrate.csv")}
+    assert float(bd[("ident", "jpeg")]["bd_rate_cubic_pct"]) == pytest.approx(0.0, abs=1e-9)
+    png = (out / "rd.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    md = (out / "results.md").read_text()
+    assert "BD-Rate(accuracy) against the codec alone" in md and "| tvl1 |" in md and "paper" in md
+    first = (out / "results.csv").read_text()
+    assert json.loads((out / "run.json").read_text())["computed_tasks"] > 0
+    # same arguments again: everything comes from the cache, same numbers
+    res = _eval(*args)
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "run.json").read_text())["computed_tasks"] == 0
+    assert (out / "results.csv").read_text() == first
+
+
+@pytest.mark.slow
+def test_greyscale_odd_sizes_and_unreadable_files(imagenette_val, tmp_path):
+    synset = sorted(p for p in imagenette_val.iterdir() if p.is_dir())[0]
+    data = tmp_path / "data" / synset.name
+    data.mkdir(parents=True)
+    srcs = sorted(synset.iterdir())[:2]
+    shutil.copy(srcs[0], data / "colour.JPEG")
+    grey = cv2.cvtColor(cv2.imread(str(srcs[1])), cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(data / "grey_odd.png"), cv2.resize(grey, (181, 157)))  # odd width and height
+    (data / "broken.JPEG").write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    res = _eval("--data", str(tmp_path / "data"), "--pre", "none", "--codec", "jpeg,hevc", "--points", "2",
+                "--max-bpp", "8", "--jobs", "1", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    rows = _rows(out / "results.csv")
+    assert len(rows) == 4
+    assert all(r["n_images"] == "2" and r["n_skipped"] == "1" for r in rows)
+    assert all(np.isfinite(float(r["bpp"])) and float(r["bpp"]) > 0 for r in rows)
+
+
+def test_unknown_codec_is_one_line(small_val_folder, tmp_path):
+    res = _eval("--data", str(small_val_folder), "--codec", "jpeg,webp", "--out", str(tmp_path))
+    assert res.exit_code != 0
+    assert "unknown codec 'webp'" in res.output and "Traceback" not in res.output
+
+
+def test_model_that_does_not_load(small_val_folder, tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x00garbage, not protobuf")
+    res = _eval("--data", str(small_val_folder), "--pre", f"none,{bad}", "--codec", "jpeg", "--out", str(tmp_path / "o"))
+    assert res.exit_code != 0 and "not a loadable ONNX model" in res.output
+    res = _eval("--data", str(small_val_folder), "--pre", "none,no_such_model", "--codec", "jpeg", "--out", str(tmp_path / "o"))
+    assert res.exit_code != 0 and "model not found" in res.output
+
+
+def test_folder_without_labels(tmp_path):
+    (tmp_path / "cats").mkdir()
+    cv2.imwrite(str(tmp_path / "cats" / "a.png"), np.zeros((32, 32, 3), np.uint8))
+    res = _eval("--data", str(tmp_path), "--codec", "jpeg", "--out", str(tmp_path / "o"))
+    assert res.exit_code != 0 and "no labelled images" in res.output
+    res = _eval("--data", str(tmp_path / "missing"), "--codec", "jpeg", "--out", str(tmp_path / "o"))
+    assert res.exit_code != 0 and "not found" in res.output
+
+
+def test_bad_tvl1_weight(small_val_folder, tmp_path):
+    res = _eval("--data", str(small_val_folder), "--pre", "none,tvl1:-2", "--codec", "jpeg", "--out", str(tmp_path))
+    assert res.exit_code != 0 and "TV-L1 weight" in res.output
