@@ -116,3 +116,12 @@ def test_bad_input_is_one_clear_line(small_val_folder: Path, tmp_path: Path) -> 
     assert "format version 0" in _one_line_error(
         ["train", "--data", str(small_val_folder), "--out", str(stale), "--resume"])
     assert "format version 0" in _one_line_error(["export", str(stale), "--onnx", str(tmp_path / "o.onnx")])
+
+
+def test_validation_bpp_equals_single_image_encodes(real_frames) -> None:
+    from edgepipe.pipeline.codecs import bits_per_pixel, encode_image
+    from edgepipe.train.validate import mean_bpp
+
+    frames = real_frames[0][:3]
+    single = np.mean([bits_per_pixel(len(encode_image("hevc", f, 37)), 224, 224) for f in frames])
+    assert mean_bpp(frames, 37) == pytest.approx(single, rel=1e-9)
