@@ -21,7 +21,10 @@ import pytest
 
 from edgepipe.engines.cuda_memory import CudaMemory, CudaStream, DeviceBuffer, GpuInfo, PinnedBuffer
 from edgepipe.errors import EdgepipeError
-from test_tensorrt_build import export_tiny_net
+try:
+    from test_tensorrt_build import export_tiny_net
+except ImportError:  # tests/engines made a package
+    from .test_tensorrt_build import export_tiny_net
 
 
 class HostMemory(CudaMemory):

@@ -51,7 +51,10 @@ def onnx_model(tmp_path_factory) -> Path:
     try:
         return resolve_model("ours")
     except EdgepipeError:
-        from test_tensorrt_build import export_tiny_net
+        try:
+            from test_tensorrt_build import export_tiny_net
+        except ImportError:  # tests/engines made a package
+            from .test_tensorrt_build import export_tiny_net
 
         return export_tiny_net(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
 
