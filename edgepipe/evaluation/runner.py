@@ -170,7 +170,8 @@ def ordered_images(data: str | Path, limit: int | None = None) -> list[LabelledI
     return items
 
 
-def chunks_of(items: list[LabelledImage], size: int = CHUNK) -> list[list[LabelledImage]]:
+def chunks_of(items: list[LabelledImage], size: int | None = None) -> list[list[LabelledImage]]:
+    size = size or CHUNK
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 

@@ -122,3 +122,28 @@ def test_folder_without_labels(tmp_path):
 def test_bad_tvl1_weight(small_val_folder, tmp_path):
     res = _eval("--data", str(small_val_folder), "--pre", "none,tvl1:-2", "--codec", "jpeg", "--out", str(tmp_path))
     assert res.exit_code != 0 and "TV-L1 weight" in res.output
+
+
+def test_interrupted_run_is_reported_on_its_complete_chunks(small_val_folder, tmp_path, monkeypatch):
+    from edgepipe.evaluation import runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "CHUNK", 6)  # 12 images -> 2 chunks
+    out = tmp_path / "out"
+    args = dict(recognizer="efficientnet-lite0", weights=None, pres=["none", "tvl1"], codecs=["jpeg"],
+                points=3, max_bpp=1.0, jobs=1, out=out, progress=False)
+    full = runner_mod.Runner(small_val_folder, **args).run()
+    assert full.n_images == 12 and full.computed_tasks > 0
+    # lose one cached result of the second chunk, as if the run had been stopped there
+    r = runner_mod.Runner(small_val_folder, cached_only=True, **args)
+    q = full.points["jpeg"][0]
+    victim = r._path(r.pres[1], ("jpeg", q), 1)
+    victim.unlink()
+    partial = r.run()
+    assert partial.n_images == 6 and partial.computed_tasks == 0
+    assert partial.points == full.points
+    # without --cached-only the missing piece is recomputed, and only it
+    again = runner_mod.Runner(small_val_folder, **args).run()
+    assert again.n_images == 12 and again.computed_tasks == 1
+    key = ("tvl1", "jpeg", q)
+    np.testing.assert_array_equal(again.results[key].correct, full.results[key].correct)
+    np.testing.assert_allclose(again.results[key].bpp, full.results[key].bpp)
