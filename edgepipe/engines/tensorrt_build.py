@@ -353,7 +353,8 @@ class PlanBuilder:
             log.warning("could not identify the GPU (install cuda-python or pycuda): the sidecar will not record it")
         onnx_sha = sha256_file(onnx_path)
         source_name, source_sha = (source_of(onnx_path) if qdq else None) or (onnx_path.name, onnx_sha)
-        ctx: dict[str, Any] = {"onnx_sha256": source_sha, "onnx_path": onnx_path, "memory": memory}
+        ctx: dict[str, Any] = {"onnx_sha256": source_sha, "onnx_path": onnx_path, "plan_path": plan_path,
+                               "memory": memory}
 
         with tempfile.TemporaryDirectory(prefix="edgepipe-trt-") as tmp:
             network_onnx = self.prepare_onnx(onnx_path, options, Path(tmp), qdq)
@@ -468,13 +469,12 @@ class TensorRT10Builder(PlanBuilder):
         o = options.int8
         w, h = o.size
         shape = (o.batch_size, 3, h, w)
-        if o.cache is None:
-            raise EdgepipeError("int8 needs a calibration cache path")
-        cache = CalibrationCache(o.cache, ctx["onnx_sha256"], shape)
+        cache_path = o.cache or ctx["plan_path"].with_suffix(".calib")  # the CLI passes ./MODEL.calib
+        cache = CalibrationCache(cache_path, ctx["onnx_sha256"], shape)
         has_cache = cache.path.is_file() and cache.read() is not None  # the calibrator reads it again
         if not has_cache and o.data is None:
             raise EdgepipeError(f"int8 needs calibration images (--calib-data DIR) or a calibration cache for this "
-                                f"model (none valid at {o.cache}; make one with edgepipe calibrate)")
+                                f"model (none valid at {cache_path}; make one with edgepipe calibrate)")
         batches = None
         if not has_cache:
             batches = CalibrationBatches(o.data, o.size, o.batch_size, o.max_images)
@@ -491,7 +491,7 @@ class TensorRT10Builder(PlanBuilder):
         calib_profile = builder.create_optimization_profile()
         calib_profile.set_shape(network.get_input(0).name, shape, shape, shape)
         config.set_calibration_profile(calib_profile)
-        ctx["calibration"] = {"method": "TensorRT 10 IInt8EntropyCalibrator2", "cache": str(o.cache),
+        ctx["calibration"] = {"method": "TensorRT 10 IInt8EntropyCalibrator2", "cache": str(cache_path),
                               "reused_cache": has_cache, **(batches.describe() if batches else {})}
 
 
