@@ -7,7 +7,6 @@ import json
 import types
 
 import numpy as np
-import pytest
 
 from edgepipe.calibration.data import CalibrationBatches
 from edgepipe.calibration.trt10 import BatchFeeder, CalibrationCache, make_entropy_calibrator
