@@ -100,7 +100,8 @@ def config_option(f):
     """The --config option; eager, so the file is read before any other option is resolved."""
     f = click.option("--print-config", is_flag=True,
                      help="Print the effective settings (with where each comes from) and exit.")(f)
-    return click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+    # a plain string: read_toml says what is wrong with the path, in one line
+    return click.option("--config", metavar="FILE", is_eager=True, expose_value=False,
                         callback=_load, help="TOML file with the same keys as these flags (flags win).")(f)
 
 

@@ -196,6 +196,8 @@ class Publisher:
         _bind(self.sock, endpoint)
         self.subscribers_seen = 0
         self.dropped = 0
+        self._cancelled_by: object | None = None
+        self._cancel_deadline = 0.0
 
     def wait_for_subscriber(self, timeout: float) -> bool:
         """True once a subscriber has joined (for demos and tests; the service never waits)."""
@@ -224,12 +226,11 @@ class Publisher:
         """False when a subscriber's queue stayed full (the frame is counted as dropped).
 
         timeout: seconds to keep retrying while a subscriber is full (0: never wait; None: until
-        `cancel` is set). Once `cancel` is set, waits at most the socket linger more, so a stop
-        never hangs on a stuck subscriber. With no subscriber at all, send() always succeeds."""
+        `cancel` is set). Once `cancel` is set, all sends together wait at most the socket linger
+        more, so a stop never hangs on a stuck subscriber. With no subscriber, send() always succeeds."""
         zmq = self._zmq
         parts = (header.pack(), payload)
         deadline = None if timeout is None else time.monotonic() + timeout
-        cancel_deadline = None
         while True:
             try:
                 self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=len(payload) < 16384)
@@ -238,8 +239,9 @@ class Publisher:
                 pass
             now = time.monotonic()
             if cancel is not None and cancel.is_set():
-                cancel_deadline = cancel_deadline or now + self.linger_s
-                if now >= cancel_deadline:
+                if self._cancelled_by is not cancel:  # one linger budget per stop, shared by every send
+                    self._cancelled_by, self._cancel_deadline = cancel, now + self.linger_s
+                if now >= self._cancel_deadline:
                     break
             elif deadline is not None and now >= deadline:
                 break
