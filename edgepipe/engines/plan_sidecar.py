@@ -72,7 +72,7 @@ def now_iso() -> str:
 
 def model_card_fields(onnx_path: str | Path) -> dict[str, Any]:
     """What is known about the source model: the ONNX file's own metadata (producer, doc string,
-    metadata_props) and, when present, a model card `STEM.json` beside it (as shipped models have)."""
+    metadata_props) and, when present, the model card files beside it."""
     onnx_path = Path(onnx_path)
     card: dict[str, Any] = {}
     try:
@@ -91,15 +91,25 @@ def model_card_fields(onnx_path: str | Path) -> dict[str, Any]:
         card.update({p.key: p.value for p in model.metadata_props})
     except Exception as exc:  # a card is nice to have; the hash already identifies the model
         log.warning("could not read ONNX metadata of %s: %s", onnx_path, exc)
-    json_card = onnx_path.with_suffix(".json")
-    if json_card.is_file():
+    # Beside the ONNX, as `edgepipe.train.card` writes them: STEM.md (the card) and STEM.metrics.json
+    # (its validation figures); a STEM.json card is merged too.
+    for extra_path, key in ((onnx_path.with_suffix(".json"), None),
+                            (onnx_path.with_name(onnx_path.stem + ".metrics.json"), "metrics")):
+        if not extra_path.is_file():
+            continue
         try:
-            extra = json.loads(json_card.read_text())
+            extra = json.loads(extra_path.read_text())
         except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable model card %s: %s", json_card, exc)
-        else:
-            if isinstance(extra, dict):
-                card.update(extra)
+            log.warning("ignoring unreadable model card file %s: %s", extra_path, exc)
+            continue
+        if key is not None:
+            card[key] = extra
+        elif isinstance(extra, dict):
+            card.update(extra)
+    md = onnx_path.with_suffix(".md")
+    if md.is_file():
+        lines = [line.strip("# ").strip() for line in md.read_text(errors="replace").splitlines() if line.strip()]
+        card["card"] = {"file": md.name, "title": lines[0] if lines else "", "sha256": sha256_file(md)}
     return card
 
 

@@ -101,7 +101,11 @@ def test_model_card_from_onnx_metadata_and_json_card(tmp_path):
     path = tmp_path / "ours.onnx"
     onnx.save(model, str(path))
     (tmp_path / "ours.json").write_text(json.dumps({"trained_on": "imagenette", "bd_rate": -21.5}))
+    (tmp_path / "ours.metrics.json").write_text(json.dumps({"top1": 0.81, "bpp": 0.42}))
+    (tmp_path / "ours.md").write_text("# ours: ED with bypass, lambda 1\n\nTrained on ...\n")
     card = ps.model_card_fields(path)
+    assert card["metrics"] == {"top1": 0.81, "bpp": 0.42}
+    assert card["card"]["file"] == "ours.md" and card["card"]["title"] == "ours: ED with bypass, lambda 1"
     assert card["producer_name"] == "edgepipe-export" and card["model_version"] == 3
     assert card["opset"] == {"ai.onnx": 17}
     assert card["edgepipe.recognizer"] == "efficientnet-lite0"
