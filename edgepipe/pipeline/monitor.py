@@ -165,7 +165,6 @@ class Monitor:
             if any(sid == header.stream_id for sid, _ in self.streams):
                 log.info("stream %s restarted (epoch %d): new accounting period", header.stream_id, header.epoch)
             state = self.streams[key] = StreamState()
-        state.received += 1
         if state.expected_seq is not None and header.seq != state.expected_seq:
             if header.seq > state.expected_seq:
                 gap = header.seq - state.expected_seq
@@ -177,6 +176,7 @@ class Monitor:
             else:  # a duplicate or a replay: decoding it would corrupt the references
                 self._reject("out_of_order", f"{header.stream_id} seq {header.seq} < {state.expected_seq}")
                 return None
+        state.received += 1  # after the replay check: a replayed frame is not received twice
         state.expected_seq = max(header.seq + 1, state.expected_seq or 0)
         return state
 
