@@ -117,14 +117,13 @@ def _read_key_file(path: Path, what: str) -> tuple[bytes, bytes | None]:
 def load_keypair(spec: str) -> KeyPair:
     """Own key pair from a secret key file (which also holds the public key)."""
     path, credential = _resolve(spec, "secret key")
-    if not credential and path.exists():
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise EdgepipeError(f"secret key {path} is accessible to other users (mode {stat.S_IMODE(mode):04o}); "
-                                f"run: chmod 600 {path}")
     public, secret = _read_key_file(path, "secret key")
     if secret is None:
         raise EdgepipeError(f"secret key {path} holds only a public key (use the .key_secret file)")
+    mode = path.stat().st_mode
+    if not credential and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise EdgepipeError(f"secret key {path} is accessible to other users (mode {stat.S_IMODE(mode):04o}); "
+                            f"run: chmod 600 {path}")
     return KeyPair(public, secret)
 
 
