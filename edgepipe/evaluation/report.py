@@ -176,7 +176,8 @@ def plot(ev: Evaluation, rows: list[dict], path: Path) -> None:
     for ax, codec in zip(axes[0], ev.codecs):
         for i, pre in enumerate(p.label for p in ev.pres):
             pts = sorted((r for r in rows if r["pre"] == pre and r["codec"] == codec), key=lambda r: r["bpp"])
-            style = dict(color="black", lw=2) if pre == "none" else dict(color=f"C{i}")
+            # the anchor on top and dashed, so a curve equal to it (e.g. an identity) cannot hide it
+            style = dict(color="black", lw=1.5, ls="--", zorder=5) if pre == "none" else dict(color=f"C{i}", alpha=0.9)
             ax.plot([r["bpp"] for r in pts], [100 * r["top1"] for r in pts], "o-", label=pre, **style)
         ax.axhline(100 * raw["none"], color="grey", ls=":", lw=1, label="uncompressed")
         ax.set_title(CODEC_TITLES[codec])
