@@ -81,6 +81,41 @@ def bd_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+def bootstrap_bd(ev: Evaluation, n_boot: int = 200, seed: int = 0) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
+    """95 % intervals of the BD numbers under resampling of the images (paired: one resample of the
+    image set serves every curve), i.e. how much of a BD-rate is just which images were drawn."""
+    import warnings
+
+    ok = ev.results[("none",) + RAW].correct >= 0
+    idx_ok = np.flatnonzero(ok)
+    rng = np.random.default_rng(seed)
+    samples: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for _ in range(n_boot):
+        idx = rng.choice(idx_ok, size=len(idx_ok), replace=True)
+        rows = []
+        for pre in ev.pres:
+            for codec in ev.codecs:
+                for q in ev.points[codec]:
+                    r = ev.results[(pre.label, codec, q)]
+                    rows.append({"pre": pre.label, "codec": codec, "bpp": float(r.bpp[idx].mean()),
+                                 "top1": float(r.correct[idx].mean())})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for b in bd_rows(rows):
+                d = samples.setdefault((b["pre"], b["codec"]), {"cubic": [], "pchip": []})
+                d["cubic"].append(b["bd_rate_cubic_pct"])
+                d["pchip"].append(b["bd_rate_pchip_pct"])
+    out = {}
+    for key, d in samples.items():
+        out[key] = {}
+        for m, v in d.items():
+            v = np.asarray(v, float)
+            v = v[np.isfinite(v)]
+            # an interval from fewer than 90 % valid resamples would be silently biased: report none
+            out[key][m] = (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) >= 0.9 * n_boot else (math.nan, math.nan)
+    return out
+
+
 def write_csv(rows: list[dict], path: Path, fields: list[str] | None = None) -> None:
     fields = fields or list(rows[0].keys())
     with open(path, "w", newline="") as f:
@@ -140,13 +175,19 @@ def markdown(ev: Evaluation, rows: list[dict], bds: list[dict], command: str) ->
                 cells.append(f"{name}: {_cell(find.get((name, 'hevc')))} [{_pct(paper)}]")
             L.append(f"| {'with' if bypass else 'without'} bypass | " + " | ".join(cells) + " |")
     L += ["", "## Details per curve pair", "",
+          "Brackets: 95 % interval over 200 paired bootstrap resamples of the images (n/a: too few images, "
+          "or the fit was undefined in more than 10 % of resamples).", "",
           "| Method | Codec | BD-rate cubic | BD-rate PCHIP | BD-top-1 cubic | BD-top-1 PCHIP | shared top-1 range | IoU | paper | notes |",
           "|---|---|---|---|---|---|---|---|---|---|"]
     for b in bds:
         rng = "none" if not b["overlap_hi_pct"] > b["overlap_lo_pct"] else f"{b['overlap_lo_pct']:.1f}-{b['overlap_hi_pct']:.1f} %"
         def pts(v: float) -> str:
             return "n/a" if math.isnan(v) else f"{v:+.2f} pt"
-        L.append(f"| {b['pre']} | {CODEC_TITLES[b['codec']]} | {_pct(b['bd_rate_cubic_pct'])} | {_pct(b['bd_rate_pchip_pct'])} | "
+        def ci(m: str) -> str:
+            lo, hi = b.get(f"bd_rate_{m}_ci95_lo", math.nan), b.get(f"bd_rate_{m}_ci95_hi", math.nan)
+            return "" if math.isnan(lo) else f" [{lo:+.1f}, {hi:+.1f}]"
+        L.append(f"| {b['pre']} | {CODEC_TITLES[b['codec']]} | {_pct(b['bd_rate_cubic_pct'])}{ci('cubic')} | "
+                 f"{_pct(b['bd_rate_pchip_pct'])}{ci('pchip')} | "
                  f"{pts(b['bd_top1_cubic_pts'])} | {pts(b['bd_top1_pchip_pts'])} | {rng} | {b['overlap_iou']:.2f} | "
                  f"{_pct(b['paper_bd_rate_pct'])} | {b['notes']} |")
     L += ["", "## Operating points (anchor on the calibration images)", ""]
@@ -178,7 +219,7 @@ def plot(ev: Evaluation, rows: list[dict], path: Path) -> None:
             pts = sorted((r for r in rows if r["pre"] == pre and r["codec"] == codec), key=lambda r: r["bpp"])
             # the anchor on top and dashed, so a curve equal to it (e.g. an identity) cannot hide it
             style = dict(color="black", lw=1.5, ls="--", zorder=5) if pre == "none" else dict(color=f"C{i}", alpha=0.9)
-            ax.plot([r["bpp"] for r in pts], [100 * r["top1"] for r in pts], "o-", label=pre, **style)
+            ax.plot([r["bpp"] for r in pts], [100 * r["top1"] for r in pts], marker="o", label=pre, **style)
         ax.axhline(100 * raw["none"], color="grey", ls=":", lw=1, label="uncompressed")
         ax.set_title(CODEC_TITLES[codec])
         ax.set_xlabel("bits per pixel")
@@ -195,6 +236,12 @@ def write_all(ev: Evaluation, out: Path, command: str) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = curve_rows(ev)
     bds = bd_rows(rows)
+    ci = bootstrap_bd(ev) if ev.n_images >= 50 else {}  # too few images: an interval would mean nothing
+    for b in bds:
+        c = ci.get((b["pre"], b["codec"]), {})
+        for m in ("cubic", "pchip"):
+            lo, hi = c.get(m, (math.nan, math.nan))
+            b[f"bd_rate_{m}_ci95_lo"], b[f"bd_rate_{m}_ci95_hi"] = lo, hi
     paths = {"csv": out / "results.csv", "bd": out / "bdrate.csv", "md": out / "results.md", "png": out / "rd.png"}
     write_csv(rows, paths["csv"], CSV_FIELDS)
     if bds:
