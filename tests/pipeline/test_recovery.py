@@ -163,11 +163,13 @@ def test_loss_triggers_a_keyframe_request_and_an_idr(clip_frames):
     rep = mon.monitor.report()
     assert proxy.dropped == [20, 21, 22]
     assert rep["lost"] == 3
-    assert loop.stats.keyframe_requests == 1 and mon.control.sent == 1 if mon.control else True
+    assert loop.stats.keyframe_requests == 1
     assert loop.forced_keyframes == 1 and loop.stats.keyframes == 2  # seq 0 and the forced IDR
     waiting = rep["rejects"].get("waiting_for_keyframe", 0)
     assert set(rep["rejects"]) <= {"waiting_for_keyframe"}
-    assert waiting <= 8  # frames already encoded when the request arrived: counted, never shown
+    # only frames already encoded when the request arrived (the send queue and the one in flight)
+    # can still be P-frames: counted, never shown
+    assert waiting <= loop.settings.queue_size + 2
     # exact accounting: every frame sent is decoded, rejected as undecodable, or lost
     assert rep["decoded"] + waiting + rep["lost"] == sent
     resumed = [(seq, key) for seq, key in shown if seq > 22]

@@ -177,6 +177,7 @@ def test_only_allowed_keys_get_frames_or_send_requests(keys, video_clip, caplog)
         metrics = {s.name + str(sorted(s.labels.items())): s.value
                    for fam in collector_registry.collect() for s in fam.samples}
         plain_got_something = plain_sub.poll(100)
+        subscriptions = loop.publisher.subscribers_seen
     finally:
         cap.stop()
         for r in runs:
@@ -192,6 +193,7 @@ def test_only_allowed_keys_get_frames_or_send_requests(keys, video_clip, caplog)
         assert m.monitor.messages == 0  # received nothing
     assert not plain_got_something
     assert loop.stats.keyframe_requests == 1  # only the allowed monitor's request arrived
+    assert subscriptions == 1  # ...and only its subscription: the others never got as far as subscribing
     # refusals are logged on both sides and counted
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "not in the allow-list" in text  # capture: the stranger's key
