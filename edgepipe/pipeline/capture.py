@@ -3,8 +3,8 @@
 Each stage is a thread joined to the next by a bounded queue; the heavy work in every stage (OpenCV,
 ONNX Runtime / TensorRT, libx265, ZeroMQ) releases the GIL, so the loop runs at the rate of its
 slowest stage rather than the sum. Drop policy: a live source drops frames *before* inference when
-the pipeline is full (counted by cause); nothing is dropped after encoding, since a P-frame needs
-every frame before it. Files and folders are replayed losslessly: their reader waits instead.
+the pipeline is full (counted by cause); after encoding only as the last resort below, since a
+P-frame needs every frame before it. Files and folders are replayed losslessly: their reader waits.
 
 Network backpressure: when a subscriber's queue is full the sender waits up to `send_stall_s`
 (live sources; files wait as long as it takes) while the queues behind it fill and the reader drops

@@ -6,9 +6,9 @@ as `waiting_for_keyframe`, never shown. Accuracy and rate are accounted per (str
 Every rejected message is counted by cause and logged (rate-limited); the monitor keeps running.
 Every message counts exactly once: decoded, or one reject. A replayed or reordered frame
 (`out_of_order`) is rejected, not decoded, since it would corrupt the decoder's references. Memory
-stays bounded for a monitor that runs for months: at most `max_streams` (stream, epoch) states (a
-flood of invented stream ids is rejected as `too_many_streams`), and latency medians over the last
-10,000 frames of each row.
+stays bounded for a monitor that runs for months: at most `max_streams` stream ids (a flood of
+invented ids is rejected as `too_many_streams`; a restarted camera's new epoch always gets in, and
+old epochs keep only their counts), and latency medians over the last 10,000 frames of each row.
 """
 from __future__ import annotations
 
@@ -93,6 +93,7 @@ class Monitor:
         self.ticks = 0  # receive-loop iterations: the service watchdog's sign of life
         self.timings = {"decode": [0, 0.0], "classify": [0, 0.0]}  # stage -> [frames, seconds]
         self.streams: dict[tuple[str, int], StreamState] = {}
+        self._stream_ids: set[str] = set()  # capped at max_streams; epochs of one stream count once
         self.rows: dict[tuple[str, str, int, str], RateAccount] = {}
         self.rejects: Counter = Counter()
         self.messages = 0
@@ -155,15 +156,18 @@ class Monitor:
         key = (header.stream_id, header.epoch)
         state = self.streams.get(key)
         if state is None:
-            if len(self.streams) >= self.max_streams:
-                self._reject("too_many_streams", f"{len(self.streams)} (stream, epoch) pairs already; "
-                                                 f"ignoring {header.stream_id!r} epoch {header.epoch}")
+            known = header.stream_id in self._stream_ids
+            if not known and len(self._stream_ids) >= self.max_streams:
+                # a new epoch of a known camera is always let in; invented stream ids are not
+                self._reject("too_many_streams", f"{len(self._stream_ids)} streams already; "
+                                                 f"ignoring {header.stream_id!r}")
                 return None
-            for (sid, epoch), old in self.streams.items():
-                if sid == header.stream_id:  # the earlier epoch keeps its counts; its decoder is not needed
-                    old.decoder = None
-            if any(sid == header.stream_id for sid, _ in self.streams):
+            if known:
+                for (sid, _epoch), old in self.streams.items():
+                    if sid == header.stream_id:  # the earlier epoch keeps its counts, not its decoder
+                        old.decoder = None
                 log.info("stream %s restarted (epoch %d): new accounting period", header.stream_id, header.epoch)
+            self._stream_ids.add(header.stream_id)
             state = self.streams[key] = StreamState()
         if state.expected_seq is not None and header.seq != state.expected_seq:
             if header.seq > state.expected_seq:

@@ -207,7 +207,7 @@ def test_fuzz_interleaved_with_a_real_stream(real_stream):
     row = next(r for r in rep["rows"] if r["stream"] == REAL)
     assert row["frames"] == len(real_stream) == rep["decoded"]
     assert row["bytes"] == sum(len(m[1]) for m in real_stream)
-    assert len(mon.streams) == MAX_STREAMS  # memory stays bounded under invented ids
+    assert len({sid for sid, _ in mon.streams}) == MAX_STREAMS  # memory stays bounded under invented ids
     assert elapsed < 45
 
 
@@ -247,3 +247,21 @@ def test_a_message_over_the_transport_cap_costs_only_its_sender_the_connection(r
     rep = mon.report()
     assert rep["decoded"] == len(real_stream) and rep["lost"] == 0 and not rep["rejects"]
     assert {s["stream"] for s in rep["streams"]} == {REAL}  # nothing of the oversized sender got through
+
+
+def test_the_stream_cap_never_locks_out_a_restarted_camera(real_stream):
+    """A camera restarted hundreds of times (new epoch each time) stays welcome; invented ids do not."""
+    mon = Monitor(None, max_streams=2)
+    keyframe = real_stream[0]
+
+    def frame(stream, epoch):
+        h = FrameHeader.unpack(keyframe[0])
+        h.stream_id, h.epoch = stream, epoch
+        return [h.pack(), keyframe[1]]
+
+    for epoch in range(300):
+        assert mon.handle(frame("cam-a", epoch)) is not None
+    assert mon.handle(frame("cam-b", 0)) is not None
+    assert mon.handle(frame("invented", 0)) is None
+    assert mon.report()["rejects"] == {"too_many_streams": 1}
+    assert sum(1 for s in mon.streams.values() if s.decoder is not None) == 2  # old epochs hold no decoder
