@@ -39,13 +39,30 @@ class MetricsServer:
     """An HTTP /metrics endpoint for one registry, stopped with close()."""
 
     def __init__(self, registry, listen: str):
-        from prometheus_client import start_http_server
+        import socket
+        import threading
+        from socketserver import ThreadingMixIn
+        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+        from prometheus_client import make_wsgi_app
 
         host, port = parse_listen(listen)
+
+        class Server(ThreadingMixIn, WSGIServer):
+            daemon_threads = True
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        class QuietHandler(WSGIRequestHandler):
+            def log_message(self, *args) -> None:  # one line per scrape would flood the journal
+                pass
+
+        # our own small server (public prometheus_client API only), so close() works on every version
         try:
-            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+            self._server = make_server(host, port, make_wsgi_app(registry), Server, QuietHandler)
         except OSError as exc:
             raise EdgepipeError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from None
+        self._thread = threading.Thread(target=self._server.serve_forever, name="edgepipe-metrics", daemon=True)
+        self._thread.start()
         self.port = self._server.server_address[1]
         self.host = host
         log.info("metrics on http://%s:%d/metrics", host, self.port)
