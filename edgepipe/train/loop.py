@@ -265,8 +265,13 @@ def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: tor
     x = torch.from_numpy(to_model_input(images)).to(device)
     y_true = torch.from_numpy(labels).to(device)
     y = model(x)
-    terms = criterion(y, y_true)
-    loss = F.mse_loss(y, x) if reconstruct else terms["loss"]
+    if reconstruct:  # warm-up: learn to rebuild the image; the recognizer only reports (no graph kept)
+        loss = F.mse_loss(y, x)
+        with torch.no_grad():
+            terms = criterion(y.detach(), y_true)
+    else:
+        terms = criterion(y, y_true)
+        loss = terms["loss"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
