@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import json
 import logging
-import os
 import re
 import signal
 import subprocess
@@ -25,7 +24,7 @@ from edgepipe.pipeline.demo import free_tcp_endpoint
 from edgepipe.pipeline.monitor import Monitor
 from edgepipe.pipeline.service import CaptureService, MonitorService, ServiceOptions
 from edgepipe.pipeline.sources import FrameShaper, LiveSource
-from edgepipe.pipeline.transport import FrameHeader, Publisher, SocketDefaults, Subscriber
+from edgepipe.pipeline.transport import FrameHeader, Publisher, SocketDefaults
 
 from field_helpers import PacedSource, Running, decode_frames, wait_for
 
