@@ -1,7 +1,7 @@
 """Model cards for shipped EDs: evaluate a checkpoint on a fixed validation subset and write <name>.md.
 
     python -m edgepipe.train.card edgepipe/data/models/ours.pt --val-data ../shared/data/imagenette/val \
-        --val-limit 1000 --bpp-limit 200 --sweep runs/sweep/lam1.csv --sweep runs/sweep/lam5.csv ...
+        --val-limit 1000 --bpp-limit 200 --sweep runs/sweep/lam1.pt --sweep runs/sweep/lam5.pt ...
 
 The card states what was trained (data, recognizer, lambda, bypass, crop, steps, time), the exact command
 that reproduces it (rebuilt from the arguments stored in the checkpoint), and validation top-1 and HEVC
@@ -42,30 +42,40 @@ def command_of(args: dict[str, Any], out: str) -> str:
     return " ".join(parts)
 
 
-def evaluate(checkpoint: Path, val_data: str, val_limit: int, bpp_limit: int, qp: int,
-             threads: int | None = None) -> dict[str, float]:
+def evaluate(checkpoints: list[Path], val_data: str, val_limit: int, bpp_limit: int, qp: int,
+             threads: int | None = None) -> list[dict[str, float]]:
+    """Metrics of each checkpoint on one validation subset; the input's figures are computed once."""
     from edgepipe.recognition import Classifier
     from edgepipe.train.data import validation_set
     from edgepipe.train.validate import Validator
 
-    ckpt = read_checkpoint(checkpoint)
-    args = ckpt.get("args", {})
+    ckpts = [read_checkpoint(c) for c in checkpoints]
+    recognizers = {(c.get("args", {}).get("recognizer", "efficientnet-lite0"), c.get("args", {}).get("weights"))
+                   for c in ckpts}
+    if len(recognizers) != 1:
+        raise ValueError(f"checkpoints were trained against different recognizers: {sorted(map(str, recognizers))}")
+    name, weights = recognizers.pop()
     frames, labels, _ = validation_set(val_data, val_limit)
-    classifier = Classifier(args.get("recognizer", "efficientnet-lite0"), args.get("weights"), threads=threads)
-    return Validator(frames, labels, classifier, qp, bpp_limit)(model_from_checkpoint(ckpt, checkpoint))
+    validator = Validator(frames, labels, Classifier(name, weights, threads=threads), qp, bpp_limit)
+    return [validator(model_from_checkpoint(c, p)) for c, p in zip(ckpts, checkpoints)]
 
 
-def _sweep_table(paths: list[Path]) -> str:
+def _sweep_table(checkpoints: list[Path]) -> str:
+    """One row per sweep run: its metrics JSON (re-evaluated with this code) when present, else the last
+    validation row of its log."""
     rows = ["| λ | steps | train min | top-1 input | top-1 ED | bpp input | bpp ED | Δbpp | TV input | TV ED |",
             "|---|---|---|---|---|---|---|---|---|---|"]
-    for path in paths:
-        ckpt = read_checkpoint(path.with_suffix(".pt")) if path.with_suffix(".pt").exists() else {}
-        last = list(csv.DictReader(open(path)))[-1]
-        lam = ckpt.get("args", {}).get("lambda_tv", "?")
-        f = {k: float(v) for k, v in last.items() if k not in ("reason",) and v not in ("", None)}
-        rows.append(f"| {lam:g} | {int(f['step'])} | {f['minutes']:.1f} | {100 * f['top1_input']:.1f} % | "
-                    f"{100 * f['top1_ed']:.1f} % | {f['bpp_input']:.4f} | {f['bpp_ed']:.4f} | "
-                    f"{-100 * f['bpp_saving']:+.1f} % | {f['tv_input']:.4f} | {f['tv_ed']:.4f} |")
+    for path in sorted(checkpoints, key=lambda p: read_checkpoint(p)["args"]["lambda_tv"]):
+        ckpt = read_checkpoint(path)
+        metrics_path = path.with_suffix(".metrics.json")
+        if metrics_path.exists():
+            f = json.loads(metrics_path.read_text())
+        else:
+            f = {k: float(v) for k, v in list(csv.DictReader(open(path.with_suffix(".csv"))))[-1].items()
+                 if k != "reason" and v not in ("", None)}
+        rows.append(f"| {ckpt['args']['lambda_tv']:g} | {ckpt['step']} | {ckpt['elapsed'] / 60:.1f} | "
+                    f"{100 * f['top1_input']:.1f} % | {100 * f['top1_ed']:.1f} % | {f['bpp_input']:.4f} | "
+                    f"{f['bpp_ed']:.4f} | {-100 * f['bpp_saving']:+.1f} % | {f['tv_input']:.4f} | {f['tv_ed']:.4f} |")
     return "\n".join(rows)
 
 
@@ -118,31 +128,38 @@ def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, sweep: list
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Evaluate a trained ED and write its model card.")
-    parser.add_argument("checkpoint", type=Path)
+    parser = argparse.ArgumentParser(description="Evaluate trained EDs and write their model cards.")
+    parser.add_argument("checkpoints", type=Path, nargs="+")
     parser.add_argument("--val-data", required=True)
     parser.add_argument("--val-limit", type=int, default=1000)
     parser.add_argument("--bpp-limit", type=int, default=200)
     parser.add_argument("--qp", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--sweep", type=Path, action="append", default=[], help="sweep run CSV logs")
-    parser.add_argument("--notes", type=Path, default=None, help="markdown appended as 'Notes'")
-    parser.add_argument("--metrics", type=Path, default=None, help="reuse metrics JSON instead of evaluating")
+    parser.add_argument("--sweep", type=Path, action="append", default=[], help="sweep run checkpoints (.pt)")
+    parser.add_argument("--sweep-for", default="ours", help="the card that shows the sweep table")
+    parser.add_argument("--notes-dir", type=Path, default=None, help="NAME.md there is appended as 'Notes'")
+    parser.add_argument("--reuse", action="store_true", help="reuse NAME.metrics.json where present")
+    parser.add_argument("--no-card", action="store_true", help="only evaluate (write NAME.metrics.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    metrics_path = args.metrics or args.checkpoint.with_suffix(".metrics.json")
-    if args.metrics and args.metrics.exists():
-        metrics = json.loads(args.metrics.read_text())
-    else:
-        metrics = evaluate(args.checkpoint, args.val_data, args.val_limit, args.bpp_limit, args.qp, args.threads)
-        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-    notes = args.notes.read_text() if args.notes else ""
-    write_card(args.checkpoint, metrics, args.qp, args.sweep, notes, args.checkpoint.with_suffix(".md"))
-    print(json.dumps(metrics, indent=2))
+    todo = [c for c in args.checkpoints if not (args.reuse and c.with_suffix(".metrics.json").exists())]
+    if todo:
+        for path, metrics in zip(todo, evaluate(todo, args.val_data, args.val_limit, args.bpp_limit, args.qp,
+                                                args.threads)):
+            path.with_suffix(".metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for path in args.checkpoints:
+        metrics = json.loads(path.with_suffix(".metrics.json").read_text())
+        print(path.stem, json.dumps(metrics))
+        if args.no_card:
+            continue
+        notes_file = args.notes_dir / f"{path.stem}.md" if args.notes_dir else None
+        notes = notes_file.read_text() if notes_file and notes_file.exists() else ""
+        sweep = args.sweep if path.stem == args.sweep_for else []
+        write_card(path, metrics, args.qp, sweep, notes, path.with_suffix(".md"))
 
 
 if __name__ == "__main__":

@@ -224,6 +224,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 if budget is not None and state["elapsed"] >= budget:
                     stop_reason = "max-minutes"
                     break
+                if cfg.recon_warmup and state["step"] == cfg.recon_warmup:
+                    # A new phase, a fresh optimiser: Adam's second moments from the small MSE gradients
+                    # would turn the first, much larger CE gradients into huge steps (seen: a collapse).
+                    optimizer.state.clear()
+                    log.info("step %d: reconstruction warm-up done, optimiser state reset", state["step"])
                 images, labels = batches.batch(state["epoch"], state["batch"])
                 state["batch"] += 1
                 if len(images):

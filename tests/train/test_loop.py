@@ -125,3 +125,10 @@ def test_validation_bpp_equals_single_image_encodes(real_frames) -> None:
     frames = real_frames[0][:3]
     single = np.mean([bits_per_pixel(len(encode_image("hevc", f, 37)), 224, 224) for f in frames])
     assert mean_bpp(frames, 37) == pytest.approx(single, rel=1e-9)
+
+
+def test_optimizer_state_is_reset_after_reconstruction_warmup(small_val_folder: Path, tmp_path: Path) -> None:
+    """Adam moments from the MSE phase must not scale the first CE steps (that collapsed a plain ED)."""
+    train(_cfg(small_val_folder, tmp_path / "w.pt", max_steps=3, recon_warmup=2, bypass=False, lambda_tv=0.0))
+    state = read_checkpoint(tmp_path / "w.pt")["optimizer"]["state"]
+    assert state and all(float(s["step"]) == 1 for s in state.values())  # 2 warm-up steps, reset, 1 CE step
