@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--recon-warmup", type=int, default=0, show_default=True,
               help="First steps train MSE(ED(x), x) only (Palacio et al. pre-train the AE to reconstruct).")
+@click.option("--finetune-lr", type=float, default=None,
+              help="Learning rate once the reconstruction warm-up ends (default: --lr).")
 @click.option("--max-minutes", type=float, default=None, help="Wall-clock training budget (summed over resumes).")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total.")
 @click.option("--val-data", type=click.Path(), default=None, help="Labelled images validated after each epoch.")
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 @click.option("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def train(data, recognizer, weights, lambda_tv, tv_kind, no_bypass, out, epochs, crop, batch_size, lr,
-          recon_warmup, max_minutes, max_steps, val_data, val_limit, bpp_limit, qp, seed, resume, log_path,
+          recon_warmup, finetune_lr, max_minutes, max_steps, val_data, val_limit, bpp_limit, qp, seed, resume, log_path,
           checkpoint_every, device, threads, no_progress) -> None:
     """Train an ED pre-transform: loss = CE(recognizer(ED(x)), y) + LAMBDA * TV(ED(x))."""
     from edgepipe.train.loop import TrainConfig
@@ -49,7 +51,7 @@ def train(data, recognizer, weights, lambda_tv, tv_kind, no_bypass, out, epochs,
 
     cfg = TrainConfig(
         data=data, out=out, recognizer=recognizer, weights=weights, lambda_tv=lambda_tv, tv_kind=tv_kind,
-        bypass=not no_bypass, epochs=epochs, crop=crop, batch_size=batch_size, lr=lr, recon_warmup=recon_warmup,
+        bypass=not no_bypass, epochs=epochs, crop=crop, batch_size=batch_size, lr=lr, recon_warmup=recon_warmup, finetune_lr=finetune_lr,
         max_minutes=max_minutes, max_steps=max_steps, val_data=val_data, val_limit=val_limit,
         bpp_limit=bpp_limit, qp=qp, seed=seed, resume=resume, log=log_path, checkpoint_every=checkpoint_every,
         device=device, threads=threads, progress=not no_progress,

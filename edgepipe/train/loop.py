@@ -48,6 +48,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     recon_warmup: int = 0          # steps of MSE(ED(x), x) first: Palacio et al. pre-train the AE to reconstruct
+    finetune_lr: float | None = None  # learning rate once the warm-up ends (default: lr)
     max_minutes: float | None = None
     max_steps: int | None = None   # stop after this many steps in total (tests, quick looks)
     val_data: str | None = None
@@ -228,6 +229,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     # A new phase, a fresh optimiser: Adam's second moments from the small MSE gradients
                     # would turn the first, much larger CE gradients into huge steps (seen: a collapse).
                     optimizer.state.clear()
+                    for group in optimizer.param_groups:
+                        group["lr"] = cfg.finetune_lr or cfg.lr
                     log.info("step %d: reconstruction warm-up done, optimiser state reset", state["step"])
                 images, labels = batches.batch(state["epoch"], state["batch"])
                 state["batch"] += 1
