@@ -89,7 +89,8 @@ def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, sweep: list
         f"# `{name}`: ED pre-transform ({'bypass' if model.config.bypass else 'no bypass'}, "
         f"λ = {args.get('lambda_tv'):g})", "",
         "| | |", "|---|---|",
-        f"| Training data | `{args.get('data')}` (Imagenette train, 10 ImageNet classes, 9469 images) |",
+        f"| Training data | `{args.get('data')}`"
+        + (" (Imagenette train: 10 ImageNet classes, 9469 images) |" if "imagenette" in str(args.get("data")) else " |"),
         f"| Recognizer (frozen) | {args.get('recognizer')} |",
         f"| Loss | CE + λ·TV, λ = {args.get('lambda_tv'):g}, TV {args.get('tv_kind')} per pixel |",
         f"| Bypass structures | {'yes (residual body, U-Net skips, long skip: y = clamp(x + r))' if model.config.bypass else 'no (plain encoder-decoder)'} |",
@@ -100,7 +101,10 @@ def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, sweep: list
         f"({ckpt.get('step', 0) * args.get('batch_size', 0) / 9469:.2f} epochs) |",
         f"| Crop | {args.get('crop')}×{args.get('crop')} random crops at native scale, horizontal flips |",
         f"| Optimiser | Adam, lr {args.get('lr')}, seed {args.get('seed')} |",
-        f"| Training time | {ckpt.get('elapsed', 0) / 60:.1f} min wall clock on a shared 2-core CPU |",
+        f"| Training time | {ckpt.get('elapsed', 0) / 60:.1f} min wall clock of training steps "
+        f"on {ckpt.get('device', 'cpu')}"
+        + (f", {args['threads']} thread(s)" if args.get("threads") else "")
+        + " (validation and checkpoints not counted) |",
         "",
         f"## Validation (Imagenette val, fixed subset of {int(m['val_images'])} images at 224×224, "
         f"HEVC intra libx265 preset medium, QP {qp}, bits on the first {int(m['bpp_images'])})", "",

@@ -188,7 +188,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     def checkpoint(done: bool = False) -> None:
         save_checkpoint(out, model, optimizer=optimizer.state_dict(), epoch=state["epoch"], batch=state["batch"],
                         step=state["step"], elapsed=state["elapsed"], history=history,
-                        running=asdict(running), unreadable=sorted(batches.unreadable), args=cfg.args(), done=done)
+                        running=asdict(running), unreadable=sorted(batches.unreadable), args=cfg.args(), done=done,
+                        device=str(device))
 
     def validate(reason: str) -> dict[str, Any]:
         nonlocal running
