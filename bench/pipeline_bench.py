@@ -39,13 +39,20 @@ from edgepipe.recognition import Classifier  # noqa: E402
 SHARED = Path(os.environ.get("EDGEPIPE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-def median_rate(fn, n: int, repeats: int) -> float:
-    """Median frames/s of fn() processing n frames, over `repeats` runs."""
-    rates = []
+CORES_USED: dict[str, float] = {}  # last measured: process CPU seconds / wall seconds of a stage alone
+
+
+def median_rate(fn, n: int, repeats: int, name: str | None = None) -> float:
+    """Median frames/s of fn() processing n frames, over `repeats` runs; records the cores it kept busy."""
+    rates, cores = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
-        rates.append(n / (time.perf_counter() - t0))
+        wall = time.perf_counter() - t0
+        rates.append(n / wall)
+        cores.append((time.process_time() - c0) / wall)
+    if name:
+        CORES_USED[name] = round(statistics.median(cores), 2)
     return statistics.median(rates)
 
 
@@ -119,8 +126,8 @@ def bench_resolution(name, spec, size, engine_spec, n, repeats, qp, gop, preset,
     out = {"resolution": f"{size[0]}x{size[1]}", "frames": n, "engine": engine.model_id, "qp": qp, "gop": gop,
            "preset": preset, "stages_fps": {}}
     s = out["stages_fps"]
-    s["source"] = median_rate(lambda: read_all(spec, size, n), n, repeats)
-    s["engine"] = median_rate(lambda: [engine.run(im[None]) for im in images], n, repeats)
+    s["source"] = median_rate(lambda: read_all(spec, size, n), n, repeats, "source")
+    s["engine"] = median_rate(lambda: [engine.run(im[None]) for im in images], n, repeats, "engine")
     transformed = [engine.run(im[None])[0] for im in images]
     packets = []
 
@@ -128,13 +135,13 @@ def bench_resolution(name, spec, size, engine_spec, n, repeats, qp, gop, preset,
         enc = HevcEncoder(size[0], size[1], qp=qp, gop=gop, preset=preset)
         packets[:] = [p for im in transformed for p in enc.encode(im)] + enc.flush()
 
-    s["encoder"] = median_rate(encode, n, repeats)
+    s["encoder"] = median_rate(encode, n, repeats, "encoder")
     header = FrameHeader("bench", 0, time.time(), "hevc", size[0], size[1], qp, True, -1, engine.model_id)
     payloads = [p.data for p in packets]
     s["send_receive"] = statistics.median(send_receive_rate(payloads, header) for _ in range(repeats))
-    s["decode"] = median_rate(lambda: _decode_all(payloads, size), n, repeats)
+    s["decode"] = median_rate(lambda: _decode_all(payloads, size), n, repeats, "decode")
     s["recognizer"] = median_rate(lambda: [classifier.top1(im[None]) for im in images[: max(1, n // 4)]],
-                                  max(1, n // 4), repeats)
+                                  max(1, n // 4), repeats, "recognizer")
     loop_rates, loop_stats = [], None
     for _ in range(repeats):
         rate, loop_stats, _ = capture_loop_rate(spec, size, engine_spec, n, qp, gop, preset)
@@ -145,6 +152,9 @@ def bench_resolution(name, spec, size, engine_spec, n, repeats, qp, gop, preset,
     out["loop_vs_slowest_stage"] = out["capture_loop_fps"] / s[slowest]
     out["sum_of_stage_times_fps"] = 1 / sum(1 / s[k] for k in ("source", "engine", "encoder", "send_receive"))
     out["capture_loop_stats"] = loop_stats
+    # on a small CPU a stage that alone keeps every core busy cannot overlap with the others:
+    # then the loop's ceiling is the serial sum of stage times, not the slowest stage
+    out["stage_cores_used_alone"] = {k: CORES_USED.get(k) for k in s}
     out["bytes_per_frame"] = sum(len(p) for p in payloads) / n
     # header pack + unpack + validation, and the whole ZeroMQ hop, as shares of a frame's time
     reps = 20000
