@@ -109,14 +109,13 @@ def _fmt(shape) -> str:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'1280x720' -> (1280, 720): WIDTHxHEIGHT, as everywhere else in edgepipe."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise EdgepipeError(f"size must look like WIDTHxHEIGHT, e.g. 1280x720, got {text!r}") from None
-    if w < 1 or h < 1:
-        raise EdgepipeError(f"size must be positive, got {text!r}")
-    return w, h
+    """'1280x720' -> (1280, 720), with the capture loop's own parser (any size of at least 1x1)."""
+    from edgepipe.pipeline.sources import parse_size as parse_frame_size
+
+    size = parse_frame_size(text, min_side=1)
+    if size is None:
+        raise EdgepipeError("size must look like WIDTHxHEIGHT, e.g. 1280x720, got an empty string")
+    return size
 
 
 def parse_shapes(text: str, max_batch: int = 1) -> ShapeProfile:

@@ -233,14 +233,14 @@ def open_source(spec: str, size: tuple[int, int] | None = None, crop: bool = Fal
     )
 
 
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    """'224x224' -> (224, 224)."""
+def parse_size(text: str | None, min_side: int = 16) -> tuple[int, int] | None:
+    """'224x224' -> (224, 224): WIDTHxHEIGHT, the one size syntax of every edgepipe command."""
     if not text:
         return None
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise EdgepipeError(f"size must look like WIDTHxHEIGHT, e.g. 224x224, got {text!r}") from None
-    if w < 16 or h < 16:
-        raise EdgepipeError(f"size {text} is too small (at least 16x16)")
+    if w < min_side or h < min_side:
+        raise EdgepipeError(f"size {text} is too small (at least {min_side}x{min_side})")
     return w, h
