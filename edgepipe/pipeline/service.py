@@ -133,27 +133,9 @@ class CaptureService:
 
     def close(self) -> None:
         """Idempotent; every socket closes with a bounded linger, then the context ends."""
-        if self.metrics is not None:
-            self.metrics.close()
-            self.metrics = None
-        if self.handshakes is not None:
-            self.handshakes.stop()
-            self.handshakes = None
-        if self.control is not None:
-            self.control.close()
-            self.control = None
-        if self.loop is not None:
-            self.loop.close()
-            self.loop = None
-        if self.publisher is not None:
-            self.publisher.close()
-            self.publisher = None
-        if self.zap is not None:
-            self.zap.stop()
-            self.zap = None
-        if self.context is not None:
-            self.context.term()  # returns once every socket's linger has run out
-            self.context = None
+        _close_in_order(self, [("metrics", "close"), ("handshakes", "stop"), ("control", "close"),
+                               ("loop", "close"), ("publisher", "close"), ("zap", "stop"),
+                               ("context", "term")])  # term returns once every linger has run out
 
 
 class MonitorService:
@@ -221,18 +203,14 @@ class MonitorService:
         return self.monitor.report()
 
     def close(self) -> None:
-        if self.metrics is not None:
-            self.metrics.close()
-            self.metrics = None
-        if self.handshakes is not None:
-            self.handshakes.stop()
-            self.handshakes = None
-        if self.control is not None:
-            self.control.close()
-            self.control = None
-        if self.subscriber is not None:
-            self.subscriber.close()
-            self.subscriber = None
-        if self.context is not None:
-            self.context.term()
-            self.context = None
+        _close_in_order(self, [("metrics", "close"), ("handshakes", "stop"), ("control", "close"),
+                               ("subscriber", "close"), ("context", "term")])
+
+
+def _close_in_order(service, steps: list[tuple[str, str]]) -> None:
+    """Call each attribute's closing method once, in order, and clear it (so close() is idempotent)."""
+    for attr, method in steps:
+        part = getattr(service, attr, None)
+        if part is not None:
+            getattr(part, method)()
+            setattr(service, attr, None)
