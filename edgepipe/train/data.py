@@ -46,21 +46,45 @@ def center_view(image: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(image[top:top + size, left:left + size])
 
 
+def area_rescale(image: np.ndarray, scale: float) -> np.ndarray:
+    """Downscale by `scale` (< 1) with an area filter: it averages whole source pixels, so the 8x8 block
+    grid and ringing of an earlier JPEG are washed out instead of being kept at a new pitch."""
+    import cv2
+
+    if scale >= 1.0:
+        return image
+    h, w = image.shape[:2]
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
 @dataclass
 class CropBatches:
-    """Random crops (native pixel scale: the ED runs at native scale in the pipeline) + horizontal flips."""
+    """Random crops (native pixel scale: the ED runs at native scale in the pipeline) + horizontal flips.
+
+    `rescale_min` < 1 draws a scale in [rescale_min, 1] per crop and area-downscales the image first:
+    every Imagenette image is a q~75 JPEG, and without this an ED can learn to undo that one codec's
+    artefacts, a gain that vanishes on any other source. `holdout` > 0 leaves out the images that
+    `edgepipe.train.split` reserves for choosing models."""
 
     root: str | Path
     crop: int = 128
     batch_size: int = 16
     seed: int = 0
+    rescale_min: float = 1.0
+    holdout: float = 0.0
     items: list[LabelledImage] = field(init=False)
     unreadable: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         if self.crop < 8 or self.batch_size < 1:
             raise EdgepipeError(f"crop must be >= 8 and batch size >= 1 (got {self.crop}, {self.batch_size})")
-        self.items = list_labelled_images(self.root)
+        if not 0.1 <= self.rescale_min <= 1.0:
+            raise EdgepipeError(f"--rescale-min must be in 0.1..1, got {self.rescale_min}")
+        from edgepipe.train.split import training_items
+
+        self.items = training_items(list_labelled_images(self.root), self.holdout)
+        if not self.items:
+            raise EdgepipeError(f"no training images left in {self.root} after the {self.holdout:.0%} hold-out")
 
     def __len__(self) -> int:
         """Batches per epoch (the last, partial batch is dropped so every step has the same size)."""
@@ -76,13 +100,14 @@ class CropBatches:
             item = self.items[int(i)]
             # rng draws happen even for unreadable files, so the other crops do not shift
             dy, dx, flip = rng.random(), rng.random(), rng.random() < 0.5
+            scale = 1.0 if self.rescale_min >= 1.0 else float(rng.uniform(self.rescale_min, 1.0))
             image = read_rgb(item.path)
             if image is None:
                 if str(item.path) not in self.unreadable:
                     log.warning("skipping unreadable image %s", item.path)
                 self.unreadable.add(str(item.path))
                 continue
-            image = _fit_short_side(image, self.crop)
+            image = _fit_short_side(area_rescale(image, scale), self.crop)
             h, w = image.shape[:2]
             top, left = int(dy * (h - self.crop + 1)), int(dx * (w - self.crop + 1))
             c = image[top:top + self.crop, left:left + self.crop]

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from edgepipe.engines.base import to_model_input
+from edgepipe.engines.base import from_model_output, to_model_input
 from edgepipe.errors import EdgepipeError
+from edgepipe.train.codec_loop import CodecRoundTrip, parse_ranges, qstep, straight_through
 from edgepipe.train.data import CropBatches, validation_set
-from edgepipe.train.losses import TV_KINDS, RecognitionAwareLoss
+from edgepipe.train.losses import TV_KINDS, RateCalibration, RecognitionAwareLoss, dct_rate
 from edgepipe.train.model import EDConfig, EncoderDecoder, model_from_checkpoint, read_checkpoint, save_checkpoint
 from edgepipe.train.validate import Validator
 
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 
 # Arguments that define *what* is trained; a resumed run must not change them.
 _IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
-                  "n_blocks", "recon_warmup")
+                  "n_blocks", "recon_warmup", "codec", "lambda_rate", "lambda_mse", "distill", "clean_weight",
+                  "rescale_min", "holdout")
 
 
 @dataclass
@@ -48,6 +50,15 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     recon_warmup: int = 0          # steps of MSE(ED(x), x) first: Palacio et al. pre-train the AE to reconstruct
+    codec: str | None = None       # codec in the loop, e.g. "hevc:31-47,jpeg:5-40" (codec_loop.py); None: off
+    codec_workers: int | None = None
+    codec_preset: str = "medium"
+    clean_weight: float = 0.5      # weight of the task loss on the uncoded output when a codec is in the loop
+    lambda_rate: float = 0.0       # weight of the calibrated block-DCT rate term (loss per real bit per pixel)
+    lambda_mse: float = 0.0        # fidelity anchor: MSE(ED(x), x)
+    distill: float | None = None   # temperature: match the recognizer's output on x instead of the labels
+    rescale_min: float = 1.0       # random area downscale in [rescale_min, 1] before cropping (hides q75 JPEG)
+    holdout: float = 0.0           # fraction of --data kept out for choosing models (edgepipe holdout)
     finetune_lr: float | None = None  # learning rate once the warm-up ends (default: lr)
     max_minutes: float | None = None
     max_steps: int | None = None   # stop after this many steps in total (tests, quick looks)
@@ -73,6 +84,15 @@ class TrainConfig:
             raise EdgepipeError(f"--qp must be in 0..51, got {self.qp}")
         if self.epochs < 1:
             raise EdgepipeError(f"--epochs must be >= 1, got {self.epochs}")
+        for name in ("lambda_rate", "lambda_mse", "clean_weight"):
+            if getattr(self, name) < 0:
+                raise EdgepipeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.distill is not None and not self.distill > 0:
+            raise EdgepipeError(f"--distill (a temperature) must be > 0, got {self.distill}")
+        if not 0 <= self.holdout < 1:
+            raise EdgepipeError(f"--holdout must be in [0, 1), got {self.holdout}")
+        if self.lambda_rate and not parse_ranges(self.codec):
+            raise EdgepipeError("--lambda-rate needs --codec: the rate term is calibrated to the bytes it measures")
 
     def args(self) -> dict[str, Any]:
         d = asdict(self)
@@ -90,6 +110,15 @@ class _Running:
     tv: float = 0.0
     correct: int = 0
     images: int = 0
+    coded: float = 0.0        # task loss on the decoded output (codec in the loop)
+    correct_coded: int = 0
+    rate: float = 0.0         # calibrated rate term, bpp
+    bpp_real: float = 0.0     # measured bpp of the coded crops
+    mse: float = 0.0
+    n_coded: int = 0
+    corr_rate: float = 0.0    # per-batch Pearson correlation of log proxy with log real bytes, across crops
+    corr_tv: float = 0.0      # the same for per-crop TV
+    n_corr: int = 0
 
     def add(self, loss: float, ce: float, tv: float, correct: int, images: int) -> None:
         self.n += 1
@@ -99,15 +128,36 @@ class _Running:
         self.correct += correct
         self.images += images
 
+    def add_coded(self, coded: float, correct: int, rate: float, bpp_real: float, mse: float,
+                  corr_rate: float, corr_tv: float) -> None:
+        self.n_coded += 1
+        self.coded += coded
+        self.correct_coded += correct
+        self.rate += rate
+        self.bpp_real += bpp_real
+        self.mse += mse
+        if np.isfinite(corr_rate) and np.isfinite(corr_tv):
+            self.n_corr += 1
+            self.corr_rate += corr_rate
+            self.corr_tv += corr_tv
+
     def means(self) -> dict[str, float]:
         n = max(self.n, 1)
-        return {"train_loss": self.loss / n, "train_ce": self.ce / n, "train_tv": self.tv / n,
-                "train_top1": self.correct / max(self.images, 1)}
+        out = {"train_loss": self.loss / n, "train_ce": self.ce / n, "train_tv": self.tv / n,
+               "train_top1": self.correct / max(self.images, 1)}
+        if self.n_coded:
+            k = self.n_coded
+            out.update(train_coded=self.coded / k, train_top1_coded=self.correct_coded / max(self.images, 1),
+                       train_rate=self.rate / k, train_bpp_real=self.bpp_real / k, train_mse=self.mse / k)
+        if self.n_corr:
+            out.update(corr_rate_bits=self.corr_rate / self.n_corr, corr_tv_bits=self.corr_tv / self.n_corr)
+        return out
 
 
 LOG_FIELDS = ["epoch", "step", "minutes", "reason", "train_loss", "train_ce", "train_tv", "train_top1",
-              "top1_input", "top1_ed", "bpp_input", "bpp_ed", "bpp_saving", "tv_input", "tv_ed", "val_images",
-              "bpp_images", "unreadable"]
+              "train_coded", "train_top1_coded", "train_rate", "train_bpp_real", "train_mse", "corr_rate_bits",
+              "corr_tv_bits", "top1_input", "top1_ed", "bpp_input", "bpp_ed", "bpp_saving", "tv_input", "tv_ed",
+              "psnr_ed", "val_images", "bpp_images", "unreadable"]
 
 
 def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
@@ -141,7 +191,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # Validate every input before any work, so bad input fails in one line and nothing is written.
     from edgepipe.recognition import Classifier, build_recognizer
 
-    batches = CropBatches(cfg.data, cfg.crop, cfg.batch_size, cfg.seed)
+    batches = CropBatches(cfg.data, cfg.crop, cfg.batch_size, cfg.seed, cfg.rescale_min, cfg.holdout)
     if cfg.val_data is not None:
         from edgepipe.datasets import list_labelled_images
 
@@ -163,7 +213,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     else:
         model = EncoderDecoder(EDConfig(bypass=cfg.bypass, widths=cfg.widths, n_blocks=cfg.n_blocks))
     model.to(device).train()
-    criterion = RecognitionAwareLoss(recognizer, cfg.lambda_tv, cfg.tv_kind).to(device)
+    criterion = RecognitionAwareLoss(recognizer, cfg.lambda_tv, cfg.tv_kind, lambda_rate=cfg.lambda_rate,
+                                     lambda_mse=cfg.lambda_mse, distill_temperature=cfg.distill,
+                                     clean_weight=cfg.clean_weight).to(device)
+    ranges = parse_ranges(cfg.codec)
+    codec = CodecLoop(ranges, CodecRoundTrip(cfg.codec_workers, cfg.codec_preset), RateCalibration(),
+                      cfg.seed) if ranges else None
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "elapsed": 0.0, "history": [], "running": {},
                              "unreadable": []}
@@ -172,6 +227,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for key in state:
             state[key] = ckpt.get(key, state[key])
         batches.unreadable.update(state["unreadable"])
+        if codec is not None:
+            codec.calibration.scale.update(ckpt.get("rate_scale", {}))
         log.info("resuming %s at epoch %d, batch %d (step %d, %.1f min done)", out, state["epoch"],
                  state["batch"], state["step"], state["elapsed"] / 60)
     running = _Running(**state["running"])
@@ -189,6 +246,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         save_checkpoint(out, model, optimizer=optimizer.state_dict(), epoch=state["epoch"], batch=state["batch"],
                         step=state["step"], elapsed=state["elapsed"], history=history,
                         running=asdict(running), unreadable=sorted(batches.unreadable), args=cfg.args(), done=done,
+                        rate_scale=dict(codec.calibration.scale) if codec else {},
                         device=str(device))
 
     def validate(reason: str) -> dict[str, Any]:
@@ -237,7 +295,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 state["batch"] += 1
                 if len(images):
                     _step(model, criterion, optimizer, images, labels, state["step"] < cfg.recon_warmup,
-                          device, running)
+                          device, running, codec, state["step"])
                 state["step"] += 1
                 now = time.perf_counter()
                 state["elapsed"] += now - t_last
@@ -260,6 +318,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             validate(stop_reason)
     finally:
         bar.close()
+        if codec is not None:
+            codec.roundtrip.close()
     done = not stop_reason or stop_reason in ("max-minutes",)
     checkpoint(done=done)
     if batches.unreadable:
@@ -269,8 +329,30 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return result
 
 
+@dataclass
+class CodecLoop:
+    """What a step needs to put the real codec in the loop: which ranges, the coder, the rate calibration."""
+
+    ranges: list
+    roundtrip: CodecRoundTrip
+    calibration: RateCalibration
+    seed: int = 0
+
+    def setting(self, step: int) -> tuple[str, int]:
+        """Codecs take turns step by step; the setting is a pure function of (seed, step), for --resume."""
+        r = self.ranges[step % len(self.ranges)]
+        return r.codec, r.draw(np.random.default_rng([self.seed, step, 7]))
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: torch.optim.Optimizer,
-          images: np.ndarray, labels: np.ndarray, reconstruct: bool, device: str, running: _Running) -> None:
+          images: np.ndarray, labels: np.ndarray, reconstruct: bool, device: str, running: _Running,
+          codec: CodecLoop | None = None, step: int = 0) -> None:
     x = torch.from_numpy(to_model_input(images)).to(device)
     y_true = torch.from_numpy(labels).to(device)
     y = model(x)
@@ -278,9 +360,28 @@ def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: tor
         loss = F.mse_loss(y, x)
         with torch.no_grad():
             terms = criterion(y.detach(), y_true)
-    else:
-        terms = criterion(y, y_true)
+    elif codec is None:
+        terms = criterion(y, y_true, x=x)
         loss = terms["loss"]
+    else:
+        name, setting = codec.setting(step)
+        step_q = qstep(name, setting)
+        y8 = from_model_output(y.detach().float().cpu().numpy())  # exactly what an encoder would receive
+        decoded, sizes = codec.roundtrip(y8, name, setting)
+        h, w = y8.shape[1:3]
+        real = sizes * 8.0 / (h * w)
+        with torch.no_grad():
+            proxy = dct_rate(y.detach(), step_q).cpu().numpy()
+            tv = (y.detach()[..., :, 1:] - y.detach()[..., :, :-1]).abs().flatten(1).sum(1) \
+                + (y.detach()[..., 1:, :] - y.detach()[..., :-1, :]).abs().flatten(1).sum(1)
+        codec.calibration.update(name, float(proxy.mean()), float(real.mean()))
+        coded = straight_through(y, torch.from_numpy(to_model_input(decoded)).to(device))
+        terms = criterion(y, y_true, x=x, coded=coded, rate_step=step_q, rate_scale=codec.calibration(name))
+        loss = terms["loss"]
+        running.add_coded(float(terms["coded"].detach()), int((terms["logits_coded"].argmax(1) == y_true).sum()),
+                          float(terms["rate"].detach()) if "rate" in terms else float(proxy.mean() * codec.calibration(name)),
+                          float(real.mean()), float(F.mse_loss(y.detach(), x)),
+                          _corr(np.log(proxy + 1e-9), np.log(real)), _corr(np.log(tv.cpu().numpy() + 1e-9), np.log(real)))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -45,6 +45,12 @@ def mean_bpp(frames: np.ndarray, qp: int) -> float:
     return bits_per_pixel(total, w, h) / n
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of uint8 frames b against a (capped at 100 dB for identical frames)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 100.0 if mse == 0 else float(min(100.0, 10 * np.log10(255.0 ** 2 / mse)))  # a float: checkpoints load weights_only
+
+
 def mean_tv(frames: np.ndarray) -> float:
     x = torch.from_numpy(to_model_input(frames))
     return float(total_variation(x))
@@ -73,7 +79,9 @@ class Validator:
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         started = time.perf_counter()
         result = dict(self.input_metrics())
-        result.update(self._metrics(run_ed(model, self.frames, device=self.device), "ed"))
+        out = run_ed(model, self.frames, device=self.device)
+        result.update(self._metrics(out, "ed"))
+        result["psnr_ed"] = psnr(self.frames, out)
         result["bpp_saving"] = 1.0 - result["bpp_ed"] / result["bpp_input"]
         result["val_images"] = float(len(self.frames))
         result["bpp_images"] = float(min(len(self.frames), self.bpp_limit or len(self.frames)))

@@ -1,0 +1,131 @@
+"""The real codec inside the training step: encode and decode a batch of crops, report their bytes.
+
+Training on what the server sees means the recognizer's loss is taken on the *decoded* ED output. The
+forward pass here is the pipeline's own codec (HEVC intra through PyAV/libx265, JPEG through OpenCV), at
+an operating point drawn per batch from a range given as `codec:LOW-HIGH`:
+
+    hevc:31-47   libx265 intra QP 31..47 (preset medium, as `edgepipe eval` measures)
+    jpeg:5-40    libjpeg quality 5..40
+
+The backward pass is straight-through (see `straight_through`): gradients reach the ED as if the codec
+were the identity, while the loss sees the real quantisation error.
+
+Crops are coded in parallel, one single-threaded encoder per worker thread: PyAV and OpenCV release the
+GIL while they code, and one x265 thread per crop avoids x265's per-row hand-offs on small pictures. Each
+worker keeps one intra-only HEVC encoder per (size, QP): every frame is an IDR with its own parameter
+sets, so its bytes equal a one-image encode without paying x265's start-up on every crop.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from edgepipe.errors import EdgepipeError
+
+# Settings a range may span, per codec, and whether a larger setting means more bits.
+_LIMITS = {"hevc": (0, 51, False), "jpeg": (1, 100, True)}
+
+
+@dataclass(frozen=True)
+class CodecRange:
+    codec: str
+    low: int
+    high: int
+
+    @classmethod
+    def parse(cls, text: str) -> "CodecRange":
+        """`hevc:31-47`, `jpeg:5-40` or a single setting `hevc:37`."""
+        codec, _, span = text.strip().partition(":")
+        codec = codec.lower()
+        if codec not in _LIMITS:
+            raise EdgepipeError(f"codec in the loop must be one of {', '.join(_LIMITS)}, got {text!r}")
+        try:
+            lo, _, hi = span.partition("-")
+            low, high = int(lo), int(hi or lo)
+        except ValueError:
+            raise EdgepipeError(f"bad codec range {text!r}: use CODEC:LOW-HIGH, e.g. hevc:31-47") from None
+        first, last, _ = _LIMITS[codec]
+        if not first <= low <= high <= last:
+            raise EdgepipeError(f"bad codec range {text!r}: {codec} settings lie in {first}..{last}, LOW <= HIGH")
+        return cls(codec, low, high)
+
+    def draw(self, rng: np.random.Generator) -> int:
+        return int(rng.integers(self.low, self.high + 1))
+
+    def __str__(self) -> str:
+        return f"{self.codec}:{self.low}-{self.high}"
+
+
+def parse_ranges(text: str | None) -> list[CodecRange]:
+    """A comma list of ranges (empty or None: no codec in the loop)."""
+    if not text:
+        return []
+    return [CodecRange.parse(part) for part in text.split(",") if part.strip()]
+
+
+def hevc_qstep(qp: float) -> float:
+    """HEVC's quantiser step for a QP, on the 0..255 pixel scale: 2^((QP - 4) / 6)."""
+    return 2.0 ** ((qp - 4) / 6.0)
+
+
+def jpeg_qstep(quality: float) -> float:
+    """A mean quantiser step for libjpeg quality (IJG scaling of the luminance table, mean entry ~57.6)."""
+    q = min(max(quality, 1), 100)
+    scale = 5000.0 / q if q < 50 else 200.0 - 2 * q
+    return max(1.0, 57.6 * scale / 100.0)
+
+
+def qstep(codec: str, setting: float) -> float:
+    return hevc_qstep(setting) if codec == "hevc" else jpeg_qstep(setting)
+
+
+class CodecRoundTrip:
+    """Encodes and decodes uint8 RGB crops (n, H, W, 3) with a real codec; returns (decoded, bytes)."""
+
+    def __init__(self, workers: int | None = None, preset: str = "medium"):
+        self.workers = max(1, workers or min(8, os.cpu_count() or 1))
+        self.preset = preset
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="codec-loop")
+        self._local = threading.local()
+
+    def _hevc(self, frame: np.ndarray, qp: int) -> tuple[np.ndarray, int]:
+        from edgepipe.pipeline.codecs import HevcEncoder, decode_image
+
+        h, w = frame.shape[:2]
+        encoders = getattr(self._local, "encoders", None)
+        if encoders is None:
+            encoders = self._local.encoders = {}
+        key = (w, h, qp)
+        if key not in encoders:
+            encoders[key] = HevcEncoder(w, h, qp=qp, gop=0, preset=self.preset, threads=1)
+        data = b"".join(p.data for p in encoders[key].encode(np.ascontiguousarray(frame)))
+        if not data:
+            raise EdgepipeError("the intra-only HEVC encoder held a frame back (expected one packet per frame)")
+        return decode_image("hevc", data, w, h), len(data)
+
+    def _one(self, frame: np.ndarray, codec: str, setting: int) -> tuple[np.ndarray, int]:
+        if codec == "hevc":
+            return self._hevc(frame, setting)
+        from edgepipe.pipeline.codecs import decode_image, encode_image
+
+        data = encode_image(codec, np.ascontiguousarray(frame), setting)
+        return decode_image(codec, data), len(data)
+
+    def __call__(self, frames: np.ndarray, codec: str, setting: int) -> tuple[np.ndarray, np.ndarray]:
+        results = list(self._pool.map(lambda f: self._one(f, codec, setting), frames))
+        decoded = np.stack([r[0] for r in results])
+        sizes = np.asarray([r[1] for r in results], np.int64)
+        return decoded, sizes
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def straight_through(y: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+    """Forward: the decoded picture. Backward: the identity to y (the codec has no useful gradient)."""
+    return y + (decoded - y).detach()

@@ -1,0 +1,58 @@
+"""The hold-out carved out of train: stable, disjoint, and written where eval can read it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgepipe.cli import cli
+from edgepipe.datasets import list_labelled_images, read_rgb
+from edgepipe.train.data import CropBatches
+from edgepipe.train.split import holdout_items, is_holdout, training_items
+
+
+def test_split_is_stable_disjoint_and_near_its_fraction(imagenette_train: Path) -> None:
+    items = list_labelled_images(imagenette_train)
+    train, held = training_items(items, 0.05), holdout_items(items, 0.05)
+    assert len(train) + len(held) == len(items)
+    assert not {i.path for i in train} & {i.path for i in held}
+    assert 0.04 < len(held) / len(items) < 0.06
+    # membership depends on synset/name only, not on where the folder lives or what else is in it
+    assert all(is_holdout(Path("/elsewhere") / i.path.parent.name / i.path.name, 0.05) for i in held)
+    assert holdout_items(items[::2], 0.05) == [i for i in held if i in items[::2]]
+    assert training_items(items, 0.0) == items
+
+
+def test_training_batches_never_see_the_holdout(small_val_folder: Path) -> None:
+    held = {i.path for i in holdout_items(list_labelled_images(small_val_folder), 0.3)}
+    assert held  # the small folder must have some at 30 %
+    batches = CropBatches(small_val_folder, crop=32, batch_size=2, holdout=0.3)
+    assert not held & {i.path for i in batches.items}
+
+
+def test_rescaled_crops_are_deterministic(small_val_folder: Path) -> None:
+    a = CropBatches(small_val_folder, crop=64, batch_size=4, rescale_min=0.6).batch(0, 1)[0]
+    b = CropBatches(small_val_folder, crop=64, batch_size=4, rescale_min=0.6).batch(0, 1)[0]
+    plain = CropBatches(small_val_folder, crop=64, batch_size=4).batch(0, 1)[0]
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == plain.shape and not np.array_equal(a, plain)
+
+
+def test_holdout_command_writes_links_and_washed_pngs(small_val_folder: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(cli, ["holdout", "--data", str(small_val_folder), "--out", str(tmp_path / "h"),
+                              "--fraction", "0.3"])
+    assert res.exit_code == 0, res.output
+    links = list_labelled_images(tmp_path / "h")
+    expected = holdout_items(list_labelled_images(small_val_folder), 0.3)
+    assert [i.path.name for i in links] == [i.path.name for i in expected]
+    res = runner.invoke(cli, ["holdout", "--data", str(small_val_folder), "--out", str(tmp_path / "w"),
+                              "--fraction", "0.3", "--washed", "160"])
+    assert res.exit_code == 0, res.output
+    washed = list_labelled_images(tmp_path / "w")
+    assert len(washed) == len(expected) and all(i.path.suffix == ".png" for i in washed)
+    assert read_rgb(washed[0].path).shape == (160, 160, 3)
+    again = runner.invoke(cli, ["holdout", "--data", str(small_val_folder), "--out", str(tmp_path / "w")])
+    assert again.exit_code != 0 and "not empty" in again.output and "Traceback" not in again.output
