@@ -23,7 +23,8 @@ def _split(value: str) -> list[str]:
 @click.option("--weights", default=None, type=click.Path(dir_okay=False), help="Recognizer weights (vgg16 needs them).")
 @click.option("--pre", "pre", default="none,tvl1", show_default=True,
               help="Comma list: none, tvl1 (or tvl1:LAMBDA), model files or shipped model names (ours, palacio, ...).")
-@click.option("--codec", "codec", default="jpeg,jpeg2000,hevc", show_default=True, help="Comma list of jpeg, jpeg2000, hevc.")
+@click.option("--codec", "codec", default="jpeg,jpeg2000,hevc", show_default=True,
+              help="Comma list of jpeg, jpeg2000 (OpenCV, target rate), jpeg2000-db (OpenJPEG, target PSNR), hevc.")
 @click.option("--points", default=4, show_default=True, type=int, help="Operating points per codec (paper: 4; 6 as a robustness check).")
 @click.option("--max-bpp", default=1.0, show_default=True, type=float, help="Anchor mean rate ceiling for the points.")
 @click.option("--limit", default=None, type=int, help="Only the first N images of the fixed shuffled order.")

@@ -145,7 +145,7 @@ def check_codecs(codecs: Iterable[str]) -> list[str]:
 
             check_hevc_support()
         try:
-            decode_image(c, encode_image(c, probe, {"jpeg": 50, "jpeg2000": 100, "hevc": 30}[c]), 64, 64)
+            decode_image(c, encode_image(c, probe, {"jpeg": 50, "jpeg2000": 100, "jpeg2000-db": 30, "hevc": 30}[c]), 64, 64)
         except EdgepipeError:
             raise
         except Exception as exc:

@@ -1,10 +1,20 @@
-"""Real codecs: HEVC through PyAV (libx265, or hevc_nvenc on NVIDIA), JPEG and JPEG 2000 through OpenCV.
+"""Real codecs: HEVC through PyAV (libx265, or hevc_nvenc on NVIDIA), JPEG and JPEG 2000 through OpenCV,
+and a quality-driven JPEG 2000 through Pillow (OpenJPEG).
+
+Two JPEG 2000 modes, both OpenJPEG writing a .jp2 file with one quality layer:
+- "jpeg2000" is OpenCV's writer. It targets a *rate* (compression x1000), so the bits spent do not
+  depend on the content: a pre-transform cannot lower them, only change the distortion. OpenCV leaves
+  OpenJPEG's defaults: reversible 5/3 wavelet, no colour transform.
+- "jpeg2000-db" targets a *quality*: the layer stops at a PSNR in dB, so a smoother input reaches it
+  with fewer bits, as with a JPEG quality or an HEVC QP. Irreversible 9/7 wavelet and colour transform
+  (the usual lossy JPEG 2000).
 
 Every encoder reports the exact size in bytes of each encoded frame; bits per pixel are computed from
 those sizes and nothing else. Frames are uint8 RGB (H, W, 3).
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
@@ -17,7 +27,7 @@ from edgepipe.errors import EdgepipeError
 log = logging.getLogger(__name__)
 
 HEVC_ENCODERS = ("libx265", "hevc_nvenc")
-STILL_CODECS = ("jpeg", "jpeg2000", "hevc")
+STILL_CODECS = ("jpeg", "jpeg2000", "jpeg2000-db", "hevc")
 
 
 @dataclass(frozen=True)
@@ -155,10 +165,52 @@ class HevcDecoder:
 
 # --- still images -------------------------------------------------------------------------------
 
+@functools.cache
+def _pillow_jpeg2000():
+    """Pillow's Image module, after checking it was built with OpenJPEG (one-line error otherwise)."""
+    try:
+        import PIL
+        from PIL import Image, features
+    except ImportError:
+        raise EdgepipeError("codec jpeg2000-db needs Pillow with OpenJPEG: pip install 'pillow>=10'") from None
+    if not features.check("jpg_2000"):
+        raise EdgepipeError(f"this Pillow ({PIL.__version__}) was built without JPEG 2000 (OpenJPEG) support, "
+                            "which codec jpeg2000-db needs: install a Pillow wheel from PyPI or rebuild with libopenjp2")
+    return Image
+
+
+def _encode_jpeg2000_db(image: np.ndarray, psnr_db: float) -> bytes:
+    import io
+
+    if not psnr_db > 0:
+        raise EdgepipeError(f"jpeg2000-db setting is a target PSNR in dB and must be positive, got {psnr_db}")
+    Image = _pillow_jpeg2000()
+    buf = io.BytesIO()
+    # quality_mode dB: OpenJPEG truncates the code-blocks where its distortion estimate reaches this
+    # PSNR. mct=1: colour transform (Pillow's default is none, ~30 % more bytes for RGB).
+    Image.fromarray(np.ascontiguousarray(image)).save(
+        buf, "JPEG2000", quality_mode="dB", quality_layers=[float(psnr_db)], irreversible=True, mct=1)
+    return buf.getvalue()
+
+
+def _decode_jpeg2000_db(data: bytes) -> np.ndarray:
+    import io
+
+    Image = _pillow_jpeg2000()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB")).copy()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ValueError(f"undecodable jpeg2000-db payload ({len(data)} bytes): {exc}") from None
+
+
 def encode_image(codec: str, image: np.ndarray, quality: float, threads: int | None = None) -> bytes:
     """Encode one RGB image. quality: JPEG quality 1..100; JPEG 2000 compression x1000 (OpenCV's
-    IMWRITE_JPEG2000_COMPRESSION_X1000, higher = more bits); HEVC intra QP 0..51 (lower = more bits)."""
+    IMWRITE_JPEG2000_COMPRESSION_X1000, a target rate); jpeg2000-db: target PSNR in dB of the single
+    quality layer; HEVC intra QP 0..51. Higher = more bits for all but HEVC (lower QP = more bits)."""
 
+    if codec == "jpeg2000-db":
+        return _encode_jpeg2000_db(image, quality)
     if codec == "jpeg":
         ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     elif codec == "jpeg2000":
@@ -177,6 +229,8 @@ def encode_image(codec: str, image: np.ndarray, quality: float, threads: int | N
 
 def decode_image(codec: str, data: bytes, width: int | None = None, height: int | None = None) -> np.ndarray:
 
+    if codec == "jpeg2000-db":
+        return _decode_jpeg2000_db(data)
     if codec in ("jpeg", "jpeg2000"):
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if bgr is None:

@@ -75,6 +75,25 @@ def test_end_to_end_two_codecs(small_val_folder, tmp_path):
     assert (out / "results.csv").read_text() == first
 
 
+def test_jpeg2000_at_a_target_psnr_end_to_end(small_val_folder, tmp_path):
+    out = tmp_path / "out"
+    res = _eval("--data", str(small_val_folder), "--pre", "none,tvl1", "--codec", "jpeg2000-db", "--limit", "6",
+                "--points", "2", "--jobs", "1", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    rows = _rows(out / "results.csv")
+    assert len(rows) == 2 * 2 and {r["codec"] for r in rows} == {"jpeg2000-db"}
+    anchor = [r for r in rows if r["pre"] == "none"]
+    assert [float(r["bpp"]) for r in anchor] == sorted(float(r["bpp"]) for r in anchor)
+    for r in anchor:  # the setting is a target PSNR in dB: the codec alone lands just under it
+        assert int(r["quality"]) - 1.5 < float(r["psnr_db"]) < int(r["quality"]) + 0.5
+    tv = {r["quality"]: float(r["bpp"]) for r in rows if r["pre"] == "tvl1"}
+    assert all(tv[r["quality"]] < float(r["bpp"]) for r in anchor)  # smoother input, fewer bits
+    bd = _rows(out / "bdrate.csv")
+    assert [(b["pre"], b["codec"], float(b["paper_bd_rate_pct"])) for b in bd] == [("tvl1", "jpeg2000-db", 1.3)]
+    md = (out / "results.md").read_text()
+    assert "JPEG 2000 (dB)" in md and "target PSNR dB" in md
+
+
 @pytest.mark.slow
 def test_greyscale_odd_sizes_and_unreadable_files(imagenette_val, tmp_path):
     synset = sorted(p for p in imagenette_val.iterdir() if p.is_dir())[0]

@@ -44,6 +44,7 @@ def test_equal_rates_count_once_and_too_few_is_an_error():
 def test_candidate_grids_are_ordered_low_to_high_rate():
     assert list(CANDIDATES["jpeg"]) == sorted(CANDIDATES["jpeg"])
     assert list(CANDIDATES["jpeg2000"]) == sorted(CANDIDATES["jpeg2000"])
+    assert list(CANDIDATES["jpeg2000-db"]) == sorted(CANDIDATES["jpeg2000-db"])  # target PSNR: higher = more bits
     assert list(CANDIDATES["hevc"]) == sorted(CANDIDATES["hevc"], reverse=True)  # QP: lower = more bits
 
 
@@ -68,3 +69,16 @@ def test_hevc_stream_carries_no_encoder_banner():
     frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     data = encode_image("hevc", frame, 51)
     assert b"x265" not in data and len(data) < 1500
+
+
+def test_every_still_codec_has_candidates_titles_and_a_probe_setting():
+    from edgepipe.evaluation.report import CODEC_TITLES, SETTING_NAMES, paper_bd
+    from edgepipe.evaluation.runner import check_codecs
+    from edgepipe.pipeline.codecs import STILL_CODECS
+
+    for codec in STILL_CODECS:
+        assert codec in CANDIDATES and codec in CODEC_TITLES and codec in SETTING_NAMES
+    assert check_codecs(["jpeg2000-db", "jpeg2000"]) == ["jpeg2000-db", "jpeg2000"]
+    # the paper has one JPEG 2000 column: both of our JPEG 2000 modes are set against it
+    assert paper_bd("ours", "jpeg2000-db") == paper_bd("ours", "jpeg2000") == -17.8
+    assert np.isnan(paper_bd("ident", "jpeg2000-db"))

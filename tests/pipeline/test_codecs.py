@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -17,15 +18,16 @@ def psnr(a, b):
     return 10 * np.log10(255**2 / mse)
 
 
-@pytest.mark.parametrize("codec,quality", [("jpeg", 75), ("jpeg2000", 100), ("hevc", 30)])
+@pytest.mark.parametrize("codec,quality", [("jpeg", 75), ("jpeg2000", 100), ("jpeg2000-db", 35), ("hevc", 30)])
 def test_still_roundtrip_is_faithful(image, codec, quality):
     data = encode_image(codec, image, quality)
     out = decode_image(codec, data, image.shape[1], image.shape[0])
-    assert out.shape == image.shape
+    assert out.shape == image.shape and out.dtype == np.uint8
     assert 28 < psnr(image, out) < 60
 
 
-@pytest.mark.parametrize("codec,better,worse", [("jpeg", 90, 30), ("jpeg2000", 200, 20), ("hevc", 22, 42)])
+@pytest.mark.parametrize("codec,better,worse", [("jpeg", 90, 30), ("jpeg2000", 200, 20), ("jpeg2000-db", 36, 24),
+                                                ("hevc", 22, 42)])
 def test_quality_setting_orders_the_rate(image, codec, better, worse):
     assert len(encode_image(codec, image, better)) > 1.5 * len(encode_image(codec, image, worse))
 
@@ -82,3 +84,65 @@ def test_bad_settings_and_codecs_are_clear_errors(image):
         check_hevc_support("not_an_encoder")
     with pytest.raises(ValueError):
         decode_image("jpeg", b"garbage")
+
+
+# --- JPEG 2000 at a target PSNR (Pillow / OpenJPEG) ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def images(small_val_folder):
+    return [read_rgb(i.path) for i in list_labelled_images(small_val_folder)]
+
+
+def test_jpeg2000_db_lands_near_its_psnr_target(images):
+    for target in (22, 28, 35):
+        got = []
+        for im in images:
+            out = decode_image("jpeg2000-db", encode_image("jpeg2000-db", im, target))
+            assert out.shape == im.shape and out.dtype == np.uint8 and out.flags.c_contiguous
+            got.append(psnr(im, out))
+        # OpenJPEG stops on its own distortion estimate: decoded RGB lands a few tenths of a dB under
+        assert all(target - 1.5 < g < target + 0.5 for g in got), (target, got)
+        assert target - 0.8 < np.mean(got) < target
+
+
+def test_jpeg2000_db_bytes_fall_with_the_setting(images):
+    for im in images[::3]:
+        sizes = [len(encode_image("jpeg2000-db", im, db)) for db in range(21, 36)]
+        assert sizes == sorted(sizes), sizes  # never more bytes for a lower target
+        assert sizes[-1] > 4 * sizes[0]
+
+
+def test_jpeg2000_db_odd_size(image):
+    odd = np.ascontiguousarray(image[:223, :221])
+    out = decode_image("jpeg2000-db", encode_image("jpeg2000-db", odd, 30), 221, 223)
+    assert out.shape == (223, 221, 3) and psnr(odd, out) > 28
+
+
+def test_smoothing_saves_bits_only_in_the_quality_driven_mode(images):
+    """The point of jpeg2000-db: a smoother input costs fewer bits at the same setting. OpenCV's
+    writer targets a rate, so there the same blur leaves the size where it was."""
+    for im in images:
+        blurred = cv2.GaussianBlur(im, (0, 0), 1.5)
+        db = len(encode_image("jpeg2000-db", blurred, 30)) / len(encode_image("jpeg2000-db", im, 30))
+        rate = len(encode_image("jpeg2000", blurred, 24)) / len(encode_image("jpeg2000", im, 24))
+        assert db < 0.5, db
+        assert 0.95 < rate < 1.05, rate
+
+
+def test_jpeg2000_db_errors_are_clear(image, monkeypatch):
+    import PIL.features
+
+    from edgepipe.pipeline import codecs
+
+    with pytest.raises(EdgepipeError, match="target PSNR in dB"):
+        encode_image("jpeg2000-db", image, 0)
+    with pytest.raises(ValueError, match="undecodable jpeg2000-db"):
+        decode_image("jpeg2000-db", b"garbage")
+    codecs._pillow_jpeg2000.cache_clear()
+    monkeypatch.setattr(PIL.features, "check", lambda name: False)
+    try:
+        with pytest.raises(EdgepipeError, match="without JPEG 2000 \\(OpenJPEG\\) support") as err:
+            encode_image("jpeg2000-db", image, 30)
+        assert "\n" not in str(err.value)
+    finally:
+        codecs._pillow_jpeg2000.cache_clear()
