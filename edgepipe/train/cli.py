@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
               show_default=True)
 @click.option("--no-bypass", is_flag=True, help="Plain encoder-decoder without skip/residual connections.")
 @click.option("--out", required=True, type=click.Path(), help="Checkpoint to write (rewritten atomically).")
+@click.option("--widths", default="16,32,64", show_default=True, help="ED channels at its three scales.")
+@click.option("--blocks", "n_blocks", type=int, default=1, show_default=True, help="Residual blocks in the body.")
+@click.option("--stem-stride", type=click.Choice(["1", "2"]), default="1", show_default=True,
+              help="2: work at half resolution from the first conv on (ours-fast, ~1/4 of the FLOPs).")
 @click.option("--epochs", type=int, default=1, show_default=True)
 @click.option("--crop", type=int, default=128, show_default=True, help="Random crop side (native pixel scale).")
 @click.option("--batch-size", type=int, default=16, show_default=True)
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
                    "hevc:31-47,jpeg:5-40 (HEVC intra QP, JPEG quality). The loss then sees the decoded output.")
 @click.option("--codec-workers", type=int, default=None, help="Threads coding crops (default: cores, at most 8).")
 @click.option("--codec-preset", default="medium", show_default=True, help="libx265 preset in the loop.")
+@click.option("--backward", type=click.Choice(["dct", "identity"]), default="dct", show_default=True,
+              help="Gradient through the codec: a differentiable 8x8-DCT soft-quantisation model, or identity.")
 @click.option("--clean-weight", type=float, default=0.5, show_default=True,
               help="With --codec: weight of the task loss on the uncoded ED output (the coded one weighs 1).")
 @click.option("--lambda-rate", type=float, default=0.0, show_default=True,
@@ -60,8 +66,8 @@ log = logging.getLogger(__name__)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
-def train(data, recognizer, weights, lambda_tv, tv_kind, no_bypass, out, epochs, crop, batch_size, lr,
-          recon_warmup, finetune_lr, codec, codec_workers, codec_preset, clean_weight, lambda_rate, lambda_mse,
+def train(data, recognizer, weights, lambda_tv, tv_kind, no_bypass, out, widths, n_blocks, stem_stride, epochs, crop, batch_size, lr,
+          recon_warmup, finetune_lr, codec, codec_workers, codec_preset, backward, clean_weight, lambda_rate, lambda_mse,
           distill, rescale_min, holdout, max_minutes, max_steps, val_data, val_limit, bpp_limit, qp, seed, resume, log_path,
           checkpoint_every, device, threads, no_progress) -> None:
     """Train an ED pre-transform against a frozen recognizer.
@@ -70,13 +76,19 @@ def train(data, recognizer, weights, lambda_tv, tv_kind, no_bypass, out, epochs,
     recognizer also judges the decoded ED output (real HEVC/JPEG round trip, straight-through gradient),
     and --lambda-rate, --lambda-mse and --distill add a calibrated rate term, a fidelity anchor and
     label-free distillation (docs/training.md)."""
+    from edgepipe.errors import EdgepipeError
     from edgepipe.train.loop import TrainConfig
     from edgepipe.train.loop import train as run
 
+    try:
+        width_list = tuple(int(w) for w in widths.split(","))
+    except ValueError:
+        raise EdgepipeError(f"--widths must be three integers like 16,32,64, got {widths!r}") from None
+
     cfg = TrainConfig(
         data=data, out=out, recognizer=recognizer, weights=weights, lambda_tv=lambda_tv, tv_kind=tv_kind,
-        bypass=not no_bypass, epochs=epochs, crop=crop, batch_size=batch_size, lr=lr, recon_warmup=recon_warmup, finetune_lr=finetune_lr,
-        codec=codec, codec_workers=codec_workers, codec_preset=codec_preset, clean_weight=clean_weight,
+        bypass=not no_bypass, widths=width_list, n_blocks=n_blocks, stem_stride=int(stem_stride), epochs=epochs, crop=crop, batch_size=batch_size, lr=lr, recon_warmup=recon_warmup, finetune_lr=finetune_lr,
+        codec=codec, codec_workers=codec_workers, codec_preset=codec_preset, backward=backward, clean_weight=clean_weight,
         lambda_rate=lambda_rate, lambda_mse=lambda_mse, distill=distill, rescale_min=rescale_min, holdout=holdout,
         max_minutes=max_minutes, max_steps=max_steps, val_data=val_data, val_limit=val_limit,
         bpp_limit=bpp_limit, qp=qp, seed=seed, resume=resume, log=log_path, checkpoint_every=checkpoint_every,

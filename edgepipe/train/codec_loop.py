@@ -24,8 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from edgepipe.errors import EdgepipeError
+from edgepipe.train.dct import blocks, jpeg_tables, to_rgb, to_ycbcr, unblocks
 
 # Settings a range may span, per codec, and whether a larger setting means more bits.
 _LIMITS = {"hevc": (0, 51, False), "jpeg": (1, 100, True)}
@@ -126,6 +128,39 @@ class CodecRoundTrip:
         self._pool.shutdown(wait=True)
 
 
-def straight_through(y: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
-    """Forward: the decoded picture. Backward: the identity to y (the codec has no useful gradient)."""
-    return y + (decoded - y).detach()
+BACKWARD = ("dct", "identity")
+
+
+def _soft_quantise_plane(plane: torch.Tensor, step) -> torch.Tensor:
+    """Block DCT, each coefficient scaled by r^2 / (r^2 + 0.36), r = |c| / step, inverse DCT. A smooth
+    dead-zone: coefficients well under the step vanish (as the codec rounds them to zero), large ones
+    pass; its derivative is near zero below the step, so the ED gets no credit for detail the codec drops."""
+    c, size = blocks(plane)
+    r2 = (c / (step if isinstance(step, float) else step.to(c))) ** 2
+    gain = r2 / (r2 + 0.36)
+    flat = gain.flatten(-2)
+    gain = torch.cat([torch.ones_like(flat[..., :1]), flat[..., 1:]], -1).reshape(gain.shape)  # keep the DC
+    return unblocks(c * gain, size)
+
+
+def codec_proxy(y: torch.Tensor, codec: str, setting: int) -> torch.Tensor:
+    """A differentiable stand-in for the codec at `setting` (8x8 DCT soft quantisation, 4:2:0 chroma),
+    used only for the backward pass of `straight_through`."""
+    if codec == "hevc":
+        luma = chroma = hevc_qstep(setting)  # x265's default: flat scaling lists
+    else:
+        luma, chroma = jpeg_tables(setting)
+    ycc = to_ycbcr(y)
+    out_y = _soft_quantise_plane(ycc[:, 0], luma)
+    sub = F.avg_pool2d(ycc[:, 1:], 2, ceil_mode=True)
+    out_c = torch.stack([_soft_quantise_plane(sub[:, i], chroma) for i in range(2)], 1)
+    out_c = F.interpolate(out_c, scale_factor=2, mode="bilinear", align_corners=False)[..., : y.shape[-2], : y.shape[-1]]
+    return to_rgb(torch.cat([out_y[:, None], out_c], 1))
+
+
+def straight_through(y: torch.Tensor, decoded: torch.Tensor, proxy: torch.Tensor | None = None) -> torch.Tensor:
+    """Forward: the decoded picture. Backward: through `proxy` (a differentiable model of the codec) or,
+    without one, the identity to y. The identity credits the ED for every change, also for detail the codec
+    then removes, and training drifted that way (bits doubled at every QP); the DCT proxy does not."""
+    base = y if proxy is None else proxy
+    return base + (decoded - base).detach()

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from edgepipe.engines.base import from_model_output, to_model_input
 from edgepipe.errors import EdgepipeError
-from edgepipe.train.codec_loop import CodecRoundTrip, parse_ranges, qstep, straight_through
+from edgepipe.train.codec_loop import BACKWARD, CodecRoundTrip, codec_proxy, parse_ranges, qstep, straight_through
 from edgepipe.train.data import CropBatches, validation_set
 from edgepipe.train.losses import TV_KINDS, RateCalibration, RecognitionAwareLoss, dct_rate
 from edgepipe.train.model import EDConfig, EncoderDecoder, model_from_checkpoint, read_checkpoint, save_checkpoint
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Arguments that define *what* is trained; a resumed run must not change them.
 _IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
-                  "n_blocks", "recon_warmup", "codec", "lambda_rate", "lambda_mse", "distill", "clean_weight",
+                  "n_blocks", "stem_stride", "recon_warmup", "codec", "backward", "lambda_rate", "lambda_mse", "distill", "clean_weight",
                   "rescale_min", "holdout")
 
 
@@ -45,6 +45,7 @@ class TrainConfig:
     bypass: bool = True
     widths: tuple[int, int, int] = (16, 32, 64)
     n_blocks: int = 1
+    stem_stride: int = 1           # 2: the cheap variant (half resolution after the first conv)
     epochs: int = 1
     crop: int = 128
     batch_size: int = 16
@@ -53,6 +54,7 @@ class TrainConfig:
     codec: str | None = None       # codec in the loop, e.g. "hevc:31-47,jpeg:5-40" (codec_loop.py); None: off
     codec_workers: int | None = None
     codec_preset: str = "medium"
+    backward: str = "dct"          # gradient through the codec: "dct" (soft-quantisation proxy) or "identity"
     clean_weight: float = 0.5      # weight of the task loss on the uncoded output when a codec is in the loop
     lambda_rate: float = 0.0       # weight of the calibrated block-DCT rate term (loss per real bit per pixel)
     lambda_mse: float = 0.0        # fidelity anchor: MSE(ED(x), x)
@@ -82,6 +84,10 @@ class TrainConfig:
             raise EdgepipeError(f"--lambda-tv must be >= 0, got {self.lambda_tv}")
         if not 0 <= self.qp <= 51:
             raise EdgepipeError(f"--qp must be in 0..51, got {self.qp}")
+        if self.stem_stride not in (1, 2):
+            raise EdgepipeError(f"--stem-stride must be 1 or 2, got {self.stem_stride}")
+        if len(self.widths) != 3 or min(self.widths) < 1:
+            raise EdgepipeError(f"--widths needs three positive channel counts, got {self.widths}")
         if self.epochs < 1:
             raise EdgepipeError(f"--epochs must be >= 1, got {self.epochs}")
         for name in ("lambda_rate", "lambda_mse", "clean_weight"):
@@ -91,6 +97,8 @@ class TrainConfig:
             raise EdgepipeError(f"--distill (a temperature) must be > 0, got {self.distill}")
         if not 0 <= self.holdout < 1:
             raise EdgepipeError(f"--holdout must be in [0, 1), got {self.holdout}")
+        if self.backward not in BACKWARD:
+            raise EdgepipeError(f"--backward must be one of {', '.join(BACKWARD)}, got {self.backward!r}")
         if self.lambda_rate and not parse_ranges(self.codec):
             raise EdgepipeError("--lambda-rate needs --codec: the rate term is calibrated to the bytes it measures")
 
@@ -211,14 +219,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if ckpt is not None:
         model = model_from_checkpoint(ckpt, out)
     else:
-        model = EncoderDecoder(EDConfig(bypass=cfg.bypass, widths=cfg.widths, n_blocks=cfg.n_blocks))
+        model = EncoderDecoder(EDConfig(bypass=cfg.bypass, widths=cfg.widths, n_blocks=cfg.n_blocks,
+                                        stem_stride=cfg.stem_stride))
     model.to(device).train()
     criterion = RecognitionAwareLoss(recognizer, cfg.lambda_tv, cfg.tv_kind, lambda_rate=cfg.lambda_rate,
                                      lambda_mse=cfg.lambda_mse, distill_temperature=cfg.distill,
                                      clean_weight=cfg.clean_weight).to(device)
     ranges = parse_ranges(cfg.codec)
     codec = CodecLoop(ranges, CodecRoundTrip(cfg.codec_workers, cfg.codec_preset), RateCalibration(),
-                      cfg.seed) if ranges else None
+                      cfg.seed, cfg.backward) if ranges else None
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "elapsed": 0.0, "history": [], "running": {},
                              "unreadable": []}
@@ -337,6 +346,7 @@ class CodecLoop:
     roundtrip: CodecRoundTrip
     calibration: RateCalibration
     seed: int = 0
+    backward: str = "dct"
 
     def setting(self, step: int) -> tuple[str, int]:
         """Codecs take turns step by step; the setting is a pure function of (seed, step), for --resume."""
@@ -359,7 +369,7 @@ def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: tor
     if reconstruct:  # warm-up: learn to rebuild the image; the recognizer only reports (no graph kept)
         loss = F.mse_loss(y, x)
         with torch.no_grad():
-            terms = criterion(y.detach(), y_true)
+            terms = criterion(y.detach(), y_true, x=x, rate_step=qstep(*codec.setting(step)) if codec else None)
     elif codec is None:
         terms = criterion(y, y_true, x=x)
         loss = terms["loss"]
@@ -371,17 +381,18 @@ def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: tor
         h, w = y8.shape[1:3]
         real = sizes * 8.0 / (h * w)
         with torch.no_grad():
-            proxy = dct_rate(y.detach(), step_q).cpu().numpy()
+            rate_proxy = dct_rate(y.detach(), step_q).cpu().numpy()
             tv = (y.detach()[..., :, 1:] - y.detach()[..., :, :-1]).abs().flatten(1).sum(1) \
                 + (y.detach()[..., 1:, :] - y.detach()[..., :-1, :]).abs().flatten(1).sum(1)
-        codec.calibration.update(name, float(proxy.mean()), float(real.mean()))
-        coded = straight_through(y, torch.from_numpy(to_model_input(decoded)).to(device))
+        codec.calibration.update(name, float(rate_proxy.mean()), float(real.mean()))
+        model_of_codec = codec_proxy(y, name, setting) if codec.backward == "dct" else None
+        coded = straight_through(y, torch.from_numpy(to_model_input(decoded)).to(device), model_of_codec)
         terms = criterion(y, y_true, x=x, coded=coded, rate_step=step_q, rate_scale=codec.calibration(name))
         loss = terms["loss"]
         running.add_coded(float(terms["coded"].detach()), int((terms["logits_coded"].argmax(1) == y_true).sum()),
-                          float(terms["rate"].detach()) if "rate" in terms else float(proxy.mean() * codec.calibration(name)),
+                          float(terms["rate"].detach()) if "rate" in terms else float(rate_proxy.mean() * codec.calibration(name)),
                           float(real.mean()), float(F.mse_loss(y.detach(), x)),
-                          _corr(np.log(proxy + 1e-9), np.log(real)), _corr(np.log(tv.cpu().numpy() + 1e-9), np.log(real)))
+                          _corr(np.log(rate_proxy + 1e-9), np.log(real)), _corr(np.log(tv.cpu().numpy() + 1e-9), np.log(real)))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgepipe.train.dct import blocks, to_ycbcr
+
 TV_KINDS = ("anisotropic", "isotropic")
 _ISO_EPS = 1e-6
 
@@ -41,32 +43,9 @@ def total_variation(x: torch.Tensor, kind: str = "anisotropic") -> torch.Tensor:
 
 # --- a rate term that follows what a block codec pays for ------------------------------------------
 
-_RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114],
-                              [-0.168736, -0.331264, 0.5],
-                              [0.5, -0.418688, -0.081312]])
-
-
-def _dct_matrix(n: int = 8) -> torch.Tensor:
-    """Orthonormal DCT-II basis (rows are frequencies)."""
-    k = torch.arange(n, dtype=torch.float64)[:, None]
-    i = torch.arange(n, dtype=torch.float64)[None, :]
-    m = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
-    m[0] /= math.sqrt(2.0)
-    return m.float()
-
-
-_DCT8 = _dct_matrix(8)
-
-
 def _block_log_rate(plane: torch.Tensor, step: float) -> torch.Tensor:
     """Sum over 8x8 blocks of log2(1 + |AC coefficient| / step), per image: (N,). plane: (N, H, W), 0..255."""
-    n, h, w = plane.shape
-    h8, w8 = h - h % 8, w - w % 8
-    if h8 == 0 or w8 == 0:
-        return plane.new_zeros(n)
-    blocks = plane[:, :h8, :w8].reshape(n, h8 // 8, 8, w8 // 8, 8).permute(0, 1, 3, 2, 4)
-    d = _DCT8.to(plane)
-    coeffs = d @ blocks @ d.T
+    coeffs, _ = blocks(plane)
     bits = torch.log2(1.0 + coeffs.abs() / step)
     bits = bits.flatten(-2)[..., 1:]  # the DC is predicted from neighbours by intra coding: leave it out
     return bits.flatten(1).sum(1)
@@ -81,7 +60,7 @@ def dct_rate(x: torch.Tensor, step: float) -> torch.Tensor:
     codec does. Training rescales it to measured bytes (see RateCalibration)."""
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected (N, 3, H, W), got shape {tuple(x.shape)}")
-    ycc = torch.einsum("oc,nchw->nohw", _RGB_TO_YCBCR.to(x), x) * 255.0
+    ycc = to_ycbcr(x)
     rate = _block_log_rate(ycc[:, 0], step)
     chroma = F.avg_pool2d(ycc[:, 1:], 2)
     rate = rate + _block_log_rate(chroma[:, 0], step) + _block_log_rate(chroma[:, 1], step)

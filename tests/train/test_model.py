@@ -123,3 +123,17 @@ def test_load_errors(tmp_path: Path) -> None:
         with pytest.raises(EdgepipeError) as info:
             load_ed(bad)
         assert "\n" not in str(info.value)
+
+
+def test_cheap_variant_is_identity_at_start_any_size_and_under_4_kflop() -> None:
+    """ours-fast: strided stem + pixel-shuffled output, same H x W out, a quarter of the FLOPs."""
+    from edgepipe.train.model import flops_per_pixel
+
+    cfg = EDConfig(stem_stride=2, widths=(16, 32, 48))
+    model = EncoderDecoder(cfg).eval()
+    for h, w in [(224, 224), (101, 77), (9, 8)]:
+        x = torch.rand(2, 3, h, w)
+        torch.testing.assert_close(model(x), x)
+    assert flops_per_pixel(model) <= 4000 < flops_per_pixel(EncoderDecoder())
+    assert EDConfig.from_dict(cfg.to_dict()) == cfg
+    assert EDConfig.from_dict({"bypass": True}).stem_stride == 1  # checkpoints from before the option
