@@ -1,11 +1,12 @@
 """Model cards for shipped EDs: evaluate a checkpoint on a fixed validation subset and write <name>.md.
 
     python -m edgepipe.train.card edgepipe/data/models/ours.pt --val-data ../shared/data/imagenette/val \
-        --val-limit 1000 --bpp-limit 200 --sweep runs/sweep/lam1.pt --sweep runs/sweep/lam5.pt ...
+        --val-limit 1000 --bpp-limit 200 --eval docs/results --notes-dir docs/cards
 
-The card states what was trained (data, recognizer, lambda, bypass, crop, steps, time), the exact command
-that reproduces it (rebuilt from the arguments stored in the checkpoint), and validation top-1 and HEVC
-bits per pixel of the ED output against the untransformed input on the same images.
+The card states what was trained (data, recognizer, the loss with its weights, bypass, architecture and
+kFLOP/pixel, steps, time), the exact command that reproduces it (rebuilt from the arguments stored in the
+checkpoint), the BD-Rate(accuracy) rows of the model from an `edgepipe eval` folder, and the top-1 and
+PSNR of the uncompressed ED output against its input.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ _DEFAULTS = TrainConfig(data="", out="").args()
 _FLAGS = {"lambda_tv": "--lambda-tv", "tv_kind": "--tv", "batch_size": "--batch-size",
           "recon_warmup": "--recon-warmup", "max_minutes": "--max-minutes", "max_steps": "--max-steps",
           "val_data": "--val-data", "val_limit": "--val-limit", "bpp_limit": "--bpp-limit",
-          "checkpoint_every": "--checkpoint-every"}
-_SKIP = {"out", "resume", "progress", "log", "device", "threads", "widths", "n_blocks", "data", "bypass"}
+          "checkpoint_every": "--checkpoint-every", "n_blocks": "--blocks"}
+_SKIP = {"out", "resume", "progress", "log", "device", "threads", "data", "bypass", "codec_workers", "weights"}
 
 
 def command_of(args: dict[str, Any], out: str) -> str:
@@ -35,7 +36,8 @@ def command_of(args: dict[str, Any], out: str) -> str:
     for key, value in args.items():
         if key in _SKIP or value is None or value == _DEFAULTS.get(key):
             continue
-        parts += [_FLAGS.get(key, "--" + key.replace("_", "-")), str(value)]
+        text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        parts += [_FLAGS.get(key, "--" + key.replace("_", "-")), text]
     if not args.get("bypass", True):
         parts.append("--no-bypass")
     parts += ["--out", out]
@@ -60,60 +62,84 @@ def evaluate(checkpoints: list[Path], val_data: str, val_limit: int, bpp_limit: 
     return [validator(model_from_checkpoint(c, p)) for c, p in zip(ckpts, checkpoints)]
 
 
-def _sweep_table(checkpoints: list[Path]) -> str:
-    """One row per sweep run: its metrics JSON (re-evaluated with this code) when present, else the last
-    validation row of its log."""
-    rows = ["| λ | steps | train min | top-1 input | top-1 ED | bpp input | bpp ED | Δbpp | TV input | TV ED |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for path in sorted(checkpoints, key=lambda p: read_checkpoint(p)["args"]["lambda_tv"]):
-        ckpt = read_checkpoint(path)
-        metrics_path = path.with_suffix(".metrics.json")
-        if metrics_path.exists():
-            f = json.loads(metrics_path.read_text())
-        else:
-            f = {k: float(v) for k, v in list(csv.DictReader(open(path.with_suffix(".csv"))))[-1].items()
-                 if k != "reason" and v not in ("", None)}
-        rows.append(f"| {ckpt['args']['lambda_tv']:g} | {ckpt['step']} | {ckpt['elapsed'] / 60:.1f} | "
-                    f"{100 * f['top1_input']:.1f} % | {100 * f['top1_ed']:.1f} % | {f['bpp_input']:.4f} | "
-                    f"{f['bpp_ed']:.4f} | {-100 * f['bpp_saving']:+.1f} % | {f['tv_input']:.4f} | {f['tv_ed']:.4f} |")
-    return "\n".join(rows)
+def _recipe(args: dict[str, Any]) -> str:
+    """The loss in one line, from the arguments stored in a checkpoint."""
+    task = (f"KL to the recognizer's output on the original, T = {args['distill']:g}" if args.get("distill")
+            else "CE with the labels")
+    parts = []
+    if args.get("codec"):
+        parts.append(f"{task} on the **decoded** ED output (real codec in the loop: {args['codec']}, "
+                     f"backward through the {args.get('backward', 'identity')} model of the codec)")
+        parts.append(f"{args.get('clean_weight', 0.5):g} × the same on the uncoded output")
+    else:
+        parts.append(f"{task} on the ED output")
+    if args.get("lambda_rate"):
+        parts.append(f"λ_rate = {args['lambda_rate']:g} × block-DCT rate (calibrated to measured bpp)")
+    if args.get("lambda_tv"):
+        parts.append(f"λ_TV = {args['lambda_tv']:g} × TV ({args.get('tv_kind', 'anisotropic')})")
+    if args.get("lambda_mse"):
+        parts.append(f"λ_MSE = {args['lambda_mse']:g} × MSE(ED(x), x)")
+    return " + ".join(parts)
 
 
-def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, sweep: list[Path], notes: str,
-               out: Path) -> None:
+def _bd_table(eval_dir: Path, name: str) -> list[str]:
+    """BD-Rate rows of `name` from an `edgepipe eval` output folder (bdrate.csv)."""
+    rows = [r for r in csv.DictReader(open(eval_dir / "bdrate.csv")) if r["pre"] == name]
+    out = ["| codec | BD-Rate cubic | BD-Rate PCHIP | 95 % interval (cubic) | 95 % interval (PCHIP) | paper |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        f = {k: float(v) if v not in ("", "nan") else float("nan") for k, v in r.items()
+             if k.startswith(("bd_", "paper"))}
+        out.append(f"| {r['codec']} | {f['bd_rate_cubic_pct']:+.1f} % | {f['bd_rate_pchip_pct']:+.1f} % | "
+                   f"[{f['bd_rate_cubic_ci95_lo']:+.1f}, {f['bd_rate_cubic_ci95_hi']:+.1f}] | "
+                   f"[{f['bd_rate_pchip_ci95_lo']:+.1f}, {f['bd_rate_pchip_ci95_hi']:+.1f}] | "
+                   f"{f.get('paper_bd_rate_pct', float('nan')):+.1f} % |")
+    return out if rows else []
+
+
+def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, notes: str, out: Path,
+               eval_dir: Path | None = None, name: str | None = None) -> None:
     ckpt = read_checkpoint(checkpoint)
     args, model = ckpt.get("args", {}), model_from_checkpoint(ckpt, checkpoint)
-    name = checkpoint.stem
+    name = name or checkpoint.stem
     m = metrics
+    flags = [f"{k}={args[k]}" for k in ("rescale_min", "holdout") if args.get(k) not in (None, 1.0, 0.0)]
     lines = [
-        f"# `{name}`: ED pre-transform ({'bypass' if model.config.bypass else 'no bypass'}, "
-        f"λ = {args.get('lambda_tv'):g})", "",
+        f"# `{name}`: ED pre-transform ({'bypass' if model.config.bypass else 'no bypass'})", "",
         "| | |", "|---|---|",
         f"| Training data | `{args.get('data')}`"
-        + (" (Imagenette train: 10 ImageNet classes, 9469 images) |" if "imagenette" in str(args.get("data")) else " |"),
+        + (f" ({', '.join(flags)}: area rescale before cropping, hold-out left out for model choice)" if flags else "")
+        + " |",
         f"| Recognizer (frozen) | {args.get('recognizer')} |",
-        f"| Loss | CE + λ·TV, λ = {args.get('lambda_tv'):g}, TV {args.get('tv_kind')} per pixel |",
+        f"| Loss | {_recipe(args)} |",
+        f"| λ | rate {args.get('lambda_rate', 0):g}, TV {args.get('lambda_tv', 0):g}, MSE {args.get('lambda_mse', 0):g} |",
         f"| Bypass structures | {'yes (residual body, U-Net skips, long skip: y = clamp(x + r))' if model.config.bypass else 'no (plain encoder-decoder)'} |",
-        f"| Architecture | widths {list(model.config.widths)}, {model.config.n_blocks} body block(s), "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters, {flops_per_pixel(model) / 1e3:.1f} kFLOP/pixel |",
+        f"| Architecture | widths {list(model.config.widths)}, {model.config.n_blocks} body block(s), stem stride "
+        f"{model.config.stem_stride}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"**{flops_per_pixel(model) / 1e3:.1f} kFLOP/pixel** |",
         f"| Reconstruction warm-up | {args.get('recon_warmup', 0)} steps of MSE(ED(x), x) |",
-        f"| Steps / epochs | {ckpt.get('step')} steps of {args.get('batch_size')} crops "
-        f"({ckpt.get('step', 0) * args.get('batch_size', 0) / 9469:.2f} epochs) |",
-        f"| Crop | {args.get('crop')}×{args.get('crop')} random crops at native scale, horizontal flips |",
-        f"| Optimiser | Adam, lr {args.get('lr')}, seed {args.get('seed')} |",
+        f"| Steps | {ckpt.get('step')} steps of {args.get('batch_size')} crops |",
+        f"| Crop | {args.get('crop')}×{args.get('crop')} random crops, horizontal flips |",
+        f"| Optimiser | Adam, lr {args.get('lr')}"
+        + (f", {args['finetune_lr']} after the warm-up" if args.get("finetune_lr") else "") + f", seed {args.get('seed')} |",
         f"| Training time | {ckpt.get('elapsed', 0) / 60:.1f} min wall clock of training steps "
-        f"on {ckpt.get('device', 'cpu')}"
-        + (f", {args['threads']} thread(s)" if args.get("threads") else "")
-        + " (validation and checkpoints not counted) |",
+        f"on {ckpt.get('device', 'cpu')} (validation and checkpoints not counted) |",
         "",
-        f"## Validation (Imagenette val, fixed subset of {int(m['val_images'])} images at 224×224, "
-        f"HEVC intra libx265 preset medium, QP {qp}, bits on the first {int(m['bpp_images'])})", "",
+    ]
+    if eval_dir is not None and (table := _bd_table(eval_dir, name)):
+        run = json.loads((eval_dir / "run.json").read_text()) if (eval_dir / "run.json").exists() else {}
+        lines += [f"## BD-Rate(accuracy) against the codec alone ({run.get('images', '?')} images, `edgepipe eval`)",
+                  "", "Negative = fewer bits than the codec alone at equal top-1; the intervals are paired "
+                  "bootstrap 95 % intervals over the images.", "", *table, ""]
+    lines += [
+        f"## Uncompressed output (Imagenette val, fixed subset of {int(m['val_images'])} images at 224×224; "
+        f"bits: HEVC intra QP {qp} on the first {int(m['bpp_images'])})", "",
         "| | input (no ED) | ED output | change |", "|---|---|---|---|",
         f"| top-1 ({args.get('recognizer')}) | {100 * m['top1_input']:.1f} % | {100 * m['top1_ed']:.1f} % | "
         f"{100 * (m['top1_ed'] - m['top1_input']):+.1f} points |",
-        f"| bits per pixel, HEVC QP {qp} | {m['bpp_input']:.4f} | {m['bpp_ed']:.4f} | {-100 * m['bpp_saving']:+.1f} % |",
-        f"| TV per pixel | {m['tv_input']:.4f} | {m['tv_ed']:.4f} | "
-        f"{100 * (m['tv_ed'] / m['tv_input'] - 1):+.1f} % |",
+        f"| PSNR of the output against its input | | {m.get('psnr_ed', float('nan')):.1f} dB | |",
+        f"| bits per pixel, HEVC QP {qp} (a fixed QP: not a criterion, see docs/training.md) | {m['bpp_input']:.4f} | "
+        f"{m['bpp_ed']:.4f} | {-100 * m['bpp_saving']:+.1f} % |",
         "",
         "## Reproduce", "", "```",
         command_of(args, f"runs/final/{name}.pt"),
@@ -125,9 +151,6 @@ def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, sweep: list
     ]
     if notes:
         lines += ["", "## Notes", "", notes.strip()]
-    if sweep:
-        lines += ["", "## λ sweep (bypass + TV, same budget each; last validation of each run)", "",
-                  _sweep_table(sweep)]
     out.write_text("\n".join(lines) + "\n")
 
 
@@ -139,8 +162,7 @@ def main() -> None:
     parser.add_argument("--bpp-limit", type=int, default=200)
     parser.add_argument("--qp", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--sweep", type=Path, action="append", default=[], help="sweep run checkpoints (.pt)")
-    parser.add_argument("--sweep-for", default="ours", help="the card that shows the sweep table")
+    parser.add_argument("--eval", type=Path, default=None, help="edgepipe eval output folder with the BD-rates")
     parser.add_argument("--notes-dir", type=Path, default=None, help="NAME.md there is appended as 'Notes'")
     parser.add_argument("--reuse", action="store_true", help="reuse NAME.metrics.json where present")
     parser.add_argument("--no-card", action="store_true", help="only evaluate (write NAME.metrics.json)")
@@ -162,8 +184,7 @@ def main() -> None:
             continue
         notes_file = args.notes_dir / f"{path.stem}.md" if args.notes_dir else None
         notes = notes_file.read_text() if notes_file and notes_file.exists() else ""
-        sweep = args.sweep if path.stem == args.sweep_for else []
-        write_card(path, metrics, args.qp, sweep, notes, path.with_suffix(".md"))
+        write_card(path, metrics, args.qp, notes, path.with_suffix(".md"), args.eval)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from edgepipe.engines.torch_engine import TorchEngine
 from edgepipe.train.model import load_ed
 
 MODELS = Path(__file__).resolve().parents[2] / "edgepipe" / "data" / "models"
-SHIPPED = {"ours": True, "palacio": False, "bypass_only": True, "tv_only": False}  # name -> bypass
+SHIPPED = {"ours": True, "ours-fast": True, "palacio": False, "bypass_only": True, "tv_only": False}  # name -> bypass
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))

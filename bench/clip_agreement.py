@@ -1,0 +1,120 @@
+"""Label-free check on real camera footage: does a pre-transform keep the recognizer's answer at fewer bits?
+
+    python bench/clip_agreement.py --pre none,ours --out bench/results/clip_agreement.json
+
+For every K-th frame of each clip (never JPEG-coded, unlike Imagenette), the recognizer's top-1 on the
+source frame is the reference. Each pre-transform's output is coded with HEVC intra at the evaluation's
+QPs (libx265 preset medium, native frame size), decoded and classified. Per QP: mean bpp, agreement
+(coded top-1 == reference top-1) and the mean probability the coded frame gives the reference class.
+BD-Rate(agreement) and BD-Rate(probability) against `none` use the evaluation's BD code; negative means
+the same agreement for fewer bits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edgepipe.engines import load_engine  # noqa: E402
+from edgepipe.evaluation.bdrate import compare  # noqa: E402
+from edgepipe.pipeline.codecs import bits_per_pixel, decode_image, encode_image  # noqa: E402
+from edgepipe.recognition import Classifier  # noqa: E402
+
+DEFAULT_CLIPS = ROOT.parent / "shared" / "data" / "video"
+QPS = (47, 43, 37, 31)
+
+
+def read_frames(path: Path, every: int, limit: int) -> np.ndarray:
+    import av
+
+    frames = []
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i % every == 0:
+                frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) >= limit:
+                break
+    return np.stack(frames)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pre", default="none,ours", help="comma list: none, shipped model names or model files")
+    ap.add_argument("--clips", default=str(DEFAULT_CLIPS), help="folder of .mp4 clips")
+    ap.add_argument("--every", type=int, default=10, help="take every K-th frame")
+    ap.add_argument("--limit", type=int, default=40, help="frames per clip")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "clip_agreement.json"))
+    args = ap.parse_args()
+
+    clips = sorted(Path(args.clips).glob("*.mp4"))
+    if not clips:
+        print(f"clip_agreement: no .mp4 clips in {args.clips}", file=sys.stderr)
+        return 2
+    classifier = Classifier(threads=2)
+    frames = {c.name: read_frames(c, args.every, args.limit) for c in clips}
+    reference = {name: classifier.logits(f) for name, f in frames.items()}
+    started = time.time()
+    rows = []
+    for spec in [s.strip() for s in args.pre.split(",") if s.strip()]:
+        engine = load_engine(spec)
+        for name, source in frames.items():
+            out = engine.run(source)
+            ref_top1 = reference[name].argmax(1)
+            for qp in QPS:
+                decoded, bits = [], 0
+                for f in out:
+                    data = encode_image("hevc", f, qp)
+                    bits += len(data)
+                    decoded.append(decode_image("hevc", data, f.shape[1], f.shape[0]))
+                logits = classifier.logits(np.stack(decoded))
+                prob = softmax(logits)[np.arange(len(ref_top1)), ref_top1]
+                rows.append({"pre": spec, "clip": name, "qp": qp, "frames": len(out),
+                             "bpp": bits_per_pixel(bits, out.shape[2], out.shape[1]) / len(out),
+                             "agreement": float(np.mean(logits.argmax(1) == ref_top1)),
+                             "p_reference": float(prob.mean())})
+                print(f"{spec:>12s} {name:>36s} QP {qp}: {rows[-1]['bpp']:.4f} bpp, "
+                      f"agreement {rows[-1]['agreement']:.3f}, p(ref) {rows[-1]['p_reference']:.3f}", flush=True)
+        engine.close()
+    bd = []
+    pres = list(dict.fromkeys(r["pre"] for r in rows))
+    for spec in pres[1:]:
+        for name in list(frames) + ["all"]:
+            def curve(pre: str, key: str):
+                sel = [r for r in rows if r["pre"] == pre and (name == "all" or r["clip"] == name)]
+                by_qp = {qp: [r for r in sel if r["qp"] == qp] for qp in QPS}
+                return (np.array([np.mean([r["bpp"] for r in v]) for v in by_qp.values()]),
+                        np.array([np.mean([r[key] for r in v]) for v in by_qp.values()]))
+            entry = {"pre": spec, "anchor": pres[0], "clip": name}
+            for key in ("agreement", "p_reference"):
+                (ra, qa), (rt, qt) = curve(pres[0], key), curve(spec, key)
+                c = compare(ra, qa, rt, qt)
+                entry[f"bd_rate_{key}_cubic_pct"] = c.rate_cubic
+                entry[f"bd_rate_{key}_pchip_pct"] = c.rate_pchip
+                entry[f"{key}_notes"] = list(c.notes)
+            bd.append(entry)
+            print(f"BD-Rate {spec} vs {pres[0]} on {name}: agreement {entry['bd_rate_agreement_cubic_pct']:+.1f} % / "
+                  f"{entry['bd_rate_agreement_pchip_pct']:+.1f} %, p(ref) {entry['bd_rate_p_reference_cubic_pct']:+.1f} % / "
+                  f"{entry['bd_rate_p_reference_pchip_pct']:+.1f} % (cubic / PCHIP)")
+    result = {"command": " ".join(sys.argv), "every": args.every, "limit": args.limit, "qps": QPS,
+              "seconds": round(time.time() - started, 1), "machine": platform.platform(), "rows": rows, "bd": bd}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
