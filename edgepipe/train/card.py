@@ -82,6 +82,13 @@ def _recipe(args: dict[str, Any]) -> str:
     return " + ".join(parts)
 
 
+def _pct(x: float) -> str:
+    """A BD-rate in %, with runaway extrapolations (curves that barely overlap) shown as bounds."""
+    if x != x:
+        return "n/a"
+    return f"{x:+.1f}" if abs(x) < 1000 else (">+1000" if x > 0 else "<-1000")
+
+
 def _bd_table(eval_dir: Path, name: str) -> list[str]:
     """BD-Rate rows of `name` from an `edgepipe eval` output folder (bdrate.csv)."""
     rows = [r for r in csv.DictReader(open(eval_dir / "bdrate.csv")) if r["pre"] == name]
@@ -90,10 +97,11 @@ def _bd_table(eval_dir: Path, name: str) -> list[str]:
     for r in rows:
         f = {k: float(v) if v not in ("", "nan") else float("nan") for k, v in r.items()
              if k.startswith(("bd_", "paper"))}
-        out.append(f"| {r['codec']} | {f['bd_rate_cubic_pct']:+.1f} % | {f['bd_rate_pchip_pct']:+.1f} % | "
-                   f"[{f['bd_rate_cubic_ci95_lo']:+.1f}, {f['bd_rate_cubic_ci95_hi']:+.1f}] | "
-                   f"[{f['bd_rate_pchip_ci95_lo']:+.1f}, {f['bd_rate_pchip_ci95_hi']:+.1f}] | "
-                   f"{f.get('paper_bd_rate_pct', float('nan')):+.1f} % |")
+        flag = " ⚠ small overlap" if r.get("small_overlap") == "True" else ""
+        out.append(f"| {r['codec']}{flag} | {_pct(f['bd_rate_cubic_pct'])} % | {_pct(f['bd_rate_pchip_pct'])} % | "
+                   f"[{_pct(f['bd_rate_cubic_ci95_lo'])}, {_pct(f['bd_rate_cubic_ci95_hi'])}] | "
+                   f"[{_pct(f['bd_rate_pchip_ci95_lo'])}, {_pct(f['bd_rate_pchip_ci95_hi'])}] | "
+                   f"{_pct(f.get('paper_bd_rate_pct', float('nan')))} % |")
     return out if rows else []
 
 
