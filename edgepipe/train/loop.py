@@ -22,7 +22,7 @@ from edgepipe.engines.base import from_model_output, to_model_input
 from edgepipe.errors import EdgepipeError
 from edgepipe.train.codec_loop import BACKWARD, CodecRoundTrip, codec_proxy, parse_ranges, qstep, straight_through
 from edgepipe.train.data import CropBatches, validation_set
-from edgepipe.train.losses import TV_KINDS, RateCalibration, RecognitionAwareLoss, dct_rate
+from edgepipe.train.losses import TV_KINDS, RateCalibration, RecognitionAwareLoss, dct_rate, per_image_tv
 from edgepipe.train.model import EDConfig, EncoderDecoder, model_from_checkpoint, read_checkpoint, save_checkpoint
 from edgepipe.train.validate import Validator
 
@@ -360,6 +360,30 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def _coded_terms(model_output: torch.Tensor, x: torch.Tensor, labels: torch.Tensor,
+                 criterion: RecognitionAwareLoss, codec: CodecLoop, step: int, device: str,
+                 running: _Running) -> dict[str, torch.Tensor]:
+    """The loss terms with the real codec in the loop, and the bookkeeping of what it measured."""
+    y = model_output
+    name, setting = codec.setting(step)
+    step_q = qstep(name, setting)
+    y8 = from_model_output(y.detach().float().cpu().numpy())  # exactly what an encoder would receive
+    decoded, sizes = codec.roundtrip(y8, name, setting)
+    real = sizes * 8.0 / (y8.shape[1] * y8.shape[2])
+    with torch.no_grad():
+        rate_proxy = dct_rate(y, step_q).cpu().numpy()
+        tv = per_image_tv(y).cpu().numpy()
+    codec.calibration.update(name, float(rate_proxy.mean()), float(real.mean()))
+    model_of_codec = codec_proxy(y, name, setting) if codec.backward == "dct" else None
+    coded = straight_through(y, torch.from_numpy(to_model_input(decoded)).to(device), model_of_codec)
+    terms = criterion(y, labels, x=x, coded=coded, rate_step=step_q, rate_scale=codec.calibration(name))
+    rate = float(terms["rate"].detach()) if "rate" in terms else float(rate_proxy.mean() * codec.calibration(name))
+    running.add_coded(float(terms["coded"].detach()), int((terms["logits_coded"].argmax(1) == labels).sum()),
+                      rate, float(real.mean()), float(F.mse_loss(y.detach(), x)),
+                      _corr(np.log(rate_proxy + 1e-9), np.log(real)), _corr(np.log(tv + 1e-9), np.log(real)))
+    return terms
+
+
 def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: torch.optim.Optimizer,
           images: np.ndarray, labels: np.ndarray, reconstruct: bool, device: str, running: _Running,
           codec: CodecLoop | None = None, step: int = 0) -> None:
@@ -374,25 +398,9 @@ def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: tor
         terms = criterion(y, y_true, x=x)
         loss = terms["loss"]
     else:
-        name, setting = codec.setting(step)
-        step_q = qstep(name, setting)
-        y8 = from_model_output(y.detach().float().cpu().numpy())  # exactly what an encoder would receive
-        decoded, sizes = codec.roundtrip(y8, name, setting)
-        h, w = y8.shape[1:3]
-        real = sizes * 8.0 / (h * w)
-        with torch.no_grad():
-            rate_proxy = dct_rate(y.detach(), step_q).cpu().numpy()
-            tv = (y.detach()[..., :, 1:] - y.detach()[..., :, :-1]).abs().flatten(1).sum(1) \
-                + (y.detach()[..., 1:, :] - y.detach()[..., :-1, :]).abs().flatten(1).sum(1)
-        codec.calibration.update(name, float(rate_proxy.mean()), float(real.mean()))
-        model_of_codec = codec_proxy(y, name, setting) if codec.backward == "dct" else None
-        coded = straight_through(y, torch.from_numpy(to_model_input(decoded)).to(device), model_of_codec)
-        terms = criterion(y, y_true, x=x, coded=coded, rate_step=step_q, rate_scale=codec.calibration(name))
+        terms = _coded_terms(model_output=y, x=x, labels=y_true, criterion=criterion, codec=codec, step=step,
+                             device=device, running=running)
         loss = terms["loss"]
-        running.add_coded(float(terms["coded"].detach()), int((terms["logits_coded"].argmax(1) == y_true).sum()),
-                          float(terms["rate"].detach()) if "rate" in terms else float(rate_proxy.mean() * codec.calibration(name)),
-                          float(real.mean()), float(F.mse_loss(y.detach(), x)),
-                          _corr(np.log(rate_proxy + 1e-9), np.log(real)), _corr(np.log(tv.cpu().numpy() + 1e-9), np.log(real)))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

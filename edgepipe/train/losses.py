@@ -1,4 +1,6 @@
-"""Training losses: total variation (the differentiable stand-in for bits) and the frozen recognizer's CE.
+"""Training losses: total variation (the paper's differentiable stand-in for bits), a block-DCT rate term
+calibrated to measured bytes, distillation, and the objective that combines them with the frozen
+recognizer's task loss on the ED output and on its decoded version (codec in the loop).
 
 Total variation, normalised per pixel. For images x in [0, 1], shape (N, C, H, W):
 
@@ -39,6 +41,13 @@ def total_variation(x: torch.Tensor, kind: str = "anisotropic") -> torch.Tensor:
     else:
         raise ValueError(f"unknown TV kind {kind!r}; choose one of {', '.join(TV_KINDS)}")
     return total / x.numel()
+
+
+def per_image_tv(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic TV of each image, summed (not normalised): (N,). For ranking images against their bytes."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).sum(1)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).sum(1)
+    return dx + dy
 
 
 # --- a rate term that follows what a block codec pays for ------------------------------------------
