@@ -73,7 +73,7 @@ def train(data, recognizer, weights, lambda_tv, tv_kind, no_bypass, out, widths,
     """Train an ED pre-transform against a frozen recognizer.
 
     loss = CE(recognizer(ED(x)), y) + LAMBDA_TV * TV(ED(x)) by default (the paper). With --codec the
-    recognizer also judges the decoded ED output (real HEVC/JPEG round trip, straight-through gradient),
+    recognizer also judges the decoded ED output (real HEVC/JPEG round trip, gradient through a DCT model of it),
     and --lambda-rate, --lambda-mse and --distill add a calibrated rate term, a fidelity anchor and
     label-free distillation (docs/training.md)."""
     from edgepipe.errors import EdgepipeError
