@@ -1,7 +1,6 @@
 """CLI commands of the pipeline: capture (device), monitor (server), demo (both on loopback)."""
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -168,7 +167,7 @@ def monitor(connect, control, key, insecure, server_key, metrics, recognizer, we
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="Labelled ImageNet-layout folder (default: the 50 bundled Imagenette images).")
 @click.option("--engine", "engines", multiple=True,
-              help="Pre-transform(s) to compare (repeatable; default: none and ours once shipped).")
+              help="Pre-transform(s) to compare (repeatable; default: none and the shipped ours).")
 @click.option("--qp", "qps", type=int, multiple=True, help="HEVC QPs (repeatable; default 27 32 37 42).")
 @click.option("--recognizer", type=click.Choice(RECOGNIZERS), default=DEFAULT_RECOGNIZER, show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False), default=None)
@@ -178,9 +177,10 @@ def demo(data, engines, qps, recognizer, weights, report_path):
     from edgepipe.pipeline.demo import DEFAULT_QPS, default_engines, run_demo
     from edgepipe.pipeline.monitor import format_table, write_report
 
-    engines = list(engines) or default_engines()
-    if engines == ["none"]:
-        click.echo("demo: no trained pre-transform is shipped yet, running with --engine none", err=True)
+    asked = list(engines)
+    engines = asked or default_engines()
+    if not asked and engines == ["none"]:  # an install without the shipped model files
+        click.echo("demo: no trained pre-transform found, running with --engine none only", err=True)
 
     def progress(spec, qp, stats):
         click.echo(f"demo: {spec:<12} QP {qp}: sent {stats.frames_sent} frames", err=True)
@@ -190,4 +190,3 @@ def demo(data, engines, qps, recognizer, weights, report_path):
     if report_path:
         write_report(report, report_path)
         click.echo(f"demo: report written to {report_path}", err=True)
-    click.echo(json.dumps({"frames": report["decoded"], "lost": report["lost"]}), err=True)

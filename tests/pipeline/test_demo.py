@@ -20,6 +20,9 @@ def test_demo_prints_an_accuracy_bitrate_table(small_val_folder):
     assert len(rows) == 2
     bpp = [float(r.split()[5]) for r in rows]
     assert bpp[0] > 2 * bpp[1]  # QP 25 spends far more bits than QP 45
+    # asked for `none` alone: no claim that nothing is shipped, and no stray JSON beside the table
+    assert "no trained pre-transform" not in result.output
+    assert not any(line.lstrip().startswith("{") for line in result.output.splitlines())
 
 
 def test_run_demo_reports_every_frame(small_val_folder):
