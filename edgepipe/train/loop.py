@@ -325,6 +325,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             t_last = time.perf_counter()
         if stop_reason:
             validate(stop_reason)
+    except KeyboardInterrupt:
+        # The step in flight may be half applied: keep the last periodic checkpoint, which is consistent.
+        saved = read_checkpoint(out)["step"] if out.exists() else None
+        where = f"the checkpoint of step {saved} is in {out}" if saved is not None else "no checkpoint was written yet"
+        raise EdgepipeError(f"interrupted at step {state['step']}: {where}; continue with --resume") from None
     finally:
         bar.close()
         if codec is not None:

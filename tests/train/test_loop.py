@@ -151,3 +151,17 @@ def test_codec_in_the_loop_trains_logs_and_resumes(small_val_folder: Path, tmp_p
                    **{**kw, "codec": "hevc:31-47"}))
     with pytest.raises(EdgepipeError, match="needs --codec"):
         _cfg(small_val_folder, tmp_path / "d.pt", lambda_rate=1.0)
+
+
+def test_ctrl_c_says_where_the_checkpoint_is(small_val_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    real_batch = CropBatches.batch
+
+    def interrupted(self, epoch, index):
+        if index == 3:
+            raise KeyboardInterrupt
+        return real_batch(self, epoch, index)
+
+    monkeypatch.setattr(CropBatches, "batch", interrupted)
+    with pytest.raises(EdgepipeError, match=r"interrupted at step 3: the checkpoint of step 2 .* --resume"):
+        train(_cfg(small_val_folder, tmp_path / "i.pt", max_steps=6, epochs=3, checkpoint_every=2, batch_size=2))
+    assert read_checkpoint(tmp_path / "i.pt")["step"] == 2
