@@ -76,10 +76,8 @@ def hevc_qstep(qp: float) -> float:
 
 
 def jpeg_qstep(quality: float) -> float:
-    """A mean quantiser step for libjpeg quality (IJG scaling of the luminance table, mean entry ~57.6)."""
-    q = min(max(quality, 1), 100)
-    scale = 5000.0 / q if q < 50 else 200.0 - 2 * q
-    return max(1.0, 57.6 * scale / 100.0)
+    """The mean luma quantiser step libjpeg uses at `quality` (its clamped IJG table, see dct.jpeg_tables)."""
+    return float(jpeg_tables(int(quality))[0].mean())
 
 
 def qstep(codec: str, setting: float) -> float:

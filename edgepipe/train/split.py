@@ -47,11 +47,15 @@ def write_holdout(root: str | Path, out: str | Path, fraction: float, washed: in
     """Write the hold-out of ROOT as OUT/<synset>/...; returns how many images were written."""
     import cv2
 
+    from edgepipe.train.data import center_view
+
     if not 0 < fraction < 1:
         raise EdgepipeError(f"--fraction must be between 0 and 1, got {fraction}")
+    if washed is not None and washed < 8:
+        raise EdgepipeError(f"--washed must be a side of at least 8 pixels, got {washed}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise EdgepipeError(f"{out} exists and is not empty: choose a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EdgepipeError(f"{out} exists and is a file or not empty: choose a new folder")
     chosen = holdout_items(list_labelled_images(root), fraction)
     if not chosen:
         raise EdgepipeError(f"the {fraction:.1%} hold-out of {root} is empty: raise --fraction")
@@ -67,8 +71,6 @@ def write_holdout(root: str | Path, out: str | Path, fraction: float, washed: in
         if image is None:
             log.warning("skipping unreadable image %s", item.path)
             continue
-        from edgepipe.train.data import center_view
-
         small = center_view(image, washed) if min(image.shape[:2]) > washed else image
         ok, buf = cv2.imencode(".png", np.ascontiguousarray(small[..., ::-1]))
         if not ok:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from edgepipe.engines.base import from_model_output, to_model_input
+from edgepipe.evaluation.runner import psnr
 from edgepipe.pipeline.codecs import HevcEncoder, bits_per_pixel
 from edgepipe.train.losses import total_variation
 
@@ -43,12 +44,6 @@ def mean_bpp(frames: np.ndarray, qp: int) -> float:
     total = sum(p.size for f in frames for p in encoder.encode(np.ascontiguousarray(f)))
     total += sum(p.size for p in encoder.flush())
     return bits_per_pixel(total, w, h) / n
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of uint8 frames b against a (capped at 100 dB for identical frames)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 100.0 if mse == 0 else float(min(100.0, 10 * np.log10(255.0 ** 2 / mse)))  # a float: checkpoints load weights_only
 
 
 def mean_tv(frames: np.ndarray) -> float:

@@ -25,6 +25,7 @@ def test_ranges_parse_and_refuse_nonsense() -> None:
 def test_quantiser_steps_follow_the_codecs() -> None:
     assert hevc_qstep(4) == pytest.approx(1.0) and hevc_qstep(40) == pytest.approx(64.0)  # doubles every 6 QP
     assert jpeg_qstep(10) > jpeg_qstep(50) > jpeg_qstep(90) >= 1.0
+    assert jpeg_qstep(2) <= 255  # libjpeg clamps every table entry at 255
 
 
 @pytest.mark.parametrize("codec,setting", [("hevc", 37), ("jpeg", 20)])

@@ -56,3 +56,14 @@ def test_holdout_command_writes_links_and_washed_pngs(small_val_folder: Path, tm
     assert read_rgb(washed[0].path).shape == (160, 160, 3)
     again = runner.invoke(cli, ["holdout", "--data", str(small_val_folder), "--out", str(tmp_path / "w")])
     assert again.exit_code != 0 and "not empty" in again.output and "Traceback" not in again.output
+
+
+def test_holdout_refuses_a_file_and_a_tiny_washed_size(small_val_folder: Path, tmp_path: Path) -> None:
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    for extra in ([], ["--washed", "0"]):
+        out = target if not extra else tmp_path / "new"
+        res = CliRunner().invoke(cli, ["holdout", "--data", str(small_val_folder), "--out", str(out),
+                                       "--fraction", "0.3", *extra])
+        assert res.exit_code != 0 and "Traceback" not in res.output and res.output.startswith("Error:")
+    assert target.read_text() == "x" and not (tmp_path / "new").exists()
