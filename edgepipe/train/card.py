@@ -126,7 +126,8 @@ def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, notes: str,
         f"{model.config.stem_stride}, {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"**{flops_per_pixel(model) / 1e3:.1f} kFLOP/pixel** |",
         f"| Reconstruction warm-up | {args.get('recon_warmup', 0)} steps of MSE(ED(x), x) |",
-        f"| Steps | {ckpt.get('step')} steps of {args.get('batch_size')} crops |",
+        f"| Steps | {ckpt.get('step')} steps of {args.get('batch_size')} crops"
+        + (f", fine-tuning `{Path(args['init']).name}` (its own steps not counted)" if args.get("init") else "") + " |",
         f"| Crop | {args.get('crop')}×{args.get('crop')} random crops, horizontal flips |",
         f"| Optimiser | Adam, lr {args.get('lr')}"
         + (f", {args['finetune_lr']} after the warm-up" if args.get("finetune_lr") else "") + f", seed {args.get('seed')} |",

@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 @click.option("--qp", type=int, default=32, show_default=True, help="HEVC intra QP for the bits-per-pixel check.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
+@click.option("--init", "init", type=click.Path(), default=None,
+              help="Fine-tune: start from this checkpoint's weights and architecture (new optimiser, new run).")
 @click.option("--log", "log_path", type=click.Path(), default=None, help="CSV log (default: OUT with .csv).")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
@@ -68,7 +70,7 @@ log = logging.getLogger(__name__)
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def train(data, recognizer, weights, lambda_tv, tv_kind, no_bypass, out, widths, n_blocks, stem_stride, epochs, crop, batch_size, lr,
           recon_warmup, finetune_lr, codec, codec_workers, codec_preset, backward, clean_weight, lambda_rate, lambda_mse,
-          distill, rescale_min, holdout, max_minutes, max_steps, val_data, val_limit, bpp_limit, qp, seed, resume, log_path,
+          distill, rescale_min, holdout, max_minutes, max_steps, val_data, val_limit, bpp_limit, qp, seed, resume, init, log_path,
           checkpoint_every, device, threads, no_progress) -> None:
     """Train an ED pre-transform against a frozen recognizer.
 
@@ -91,7 +93,7 @@ def train(data, recognizer, weights, lambda_tv, tv_kind, no_bypass, out, widths,
         codec=codec, codec_workers=codec_workers, codec_preset=codec_preset, backward=backward, clean_weight=clean_weight,
         lambda_rate=lambda_rate, lambda_mse=lambda_mse, distill=distill, rescale_min=rescale_min, holdout=holdout,
         max_minutes=max_minutes, max_steps=max_steps, val_data=val_data, val_limit=val_limit,
-        bpp_limit=bpp_limit, qp=qp, seed=seed, resume=resume, log=log_path, checkpoint_every=checkpoint_every,
+        bpp_limit=bpp_limit, qp=qp, seed=seed, resume=resume, init=init, log=log_path, checkpoint_every=checkpoint_every,
         device=device, threads=threads, progress=not no_progress,
     )
     result = run(cfg)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # Arguments that define *what* is trained; a resumed run must not change them.
 _IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
                   "n_blocks", "stem_stride", "recon_warmup", "codec", "backward", "lambda_rate", "lambda_mse", "distill", "clean_weight",
-                  "rescale_min", "holdout")
+                  "rescale_min", "holdout", "init")
 
 
 @dataclass
@@ -62,6 +62,7 @@ class TrainConfig:
     rescale_min: float = 1.0       # random area downscale in [rescale_min, 1] before cropping (hides q75 JPEG)
     holdout: float = 0.0           # fraction of --data kept out for choosing models (edgepipe holdout)
     finetune_lr: float | None = None  # learning rate once the warm-up ends (default: lr)
+    init: str | None = None        # start from this checkpoint's weights (fine-tune): fresh optimiser, fresh run
     max_minutes: float | None = None
     max_steps: int | None = None   # stop after this many steps in total (tests, quick looks)
     val_data: str | None = None
@@ -180,6 +181,21 @@ def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def _adopt_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any], path: str) -> None:
+    """A fine-tune keeps the architecture of the model it starts from; flags that ask for another one fail."""
+    try:
+        arch = EDConfig.from_dict(init_ckpt["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EdgepipeError(f"--init {path}: bad ED config in checkpoint ({exc})") from None
+    default = TrainConfig(data="", out="")
+    for name, value in (("bypass", arch.bypass), ("widths", arch.widths), ("n_blocks", arch.n_blocks),
+                        ("stem_stride", arch.stem_stride)):
+        asked = getattr(cfg, name)
+        if asked != getattr(default, name) and asked != value:
+            raise EdgepipeError(f"--init {path} has {name}={value}, but {name}={asked} was asked for")
+        setattr(cfg, name, value)
+
+
 def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, out: Path) -> None:
     old = ckpt.get("args", {})
     changed = [k for k in _IDENTITY_ARGS if k in old and old[k] != cfg.args()[k]]
@@ -214,10 +230,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     elif out.exists():
         raise EdgepipeError(f"{out} exists: pass --resume to continue it, or choose another --out")
 
+    init_ckpt = None
+    if cfg.init is not None and ckpt is None:
+        if not Path(cfg.init).is_file():
+            raise EdgepipeError(f"--init {cfg.init}: no such checkpoint")
+        init_ckpt = read_checkpoint(cfg.init)
+        _adopt_architecture(cfg, init_ckpt, cfg.init)
+
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     if ckpt is not None:
         model = model_from_checkpoint(ckpt, out)
+    elif init_ckpt is not None:
+        model = model_from_checkpoint(init_ckpt, cfg.init)
     else:
         model = EncoderDecoder(EDConfig(bypass=cfg.bypass, widths=cfg.widths, n_blocks=cfg.n_blocks,
                                         stem_stride=cfg.stem_stride))
@@ -238,6 +263,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         batches.unreadable.update(state["unreadable"])
         if codec is not None:
             codec.calibration.scale.update(ckpt.get("rate_scale", {}))
+    elif init_ckpt is not None and codec is not None:
+        codec.calibration.scale.update(init_ckpt.get("rate_scale", {}))  # skip re-learning the bits scale
         log.info("resuming %s at epoch %d, batch %d (step %d, %.1f min done)", out, state["epoch"],
                  state["batch"], state["step"], state["elapsed"] / 60)
     running = _Running(**state["running"])

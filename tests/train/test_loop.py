@@ -165,3 +165,24 @@ def test_ctrl_c_says_where_the_checkpoint_is(small_val_folder: Path, tmp_path: P
     with pytest.raises(EdgepipeError, match=r"interrupted at step 3: the checkpoint of step 2 .* --resume"):
         train(_cfg(small_val_folder, tmp_path / "i.pt", max_steps=6, epochs=3, checkpoint_every=2, batch_size=2))
     assert read_checkpoint(tmp_path / "i.pt")["step"] == 2
+
+
+def test_init_fine_tunes_from_a_checkpoint(small_val_folder: Path, tmp_path: Path) -> None:
+    """--init starts from the given weights and architecture with a fresh step count; a clashing architecture fails."""
+    train(_cfg(small_val_folder, tmp_path / "base.pt", max_steps=2, widths=(8, 16, 24)))
+    base = read_checkpoint(tmp_path / "base.pt")
+    # zero steps of fine-tuning: the weights must be the base model's, not a fresh initialisation
+    train(_cfg(small_val_folder, tmp_path / "ft0.pt", max_steps=0, init=str(tmp_path / "base.pt")))
+    ft0 = read_checkpoint(tmp_path / "ft0.pt")
+    assert ft0["config"]["widths"] == [8, 16, 24] and ft0["args"]["init"] == str(tmp_path / "base.pt")
+    for key, value in base["state_dict"].items():
+        torch.testing.assert_close(ft0["state_dict"][key], value)
+    train(_cfg(small_val_folder, tmp_path / "ft.pt", max_steps=2, lr=1e-4, init=str(tmp_path / "base.pt")))
+    ft = read_checkpoint(tmp_path / "ft.pt")
+    assert ft["step"] == 2 and ft["optimizer"]["param_groups"][0]["lr"] == 1e-4
+    assert not torch.equal(ft["state_dict"]["out.weight"], base["state_dict"]["out.weight"])
+    with pytest.raises(EdgepipeError, match="widths"):
+        train(_cfg(small_val_folder, tmp_path / "bad.pt", max_steps=1, widths=(16, 32, 48),
+                   init=str(tmp_path / "base.pt")))
+    with pytest.raises(EdgepipeError, match="no such checkpoint"):
+        train(_cfg(small_val_folder, tmp_path / "bad.pt", max_steps=1, init=str(tmp_path / "nope.pt")))
