@@ -181,6 +181,15 @@ def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def _steps_within_budget(total: int, step: int, elapsed: float, budget: float, bar: Any) -> int:
+    """The step count the time budget allows at this session's pace (a --max-minutes run's progress-bar total)."""
+    done_here = bar.n - bar.initial + 1
+    pace = (time.time() - bar.start_t) / done_here  # tqdm clocks with time.time() if done_here > 0 else 0.0
+    if pace <= 0:
+        return total
+    return int(min(total, step + max(0.0, budget - elapsed) / pace))
+
+
 def _adopt_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any], path: str) -> None:
     """A fine-tune keeps the architecture of the model it starts from; flags that ask for another one fail."""
     try:
@@ -336,6 +345,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 now = time.perf_counter()
                 state["elapsed"] += now - t_last
                 t_last = now
+                if budget is not None and not bar.disable:  # the time budget ends this run: show that
+                    bar.total = _steps_within_budget(total, state["step"], state["elapsed"], budget, bar)
                 bar.update(1)
                 m = running.means()
                 bar.set_postfix(loss=f"{m['train_loss']:.3f}", tv=f"{m['train_tv']:.4f}",
