@@ -1,0 +1,37 @@
+"""`edgepipe preview`: one picture of what a pre-transform and a codec do to one image or video frame."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS
+
+
+@click.command("preview")
+@click.argument("source", metavar="IMAGE|VIDEO", type=click.Path(dir_okay=True))
+@click.option("--engine", default="none", show_default=True,
+              help="Pre-transform: a .onnx or .pt file, a shipped model name (ours, ours-fast, ...), tvl1, or none.")
+@click.option("-o", "--out", required=True, type=click.Path(), help="The PNG to write (its folder must exist).")
+@click.option("--codec", type=click.Choice(["hevc", "jpeg", "jpeg2000-db", "jpeg2000"]), default="hevc",
+              show_default=True, help="The still codec, coded as `edgepipe eval` codes it.")
+@click.option("--qp", type=int, default=None,
+              help="Codec setting: HEVC QP 0-51 (default 37), JPEG quality 1-100 (20), "
+                   "jpeg2000-db target dB 1-100 (30), jpeg2000 rate x1000 1-1000 (20).")
+@click.option("--frame", type=int, default=None, help="For a video: the frame to take, from 0 (default 0).")
+@click.option("--recognizer", type=click.Choice(RECOGNIZERS), default=DEFAULT_RECOGNIZER, show_default=True)
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Recognizer weights (vgg16).")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of a table.")
+def preview(source, engine, out, codec, qp, frame, recognizer, weights, as_json):
+    """Original | ED output | ED output after the codec | the codec alone, side by side in one PNG.
+
+    Under each panel: bytes and bits per pixel, PSNR against the original, and the recognizer's top-5.
+    """
+    from edgepipe.evaluation.preview import as_dict, check_output, format_table, make_preview, write_png
+
+    check_output(out)
+    pv = make_preview(source, engine=engine, codec=codec, quality=qp, frame=frame, recognizer=recognizer,
+                      weights=weights)
+    path = write_png(pv, out)
+    click.echo(json.dumps(as_dict(pv), indent=2) if as_json else format_table(pv))
+    click.echo(f"preview: wrote {path}", err=True)
