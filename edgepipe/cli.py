@@ -35,7 +35,7 @@ HELP = {
     "export": "Export a trained ED (.pt) to ONNX with dynamic H and W.",
     "holdout": "Write the validation split carved out of the training images.",
     "eval": "Offline accuracy-vs-bpp curves and BD-Rate(accuracy) tables.",
-    "preview": "One PNG: original, ED output, both after the codec; bytes, PSNR, top-5.",
+    "preview": "One PNG: original, ED output, both coded; bytes, PSNR, top-5.",
     "build-engine": "Build a TensorRT .plan from an ONNX model.",
     "calibrate": "INT8 calibration data for TensorRT from real images.",
     "keys": "Generate CURVE key pairs for secure transport.",
