@@ -29,6 +29,12 @@ from edgepipe.pipeline.transport import FrameHeader, ProtocolError, Subscriber, 
 
 log = logging.getLogger(__name__)
 
+# A gap in `seq` is loss only while it is plausible: no capture numbers more than MAX_GAP_RATE frames a
+# second of the monitor's clock (since the last in-sequence frame), plus MAX_GAP_SLACK for bursts. A
+# bigger jump (one forged seq = 2**64-1) is rejected as `seq_jump`: it moves nothing, later frames count.
+MAX_GAP_RATE = 250.0
+MAX_GAP_SLACK = 256
+
 
 @dataclass
 class RateAccount:
@@ -81,15 +87,18 @@ class StreamState:
     waiting_keyframe: bool = True
     received: int = 0
     lost: int = 0
+    last_accepted_at: float = 0.0  # monitor clock (received_at) of the last in-sequence frame
 
 
 class Monitor:
     def __init__(self, classify: Callable[[np.ndarray], int] | None, subscriber: Subscriber | None = None,
-                 on_loss: Callable[[str], None] | None = None, max_streams: int = 256):
+                 on_loss: Callable[[str], None] | None = None, max_streams: int = 256,
+                 max_gap_rate: float = MAX_GAP_RATE, max_gap_slack: int = MAX_GAP_SLACK):
         self.classify = classify  # one RGB frame -> ImageNet index; None: accounting only
         self.subscriber = subscriber
         self.on_loss = on_loss  # hook for the keyframe back channel
         self.max_streams = max_streams
+        self.max_gap_rate, self.max_gap_slack = max_gap_rate, max_gap_slack
         self.ticks = 0  # receive-loop iterations: the service watchdog's sign of life
         self.timings = {"decode": [0, 0.0], "classify": [0, 0.0]}  # stage -> [frames, seconds]
         self.streams: dict[tuple[str, int], StreamState] = {}
@@ -113,7 +122,7 @@ class Monitor:
             except ProtocolError as exc:
                 self._reject(exc.cause, str(exc))
                 return None
-            state = self._sequence(header)
+            state = self._sequence(header, received_at)
             if state is None:  # rejected (out of order, too many streams)
                 return None
             if header.codec == "hevc" and state.waiting_keyframe and not header.keyframe:
@@ -152,7 +161,7 @@ class Monitor:
         t[0] += 1
         t[1] += seconds
 
-    def _sequence(self, header: FrameHeader) -> StreamState | None:
+    def _sequence(self, header: FrameHeader, now: float) -> StreamState | None:
         key = (header.stream_id, header.epoch)
         state = self.streams.get(key)
         if state is None:
@@ -172,6 +181,11 @@ class Monitor:
         if state.expected_seq is not None and header.seq != state.expected_seq:
             if header.seq > state.expected_seq:
                 gap = header.seq - state.expected_seq
+                plausible = self.max_gap_slack + self.max_gap_rate * max(0.0, now - state.last_accepted_at)
+                if gap > plausible:  # no capture numbers frames that fast: a forged or corrupt seq, not loss
+                    self._reject("seq_jump", f"{header.stream_id} seq {header.seq} jumps {gap} frames ahead of "
+                                             f"{state.expected_seq} (at most {plausible:.0f} are plausible)")
+                    return None
                 state.lost += gap
                 log.warning("stream %s: %d frame(s) lost before seq %d", header.stream_id, gap, header.seq)
                 state.waiting_keyframe = True
@@ -181,6 +195,7 @@ class Monitor:
                 self._reject("out_of_order", f"{header.stream_id} seq {header.seq} < {state.expected_seq}")
                 return None
         state.received += 1  # after the replay check: a replayed frame is not received twice
+        state.last_accepted_at = now
         state.expected_seq = max(header.seq + 1, state.expected_seq or 0)
         return state
 

@@ -88,3 +88,55 @@ class Running:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+def hevc_messages(frames: list[np.ndarray], stream: str, epoch: int, gop: int = 10, qp: int = 30,
+                  model: str = "none", capture_time: float | None = None) -> list[list[bytes]]:
+    """Real frames as HEVC wire messages of one (stream, epoch), seq from 0."""
+    from edgepipe.pipeline.codecs import HevcEncoder
+    from edgepipe.pipeline.transport import FrameHeader
+
+    h, w = frames[0].shape[:2]
+    enc = HevcEncoder(w, h, qp=qp, gop=gop)
+    msgs = []
+    for seq, image in enumerate(frames):
+        (packet,) = enc.encode(image)
+        t = time.time() if capture_time is None else capture_time + seq / 30
+        header = FrameHeader(stream, seq, t, "hevc", w, h, qp, packet.keyframe, -1, model, epoch)
+        msgs.append([header.pack(), packet.data])
+    return msgs
+
+
+class Feeder:
+    """A raw XPUB on loopback that a monitor subscribes to: sends real and hostile messages on the
+    same connection, in the order given, never dropping (NODROP: it waits for the monitor)."""
+
+    def __init__(self, endpoint: str | None = None, hwm: int = 1000):
+        import zmq
+
+        from edgepipe.pipeline.demo import free_tcp_endpoint
+
+        self.zmq = zmq
+        self.endpoint = endpoint or free_tcp_endpoint()
+        self.sock = zmq.Context.instance().socket(zmq.XPUB)
+        self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self.sock.setsockopt(zmq.SNDHWM, hwm)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(self.endpoint)
+
+    def wait_subscriber(self, timeout: float = 5.0) -> None:
+        assert self.sock.poll(int(timeout * 1000)), "no subscriber joined"
+        self.sock.recv()
+
+    def send(self, parts, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock.send_multipart(parts, flags=self.zmq.NOBLOCK)
+                return
+            except self.zmq.Again:
+                assert time.monotonic() < deadline, "the monitor stopped reading"
+                time.sleep(0.001)
+
+    def close(self) -> None:
+        self.sock.close(0)
