@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -266,10 +267,22 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def json_safe(value):
+    """The same data with every non-finite float as None: JSON has no NaN or Infinity."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_report(report: dict, path: str | Path) -> None:
-    """Atomically: a report is never left half-written, even when the monitor is killed mid-write."""
+    """Atomically: a report is never left half-written, even when the monitor is killed mid-write.
+    Always valid JSON (RFC 8259): a non-finite number is written as null, never as NaN."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
+    tmp.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
     os.replace(tmp, path)

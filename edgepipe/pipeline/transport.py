@@ -12,7 +12,7 @@ Header layout (little-endian), protocol version 1:
     label   i32      ImageNet index, -1 when unknown
     epoch   u32      changes when capture restarts: the monitor starts a new accounting period
     seq     u64      per (stream, epoch), from 0; gaps are lost frames
-    capture_time f64 unix seconds when the frame was read
+    capture_time f64 unix seconds when the frame was read; finite, in [0, 2**32), else `bad_time`
     stream_id, model_id: u8 length + UTF-8 bytes each
 
 The capture side binds a PUB-like socket (XPUB, so it can tell when a subscriber has joined). It
@@ -40,6 +40,7 @@ CODEC_IDS = {"hevc": 1, "jpeg": 2, "jpeg2000": 3}
 CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
 MAX_PAYLOAD = 64 * 1024 * 1024  # larger parts are rejected unread
 MAX_DIMENSION = 16384  # wider or taller frames are not ours: reject before any decoder allocates
+MAX_CAPTURE_TIME = 2.0**32  # unix seconds (year 2106); a capture time must be finite and in [0, this)
 
 
 class ProtocolError(ValueError):
@@ -85,6 +86,8 @@ class FrameHeader:
             raise ProtocolError("bad_header", f"unknown codec id {codec}")
         if width == 0 or height == 0 or width > MAX_DIMENSION or height > MAX_DIMENSION:
             raise ProtocolError("bad_header", f"frame size {width}x{height}")
+        if not 0.0 <= ctime < MAX_CAPTURE_TIME:  # also false for NaN; +-inf are out of range
+            raise ProtocolError("bad_time", f"capture time {ctime!r} is not a plausible unix time")
         pos = _FIXED.size
         strings = []
         for _ in range(2):

@@ -94,3 +94,33 @@ def test_a_real_gap_is_still_loss(real_stream):
                 s.send(msg)
         rep = s.settle()
     assert rep["lost"] == 3 and set(rep["rejects"]) == {"waiting_for_keyframe"}
+
+
+# --- B: NaN / inf capture times -------------------------------------------------------------------
+
+def strict_json(path) -> dict:
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_b_non_finite_and_implausible_capture_times_are_rejected_and_the_report_stays_json(real_stream, tmp_path):
+    bad_times = [float("nan"), float("inf"), float("-inf"), -5.0, 1e300]
+    with Session() as s:
+        for i, msg in enumerate(real_stream):
+            if i % 10 == 3 and i // 10 < len(bad_times):  # the real frame's own seq, a poisoned time
+                s.send(forged(msg, capture_time=bad_times[i // 10]))
+            s.send(msg)
+        rep = s.settle()
+    assert rep["rejects"] == {"bad_time": len(bad_times)} and rep["lost"] == 0
+    real_stream_is_whole(rep, len(real_stream))
+    row = next(r for r in rep["rows"] if r["stream"] == REAL)
+    assert row["kbit_s"] > 0 and row["latency_ms_p50"] is not None
+    write_report(rep, tmp_path / "report.json")
+    assert strict_json(tmp_path / "report.json")["decoded"] == len(real_stream)
+
+
+def test_b_the_report_writer_never_writes_nan(tmp_path):
+    write_report({"rows": [{"latency_ms_p50": float("nan"), "kbit_s": float("inf")}], "n": 1}, tmp_path / "r.json")
+    assert strict_json(tmp_path / "r.json") == {"rows": [{"latency_ms_p50": None, "kbit_s": None}], "n": 1}
