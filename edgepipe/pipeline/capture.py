@@ -52,11 +52,24 @@ class CaptureSettings:
     realtime: bool = False  # pace files and folders at the source's frame rate
     fps: float | None = None  # pacing rate when the source has none (folders)
     loop: bool = False
-    stream_id: str = "cam0"
+    stream_id: str | None = None  # None: default_stream_id(), unique per host
     queue_size: int = 4
     wait_subscriber_s: float = 0.0
     send_stall_s: float = 0.5  # live sources: longest wait on a full subscriber before dropping
     keyframe_min_interval_s: float = 0.5  # forced IDRs at most this often, however many requests come
+
+
+    def __post_init__(self) -> None:
+        if not self.stream_id:
+            self.stream_id = default_stream_id()
+
+
+def default_stream_id() -> str:
+    """`cam-<hostname>`: two cameras left on the default never merge into one stream at a monitor."""
+    import socket
+
+    host = socket.gethostname().split(".")[0] or "localhost"
+    return f"cam-{host}"[:64]
 
 
 class CaptureLoop:

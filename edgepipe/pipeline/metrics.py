@@ -177,6 +177,8 @@ class MonitorCollector:
             rows = [(key, acc.frames, acc.bytes, acc.labelled, acc.correct, acc.latency_sum_s)
                     for key, acc in m.rows.items()]
             timings = {k: tuple(v) for k, v in m.timings.items()}
+            expired = dict(m.expired)
+        memory = m.memory()
         yield Counter_(p + "messages", "Messages received on the data socket.", value=messages)
         yield Counter_(p + "frames_decoded", "Frames decoded and shown.", value=decoded)
         bad = Counter_(p + "rejects", "Messages rejected, by cause.", labels=["cause"])
@@ -210,6 +212,16 @@ class MonitorCollector:
             if lab:
                 top1.add_metric(key, correct / lab)
         yield from (frames, nbytes, bits, latency, top1, labelled)
+        held = Gauge(p + "held", "What the bounded per-sender structures hold now (docs/guarantees.md).",
+                     labels=["structure"])
+        for name, value in sorted(memory.items()):
+            held.add_metric([name], value)
+        yield held
+        folded = Counter_(p + "expired", "Entries folded to stay within a bound (counts kept, memory freed).",
+                          labels=["what"])
+        for name, value in sorted(expired.items()):
+            folded.add_metric([name], value)
+        yield folded
         secs = Summary(p + "stage_seconds", "Time per frame in decode and classify (inference ms).", labels=["stage"])
         for stage, (count, total) in sorted(timings.items()):
             secs.add_metric([stage], count_value=count, sum_value=total)

@@ -5,10 +5,16 @@ or when joining mid-stream, HEVC frames are not decodable until the next keyfram
 as `waiting_for_keyframe`, never shown. Accuracy and rate are accounted per (stream, model, QP).
 Every rejected message is counted by cause and logged (rate-limited); the monitor keeps running.
 Every message counts exactly once: decoded, or one reject. A replayed or reordered frame
-(`out_of_order`) is rejected, not decoded, since it would corrupt the decoder's references. Memory
-stays bounded for a monitor that runs for months: at most `max_streams` stream ids (a flood of
-invented ids is rejected as `too_many_streams`; a restarted camera's new epoch always gets in, and
-old epochs keep only their counts), and latency medians over the last 10,000 frames of each row.
+(`out_of_order`) is rejected, not decoded, since it would corrupt the decoder's references.
+
+Memory is bounded for a monitor that runs for months, whatever peers send (see docs/guarantees.md,
+`MonitorLimits`): stream ids, (stream, epoch) states, HEVC decoders, report rows and the receive
+queue (in bytes and in messages) each have a cap. Under a cap, the least recently used entry that
+is safe to drop is folded into the report's `expired` totals (its counts are kept, its memory is
+not); when none is, the message is rejected by cause (`too_many_streams`, `too_many_rows`). A
+stream that never decoded a frame is the first to go, so invented ids cannot starve a real camera.
+Each epoch of a stream has its own state and decoder: a new (possibly forged) epoch never resets
+the decoder of the epoch that is live.
 """
 from __future__ import annotations
 
@@ -18,8 +24,8 @@ import math
 import os
 import threading
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +41,47 @@ log = logging.getLogger(__name__)
 # bigger jump (one forged seq = 2**64-1) is rejected as `seq_jump`: it moves nothing, later frames count.
 MAX_GAP_RATE = 250.0
 MAX_GAP_SLACK = 256
+KEYFRAME_ASK_INTERVAL_S = 1.0  # while a stream waits for a keyframe, the back channel is asked this often
+
+
+@dataclass(frozen=True)
+class MonitorLimits:
+    """Every per-sender structure of the monitor and its bound (docs/guarantees.md)."""
+
+    max_streams: int = 256  # stream ids with state
+    max_epochs_per_stream: int = 3  # (stream, epoch) states per stream id; older ones are folded
+    max_decoders: int = 32  # HEVC decoders alive at once; the least recently used one is freed
+    max_rows: int = 1024  # report rows (stream, model, QP, codec) in all
+    max_rows_per_stream: int = 16  # ... and per stream id: sender-chosen model ids / QPs stay bounded
+    stream_idle_s: float = 600.0  # a stream that decoded frames keeps its slot at least this long idle
+    decoder_idle_s: float = 10.0  # a decoder idle this long is freed (the stream resumes at a keyframe)
+    row_idle_s: float = 600.0  # under the row cap, rows idle this long are folded into `expired`
+    queue_bytes: int = 128 * 1024 * 1024  # receive queue between the socket and the decoder, in bytes
+    queue_messages: int = 2000  # ... and in messages
+    latency_window: int = 4096  # latency samples per row for the median
+    max_gap_rate: float = MAX_GAP_RATE
+    max_gap_slack: int = MAX_GAP_SLACK
+
+
+DEFAULT_LIMITS = MonitorLimits()
+
+
+class _Window:
+    """The last `n` latencies (float32 ring): 16 KiB a row at n = 4096, whatever the frame count."""
+
+    def __init__(self, n: int):
+        self._buf = np.zeros(n, np.float32)
+        self._n = 0
+
+    def append(self, value: float) -> None:
+        self._buf[self._n % len(self._buf)] = value
+        self._n += 1
+
+    def __len__(self) -> int:
+        return min(self._n, len(self._buf))
+
+    def median(self) -> float:
+        return float(np.median(self._buf[:len(self)]))
 
 
 @dataclass
@@ -48,8 +95,9 @@ class RateAccount:
     correct: int = 0
     first_capture: float = float("inf")
     last_capture: float = float("-inf")
-    latency_s: deque = field(default_factory=lambda: deque(maxlen=10000))  # recent frames, for the median
+    latency_s: _Window = field(default_factory=lambda: _Window(DEFAULT_LIMITS.latency_window))  # recent frames
     latency_sum_s: float = 0.0  # all frames, for the mean in metrics
+    last_seen: float = 0.0  # monitor clock of the last frame: rows idle longest are folded first
 
     def add(self, header: FrameHeader, nbytes: int, prediction: int | None, latency: float) -> None:
         self.frames += 1
@@ -72,10 +120,10 @@ class RateAccount:
             "bytes": self.bytes,
             "bpp": round(self.bytes * 8 / self.pixels, 5) if self.pixels else None,
             "bytes_per_frame": round(self.bytes / self.frames, 1) if self.frames else None,
-            "kbit_s": round(self.bytes * 8 / 1000 / duration, 2) if duration else None,
+            "kbit_s": round(self.bytes * 8 / 1000 / duration, 2) if duration and math.isfinite(duration) else None,
             "top1": round(self.correct / self.labelled, 5) if self.labelled else None,
             "labelled": self.labelled,
-            "latency_ms_p50": round(float(np.median(self.latency_s)) * 1000, 2) if self.latency_s else None,
+            "latency_ms_p50": round(self.latency_s.median() * 1000, 2) if len(self.latency_s) else None,
         }
 
 
@@ -89,26 +137,109 @@ class StreamState:
     received: int = 0
     lost: int = 0
     last_accepted_at: float = 0.0  # monitor clock (received_at) of the last in-sequence frame
+    last_seen: float = 0.0  # monitor clock of the last message, in sequence or not
+    decoded: int = 0
+    asked_at: float = float("-inf")  # monitor clock of the last keyframe request for this state
+
+
+class _Stream:
+    """Everything the monitor keeps about one stream id: its epochs (at most max_epochs_per_stream),
+    its rows, and the counts of epochs already folded."""
+
+    __slots__ = ("sid", "epochs", "rows", "proven", "last_seen", "folded_received", "folded_lost",
+                 "folded_epochs")
+
+    def __init__(self, sid: str):
+        self.sid = sid
+        self.epochs: OrderedDict[int, StreamState] = OrderedDict()
+        self.rows: OrderedDict[tuple, None] = OrderedDict()  # least recently used first
+        self.proven = False  # some epoch decoded a frame: a real camera, not an invented id
+        self.last_seen = 0.0
+        self.folded_received = self.folded_lost = self.folded_epochs = 0
+
+
+class _Backlog:
+    """The receive queue between the socket thread and the decoding loop, bounded in bytes and in
+    messages. When it is full the socket thread stops reading: the transport's own queue (a few
+    messages, SocketDefaults.recv_hwm) fills, then TCP, then the capture sees a slow subscriber
+    and drops by its own policy, counted there and seen here as a gap. Nothing is dropped here."""
+
+    def __init__(self, max_bytes: int, max_messages: int):
+        self.max_bytes, self.max_messages = max_bytes, max_messages
+        self._items: deque = deque()  # (parts, received_at, bytes)
+        self.bytes = 0
+        self.peak_bytes = 0
+        self.waits = 0  # times the socket thread waited for room (the monitor fell behind)
+        self._cond = threading.Condition()
+
+    def put(self, parts: list[bytes], received_at: float, stop: threading.Event) -> bool:
+        """Queue one message, waiting while the queue is full; False if `stop` came first."""
+        n = sum(len(p) for p in parts)
+        with self._cond:
+            waited = False
+            # an empty queue takes any message the transport let through (max_message_bytes bounds it)
+            while self._items and (self.bytes + n > self.max_bytes or len(self._items) >= self.max_messages):
+                if stop.is_set():
+                    return False
+                waited = True
+                self._cond.wait(0.05)
+            self.waits += waited
+            self._items.append((parts, received_at, n))
+            self.bytes += n
+            self.peak_bytes = max(self.peak_bytes, self.bytes)
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float):
+        with self._cond:
+            if not self._items and not self._cond.wait(timeout):
+                return None
+            if not self._items:
+                return None
+            parts, received_at, n = self._items.popleft()
+            self.bytes -= n
+            self._cond.notify_all()
+            return parts, received_at
+
+    def drain(self) -> list:
+        with self._cond:
+            items = [(p, t) for p, t, _ in self._items]
+            self._items.clear()
+            self.bytes = 0
+            self._cond.notify_all()
+            return items
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class Monitor:
     def __init__(self, classify: Callable[[np.ndarray], int] | None, subscriber: Subscriber | None = None,
-                 on_loss: Callable[[str], None] | None = None, max_streams: int = 256,
-                 max_gap_rate: float = MAX_GAP_RATE, max_gap_slack: int = MAX_GAP_SLACK):
+                 on_loss: Callable[[str], None] | None = None, max_streams: int | None = None,
+                 limits: MonitorLimits | None = None, **limit_overrides):
+        limits = limits or DEFAULT_LIMITS
+        if max_streams is not None:
+            limit_overrides["max_streams"] = max_streams
+        self.limits = replace(limits, **limit_overrides) if limit_overrides else limits
+        self.max_streams = self.limits.max_streams
         self.classify = classify  # one RGB frame -> ImageNet index; None: accounting only
         self.subscriber = subscriber
         self.on_loss = on_loss  # hook for the keyframe back channel
-        self.max_streams = max_streams
-        self.max_gap_rate, self.max_gap_slack = max_gap_rate, max_gap_slack
-        self.ticks = 0  # receive-loop iterations: the service watchdog's sign of life
+        self.ticks = 0  # decoding-loop iterations
         self.timings = {"decode": [0, 0.0], "classify": [0, 0.0]}  # stage -> [frames, seconds]
-        self.streams: dict[tuple[str, int], StreamState] = {}
-        self._stream_ids: set[str] = set()  # capped at max_streams; epochs of one stream count once
-        self.rows: dict[tuple[str, str, int, str], RateAccount] = {}
+        self.streams: dict[tuple[str, int], StreamState] = {}  # every (stream, epoch) kept, flat
+        self._ids: dict[str, _Stream] = {}
+        self._unproven: OrderedDict[str, None] = OrderedDict()  # stream ids, least recently seen first
+        self._proven: OrderedDict[str, None] = OrderedDict()
+        self._decoders: OrderedDict[tuple[str, int], None] = OrderedDict()  # states holding a decoder, LRU first
+        self.rows: OrderedDict[tuple[str, str, int, str], RateAccount] = OrderedDict()  # LRU first
+        self.expired: Counter = Counter()  # what was folded to stay bounded: counts kept, memory freed
         self.rejects: Counter = Counter()
         self.messages = 0
         self.decoded = 0
+        self.backlog = _Backlog(self.limits.queue_bytes, self.limits.queue_messages)
         self._last_reject_log = 0.0
+        self._last_epoch_log = 0.0
         self._lock = threading.Lock()
 
     # --- one message ----------------------------------------------------------------------------
@@ -124,10 +255,16 @@ class Monitor:
                 self._reject(exc.cause, str(exc))
                 return None
             state = self._sequence(header, received_at)
-            if state is None:  # rejected (out of order, too many streams)
+            if state is None:  # rejected (out of order, implausible jump, too many streams)
                 return None
             if header.codec == "hevc" and state.waiting_keyframe and not header.keyframe:
                 self._reject("waiting_for_keyframe", f"{header.stream_id} seq {header.seq}")
+                return None
+            key = (header.stream_id, header.model_id, header.qp, header.codec)
+            if not self._row_room(key, received_at):
+                self._reject("too_many_rows", f"{header.stream_id}: no room for a row for model "
+                                              f"{header.model_id!r} QP {header.qp}")
+                self._lose_reference(header, state, received_at)
                 return None
             t0 = time.perf_counter()
             try:
@@ -135,8 +272,8 @@ class Monitor:
             except Exception as exc:  # any decoder failure on hostile bytes is a counted reject
                 self._reject("undecodable", f"{header.stream_id} seq {header.seq}: {exc}")
                 if header.codec == "hevc":
+                    self._free_decoder((header.stream_id, header.epoch))
                     state.waiting_keyframe = True
-                    state.decoder = None
                 return None
             self._timed("decode", time.perf_counter() - t0)
             if image is None:  # no picture (our low-latency streams give one per packet): counted, not shown
@@ -147,67 +284,203 @@ class Monitor:
                                               f"{header.width}x{header.height}")
                 return None
             state.waiting_keyframe = False
+            state.decoded += 1
+            self._prove(header.stream_id)
             self.decoded += 1
         t0 = time.perf_counter()
         prediction = self.classify(image) if self.classify else None
         with self._lock:
             if self.classify:
                 self._timed("classify", time.perf_counter() - t0)
-            key = (header.stream_id, header.model_id, header.qp, header.codec)
-            self.rows.setdefault(key, RateAccount()).add(header, len(payload), prediction, received_at - header.capture_time)
+            row = self.rows.get(key)
+            if row is None:
+                row = self.rows[key] = RateAccount(latency_s=_Window(self.limits.latency_window))
+            self.rows.move_to_end(key)
+            entry = self._ids.get(header.stream_id)
+            if entry is not None:
+                entry.rows[key] = None
+                entry.rows.move_to_end(key)
+            row.last_seen = received_at
+            row.add(header, len(payload), prediction, received_at - header.capture_time)
         return image
+
+    def count_unhandled(self, parts: list[bytes], cause: str, received_at: float | None = None) -> None:
+        """Count a message that was received but will not be decoded (the monitor is stopping): it
+        takes its place in the sequence, so it is never counted as lost too."""
+        received_at = time.time() if received_at is None else received_at
+        with self._lock:
+            self.messages += 1
+            try:
+                header, _ = parse_message(parts)
+            except ProtocolError as exc:
+                self._reject(exc.cause, str(exc))
+                return
+            state = self._sequence(header, received_at)
+            if state is None:
+                return
+            self._reject(cause, f"{header.stream_id} seq {header.seq}")
+            self._lose_reference(header, state, received_at, ask=cause != "unprocessed_at_stop")
+
+    def _lose_reference(self, header: FrameHeader, state: StreamState, now: float, ask: bool = True) -> None:
+        """A frame of this state was not decoded: HEVC needs a keyframe before the next picture."""
+        if header.codec == "hevc":
+            state.waiting_keyframe = True
+            if ask:
+                self._ask_keyframe(header.stream_id, state, now)
+
+    def _ask_keyframe(self, sid: str, state: StreamState, now: float) -> None:
+        """Ask the capture for a keyframe (back channel), at most once a second per (stream, epoch)."""
+        if self.on_loss and now - state.asked_at >= KEYFRAME_ASK_INTERVAL_S:
+            state.asked_at = now
+            self.on_loss(sid)
 
     def _timed(self, stage: str, seconds: float) -> None:
         t = self.timings[stage]
         t[0] += 1
         t[1] += seconds
 
+    # --- sequencing and the bounded per-sender state ----------------------------------------------
+
     def _sequence(self, header: FrameHeader, now: float) -> StreamState | None:
-        key = (header.stream_id, header.epoch)
-        state = self.streams.get(key)
-        if state is None:
-            known = header.stream_id in self._stream_ids
-            if not known and len(self._stream_ids) >= self.max_streams:
-                # a new epoch of a known camera is always let in; invented stream ids are not
-                self._reject("too_many_streams", f"{len(self._stream_ids)} streams already; "
-                                                 f"ignoring {header.stream_id!r}")
+        sid = header.stream_id
+        entry = self._ids.get(sid)
+        if entry is None:
+            if len(self._ids) >= self.limits.max_streams and not self._evict_stream(now):
+                self._reject("too_many_streams", f"{len(self._ids)} streams, none idle; ignoring {sid!r}")
                 return None
-            if known:
-                for (sid, _epoch), old in self.streams.items():
-                    if sid == header.stream_id:  # the earlier epoch keeps its counts, not its decoder
-                        old.decoder = None
-                log.info("stream %s restarted (epoch %d): new accounting period", header.stream_id, header.epoch)
-            self._stream_ids.add(header.stream_id)
-            state = self.streams[key] = StreamState()
+            entry = self._ids[sid] = _Stream(sid)
+            self._unproven[sid] = None
+        else:
+            (self._proven if entry.proven else self._unproven).move_to_end(sid)
+        entry.last_seen = now
+        state = entry.epochs.get(header.epoch)
+        if state is None:
+            if entry.epochs:
+                if now - self._last_epoch_log > 1.0:
+                    self._last_epoch_log = now
+                    log.info("stream %s: new epoch %d (a restarted capture): new accounting period", sid, header.epoch)
+                if len(entry.epochs) >= self.limits.max_epochs_per_stream:
+                    self._fold_epoch(entry)
+            state = entry.epochs[header.epoch] = self.streams[(sid, header.epoch)] = StreamState()
+        state.last_seen = now
         if state.expected_seq is not None and header.seq != state.expected_seq:
             if header.seq > state.expected_seq:
                 gap = header.seq - state.expected_seq
-                plausible = self.max_gap_slack + self.max_gap_rate * max(0.0, now - state.last_accepted_at)
+                plausible = self.limits.max_gap_slack + self.limits.max_gap_rate * max(0.0, now - state.last_accepted_at)
                 if gap > plausible:  # no capture numbers frames that fast: a forged or corrupt seq, not loss
-                    self._reject("seq_jump", f"{header.stream_id} seq {header.seq} jumps {gap} frames ahead of "
+                    self._reject("seq_jump", f"{sid} seq {header.seq} jumps {gap} frames ahead of "
                                              f"{state.expected_seq} (at most {plausible:.0f} are plausible)")
                     return None
                 state.lost += gap
-                log.warning("stream %s: %d frame(s) lost before seq %d", header.stream_id, gap, header.seq)
+                log.warning("stream %s: %d frame(s) lost before seq %d", sid, gap, header.seq)
                 state.waiting_keyframe = True
-                if self.on_loss:
-                    self.on_loss(header.stream_id)
+                state.asked_at = float("-inf")  # a new loss: ask now, even right after an earlier request
+                self._ask_keyframe(sid, state, now)
             else:  # a duplicate or a replay: decoding it would corrupt the references
-                self._reject("out_of_order", f"{header.stream_id} seq {header.seq} < {state.expected_seq}")
+                self._reject("out_of_order", f"{sid} seq {header.seq} < {state.expected_seq}")
                 return None
+        elif state.waiting_keyframe and header.codec == "hevc" and not header.keyframe:
+            self._ask_keyframe(sid, state, now)  # joined mid-GOP: ask rather than wait for the next GOP
         state.received += 1  # after the replay check: a replayed frame is not received twice
         state.last_accepted_at = now
-        state.expected_seq = max(header.seq + 1, state.expected_seq or 0)
+        state.expected_seq = header.seq + 1
         return state
 
-    @staticmethod
-    def _decode(header: FrameHeader, payload: bytes, state: StreamState) -> np.ndarray | None:
+    def _prove(self, sid: str) -> None:
+        entry = self._ids.get(sid)
+        if entry is not None and not entry.proven:
+            entry.proven = True
+            self._unproven.pop(sid, None)
+            self._proven[sid] = None
+
+    def _evict_stream(self, now: float) -> bool:
+        """Room for a new stream id: the least recently seen id that never decoded a frame, else the
+        least recently seen real stream if it has been idle stream_idle_s. False when neither exists."""
+        if self._unproven:
+            sid = next(iter(self._unproven))
+        elif self._proven and now - self._ids[next(iter(self._proven))].last_seen >= self.limits.stream_idle_s:
+            sid = next(iter(self._proven))
+        else:
+            return False
+        entry = self._ids.pop(sid)
+        self._unproven.pop(sid, None)
+        self._proven.pop(sid, None)
+        while entry.epochs:
+            self._fold_epoch(entry)
+        self.expired["streams"] += 1
+        self.expired["received"] += entry.folded_received
+        self.expired["lost"] += entry.folded_lost
+        return True
+
+    def _fold_epoch(self, entry: _Stream) -> None:
+        """Drop one epoch's state, keeping its counts: the least recently seen epoch that never
+        decoded a frame, else the least recently seen one."""
+        victim = min(entry.epochs, key=lambda e: (entry.epochs[e].decoded > 0, entry.epochs[e].last_seen))
+        state = entry.epochs.pop(victim)
+        self._free_decoder((entry.sid, victim))
+        del self.streams[(entry.sid, victim)]
+        entry.folded_received += state.received
+        entry.folded_lost += state.lost
+        entry.folded_epochs += 1
+        self.expired["epochs"] += 1
+
+    def _decode(self, header: FrameHeader, payload: bytes, state: StreamState) -> np.ndarray | None:
         if header.codec != "hevc":
             return decode_image(header.codec, payload)
+        key = (header.stream_id, header.epoch)
         if state.decoder is None:
             state.decoder = HevcDecoder()
+            while len(self._decoders) >= self.limits.max_decoders:
+                self._free_decoder(next(iter(self._decoders)))
+                self.expired["decoders"] += 1
+        self._decoders[key] = None
+        self._decoders.move_to_end(key)
         frames = state.decoder.decode(payload, header.width, header.height)
         return frames[-1] if frames else None
+
+    def _free_decoder(self, key: tuple[str, int]) -> None:
+        self._decoders.pop(key, None)
+        state = self.streams.get(key)
+        if state is not None and state.decoder is not None:
+            state.decoder = None
+            state.waiting_keyframe = True
+
+    def _row_room(self, key: tuple, now: float) -> bool:
+        """True when `key` has a row or one can be made under the caps (folding an idle row if needed)."""
+        if key in self.rows:
+            return True
+        entry = self._ids[key[0]]
+        if len(entry.rows) >= self.limits.max_rows_per_stream and not self._fold_row(next(iter(entry.rows)), now):
+            return False
+        if len(self.rows) >= self.limits.max_rows and not self._fold_row(next(iter(self.rows)), now):
+            return False
+        return True
+
+    def _fold_row(self, key: tuple, now: float) -> bool:
+        row = self.rows.get(key)
+        if row is not None and now - row.last_seen < self.limits.row_idle_s:
+            return False
+        self.rows.pop(key, None)
+        entry = self._ids.get(key[0])
+        if entry is not None:
+            entry.rows.pop(key, None)
+        if row is not None:
+            self.expired["rows"] += 1
+            self.expired["row_frames"] += row.frames
+            self.expired["row_bytes"] += row.bytes
+        return True
+
+    def expire(self, now: float | None = None) -> None:
+        """Free the decoders idle for decoder_idle_s (their streams resume at the next keyframe)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            while self._decoders:
+                key = next(iter(self._decoders))
+                state = self.streams.get(key)
+                if state is not None and now - state.last_seen < self.limits.decoder_idle_s:
+                    break
+                self._free_decoder(key)
+                self.expired["idle_decoders"] += 1
 
     def _reject(self, cause: str, detail: str) -> None:
         self.rejects[cause] += 1
@@ -216,24 +489,82 @@ class Monitor:
             log.warning("rejected message (%s): %s [%d rejected so far]", cause, detail[:200], sum(self.rejects.values()))
             self._last_reject_log = now
 
+    def memory(self) -> dict:
+        """What the bounded structures hold now (for metrics and tests)."""
+        with self._lock:
+            return {"streams": len(self._ids), "epochs": len(self.streams), "decoders": len(self._decoders),
+                    "rows": len(self.rows), "queue_messages": len(self.backlog), "queue_bytes": self.backlog.bytes,
+                    "queue_peak_bytes": self.backlog.peak_bytes}
+
     # --- driver ---------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None, max_frames: int | None = None,
             idle_timeout: float | None = None) -> None:
-        """Receive until `stop`, `max_frames` decoded frames, or `idle_timeout` seconds without a message."""
+        """Receive until `stop`, `max_frames` decoded frames, or `idle_timeout` seconds without a message.
+
+        A thread reads the socket into the receive queue (bounded in bytes and messages; what does
+        not fit is counted as `backlog_full`) while this one decodes. At the end, whatever was
+        received but not decoded is counted as `unprocessed_at_stop`: nothing received goes uncounted."""
         stop = stop or threading.Event()
+        rx_stop = threading.Event()
+        errors: list[BaseException] = []
+        overflow: list = []  # received while stopping with the queue full
+        receiver = threading.Thread(target=self._receive, args=(rx_stop, errors, overflow), name="edgepipe-receive",
+                                    daemon=True)
+        receiver.start()
         last_message = time.monotonic()
-        while not stop.is_set():
-            self.ticks += 1
-            parts = self.subscriber.recv()
-            if parts is None:
-                if idle_timeout is not None and time.monotonic() - last_message > idle_timeout:
+        next_sweep = last_message + 1.0
+        poll_s = self.subscriber.poll_ms / 1000 if self.subscriber is not None else 0.1
+        try:
+            while not stop.is_set():
+                self.ticks += 1
+                now = time.monotonic()
+                if now >= next_sweep:
+                    self.expire()
+                    next_sweep = now + 1.0
+                item = self.backlog.get(poll_s)
+                if item is None:
+                    if idle_timeout is not None and time.monotonic() - last_message > idle_timeout:
+                        break
+                    if not receiver.is_alive():
+                        break
+                    continue
+                last_message = time.monotonic()
+                self.handle(*item)
+                if max_frames is not None and self.decoded >= max_frames:
                     break
-                continue
-            last_message = time.monotonic()
-            self.handle(parts)
-            if max_frames is not None and self.decoded >= max_frames:
-                break
+        finally:
+            rx_stop.set()
+            receiver.join()
+            left = self.backlog.drain() + overflow
+            if left:
+                log.warning("stopping with %d received message(s) not decoded: counted as unprocessed_at_stop",
+                            len(left))
+            for parts, received_at in left:
+                self.count_unhandled(parts, "unprocessed_at_stop", received_at)
+        if errors:
+            raise errors[0]
+
+    def _receive(self, stop: threading.Event, errors: list, overflow: list) -> None:
+        """Socket -> receive queue; owns the subscriber's socket while run() runs."""
+        sub = self.subscriber
+        try:
+            while not stop.is_set():
+                parts = sub.recv(timeout_ms=50)
+                if parts is not None:
+                    self._enqueue(parts, stop, overflow)
+            for _ in range(self.limits.queue_messages):  # what the transport already holds, then stop
+                if (parts := sub.recv(timeout_ms=0)) is None:
+                    break
+                self._enqueue(parts, stop, overflow)
+        except BaseException as exc:  # surfaced by run()
+            log.error("monitor receive thread failed: %s", exc)
+            errors.append(exc)
+
+    def _enqueue(self, parts: list[bytes], stop: threading.Event, overflow: list) -> None:
+        now = time.time()
+        if not self.backlog.put(parts, now, stop):  # stopping while the queue is full: counted after it
+            overflow.append((parts, now))
 
     # --- reporting ------------------------------------------------------------------------------
 
@@ -243,14 +574,23 @@ class Monitor:
                     for (s, m, q, c), acc in sorted(self.rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2]))]
             streams = [{"stream": s, "epoch": e, "received": st.received, "lost": st.lost}
                        for (s, e), st in self.streams.items()]
-            return {
+            folded_lost = sum(e.folded_lost for e in self._ids.values()) + self.expired["lost"]
+            folded_received = sum(e.folded_received for e in self._ids.values()) + self.expired["received"]
+            out = {
                 "messages": self.messages,
                 "decoded": self.decoded,
-                "lost": sum(st.lost for st in self.streams.values()),
+                "lost": sum(st.lost for st in self.streams.values()) + folded_lost,
                 "rejects": dict(self.rejects),
                 "streams": streams,
                 "rows": rows,
             }
+            if self.expired or folded_received or folded_lost:
+                out["expired"] = {"streams": self.expired["streams"], "epochs": self.expired["epochs"],
+                                  "received": folded_received, "lost": folded_lost,
+                                  "rows": self.expired["rows"], "row_frames": self.expired["row_frames"],
+                                  "row_bytes": self.expired["row_bytes"],
+                                  "decoders": self.expired["decoders"] + self.expired["idle_decoders"]}
+            return out
 
 
 def format_table(report: dict) -> str:

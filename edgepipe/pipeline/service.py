@@ -181,9 +181,8 @@ class MonitorService:
             raise
 
     def status(self) -> str:
-        m = self.monitor
-        return f"decoded {m.decoded} frames, lost {sum(s.lost for s in m.streams.values())}, " \
-               f"rejected {sum(m.rejects.values())}"
+        rep = self.monitor.report()
+        return f"decoded {rep['decoded']} frames, lost {rep['lost']}, rejected {sum(rep['rejects'].values())}"
 
     def run(self, stop: threading.Event | None = None, max_frames: int | None = None,
             idle_timeout: float | None = None) -> dict:

@@ -128,7 +128,10 @@ class SocketDefaults:
     close() may wait for unsent frames on shutdown."""
 
     send_hwm: int = 200
-    recv_hwm: int = 2000
+    # The monitor's own receive queue (MonitorLimits.queue_bytes / queue_messages) holds its backlog;
+    # the transport's stays a few messages, so the bytes it may hold are bounded by
+    # (recv_hwm + 1) x max_message_bytes however large the messages are.
+    recv_hwm: int = 4
     linger_ms: int = 500
     poll_ms: int = 100
     # ZMTP heartbeats: a peer that vanished without closing TCP (power cut, cable) is dropped in

@@ -4,8 +4,12 @@ memory stays bounded; reports stay valid JSON."""
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 
 import pytest
+import zmq
 
 from edgepipe.pipeline.monitor import Monitor, write_report
 from edgepipe.pipeline.transport import FrameHeader, Subscriber
@@ -67,7 +71,7 @@ class Session:
 
 
 def real_stream_is_whole(rep: dict, n: int) -> None:
-    real = [s for s in rep["streams"] if s["stream"] == REAL]
+    real = [s for s in rep["streams"] if s["stream"] == REAL and s["epoch"] == EPOCH]
     assert real == [{"stream": REAL, "epoch": EPOCH, "received": n, "lost": 0}], real
     assert sum(r["frames"] for r in rep["rows"] if r["stream"] == REAL) == n
     json.dumps(rep, allow_nan=False)
@@ -124,3 +128,130 @@ def test_b_non_finite_and_implausible_capture_times_are_rejected_and_the_report_
 def test_b_the_report_writer_never_writes_nan(tmp_path):
     write_report({"rows": [{"latency_ms_p50": float("nan"), "kbit_s": float("inf")}], "n": 1}, tmp_path / "r.json")
     assert strict_json(tmp_path / "r.json") == {"rows": [{"latency_ms_p50": None, "kbit_s": None}], "n": 1}
+
+
+# --- C: the monitor's memory is bounded whatever peers send -----------------------------------------
+
+def test_c_sender_chosen_model_ids_and_qps_create_at_most_the_row_cap(real_stream):
+    """One decodable stream whose every frame claims another model id and QP: 3,000 ids, 16 rows."""
+    n = 3000
+    with Session(max_rows_per_stream=16) as s:
+        for i in range(n):
+            msg = real_stream[i % len(real_stream)]
+            s.send(forged(msg, stream_id="evil", seq=i, model_id=f"model-{i}", qp=i % 100))
+        for msg in real_stream:
+            s.send(msg)
+        rep = s.settle(30)
+        memory = s.mon.memory()
+    evil_rows = [r for r in rep["rows"] if r["stream"] == "evil"]
+    assert len(evil_rows) == 16 and memory["rows"] == 17
+    assert rep["rejects"]["too_many_rows"] > 0
+    assert rep["messages"] == n + len(real_stream) == rep["decoded"] + sum(rep["rejects"].values())
+    real_stream_is_whole(rep, len(real_stream))
+
+
+def test_c_invented_ids_never_starve_a_real_camera_that_joins_later(real_stream, clip):
+    """5,000 invented stream ids (each one message, never decodable) fill every slot; then a new
+    real camera joins: it gets every one of its frames, and so does the camera that was there."""
+    late = hevc_messages(clip[:30], "late-cam", 1, gop=10)
+    with Session(max_streams=32) as s:
+        s.send(real_stream[0])
+        for i in range(5000):
+            s.send(forged(real_stream[1], stream_id=f"invented-{i}", seq=0))  # P-frames: never decodable
+            if i % 100 == 99 and i // 100 + 1 < len(real_stream):
+                s.send(real_stream[i // 100 + 1])
+        for msg in real_stream[51:]:
+            s.send(msg)
+        for msg in late:
+            s.send(msg)
+        rep = s.settle(30)
+        memory = s.mon.memory()
+    assert memory["streams"] <= 32 and memory["epochs"] <= 32 * s.mon.limits.max_epochs_per_stream
+    assert rep["rejects"] == {"waiting_for_keyframe": 5000}  # each invented id counted, none refused a slot
+    assert rep["expired"]["streams"] >= 5000 - 32
+    late_rows = [r for r in rep["rows"] if r["stream"] == "late-cam"]
+    assert late_rows and late_rows[0]["frames"] == len(late)
+    real_stream_is_whole(rep, len(real_stream))
+
+
+def test_c_new_epochs_of_a_known_stream_are_capped_and_handled_in_linear_time(real_stream):
+    """10,000 forged epochs of the live stream: at most max_epochs_per_stream states are kept, the
+    live one among them, and the time per message does not grow with the number of epochs."""
+    n = 10_000
+    with Session() as s:
+        t0 = time.monotonic()
+        for i in range(n):
+            s.send(forged(real_stream[1], epoch=1000 + i, seq=0))  # P-frame of a new epoch each time
+            if i % 200 == 199 and i // 200 < len(real_stream):
+                s.send(real_stream[i // 200])
+        for msg in real_stream[n // 200:]:
+            s.send(msg)
+        rep = s.settle(60)
+        elapsed = time.monotonic() - t0
+        memory = s.mon.memory()
+    assert memory["epochs"] <= s.mon.limits.max_epochs_per_stream
+    assert rep["expired"]["epochs"] >= n - s.mon.limits.max_epochs_per_stream
+    assert rep["rejects"] == {"waiting_for_keyframe": n}
+    real_stream_is_whole(rep, len(real_stream))
+    assert elapsed < 20, f"{n} epochs took {elapsed:.1f} s"  # quadratic handling took 2.6 s per 10k, 40 s per 40k
+
+
+def test_c_decoders_are_capped_and_expire_when_idle(clip):
+    """40 cameras, one keyframe each: at most max_decoders decoders live; idle ones are freed."""
+    with Session(max_decoders=8, decoder_idle_s=5.0) as s:
+        for k in range(40):
+            s.send(hevc_messages(clip[:1], f"cam-{k}", 1, gop=10)[0])
+        rep = s.settle()
+        assert rep["decoded"] == 40 and s.mon.memory()["decoders"] == 8
+        s.mon.expire(time.time() + 5.0)
+        assert s.mon.memory()["decoders"] == 0
+        assert s.mon.report()["expired"]["decoders"] == 40
+
+
+def test_c_the_receive_queue_is_bounded_in_bytes(clip):
+    """13 messages of 3 MiB while the decoding loop is stuck: the queue holds at most its byte bound
+    (here 4 MiB, or one message), the transport a few messages; every message is counted after."""
+    big = 3 * 1024 * 1024
+    gate = threading.Event()
+    with Session(queue_bytes=4 * 1024 * 1024) as s:
+        handle = s.mon.handle
+        s.mon.handle = lambda parts, received_at=None: gate.wait() and handle(parts, received_at)
+        sender = threading.Thread(target=lambda: [s.send([FrameHeader(
+            "bulk", i, time.time(), "jpeg", 4096, 4096, 90, True).pack(), os.urandom(big)]) for i in range(13)])
+        sender.start()
+        time.sleep(1.5)  # long enough for everything that will be read to be read
+        peak = s.mon.backlog.peak_bytes
+        assert s.sub.sock.getsockopt(zmq.RCVHWM) <= 4  # and the transport's queue is a few messages
+        gate.set()
+        sender.join(30)
+        rep = s.settle(30)
+    assert peak <= 4 * 1024 * 1024 + big + 1024, peak  # the queue's bound (one message may exceed it)
+    assert rep["messages"] == 13 and rep["rejects"] == {"undecodable": 13}
+
+
+# --- D: forged epochs, default stream ids -------------------------------------------------------------
+
+def test_d_a_forged_new_epoch_never_resets_the_live_decoder(real_stream):
+    """Forged 'keyframes' (garbage) and P-frames of new epochs of the live stream, between its real
+    frames: each epoch has its own state, so every real frame still decodes (none `no_picture`)."""
+    with Session() as s:
+        for i, msg in enumerate(real_stream):
+            s.send(msg)
+            if i % 3 == 1:
+                s.send(forged(msg, epoch=50_000 + i, seq=0, keyframe=True)[:1] + [os.urandom(2000)])
+                s.send(forged(real_stream[1], epoch=60_000 + i, seq=5))  # a P-frame
+        rep = s.settle()
+    assert rep["decoded"] == len(real_stream)
+    assert set(rep["rejects"]) <= {"undecodable", "no_picture", "waiting_for_keyframe"}
+    assert sum(rep["rejects"].values()) == 2 * 20
+    real_stream_is_whole(rep, len(real_stream))
+
+
+def test_d_the_default_stream_id_is_unique_per_host():
+    import socket
+
+    from edgepipe.pipeline.capture import CaptureSettings
+
+    settings = CaptureSettings(source="x", publish="tcp://127.0.0.1:1")
+    assert settings.stream_id == f"cam-{socket.gethostname().split('.')[0]}"
+    assert CaptureSettings(source="x", publish="y", stream_id="door").stream_id == "door"
