@@ -7,7 +7,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
 import time
 from pathlib import Path
 from typing import Protocol
@@ -102,17 +105,21 @@ class VideoFileSource:
         self.name, self._path, self._shaper, self._loop = str(path), str(path), shaper, loop
         try:
             self._container = av.open(self._path)
-            stream = self._container.streams.video[0]
-        except (av.FFmpegError, IndexError) as exc:
-            raise EdgepipeError(f"cannot read video {path}: {exc}") from None
+        except PermissionError:
+            raise EdgepipeError(f"cannot read {path}: permission denied") from None
+        except av.FFmpegError as exc:
+            raise EdgepipeError(f"{path} is not a video or image FFmpeg can read ({exc.strerror})") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise EdgepipeError(f"{path} has no video stream")
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"  # only before the codec opens: a loop's rewind reuses the open decoder
         self.fps = float(stream.average_rate) if stream.average_rate else None
         self._index = 0
         self._frames = self._decode()
 
     def _decode(self):
-        stream = self._container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for frame in self._container.decode(stream):
+        for frame in self._container.decode(self._container.streams.video[0]):
             yield frame.to_ndarray(format="rgb24")
 
     def read(self) -> tuple[ReadStatus, Frame | None]:
@@ -121,9 +128,9 @@ class VideoFileSource:
         try:
             image = next(self._frames)
         except StopIteration:
-            if not self._loop:
+            if not self._loop or self._index == 0:  # a file without a single frame would rewind forever
                 return ReadStatus.EOS, None
-            self._container.seek(0)
+            self._container.seek(0)  # also flushes the decoder
             self._frames = self._decode()
             return self.read()
         except av.FFmpegError as exc:  # a corrupt tail ends the file, it does not crash the loop
@@ -156,15 +163,16 @@ class LiveSource:
         self.retry_in_s = 0.0  # the back-off now in force (0 while connected), for metrics
         self._cap = self._open()
         if self._cap is None:
-            raise EdgepipeError(f"cannot open source {self.name}")
+            raise EdgepipeError(_open_failure(target))
         fps = self._cap.get(5)  # cv2.CAP_PROP_FPS
         self.fps = fps if fps and fps > 0 else None
 
     def _open(self):
         import cv2
 
-        backend = cv2.CAP_V4L2 if isinstance(self._target, int) or str(self._target).startswith("/dev/") else cv2.CAP_FFMPEG
-        cap = cv2.VideoCapture(self._target, backend)
+        backend = cv2.CAP_V4L2 if _is_camera(self._target) else cv2.CAP_FFMPEG
+        with _quiet_opencv():
+            cap = cv2.VideoCapture(self._target, backend)
         if not cap.isOpened():
             cap.release()
             return None
@@ -212,35 +220,69 @@ class LiveSource:
             self._cap = None
 
 
+def _is_camera(target: str | int) -> bool:
+    return isinstance(target, int) or str(target).startswith("/dev/")
+
+
+@contextlib.contextmanager
+def _quiet_opencv():
+    """A failed open makes OpenCV and its bundled FFmpeg print lines of their own; ours is the one that counts."""
+    import cv2
+
+    # AV_LOG_QUIET for OpenCV's FFmpeg (not PyAV's): OpenCV reads it once, at its first FFmpeg open
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
+def _open_failure(target: str | int) -> str:
+    if _is_camera(target):
+        return (f"cannot open camera {target}: it is busy (another program uses it), not a capture device, "
+                "or this user lacks access (group video)")
+    return f"cannot open stream {target}: check the address, the credentials and that the camera is reachable"
+
+
 def open_source(spec: str, size: tuple[int, int] | None = None, crop: bool = False, loop: bool = False) -> Source:
-    """Pick the source from one string; unknown strings are a one-line error."""
+    """Pick the source from one string; unknown or missing ones are a one-line error."""
     shaper = FrameShaper(size, crop)
     if spec.startswith("folder:"):
         return FolderSource(spec[len("folder:"):], shaper, loop)
-    if spec.isdigit():
-        return LiveSource(int(spec), shaper)
-    if spec.startswith("/dev/video"):
-        return LiveSource(spec, shaper)
+    if spec.isdigit() or spec.startswith("/dev/video"):
+        device = f"/dev/video{spec}" if spec.isdigit() else spec
+        if not os.path.exists(device):
+            raise EdgepipeError(f"camera {spec} does not exist: no {device} on this machine")
+        return LiveSource(int(spec) if spec.isdigit() else spec, shaper)
     if spec.startswith(LIVE_SCHEMES):
         return LiveSource(spec, shaper)
+    if re.match(r"[a-z][a-z0-9+.-]+:", spec, re.IGNORECASE) and not spec.startswith("file://"):
+        raise EdgepipeError(f"unknown source {spec!r}: streams are {', '.join(LIVE_SCHEMES)}; "
+                            "otherwise use /dev/videoN or an index, a video file, or folder:PATH")
     path = Path(spec[len("file://"):] if spec.startswith("file://") else spec)
     if path.is_file():
         return VideoFileSource(path, shaper, loop)
     if path.is_dir():
         raise EdgepipeError(f"{spec} is a folder: use folder:{spec} to replay labelled images")
-    raise EdgepipeError(
-        f"unknown source {spec!r}: use /dev/videoN or an index, rtsp://..., a video file, or folder:PATH"
-    )
+    if "/" in spec or path.suffix:  # meant as a file
+        raise EdgepipeError(f"source {spec} does not exist: give a video file, folder:PATH, /dev/videoN or an index, "
+                            "or rtsp://...")
+    raise EdgepipeError(f"unknown source {spec!r}: no such file here, and not /dev/videoN or an index, rtsp://..., "
+                        "or folder:PATH")
 
 
-def parse_size(text: str | None, min_side: int = 16) -> tuple[int, int] | None:
-    """'224x224' -> (224, 224): WIDTHxHEIGHT, the one size syntax of every edgepipe command."""
+def parse_size(text: str | None, min_side: int = 16, max_side: int = 8192) -> tuple[int, int] | None:
+    """'224x224' -> (224, 224): WIDTHxHEIGHT, the one size syntax of every edgepipe command.
+
+    Bounded on both sides: a typo such as 99999x99999 would otherwise ask for a 30 GB frame."""
     if not text:
         return None
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise EdgepipeError(f"size must look like WIDTHxHEIGHT, e.g. 224x224, got {text!r}") from None
-    if w < min_side or h < min_side:
-        raise EdgepipeError(f"size {text} is too small (at least {min_side}x{min_side})")
+    if not (min_side <= w <= max_side and min_side <= h <= max_side):
+        raise EdgepipeError(f"size {text} is out of range: each side must be {min_side}..{max_side}")
     return w, h

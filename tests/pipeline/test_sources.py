@@ -1,9 +1,11 @@
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edgepipe.datasets import read_rgb
 from edgepipe.errors import EdgepipeError
 from edgepipe.labels import synset_to_index
 from edgepipe.pipeline.frames import ReadStatus
@@ -79,10 +81,54 @@ def test_live_source_reopens_with_backoff_after_failure(video_clip):
     source.close()
 
 
-@pytest.mark.parametrize("spec", ["nonsense", "/no/such/file.mp4", "ftp:/x"])
+@pytest.mark.parametrize("spec", ["nonsense", "ftp:/x", "smb://nas/clip.mp4"])
 def test_unknown_source_is_one_clear_error(spec):
     with pytest.raises(EdgepipeError, match="unknown source"):
         open_source(spec)
+
+
+@pytest.mark.parametrize("spec", ["/no/such/file.mp4", "clip.mp4", "file:///no/such/file.mp4", "/dev/video63", "63"])
+def test_missing_source_says_it_does_not_exist(spec):
+    if os.path.exists("/dev/video63"):
+        pytest.skip("/dev/video63 exists here")
+    with pytest.raises(EdgepipeError, match="does not exist"):
+        open_source(spec)
+
+
+def test_file_that_is_no_video_says_so(tmp_path, small_val_folder):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n")
+    with pytest.raises(EdgepipeError, match="is not a video or image FFmpeg can read"):
+        open_source(str(text))
+    image = next(small_val_folder.glob("*/*"))  # a single image is a one-frame video to FFmpeg
+    assert len(drain(open_source(str(image)))) == 1
+
+
+def _write_clip(path: Path, images: list[np.ndarray]) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for image in images:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+
+
+def test_looping_video_file_replays_from_the_start(tmp_path, small_val_folder):
+    images = [FrameShaper((96, 64))(read_rgb(p)) for p in sorted(small_val_folder.glob("*/*"))[:4]]
+    clip = tmp_path / "four.mp4"
+    _write_clip(clip, images)
+    source = open_source(str(clip), loop=True)
+    frames = [source.read() for _ in range(3 * len(images) + 1)]  # past the end three times
+    source.close()
+    assert all(status is ReadStatus.OK for status, _ in frames)
+    assert [f.index for _, f in frames] == list(range(len(frames)))
+    first_pass = [f.image for _, f in frames[:4]]
+    for start in (4, 8):
+        for a, b in zip(first_pass, [f.image for _, f in frames[start:start + 4]]):
+            np.testing.assert_array_equal(a, b)  # the rewind decodes the same pictures again
+    assert np.abs(first_pass[0].astype(int) - images[0]).mean() < 12  # and they are the clip's pictures
 
 
 def test_folder_without_prefix_says_how(small_val_folder):
@@ -102,5 +148,9 @@ def test_empty_or_unlabelled_folder_is_an_error(tmp_path):
 def test_parse_size():
     assert parse_size("224x160") == (224, 160)
     assert parse_size(None) is None
+    assert parse_size("8192x16") == (8192, 16)
     with pytest.raises(EdgepipeError):
         parse_size("big")
+    for text in ("99999x99999", "8193x720", "15x720"):
+        with pytest.raises(EdgepipeError, match="each side must be 16..8192"):
+            parse_size(text)
