@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 
 HEVC_ENCODERS = ("libx265", "hevc_nvenc")
 STILL_CODECS = ("jpeg", "jpeg2000", "jpeg2000-db", "hevc")
+X265_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+# What each codec's one number means and accepts: HEVC QP (and CRF), JPEG quality, OpenCV's
+# IMWRITE_JPEG2000_COMPRESSION_X1000 (OpenCV replaces anything outside 1..1000 by 1, with a warning each frame).
+SETTING_RANGES = {"hevc": ("QP", 0, 51), "jpeg": ("quality", 1, 100), "jpeg2000": ("compression x1000", 1, 1000)}
+CRF_RANGE = (0, 51)
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,24 @@ def hevc_encoder_available(name: str) -> bool:
     return True
 
 
+@functools.cache
+def _nvenc_failure() -> str | None:
+    """Why hevc_nvenc cannot open here (None: it can). FFmpeg builds carry it on machines without an NVIDIA
+    GPU or driver, so only a real open tells; a tiny one, once per process."""
+    import av
+
+    ctx = av.CodecContext.create("hevc_nvenc", "w")
+    ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 256, 256, "yuv420p", Fraction(1, 30)
+    try:
+        ctx.open()
+    except av.FFmpegError as exc:
+        return exc.strerror
+    return None
+
+
 def check_hevc_support(encoder: str = "libx265") -> None:
-    """Fail early, in one line, when this PyAV build cannot encode HEVC (PyAV 14.3/14.4 wheels lack libx265)."""
+    """Fail early, in one line, when this PyAV build cannot encode HEVC (PyAV 14.3/14.4 wheels lack libx265)
+    or when hevc_nvenc has no usable NVIDIA GPU behind it."""
     if not hevc_encoder_available(encoder):
         import av
 
@@ -68,6 +90,36 @@ def check_hevc_support(encoder: str = "libx265") -> None:
             f"this PyAV build ({av.__version__}) has no {encoder} encoder; "
             "PyAV 14.3/14.4 wheels lack libx265 - install another version, e.g. pip install 'av>=15'"
         )
+    if encoder == "hevc_nvenc" and (reason := _nvenc_failure()):
+        raise EdgepipeError(f"no usable NVIDIA encoder on this machine (hevc_nvenc: {reason}); "
+                            "use encoder libx265 (CPU) or auto")
+
+
+@functools.cache
+def resolve_encoder(encoder: str) -> str:
+    """`auto` -> hevc_nvenc when it opens here, else libx265 (said once); a named encoder is checked."""
+    if encoder != "auto":
+        check_hevc_support(encoder)
+        return encoder
+    if hevc_encoder_available("hevc_nvenc") and _nvenc_failure() is None:
+        return "hevc_nvenc"
+    log.warning("encoder auto: no usable NVIDIA encoder (hevc_nvenc) here, using libx265 on the CPU")
+    check_hevc_support("libx265")
+    return "libx265"
+
+
+def check_setting(codec: str, value: float) -> None:
+    """One line naming the accepted range when a QP / quality / compression is out of it."""
+    meaning, low, high = SETTING_RANGES[codec]
+    if not low <= value <= high:
+        raise EdgepipeError(f"{codec} {meaning} must be {low}..{high}, got {value:g}")
+
+
+def check_hevc_options(preset: str, crf: float | None, encoder: str) -> None:
+    if encoder == "libx265" and preset not in X265_PRESETS:
+        raise EdgepipeError(f"unknown libx265 preset {preset!r}; choose one of {', '.join(X265_PRESETS)}")
+    if crf is not None and not CRF_RANGE[0] <= crf <= CRF_RANGE[1]:
+        raise EdgepipeError(f"hevc CRF must be {CRF_RANGE[0]}..{CRF_RANGE[1]}, got {crf:g}")
 
 
 class HevcEncoder:
@@ -82,13 +134,12 @@ class HevcEncoder:
                  threads: int | None = None):
         import av
 
-        if encoder == "auto":
-            encoder = next((e for e in ("hevc_nvenc", "libx265") if hevc_encoder_available(e)), "libx265")
-        check_hevc_support(encoder)
+        encoder = resolve_encoder(encoder)
         if (qp is None) == (crf is None):
             raise EdgepipeError("give exactly one of qp or crf")
-        if qp is not None and not 0 <= qp <= 51:
-            raise EdgepipeError(f"qp must be in 0..51, got {qp}")
+        if qp is not None:
+            check_setting("hevc", qp)
+        check_hevc_options(preset, crf, encoder)
         self.width, self.height = width, height
         self.qp, self.crf, self.gop, self.encoder = qp, crf, gop, encoder
         self._pts = 0
@@ -211,6 +262,8 @@ def encode_image(codec: str, image: np.ndarray, quality: float, threads: int | N
 
     if codec == "jpeg2000-db":
         return _encode_jpeg2000_db(image, quality)
+    if codec in ("jpeg", "jpeg2000"):
+        check_setting(codec, quality)
     if codec == "jpeg":
         ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     elif codec == "jpeg2000":

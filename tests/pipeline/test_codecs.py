@@ -5,7 +5,7 @@ import pytest
 from edgepipe.datasets import list_labelled_images, read_rgb
 from edgepipe.errors import EdgepipeError
 from edgepipe.pipeline.codecs import (HevcDecoder, HevcEncoder, bits_per_pixel, check_hevc_support, decode_image,
-                                      encode_image)
+                                      encode_image, resolve_encoder)
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,16 @@ def test_bits_per_pixel_arithmetic():
 
 
 def test_bad_settings_and_codecs_are_clear_errors(image):
-    with pytest.raises(EdgepipeError, match="qp"):
+    with pytest.raises(EdgepipeError, match="hevc QP must be 0..51, got 60"):
         HevcEncoder(64, 64, qp=60)
+    with pytest.raises(EdgepipeError, match="unknown libx265 preset 'fastest'; choose one of ultrafast"):
+        HevcEncoder(64, 64, preset="fastest")
+    with pytest.raises(EdgepipeError, match="hevc CRF must be 0..51"):
+        HevcEncoder(64, 64, qp=None, crf=70)
+    with pytest.raises(EdgepipeError, match="jpeg quality must be 1..100, got 101"):
+        encode_image("jpeg", image, 101)
+    with pytest.raises(EdgepipeError, match="jpeg2000 compression x1000 must be 1..1000, got 5000"):
+        encode_image("jpeg2000", image, 5000)
     with pytest.raises(EdgepipeError, match="exactly one"):
         HevcEncoder(64, 64, qp=None, crf=None)
     with pytest.raises(EdgepipeError, match="unknown codec"):
@@ -84,6 +92,20 @@ def test_bad_settings_and_codecs_are_clear_errors(image):
         check_hevc_support("not_an_encoder")
     with pytest.raises(ValueError):
         decode_image("jpeg", b"garbage")
+
+
+def test_auto_encoder_uses_nvenc_only_where_it_opens(image):
+    """PyAV's wheels carry hevc_nvenc everywhere; only a test open says whether a GPU is behind it."""
+    chosen = resolve_encoder("auto")
+    try:
+        check_hevc_support("hevc_nvenc")
+    except EdgepipeError as exc:
+        assert chosen == "libx265"
+        assert "no usable NVIDIA encoder" in str(exc) or "has no hevc_nvenc encoder" in str(exc)
+    else:
+        assert chosen == "hevc_nvenc"
+    packets = HevcEncoder(64, 64, encoder="auto").encode(image[:64, :64])
+    assert packets and packets[0].keyframe
 
 
 # --- JPEG 2000 at a target PSNR (Pillow / OpenJPEG) ---------------------------------------------
