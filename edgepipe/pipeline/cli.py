@@ -1,12 +1,17 @@
 """CLI commands of the pipeline: capture (device), monitor (server), demo (both on loopback)."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
+import socket
 import threading
 
 import click
+from click.core import ParameterSource
 
+from edgepipe.errors import EdgepipeError
+from edgepipe.pipeline.codecs import CRF_RANGE, SETTING_RANGES, X265_PRESETS
 from edgepipe.pipeline.config import config_option
 from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS
 
@@ -35,6 +40,58 @@ def _security_options(f):
                         help="This side's CURVE secret key: a .key_secret file or credential:NAME (systemd).")(f)
 
 
+def _check_endpoint(flag: str, endpoint: str, bind: bool) -> None:
+    """tcp://HOST:PORT or ipc://PATH, checked before any socket exists; a bind also needs a local host."""
+    scheme, sep, rest = endpoint.partition("://")
+    problem = f"{flag}: cannot {'bind' if bind else 'connect to'} {endpoint}"
+    example = "tcp://0.0.0.0:5555" if bind else "tcp://camera:5555"
+    if not sep or scheme not in ("tcp", "ipc") or not rest:
+        raise EdgepipeError(f"{problem}: an endpoint is tcp://HOST:PORT or ipc://PATH, e.g. {example}")
+    if scheme == "ipc":
+        return
+    host, _, port = rest.rpartition(":")
+    lowest, ports = (0, "1..65535, or 0 or * for any free one") if bind else (1, "1..65535")
+    if not host or not (port.isdigit() and lowest <= int(port) <= 65535 or bind and port == "*"):
+        raise EdgepipeError(f"{problem}: it needs tcp://HOST:PORT with a port {ports}, e.g. {example}")
+    if bind and not _local_host(host):
+        raise EdgepipeError(f"{problem}: {host} is not this machine's; a bind needs an IPv4 address or host name of "
+                            "this machine, an interface name (e.g. eth0), or 0.0.0.0 / * for all interfaces")
+
+
+def _local_host(host: str) -> bool:
+    """Whether ZeroMQ (IPv4, as the sockets are set up) can bind on `host`, found without touching the port."""
+    if host == "*" or host in {name for _, name in socket.if_nameindex()}:
+        return True
+    try:
+        address = str(ipaddress.IPv4Address(host)) if host[:1].isdigit() else socket.gethostbyname(host)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))  # any free port: only "is this address mine" is asked
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _check_codec_settings(codec: str, qp: int, crf: float | None) -> None:
+    """--qp means what --codec says and has its range; --crf replaces it (HEVC only)."""
+    ctx = click.get_current_context()
+    if crf is not None:
+        if codec != "hevc":
+            raise EdgepipeError(f"--crf is for --codec hevc only; {codec} takes --qp")
+        if ctx.get_parameter_source("qp") is not ParameterSource.DEFAULT:
+            raise EdgepipeError("--crf and --qp are exclusive: give one (CRF: constant quality, QP: fixed quantiser)")
+        if not CRF_RANGE[0] <= crf <= CRF_RANGE[1]:
+            raise EdgepipeError(f"--crf must be {CRF_RANGE[0]}..{CRF_RANGE[1]}, got {crf:g}")
+        return
+    meaning, low, high = SETTING_RANGES[codec]
+    if not low <= qp <= high:
+        raise EdgepipeError(f"--qp {qp} is out of range: for --codec {codec} it is the {meaning}, {low}..{high}")
+
+
+def _check_stream_id(stream_id: str) -> None:
+    if not 1 <= len(stream_id.encode()) <= 255:  # the frame header stores it in at most 255 bytes
+        raise EdgepipeError(f"--stream-id must be 1..255 bytes of UTF-8, got {len(stream_id.encode())}")
+
+
 def _write_json(data: dict, path: str | None) -> None:
     if path:
         from edgepipe.pipeline.monitor import write_report
@@ -56,19 +113,24 @@ def _write_json(data: dict, path: str | None) -> None:
 @click.option("--metrics", default=None, help="Serve Prometheus metrics on PORT, :PORT or HOST:PORT.")
 @click.option("--codec", type=click.Choice(["hevc", "jpeg", "jpeg2000"]), default="hevc", show_default=True)
 @click.option("--qp", type=int, default=32, show_default=True,
-              help="HEVC QP (0-51); JPEG quality or JPEG 2000 compression x1000 for those codecs.")
-@click.option("--crf", type=float, default=None, help="HEVC constant rate factor instead of a fixed QP.")
-@click.option("--gop", type=int, default=30, show_default=True, help="Frames per keyframe; 0 = intra-only.")
-@click.option("--preset", default="ultrafast", show_default=True, help="x265 preset.")
-@click.option("--encoder", type=click.Choice(["libx265", "hevc_nvenc", "auto"]), default="libx265", show_default=True)
-@click.option("--frames", type=int, default=None, help="Stop after N frames.")
-@click.option("--size", default=None, help="Resize frames to WIDTHxHEIGHT (made even).")
+              help="HEVC QP (0-51); JPEG quality (1-100) or JPEG 2000 compression x1000 (1-1000) for those codecs.")
+@click.option("--crf", type=float, default=None, help="HEVC constant rate factor (0-51) instead of a fixed QP.")
+@click.option("--gop", type=click.IntRange(min=0), default=30, show_default=True,
+              help="Frames per keyframe; 0 = intra-only.")
+@click.option("--preset", type=click.Choice(X265_PRESETS), default="ultrafast", show_default=True,
+              help="libx265 preset (hevc_nvenc always runs its low-latency p1).")
+@click.option("--encoder", type=click.Choice(["libx265", "hevc_nvenc", "auto"]), default="libx265", show_default=True,
+              help="auto: hevc_nvenc where an NVIDIA encoder opens, else libx265.")
+@click.option("--frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
+@click.option("--size", default=None, help="Resize frames to WIDTHxHEIGHT (made even; each side 16-8192).")
 @click.option("--crop", is_flag=True, help="Centre-crop to the --size aspect before resizing.")
 @click.option("--realtime", is_flag=True, help="Pace files and folders at the source's frame rate (or --fps).")
-@click.option("--fps", type=float, default=None, help="Pacing rate for sources without one (folders).")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Pacing rate for sources without one (folders).")
 @click.option("--loop", "loop_source", is_flag=True, help="Replay a file or folder forever.")
 @click.option("--stream-id", default="cam0", show_default=True, help="Name of this camera in the stream header.")
-@click.option("--wait-subscriber", type=float, default=0.0, help="Wait up to S seconds for a monitor to join.")
+@click.option("--wait-subscriber", type=click.FloatRange(min=0), default=0.0,
+              help="Wait up to S seconds for a monitor to join.")
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), default=None, help="Write loop statistics as JSON.")
 def capture(source, engine, publish, control, key, insecure, allow, metrics, codec, qp, crf, gop, preset, encoder,
             frames, size, crop, realtime, fps, loop_source, stream_id, wait_subscriber, stats_path, print_config):
@@ -84,19 +146,21 @@ def capture(source, engine, publish, control, key, insecure, allow, metrics, cod
         return
     stop = _stop_on_signals()  # first: a SIGTERM while the model loads still ends cleanly
     from edgepipe.pipeline.capture import CaptureSettings
-    from edgepipe.pipeline.codecs import check_hevc_support
-    from edgepipe.pipeline.service import CaptureService, SecurityOptions, ServiceOptions
+    from edgepipe.pipeline.codecs import resolve_encoder
+    from edgepipe.pipeline.service import SecurityOptions, ServiceOptions
     from edgepipe.pipeline.sources import parse_size
 
-    if codec == "hevc" and encoder != "auto":
-        check_hevc_support(encoder)
+    # Flags first, then keys, source and model: sockets bind only once all of them are good.
+    _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf)
+    if codec == "hevc":
+        encoder = resolve_encoder(encoder)
     settings = CaptureSettings(source=source, publish=publish, engine=engine, codec=codec, qp=qp, crf=crf, gop=gop,
                                preset=preset, encoder=encoder, frames=frames, size=parse_size(size), crop=crop,
                                realtime=realtime, fps=fps, loop=loop_source, stream_id=stream_id,
                                wait_subscriber_s=wait_subscriber)
     options = ServiceOptions(control=control, metrics=metrics,
                              security=SecurityOptions(key=key, allow=tuple(allow), insecure=insecure))
-    service = CaptureService(settings, options)
+    service = _capture_service(settings, options)
     loop = service.loop
     secure = "CURVE" if service.curve else "plain text"
     click.echo(f"capture: {loop.source.name} -> {loop.engine.model_id} -> {codec} -> {publish} ({secure})", err=True)
@@ -112,6 +176,41 @@ def capture(source, engine, publish, control, key, insecure, allow, metrics, cod
                f"{summary['loop_fps']} frames/s; dropped: {drops}", err=True)
 
 
+def _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf) -> None:
+    """Every capture flag that can be judged without opening anything."""
+    from edgepipe.pipeline.metrics import parse_listen
+
+    for flag, endpoint in (("--publish", publish), ("--control", control)):
+        if endpoint:
+            _check_endpoint(flag, endpoint, bind=True)
+    if metrics:
+        parse_listen(metrics)
+    _check_stream_id(stream_id)
+    _check_codec_settings(codec, qp, crf)
+
+
+def _capture_service(settings, options):
+    """Keys, source and model before the service binds its sockets (it would find their problems after)."""
+    from edgepipe.engines import load_engine
+    from edgepipe.pipeline.security import check_plaintext_allowed
+    from edgepipe.pipeline.service import CaptureService, server_curve
+    from edgepipe.pipeline.sources import open_source
+
+    if server_curve(options.security) is None and not options.security.insecure:
+        for endpoint in filter(None, (settings.publish, options.control)):
+            check_plaintext_allowed(endpoint.replace("://*:", "://0.0.0.0:"), False, "capture")  # as bound
+    source = open_source(settings.source, settings.size, settings.crop, settings.loop)
+    engine = None
+    try:
+        engine = load_engine(settings.engine)
+        return CaptureService(settings, options, source=source, engine=engine)
+    except BaseException:
+        source.close()  # closing twice is harmless where the service's loop closed them already
+        if engine is not None:
+            engine.close()
+        raise
+
+
 @click.command()
 @config_option
 @click.option("--connect", required=True, help="ZeroMQ endpoint of a capture, e.g. tcp://camera:5555.")
@@ -125,8 +224,9 @@ def capture(source, engine, publish, control, key, insecure, allow, metrics, cod
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Recognizer weights (vgg16).")
 @click.option("--no-classify", is_flag=True, help="Account rate and loss only.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
-@click.option("--frames", type=int, default=None, help="Stop after N decoded frames.")
-@click.option("--idle-timeout", type=float, default=None, help="Stop after S seconds without a message.")
+@click.option("--frames", type=click.IntRange(min=1), default=None, help="Stop after N decoded frames.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after S seconds without a message.")
 def monitor(connect, control, key, insecure, server_key, metrics, recognizer, weights, no_classify, report_path,
             frames, idle_timeout, print_config):
     """Server side: decode, classify and report accuracy against bitrate.
@@ -139,9 +239,15 @@ def monitor(connect, control, key, insecure, server_key, metrics, recognizer, we
         click.echo(effective_settings(click.get_current_context()))
         return
     stop = _stop_on_signals()
+    from edgepipe.pipeline.metrics import parse_listen
     from edgepipe.pipeline.monitor import format_table
     from edgepipe.pipeline.service import MonitorService, SecurityOptions, ServiceOptions, client_curve
 
+    _check_endpoint("--connect", connect, bind=False)
+    if control:
+        _check_endpoint("--control", control, bind=False)
+    if metrics:
+        parse_listen(metrics)
     options = ServiceOptions(control=control, metrics=metrics,
                              security=SecurityOptions(key=key, server_key=server_key, insecure=insecure))
     client_curve(options.security)  # key problems before the (slow) recognizer loads
@@ -168,15 +274,19 @@ def monitor(connect, control, key, insecure, server_key, metrics, recognizer, we
               help="Labelled ImageNet-layout folder (default: the 50 bundled Imagenette images).")
 @click.option("--engine", "engines", multiple=True,
               help="Pre-transform(s) to compare (repeatable; default: none and the shipped ours).")
-@click.option("--qp", "qps", type=int, multiple=True, help="HEVC QPs (repeatable; default 27 32 37 42).")
+@click.option("--qp", "qps", type=click.IntRange(0, 51), multiple=True,
+              help="HEVC QPs, 0-51 (repeatable; default 27 32 37 42).")
 @click.option("--recognizer", type=click.Choice(RECOGNIZERS), default=DEFAULT_RECOGNIZER, show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False), default=None)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
 def demo(data, engines, qps, recognizer, weights, report_path):
     """Whole pipeline on loopback with real images; prints the accuracy/bitrate table."""
+    from edgepipe.datasets import list_labelled_images
     from edgepipe.pipeline.demo import DEFAULT_QPS, default_engines, run_demo
     from edgepipe.pipeline.monitor import format_table, write_report
 
+    if data:
+        list_labelled_images(data)  # a wrong folder is named before the recognizer loads and sockets bind
     asked = list(engines)
     engines = asked or default_engines()
     if not asked and engines == ["none"]:  # an install without the shipped model files
