@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,17 @@ def save_checkpoint(path: str | Path, model: EncoderDecoder, **extra: Any) -> No
             tmp.unlink()
 
 
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    """torch.load's error in a few words (its own runs to paragraphs of advice about weights_only)."""
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if refused:
+        return (f"it holds pickled Python objects such as {refused.group(1)}, which edgepipe does not unpickle; "
+                "edgepipe train saves tensors and plain values only")
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    return "not a PyTorch file, or a damaged one"
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict, validated: format tag and version. EdgepipeError (one line) otherwise."""
     path = Path(path)
@@ -178,8 +190,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors of many types all mean "not a checkpoint"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EdgepipeError(f"{path} is not a readable checkpoint: {first[:160]}") from None
+        raise EdgepipeError(f"{path} is not an edgepipe ED checkpoint (not a readable checkpoint: "
+                            f"{_unreadable_reason(path, exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise EdgepipeError(f"{path} is not an edgepipe ED checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
     if ckpt.get("version") != CHECKPOINT_VERSION:
