@@ -38,21 +38,21 @@ def build_engine(model: str, output: Path | None, precision: str, shapes: str, m
     from edgepipe.engines.tensorrt_build import (BuildOptions, Int8Options, import_tensorrt, parse_shapes,
                                                  parse_size, parse_workspace)
 
-    # Options first (pure parsing), then TensorRT, then files: the most basic problem is named first.
+    # Options first (pure parsing), then files, then TensorRT: a typo is named before a missing install.
     options = BuildOptions(
         precision=precision, shapes=parse_shapes(shapes, max_batch), workspace=parse_workspace(workspace),
         int8=Int8Options(data=calib_data, size=parse_size(calib_size), batch_size=calib_batch,
                          max_images=calib_images),
         progress=not no_progress,
     )
-    trt = import_tensorrt("build-engine")
-    from edgepipe.engines.tensorrt_build import builder_for
-
     onnx = resolve_model(model)
     if not onnx.is_file():
         raise EdgepipeError(f"ONNX model not found: {onnx}")
     if onnx.suffix.lower() != ".onnx":
         raise EdgepipeError(f"build-engine takes an ONNX model, got {onnx.name}")
+    trt = import_tensorrt("build-engine")
+    from edgepipe.engines.tensorrt_build import builder_for
+
     options.int8.cache = calib_cache or default_cache_path(onnx)
     output = output or Path.cwd() / f"{onnx.stem}-{precision}.plan"
     sidecar = builder_for(trt).build(onnx, output, options)
