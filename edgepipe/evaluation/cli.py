@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS
+
 log = logging.getLogger(__name__)
 
 
@@ -19,7 +21,8 @@ def _split(value: str) -> list[str]:
 
 @click.command("eval")
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="Labelled folder ROOT/<synset>/*.JPEG.")
-@click.option("--recognizer", default="efficientnet-lite0", show_default=True, help="efficientnet-lite0 or vgg16.")
+@click.option("--recognizer", type=click.Choice(RECOGNIZERS), default=DEFAULT_RECOGNIZER, show_default=True,
+              help="Frozen recognizer (vgg16 needs --weights).")
 @click.option("--weights", default=None, type=click.Path(dir_okay=False), help="Recognizer weights (vgg16 needs them).")
 @click.option("--pre", "pre", default="none,tvl1", show_default=True,
               help="Comma list: none, tvl1 (or tvl1:LAMBDA), model files or shipped model names (ours, palacio, ...).")

@@ -7,13 +7,15 @@ import logging
 
 import click
 
+from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS
+
 log = logging.getLogger(__name__)
 
 
 @click.command()
 @click.option("--data", required=True, type=click.Path(), help="Training images, ImageNet layout ROOT/<synset>/*.")
-@click.option("--recognizer", default="efficientnet-lite0", show_default=True,
-              help="Frozen recognizer: efficientnet-lite0 or vgg16.")
+@click.option("--recognizer", type=click.Choice(RECOGNIZERS), default=DEFAULT_RECOGNIZER, show_default=True,
+              help="Frozen recognizer (vgg16 needs --weights).")
 @click.option("--weights", type=click.Path(), default=None, help="Recognizer weight file (vgg16 needs one).")
 @click.option("--lambda-tv", "lambda_tv", type=float, default=1.0, show_default=True,
               help="Weight of the per-pixel anisotropic TV term.")
