@@ -2,6 +2,9 @@
 # Each creates the virtual environment when it is missing.
 PYTHON ?= python3
 VENV ?= .venv
+# Index torch comes from; empty: pip's own configuration. Plain PyPI serves the multi-GB CUDA build on
+# Linux: TORCH_INDEX=https://download.pytorch.org/whl/cpu gets the CPU build.
+TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgepipe-installed
 
@@ -10,8 +13,8 @@ STAMP := $(VENV)/.edgepipe-installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# CPU build of torch first, so the range in setup.cfg pulls no multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
+	# torch first, pinned and from TORCH_INDEX when set, so the range in setup.cfg pulls no other build.
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
