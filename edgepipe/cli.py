@@ -25,6 +25,7 @@ COMMANDS = {
     "build-engine": "edgepipe.engines.tensorrt_cli:build_engine",
     "calibrate": "edgepipe.calibration.cli:calibrate",
     "keys": "edgepipe.pipeline.keys_cli:keys",
+    "recognizer-repo": "edgepipe.recognition.triton_repo:recognizer_repo",
 }
 
 HELP = {
@@ -39,6 +40,7 @@ HELP = {
     "build-engine": "Build a TensorRT .plan from an ONNX model.",
     "calibrate": "INT8 calibration data for TensorRT from real images.",
     "keys": "Generate CURVE key pairs for secure transport.",
+    "recognizer-repo": "Write a Triton model repository (ONNX + config) for a recognizer.",
 }
 
 
