@@ -87,8 +87,8 @@ def _check_codec_settings(codec: str, qp: int, crf: float | None) -> None:
         raise EdgepipeError(f"--qp {qp} is out of range: for --codec {codec} it is the {meaning}, {low}..{high}")
 
 
-def _check_stream_id(stream_id: str) -> None:
-    if not 1 <= len(stream_id.encode()) <= 255:  # the frame header stores it in at most 255 bytes
+def _check_stream_id(stream_id: str | None) -> None:
+    if stream_id is not None and not 1 <= len(stream_id.encode()) <= 255:  # the frame header stores it in at most 255 bytes
         raise EdgepipeError(f"--stream-id must be 1..255 bytes of UTF-8, got {len(stream_id.encode())}")
 
 
@@ -128,7 +128,8 @@ def _write_json(data: dict, path: str | None) -> None:
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Pacing rate for sources without one (folders).")
 @click.option("--loop", "loop_source", is_flag=True, help="Replay a file or folder forever.")
-@click.option("--stream-id", default="cam0", show_default=True, help="Name of this camera in the stream header.")
+@click.option("--stream-id", default=None,
+              help="Name of this camera in the stream header [default: cam-<hostname>].")
 @click.option("--wait-subscriber", type=click.FloatRange(min=0), default=0.0,
               help="Wait up to S seconds for a monitor to join.")
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), default=None, help="Write loop statistics as JSON.")
