@@ -22,10 +22,8 @@ from edgepipe.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
 
-# The setting each codec takes (`encode_image`'s quality), its range, and a default in the useful range.
-QUALITY_RANGE = {"hevc": (0, 51), "jpeg": (1, 100), "jpeg2000": (1, 1000), "jpeg2000-db": (1, 100)}
+# A default setting in each codec's useful range (the ranges themselves are the codecs' own, SETTING_RANGES).
 DEFAULT_QUALITY = {"hevc": 37, "jpeg": 20, "jpeg2000": 20, "jpeg2000-db": 30}
-QUALITY_NAME = {"hevc": "QP", "jpeg": "quality", "jpeg2000": "rate x1000", "jpeg2000-db": "target dB"}
 SETTING_TITLE = {"hevc": "HEVC QP {}", "jpeg": "JPEG q{}", "jpeg2000": "JPEG 2000 rate {}",
                  "jpeg2000-db": "JPEG 2000 {} dB"}
 MIN_SIDE = 16
@@ -74,13 +72,13 @@ class Preview:
 
 def check_codec_setting(codec: str, quality: int | None) -> int:
     """The codec's setting, defaulted, or a one-line error when the codec is unknown or it is out of range."""
-    if codec not in QUALITY_RANGE:
-        raise EdgepipeError(f"unknown codec {codec!r}; choose one of {', '.join(QUALITY_RANGE)}")
+    from edgepipe.pipeline.codecs import check_setting
+
+    if codec not in DEFAULT_QUALITY:
+        raise EdgepipeError(f"unknown codec {codec!r}; choose one of {', '.join(DEFAULT_QUALITY)}")
     if quality is None:
         return DEFAULT_QUALITY[codec]
-    lo, hi = QUALITY_RANGE[codec]
-    if not lo <= quality <= hi:
-        raise EdgepipeError(f"--qp {quality} is out of range for {codec} ({QUALITY_NAME[codec]} {lo}..{hi})")
+    check_setting(codec, quality)
     return int(quality)
 
 

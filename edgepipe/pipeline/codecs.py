@@ -32,7 +32,8 @@ X265_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
                 "placebo")
 # What each codec's one number means and accepts: HEVC QP (and CRF), JPEG quality, OpenCV's
 # IMWRITE_JPEG2000_COMPRESSION_X1000 (OpenCV replaces anything outside 1..1000 by 1, with a warning each frame).
-SETTING_RANGES = {"hevc": ("QP", 0, 51), "jpeg": ("quality", 1, 100), "jpeg2000": ("compression x1000", 1, 1000)}
+SETTING_RANGES = {"hevc": ("QP", 0, 51), "jpeg": ("quality", 1, 100), "jpeg2000": ("compression x1000", 1, 1000),
+                  "jpeg2000-db": ("target dB", 1, 100)}  # stills only (eval, preview): not a stream codec
 CRF_RANGE = (0, 51)
 
 

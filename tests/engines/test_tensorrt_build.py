@@ -206,7 +206,8 @@ def _one_line_error(result) -> str:
 
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here: the CLI would really build")
 def test_build_engine_without_tensorrt_says_so_in_one_line(tmp_path):
-    result = CliRunner().invoke(cli, ["build-engine", "x.onnx", "-o", str(tmp_path / "x.plan")])
+    model = export_tiny_net(tmp_path / "x.onnx")  # a real model, so the missing TensorRT is what is left to name
+    result = CliRunner().invoke(cli, ["build-engine", str(model), "-o", str(tmp_path / "x.plan")])
     line = _one_line_error(result)
     assert "TensorRT is not installed" in line
     assert not (tmp_path / "x.plan").exists()
