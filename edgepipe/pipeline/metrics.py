@@ -226,6 +226,15 @@ class MonitorCollector:
         for stage, (count, total) in sorted(timings.items()):
             secs.add_metric([stage], count_value=count, sum_value=total)
         yield secs
+        sub = m.subscriber
+        if sub is not None:
+            yield Gauge(p + "connected", "Connections to captures up now.", value=sub.connected)
+            yield Gauge(p + "transport_healthy", "0 while a connection the transport dropped is not repaired.",
+                        value=int(sub.healthy()))
+            yield Counter_(p + "transport_drops", "Connections the transport dropped without retrying "
+                                                 "(a message over the size limit, a protocol error).", value=sub.drops)
+            yield Counter_(p + "transport_repairs", "Such connections made again by the monitor.", value=sub.repairs)
+            yield Counter_(p + "disconnects", "Connections lost, for any reason.", value=sub.disconnects)
         if self.control is not None:
             yield Counter_(p + "keyframe_requests", "Keyframe requests sent to the capture after a loss.",
                            value=self.control.sent)

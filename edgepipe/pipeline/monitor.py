@@ -226,6 +226,11 @@ class Monitor:
         self.subscriber = subscriber
         self.on_loss = on_loss  # hook for the keyframe back channel
         self.ticks = 0  # decoding-loop iterations
+        # The watchdog's sign of life: rises with every message handled, and while idle only if the
+        # transport is healthy (connected, or reconnecting by itself). A connection the transport
+        # dropped for good, or a stuck decoder or classifier, stops it.
+        self.alive = 0
+        self.last_message_at: float | None = None  # monitor clock of the last message (None: none yet)
         self.timings = {"decode": [0, 0.0], "classify": [0, 0.0]}  # stage -> [frames, seconds]
         self.streams: dict[tuple[str, int], StreamState] = {}  # every (stream, epoch) kept, flat
         self._ids: dict[str, _Stream] = {}
@@ -235,7 +240,8 @@ class Monitor:
         self.rows: OrderedDict[tuple[str, str, int, str], RateAccount] = OrderedDict()  # LRU first
         self.expired: Counter = Counter()  # what was folded to stay bounded: counts kept, memory freed
         self.rejects: Counter = Counter()
-        self.messages = 0
+        self.messages = 0  # messages counted (as soon as their handling starts)
+        self.settled = 0  # messages whose handling is complete, report rows included
         self.decoded = 0
         self.backlog = _Backlog(self.limits.queue_bytes, self.limits.queue_messages)
         self._last_reject_log = 0.0
@@ -246,7 +252,13 @@ class Monitor:
 
     def handle(self, parts: list[bytes], received_at: float | None = None) -> np.ndarray | None:
         """Process one message; returns the decoded frame, or None when it was rejected or skipped."""
-        received_at = time.time() if received_at is None else received_at
+        try:
+            return self._handle(parts, time.time() if received_at is None else received_at)
+        finally:
+            with self._lock:
+                self.settled += 1
+
+    def _handle(self, parts: list[bytes], received_at: float) -> np.ndarray | None:
         with self._lock:
             self.messages += 1
             try:
@@ -310,6 +322,7 @@ class Monitor:
         received_at = time.time() if received_at is None else received_at
         with self._lock:
             self.messages += 1
+            self.settled += 1
             try:
                 header, _ = parse_message(parts)
             except ProtocolError as exc:
@@ -524,13 +537,17 @@ class Monitor:
                     next_sweep = now + 1.0
                 item = self.backlog.get(poll_s)
                 if item is None:
+                    if self.subscriber is None or self.subscriber.healthy():
+                        self.alive += 1
                     if idle_timeout is not None and time.monotonic() - last_message > idle_timeout:
                         break
                     if not receiver.is_alive():
                         break
                     continue
                 last_message = time.monotonic()
+                self.last_message_at = time.time()
                 self.handle(*item)
+                self.alive += 1
                 if max_frames is not None and self.decoded >= max_frames:
                     break
         finally:
@@ -584,6 +601,10 @@ class Monitor:
                 "streams": streams,
                 "rows": rows,
             }
+            if self.subscriber is not None:
+                sub = self.subscriber
+                out["transport"] = {"connected": sub.connected, "disconnects": sub.disconnects, "drops": sub.drops,
+                                    "repairs": sub.repairs}
             if self.expired or folded_received or folded_lost:
                 out["expired"] = {"streams": self.expired["streams"], "epochs": self.expired["epochs"],
                                   "received": folded_received, "lost": folded_lost,

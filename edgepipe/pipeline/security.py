@@ -343,6 +343,7 @@ class HandshakeWatcher:
         self._watched: list[tuple[str, object, object]] = []  # (role, socket, monitor PAIR)
         self._last_log: dict[tuple[str, str], float] = {}
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def watch(self, sock, role: str) -> None:
@@ -367,28 +368,34 @@ class HandshakeWatcher:
         for role, _sock, mon in self._watched:
             poller.register(mon, zmq.POLLIN)
             roles[mon] = role
-        names = {getattr(zmq, n): cause for n, cause in _EVENT_CAUSES.items()}
         while not self._stop.is_set():
             for mon, _ in poller.poll(100):
                 try:
                     event = recv_monitor_message(mon)
                 except zmq.ZMQError:
                     continue
-                if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    self.succeeded += 1
-                    continue
-                cause = names.get(event["event"])
-                if cause is None:
-                    continue
-                self.failures[cause] += 1
-                role = roles[mon]
-                endpoint = event.get("endpoint", b"")
-                endpoint = endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else str(endpoint)
-                now = time.monotonic()
-                if now - self._last_log.get((role, cause), -1e9) > _LOG_EVERY_S:
-                    self._last_log[(role, cause)] = now
-                    log.warning("%s %s: CURVE handshake failed (%s, code %s): %s; %d failed so far", role, endpoint,
-                                cause, event.get("value"), _explain(role, cause), sum(self.failures.values()))
+                self.record(roles[mon], event)
+
+    def record(self, role: str, event: dict) -> None:
+        """Count and log one socket-monitor event; also for sockets that run their own monitor
+        (transport.Subscriber forwards its events here: a socket has only one monitor)."""
+        import zmq
+
+        with self._lock:
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.succeeded += 1
+                return
+            cause = {getattr(zmq, name): c for name, c in _EVENT_CAUSES.items()}.get(event["event"])
+            if cause is None:
+                return
+            self.failures[cause] += 1
+            endpoint = event.get("endpoint", b"")
+            endpoint = endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else str(endpoint)
+            now = time.monotonic()
+            if now - self._last_log.get((role, cause), -1e9) > _LOG_EVERY_S:
+                self._last_log[(role, cause)] = now
+                log.warning("%s %s: CURVE handshake failed (%s, code %s): %s; %d failed so far", role, endpoint,
+                            cause, event.get("value"), _explain(role, cause), sum(self.failures.values()))
 
     def stop(self) -> None:
         """Stops the thread and the libzmq monitors; call before closing the watched sockets."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -165,7 +166,7 @@ class MonitorService:
                 self.control = ControlClient(options.control, self.context, curve)
             if curve is not None:
                 self.handshakes = HandshakeWatcher(self.context)
-                self.handshakes.watch(self.subscriber.sock, "monitor data")
+                self.subscriber.on_event = lambda event: self.handshakes.record("monitor data", event)
                 if self.control is not None:
                     self.handshakes.watch(self.control.sock, "monitor control")
             self.monitor = Monitor(classify, self.subscriber,
@@ -181,8 +182,17 @@ class MonitorService:
             raise
 
     def status(self) -> str:
-        rep = self.monitor.report()
-        return f"decoded {rep['decoded']} frames, lost {rep['lost']}, rejected {sum(rep['rejects'].values())}"
+        m = self.monitor
+        rep = m.report()
+        line = f"decoded {rep['decoded']} frames, lost {rep['lost']}, rejected {sum(rep['rejects'].values())}"
+        sub = self.subscriber
+        if sub is not None and not sub.healthy():  # the watchdog is not fed: say why before systemd acts
+            return line + "; connection dropped by the transport, not repaired"
+        idle = time.time() - m.last_message_at if m.last_message_at is not None else None
+        if idle is None or idle > 10:  # an explicit idle state: systemctl status says why nothing moves
+            link = "connected" if sub is not None and sub.connected else "not connected"
+            line += f"; idle ({'no message yet' if idle is None else f'no message for {idle:.0f} s'}, {link})"
+        return line
 
     def run(self, stop: threading.Event | None = None, max_frames: int | None = None,
             idle_timeout: float | None = None) -> dict:
@@ -192,7 +202,7 @@ class MonitorService:
         if self.handshakes is not None:
             self.handshakes.start()
         notifier = Notifier()
-        watchdog = FlowWatchdog(notifier, lambda: self.monitor.ticks, stop, self.status)
+        watchdog = FlowWatchdog(notifier, lambda: self.monitor.alive, stop, self.status)
         watchdog.ready()
         try:
             self.monitor.run(stop, max_frames=max_frames, idle_timeout=idle_timeout)

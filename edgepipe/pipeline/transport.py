@@ -28,6 +28,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from edgepipe.errors import EdgepipeError
 
@@ -262,7 +263,16 @@ class Publisher:
 class Subscriber:
     """Monitor side. Connects a SUB socket subscribed to everything.
 
+    The connection is kept: libzmq reconnects by itself after a network error, but after a protocol
+    error (a message over max_message_bytes, a malformed ZMTP frame) it drops the peer for good. A
+    socket monitor sees the disconnect; when libzmq does not retry within `repair_after_s`, this
+    side disconnects and connects the endpoint again (counted in `drops` and `repairs`). `healthy()`
+    is False only while such a drop is not repaired. Handshake events go to `on_event(event)`
+    (security.HandshakeWatcher.record), since a socket has one monitor.
+
     `curve`: a security.CurveClient (the capture is the CURVE server); None for plain text."""
+
+    repair_after_s = 0.5
 
     def __init__(self, endpoint: str, defaults: SocketDefaults = DEFAULTS, context=None, curve=None):
         import zmq
@@ -281,13 +291,113 @@ class Subscriber:
         self.endpoint = endpoint
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.poll_ms = defaults.poll_ms
+        self.on_event: Callable[[dict], None] | None = None
+        self.connected = 0  # connections up now
+        self.drops = 0  # connections the transport dropped without retrying (protocol errors)
+        self.repairs = 0  # ... and re-made here
+        self.disconnects = 0  # every lost connection, retried by libzmq or not
+        self._dropped: dict[str, float] = {}  # endpoint -> when it was disconnected and not (yet) retried
+        self._broken = False  # a repair failed: unhealthy until the process restarts
+        self._consecutive = 0  # repairs since the last message: each waits twice as long (max 5 s)
+        self._last_log = float("-inf")
+        self._monitor = self.sock.get_monitor_socket()
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         _connect(self.sock, endpoint)
 
     def recv(self, timeout_ms: int | None = None) -> list[bytes] | None:
         """The next multipart message, or None after the timeout."""
-        if not self.sock.poll(self.poll_ms if timeout_ms is None else timeout_ms, self._zmq.POLLIN):
-            return None
-        return self.sock.recv_multipart(copy=True)
+        zmq = self._zmq
+        timeout = self.poll_ms if timeout_ms is None else timeout_ms
+        deadline = time.monotonic() + timeout / 1000
+        while True:
+            ready = dict(self._poller.poll(timeout))
+            if self._monitor in ready:
+                self._events()
+            self._repair_if_dropped()
+            if self.sock in ready or self.sock.poll(0, zmq.POLLIN):
+                self._consecutive = 0
+                return self.sock.recv_multipart(copy=True)
+            timeout = int(max(0.0, deadline - time.monotonic()) * 1000)
+            if timeout <= 0:
+                return None
+
+    def healthy(self) -> bool:
+        """False while the transport has dropped the peer and not been reconnected."""
+        if self._broken:
+            return False
+        now = time.monotonic()
+        return all(now - t < self._repair_delay() + 1.0 for t in self._dropped.values())
+
+    def _repair_delay(self) -> float:
+        return min(5.0, self.repair_after_s * 2 ** self._consecutive)
+
+    def _events(self) -> None:
+        zmq = self._zmq
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor.poll(0):
+            try:
+                event = recv_monitor_message(self._monitor)
+            except zmq.ZMQError:
+                return
+            kind = event["event"]
+            endpoint = event.get("endpoint", b"")
+            endpoint = endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else str(endpoint)
+            if kind == zmq.EVENT_CONNECTED:
+                self.connected += 1
+                self._dropped.pop(endpoint, None)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self.connected = max(0, self.connected - 1)
+                self.disconnects += 1
+                self._dropped[endpoint] = time.monotonic()
+            elif kind in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECT_DELAYED):
+                self._dropped.pop(endpoint, None)  # libzmq is reconnecting by itself
+            if self.on_event is not None:
+                self.on_event(event)
+
+    def _repair_if_dropped(self) -> None:
+        now = time.monotonic()
+        due = [e for e, t in self._dropped.items() if now - t >= self._repair_delay()]
+        for endpoint in due:
+            del self._dropped[endpoint]
+            if not self._broken:
+                self._repair(self._target(endpoint))
+
+    def _target(self, endpoint: str) -> str:
+        """The endpoint to connect again: the event names the resolved address (tcp://10.0.0.2:5555)
+        where this side may have connected a host name (tcp://camera:5555): same port, ours."""
+        if endpoint == self.endpoint or not endpoint:
+            return self.endpoint
+        if endpoint.startswith("tcp://") and endpoint.rsplit(":", 1)[-1] == self.endpoint.rsplit(":", 1)[-1]:
+            return self.endpoint
+        return endpoint
+
+    def _repair(self, endpoint: str) -> None:
+        self.drops += 1
+        self._consecutive += 1
+        now = time.monotonic()
+        if now - self._last_log > 30.0:
+            self._last_log = now
+            log.warning("the transport dropped %s without reconnecting (a message over the size limit or a "
+                        "protocol error); connecting again (%d so far)", endpoint, self.drops)
+        try:
+            self.sock.disconnect(endpoint)
+        except self._zmq.ZMQError:
+            pass  # libzmq already forgot the endpoint
+        try:
+            self.sock.connect(endpoint)
+        except self._zmq.ZMQError as exc:
+            log.error("cannot connect to %s again: %s", endpoint, exc)
+            self._broken = True  # unhealthy for good: the watchdog stops being fed, systemd restarts us
+            return
+        self.repairs += 1
 
     def close(self) -> None:
+        try:
+            self.sock.disable_monitor()
+        except self._zmq.ZMQError:
+            pass
+        self._monitor.close(0)
         self.sock.close()

@@ -3,8 +3,11 @@
 Type=notify: READY=1 once sockets are bound and the source and model are open; STOPPING=1 as soon
 as a stop is asked for. WatchdogSec=: WATCHDOG=1 is sent only while `progress()` keeps rising (for
 capture: frames out of the encoder, or reopen attempts of a camera that is down; for the monitor:
-iterations of its receive loop). A stuck camera read, encoder or classifier stops the count, the
-pings stop, and systemd restarts the service. Outside systemd every call is a no-op.
+messages handled, and while no message comes, turns of its loop only as long as the transport is
+healthy, i.e. connected or reconnecting: see Monitor.alive). A stuck camera read, encoder or
+classifier, or a connection the transport dropped and could not repair, stops the count, the pings
+stop, and systemd restarts the service. An idle monitor says so in STATUS=. Outside systemd every
+call is a no-op.
 """
 from __future__ import annotations
 

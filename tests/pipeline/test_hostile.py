@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from edgepipe.pipeline.monitor import Monitor, write_report
-from edgepipe.pipeline.transport import FrameHeader, Subscriber
+from edgepipe.pipeline.transport import DEFAULTS, FrameHeader, SocketDefaults, Subscriber
 
 from field_helpers import Feeder, Running, decode_frames, hevc_messages, wait_for
 
@@ -40,9 +40,9 @@ def forged(msg: list[bytes], **fields) -> list[bytes]:
 class Session:
     """A monitor subscribed to a Feeder, running in a thread."""
 
-    def __init__(self, **monitor_kwargs):
+    def __init__(self, defaults: SocketDefaults = DEFAULTS, **monitor_kwargs):
         self.feeder = Feeder()
-        self.sub = Subscriber(self.feeder.endpoint)
+        self.sub = Subscriber(self.feeder.endpoint, defaults)
         self.mon = Monitor(None, self.sub, **monitor_kwargs)
         self.run = Running(self.mon.run)
         self.feeder.wait_subscriber()
@@ -53,8 +53,9 @@ class Session:
         self.sent += 1
 
     def settle(self, timeout: float = 20.0) -> dict:
-        assert wait_for(lambda: self.mon.messages >= self.sent, timeout), (self.mon.messages, self.sent)
-        return self.mon.report()
+        mon = self.mon
+        assert wait_for(lambda: mon.settled >= self.sent, timeout), (mon.settled, self.sent)
+        return mon.report()
 
     def close(self) -> None:
         try:
@@ -255,3 +256,66 @@ def test_d_the_default_stream_id_is_unique_per_host():
     settings = CaptureSettings(source="x", publish="tcp://127.0.0.1:1")
     assert settings.stream_id == f"cam-{socket.gethostname().split('.')[0]}"
     assert CaptureSettings(source="x", publish="y", stream_id="door").stream_id == "door"
+
+
+# --- E: a message over the transport's size limit; liveness ----------------------------------------
+
+def oversize_and_wait_for_the_repair(s: Session, nbytes: int) -> None:
+    """Send one message over the subscriber's max_message_bytes: libzmq drops the connection without
+    retrying (it unsubscribes), and the monitor's side must connect again (it subscribes again)."""
+    s.feeder.send([FrameHeader("evil", 0, 1.0, "hevc", 4096, 4096, 30, True).pack(), bytes(nbytes)])
+    seen = []
+    while b"\x01" not in seen:
+        assert s.feeder.sock.poll(5000), f"the monitor never subscribed again (saw {seen})"
+        seen.append(s.feeder.sock.recv())
+    assert seen[0] == b"\x00"  # it was dropped first
+
+
+def test_e_a_message_over_the_size_limit_costs_one_reconnect_not_the_connection(real_stream):
+    with Session(SocketDefaults(max_message_bytes=200_000)) as s:
+        for msg in real_stream[:30]:
+            s.send(msg)
+        assert wait_for(lambda: s.mon.messages >= 30, 10)
+        oversize_and_wait_for_the_repair(s, 1_000_000)
+        for msg in real_stream[30:]:  # 60 frames before the fix: 30 decoded, the rest never arrived
+            s.send(msg)
+        rep = s.settle()
+    assert rep["decoded"] == 60 and rep["lost"] == 0 and not rep["rejects"]
+    assert rep["transport"]["drops"] == 1 and rep["transport"]["repairs"] == 1
+    real_stream_is_whole(rep, 60)
+
+
+def test_e_the_watchdog_is_fed_by_frames_or_a_healthy_idle_link_never_by_a_dead_one(real_stream, tmp_path,
+                                                                                      monkeypatch):
+    from test_systemd import NotifySocket
+
+    from edgepipe.pipeline.service import MonitorService
+
+    ns = NotifySocket(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(ns.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "300000")  # a check every 0.1 s
+    feeder = Feeder()
+    service = MonitorService(feeder.endpoint, None)
+    run = Running(service.run)
+    try:
+        feeder.wait_subscriber()
+        for msg in real_stream[:20]:
+            feeder.send(msg)
+        assert wait_for(lambda: service.monitor.decoded == 20, 10)
+        pings = len(ns.lines("WATCHDOG=1"))
+        assert wait_for(lambda: len(ns.lines("WATCHDOG=1")) > pings + 3, 5)  # idle, connected: still fed
+        service.subscriber._repair_if_dropped = lambda: None  # the fault: a drop that is never repaired
+        feeder.send([FrameHeader("evil", 0, 1.0, "hevc", 4096, 4096, 30, True).pack(), bytes(70 * 2**20)])
+        assert wait_for(lambda: not service.subscriber.healthy(), 10)
+        time.sleep(0.3)
+        dead_at = time.monotonic()
+        time.sleep(1.0)
+        fed_while_dead = [m for t, m in ns.messages if m == "WATCHDOG=1" and t > dead_at]
+        status = [m for t, m in ns.messages if m.startswith("STATUS=") and t > dead_at]
+    finally:
+        run.stop()
+        service.close()
+        feeder.close()
+        ns.close()
+    assert fed_while_dead == []  # systemd restarts it
+    assert status and "connection dropped by the transport, not repaired" in status[-1]
