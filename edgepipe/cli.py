@@ -40,7 +40,7 @@ HELP = {
     "build-engine": "Build a TensorRT .plan from an ONNX model.",
     "calibrate": "INT8 calibration data for TensorRT from real images.",
     "keys": "Generate CURVE key pairs for secure transport.",
-    "recognizer-repo": "Write a Triton model repository (ONNX + config) for a recognizer.",
+    "recognizer-repo": "Triton model repository (ONNX, config) for a recognizer.",
 }
 
 
