@@ -6,6 +6,8 @@ plans use); the two helpers below are the only place that conversion is written.
 """
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
@@ -17,6 +19,22 @@ class Engine(Protocol):
     def run(self, frames: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+def weights_id(tensors: Iterable[tuple[str, np.ndarray]]) -> str:
+    """8 hex digits naming a model by its float weights (name, shape, float32 values), not by its file.
+
+    An ED checkpoint (.pt, which also holds the optimiser) and its ONNX export carry the same tensors under
+    the same names, so both run as the same model id in the stream header and on the monitor's report.
+    """
+    h = hashlib.sha256()
+    for name, array in sorted(tensors, key=lambda t: t[0]):
+        if array.dtype.kind != "f":  # shape constants and indices are graph plumbing, not weights
+            continue
+        values = np.ascontiguousarray(array, dtype="<f4")
+        h.update(f"{name}{values.shape}".encode())
+        h.update(values.tobytes())
+    return h.hexdigest()[:8]
 
 
 def to_model_input(frames: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

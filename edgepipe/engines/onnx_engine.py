@@ -6,10 +6,23 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.engines.base import from_model_output, to_model_input
+from edgepipe.engines.base import from_model_output, to_model_input, weights_id
 from edgepipe.errors import EdgepipeError
 
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def onnx_weights_id(path: Path) -> str:
+    """The weights id of an ONNX model (as its source checkpoint's); the file hash for a graph without weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+        tensors = [(t.name, numpy_helper.to_array(t)) for t in graph.initializer]
+    except Exception:  # noqa: BLE001 - external data or an odd graph: fall back to the file's bytes
+        tensors = []
+    return weights_id(tensors) if tensors else hashlib.sha256(path.read_bytes()).hexdigest()[:8]
 
 
 class OnnxEngine:
@@ -35,7 +48,7 @@ class OnnxEngine:
             raise EdgepipeError(f"{path}: expected one input and one output, got {len(inputs)} and {len(outputs)}")
         self._input, self._output = inputs[0].name, outputs[0].name
         self.providers = self._session.get_providers()
-        self.model_id = f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
+        self.model_id = f"{path.stem}-{onnx_weights_id(path)}"  # the same id as its source checkpoint
 
     def run(self, frames: np.ndarray) -> np.ndarray:
         y = self._session.run([self._output], {self._input: to_model_input(frames)})[0]

@@ -41,13 +41,14 @@ class PlanSidecar:
     workspace_bytes: int | None = None
     calibration: dict[str, Any] | None = None  # how INT8 scales were made (cache, Q/DQ model, images)
     built_at: str = ""
+    weights_id: str = ""  # the source model's weights id (engines.base.weights_id); "" in older sidecars
     format: str = SIDECAR_FORMAT
     version: int = SIDECAR_VERSION
 
     @property
     def model_id(self) -> str:
         """Travels in the stream header: the source model's id as the ONNX engine names it, plus how it runs."""
-        return f"{Path(self.onnx_name).stem}-{self.onnx_sha256[:8]}-trt-{self.precision}"
+        return f"{Path(self.onnx_name).stem}-{self.weights_id or self.onnx_sha256[:8]}-trt-{self.precision}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

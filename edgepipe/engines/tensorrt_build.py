@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from edgepipe import __version__
+from edgepipe.engines.onnx_engine import onnx_weights_id
 from edgepipe.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
@@ -409,7 +410,7 @@ class PlanBuilder:
             gpu_name=gpu.name if gpu else "unknown", compute_capability=gpu.compute_capability if gpu else "unknown",
             input_name=inp.name, output_name=out.name, shapes=shapes.as_dict(), edgepipe_version=__version__,
             model_card=model_card_fields(onnx_path), workspace_bytes=options.workspace,
-            calibration=ctx.get("calibration"),
+            calibration=ctx.get("calibration"), weights_id=onnx_weights_id(Path(onnx_path)),
         )
         write_sidecar(plan_path, sidecar)
         return sidecar

@@ -2,12 +2,11 @@
 by `edgepipe train`."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from edgepipe.engines.base import from_model_output, to_model_input
+from edgepipe.engines.base import from_model_output, to_model_input, weights_id
 
 
 class TorchEngine:
@@ -20,7 +19,8 @@ class TorchEngine:
         self._torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._model = load_ed(path).to(self.device).eval()
-        self.model_id = f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
+        tensors = ((k, v.detach().cpu().float().numpy()) for k, v in self._model.state_dict().items())
+        self.model_id = f"{path.stem}-{weights_id(tensors)}"  # the same id as its ONNX export
 
     def run(self, frames: np.ndarray) -> np.ndarray:
         torch = self._torch

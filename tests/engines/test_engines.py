@@ -88,3 +88,28 @@ def test_plan_without_tensorrt_is_a_clear_error(tmp_path):
     plan.write_bytes(b"\0" * 16)
     with pytest.raises(EdgepipeError, match="(?i)tensorrt"):
         load_engine(str(plan))
+
+
+def test_checkpoint_and_its_onnx_export_share_a_model_id(tmp_path):
+    """The id names the weights, not the file: a .pt (with its optimiser) and its export run as one model."""
+    import shutil
+
+    from edgepipe.engines import resolve_model
+    from edgepipe.engines.onnx_engine import OnnxEngine
+    from edgepipe.engines.torch_engine import TorchEngine
+
+    models_dir = resolve_model("ours").parent
+    ids = {}
+    for name in ("ours", "ours-fast"):
+        pt = TorchEngine(models_dir / f"{name}.pt", device="cpu").model_id
+        onnx = OnnxEngine(models_dir / f"{name}.onnx").model_id
+        assert pt == onnx and pt.startswith(f"{name}-")
+        ids[name] = pt
+    assert ids["ours"].split("-")[-1] != ids["ours-fast"].split("-")[-1]
+    # a copy under another name keeps the weights id; changed weights change it
+    shutil.copy(models_dir / "ours.pt", tmp_path / "mine.pt")
+    assert TorchEngine(tmp_path / "mine.pt", device="cpu").model_id == "mine-" + ids["ours"].split("-")[-1]
+    ckpt = torch.load(tmp_path / "mine.pt", weights_only=False)
+    ckpt["state_dict"]["out.bias"] = ckpt["state_dict"]["out.bias"] + 1e-3
+    torch.save(ckpt, tmp_path / "mine.pt")
+    assert TorchEngine(tmp_path / "mine.pt", device="cpu").model_id != "mine-" + ids["ours"].split("-")[-1]

@@ -328,7 +328,7 @@ def test_engine_runs_frames_like_onnxruntime_without_per_frame_allocation(sim, t
     sidecar = _build(trt, tiny, tmp_path / "t.plan", "fp32")
     engine = TensorRTEngine(tmp_path / "t.plan", memory=mem)
     reference = OnnxEngine(tiny, providers=["CPUExecutionProvider"])
-    assert engine.model_id == sidecar.model_id == f"tiny-{sidecar.onnx_sha256[:8]}-trt-fp32"
+    assert engine.model_id == sidecar.model_id == f"{reference.model_id}-trt-fp32"  # the ONNX model's id, + how
     allocs_at_start = mem.allocs  # buffers for the opt shape (224x224)
 
     small = np.stack(list(CalibrationBatches(small_val_folder, (224, 224), 1, 4).frames()))
