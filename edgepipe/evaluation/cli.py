@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS
+from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,13 @@ def _split(value: str) -> list[str]:
 @click.option("--limit", default=None, type=int, help="Only the first N images of the fixed shuffled order.")
 @click.option("--jobs", default=2, show_default=True, type=int, help="Worker processes (1 thread each).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (cache lives in OUT/cache).")
+@click.option("--recognizer-view", type=click.Choice(VIEWS), default="native", show_default=True,
+              help="What the recognizer sees: each image as it is (datasets prepared at 224), its centre square "
+                   "at 224, or square tiles with probabilities averaged (the monitor's choices).")
 @click.option("--cached-only", is_flag=True, help="Compute nothing: report the largest run the cache completes.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def evaluate(data, recognizer, weights, pre, codec, points, max_bpp, limit, jobs, out, cached_only, no_progress):
+def evaluate(data, recognizer, weights, pre, codec, points, max_bpp, limit, jobs, out, recognizer_view, cached_only,
+             no_progress):
     """Accuracy vs bpp for each pre-transform and codec, and BD-Rate(accuracy) against the codec alone."""
     from edgepipe.evaluation.report import write_all
     from edgepipe.evaluation.runner import Runner
@@ -43,7 +47,8 @@ def evaluate(data, recognizer, weights, pre, codec, points, max_bpp, limit, jobs
     command = "edgepipe eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else "edgepipe eval"
     started = time.time()
     runner = Runner(data, recognizer, weights, _split(pre), _split(codec), points=points, max_bpp=max_bpp,
-                    limit=limit, jobs=jobs, out=out, cached_only=cached_only, progress=not no_progress)
+                    limit=limit, jobs=jobs, out=out, cached_only=cached_only, progress=not no_progress,
+                    view=recognizer_view)
     ev = runner.run()
     paths = write_all(ev, Path(out), command)
     meta = {

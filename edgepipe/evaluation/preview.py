@@ -188,7 +188,7 @@ def make_preview(source: str | Path, engine: str = "none", codec: str = "hevc", 
         raise EdgepipeError(f"{source} is {w}x{h}; a preview needs at least {MIN_SIDE}x{MIN_SIDE} pixels")
     check_codecs([codec])                       # usable in this build (HEVC: a libx265 PyAV)
     pre = resolve_pres([engine or "none"])[-1]  # loads and probe-runs a model; 'none' comes first
-    classifier = Classifier(recognizer, weights, batch_size=TOP_K)
+    classifier = Classifier(recognizer, weights, batch_size=TOP_K, view="centre-crop")  # as the monitor sees it
 
     ed = load_pre(pre.spec)
     try:

@@ -214,11 +214,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 class _Worker:
     """Everything a process needs to run tasks: its classifier and the pre-transform engines."""
 
-    def __init__(self, recognizer: str, weights: str | None, threads: int | None):
+    def __init__(self, recognizer: str, weights: str | None, threads: int | None, view: str = "native"):
         from edgepipe.recognition import Classifier
 
         self.threads = threads
-        self.classifier = Classifier(recognizer, weights=weights, threads=threads, batch_size=32)
+        self.classifier = Classifier(recognizer, weights=weights, threads=threads, batch_size=32, view=view)
         self.engines: dict[str, object] = {}
 
     def engine(self, spec: str):
@@ -292,7 +292,7 @@ class _Worker:
 _WORKER: _Worker | None = None
 
 
-def _init_worker(recognizer: str, weights: str | None, threads: int | None) -> None:
+def _init_worker(recognizer: str, weights: str | None, threads: int | None, view: str = "native") -> None:
     global _WORKER
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -303,7 +303,7 @@ def _init_worker(recognizer: str, weights: str | None, threads: int | None) -> N
     import cv2
 
     cv2.setNumThreads(threads or 0)
-    _WORKER = _Worker(recognizer, weights, threads)
+    _WORKER = _Worker(recognizer, weights, threads, view)
 
 
 def _run_task(task: tuple) -> tuple:
@@ -334,8 +334,8 @@ class Runner:
     def __init__(self, data: str | Path, recognizer: str, weights: str | None, pres: list[str],
                  codecs: list[str], points: int = 4, max_bpp: float = 1.0, limit: int | None = None,
                  jobs: int = 2, out: str | Path = "eval-out", cached_only: bool = False,
-                 progress: bool = True):
-        from edgepipe.recognition import RECOGNIZERS
+                 progress: bool = True, view: str = "native"):
+        from edgepipe.recognition import RECOGNIZERS, VIEWS
 
         if recognizer not in RECOGNIZERS:
             raise EdgepipeError(f"unknown recognizer {recognizer!r}; choose one of {', '.join(RECOGNIZERS)}")
@@ -345,6 +345,9 @@ class Runner:
             raise EdgepipeError(f"--max-bpp must be positive, got {max_bpp}")
         if jobs < 1:
             raise EdgepipeError(f"--jobs must be at least 1, got {jobs}")
+        if view not in VIEWS:
+            raise EdgepipeError(f"unknown recognizer view {view!r}; choose one of {', '.join(VIEWS)}")
+        self.view = view
         self.codecs = check_codecs(codecs)
         self.pres = resolve_pres(pres)
         self.items = ordered_images(data, limit)
@@ -357,6 +360,8 @@ class Runner:
         self.cached_only, self.progress = cached_only, progress
         rec_id = f"{recognizer}:{_sha256(Path(weights)) if weights else 'packaged'}"
         self._base = {"v": CACHE_VERSION, "recognizer": rec_id}
+        if view != "native":  # native is what every cache before views holds: its keys stay valid
+            self._base["view"] = view
         self._chunk_ids = [_chunk_id(c) for c in self.chunks]
         self._pool = None
         self.computed = 0
@@ -375,14 +380,14 @@ class Runner:
     def _executor(self) -> Callable[[list[tuple]], Iterable[tuple]]:
         if self.jobs == 1:
             if _WORKER is None:
-                _init_worker(self.recognizer, self.weights, None)
+                _init_worker(self.recognizer, self.weights, None, self.view)
             return lambda tasks: map(_run_task, tasks)
         if self._pool is None:
             import multiprocessing as mp
 
             # spawn: the parent may have torch/ORT loaded; forked copies of their thread pools misbehave.
             ctx = mp.get_context("spawn")
-            self._pool = ctx.Pool(self.jobs, initializer=_init_worker, initargs=(self.recognizer, self.weights, 1))
+            self._pool = ctx.Pool(self.jobs, initializer=_init_worker, initargs=(self.recognizer, self.weights, 1, self.view))
         return lambda tasks: self._pool.imap_unordered(_run_task, tasks, chunksize=1)
 
     def _compute(self, wanted: list[tuple[PreSpec, list[Setting], int]], desc: str) -> None:

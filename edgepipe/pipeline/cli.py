@@ -13,7 +13,7 @@ from click.core import ParameterSource
 from edgepipe.errors import EdgepipeError
 from edgepipe.pipeline.codecs import CRF_RANGE, SETTING_RANGES, X265_PRESETS
 from edgepipe.pipeline.config import config_option
-from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS
+from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -223,13 +223,16 @@ def _capture_service(settings, options):
 @click.option("--metrics", default=None, help="Serve Prometheus metrics on PORT, :PORT or HOST:PORT.")
 @click.option("--recognizer", type=click.Choice(RECOGNIZERS), default=DEFAULT_RECOGNIZER, show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Recognizer weights (vgg16).")
+@click.option("--recognizer-view", type=click.Choice(VIEWS), default="centre-crop", show_default=True,
+              help="What the recognizer sees of a frame: its centre square at 224 (as trained; a 720p frame costs "
+                   "what a 224 one does), the whole frame as it is, or square tiles across it, probabilities averaged.")
 @click.option("--no-classify", is_flag=True, help="Account rate and loss only.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
 @click.option("--frames", type=click.IntRange(min=1), default=None, help="Stop after N decoded frames.")
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after S seconds without a message.")
-def monitor(connect, control, key, insecure, server_key, metrics, recognizer, weights, no_classify, report_path,
-            frames, idle_timeout, print_config):
+def monitor(connect, control, key, insecure, server_key, metrics, recognizer, weights, recognizer_view, no_classify,
+            report_path, frames, idle_timeout, print_config):
     """Server side: decode, classify and report accuracy against bitrate.
 
     Plain text only on loopback or with --insecure; otherwise give --key and --server-key (CURVE).
@@ -256,7 +259,7 @@ def monitor(connect, control, key, insecure, server_key, metrics, recognizer, we
     if not no_classify:
         from edgepipe.recognition import Classifier
 
-        classifier = Classifier(recognizer, weights)
+        classifier = Classifier(recognizer, weights, view=recognizer_view)
         classify = lambda image: int(classifier.top1(image[None])[0])  # noqa: E731
     service = MonitorService(connect, classify, options)
     secure = "CURVE" if key else "plain text"

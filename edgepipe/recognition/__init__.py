@@ -20,6 +20,12 @@ log = logging.getLogger(__name__)
 
 RECOGNIZERS = ("efficientnet-lite0", "vgg16")
 DEFAULT_RECOGNIZER = "efficientnet-lite0"
+INPUT_SIDE = 224  # both recognizers were trained on 224x224 centre crops
+# How a frame becomes the recognizer's input: the centre square at 224 (as in the recognizers' training,
+# and cheap: a 720p frame costs what a 224 one does; the monitor's default), the frame as it is (eval's
+# default: its datasets are prepared at 224 already, where all views agree), or square tiles across a wide
+# scene whose class probabilities are averaged.
+VIEWS = ("centre-crop", "native", "tiles")
 
 
 def build_recognizer(name: str, weights: str | os.PathLike | None = None):
@@ -75,9 +81,13 @@ class Classifier:
     """Top-1 ImageNet predictions for batches of uint8 RGB frames (N, H, W, 3)."""
 
     def __init__(self, name: str = DEFAULT_RECOGNIZER, weights: str | None = None,
-                 backend: str = "auto", threads: int | None = None, batch_size: int = 32):
+                 backend: str = "auto", threads: int | None = None, batch_size: int = 32,
+                 view: str = "native"):
+        if view not in VIEWS:
+            raise EdgepipeError(f"unknown recognizer view {view!r}; choose one of {', '.join(VIEWS)}")
         self.name = name
         self.batch_size = batch_size
+        self.view = view
         self._model = build_recognizer(name, weights)
         self.backend = self._choose_backend(backend)
         self._threads = threads
@@ -123,9 +133,25 @@ class Classifier:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def logits(self, frames: np.ndarray) -> np.ndarray:
-        """Logits (N, 1000) for uint8 RGB frames (N, H, W, 3), in batches."""
+        """Logits (N, 1000) for uint8 RGB frames (N, H, W, 3), in batches, seen through `view`."""
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected (N, H, W, 3) RGB frames, got shape {frames.shape}")
+        if self.view == "native" or frames.shape[1:3] == (INPUT_SIDE, INPUT_SIDE):
+            return self._logits(frames)
+        if self.view == "centre-crop":
+            return self._logits(np.stack([centre_crop(f, INPUT_SIDE) for f in frames]))
+        tiles = [square_tiles(f, INPUT_SIDE) for f in frames]
+        flat = self._logits(np.concatenate(tiles))
+        out, start = [], 0
+        for t in tiles:  # average the tiles' probabilities; return their log, so argmax/softmax still work
+            z = flat[start:start + len(t)]
+            p = np.exp(z - z.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            out.append(np.log(p.mean(axis=0) + 1e-12))
+            start += len(t)
+        return np.stack(out).astype(np.float32)
+
+    def _logits(self, frames: np.ndarray) -> np.ndarray:
         out = []
         for start in range(0, len(frames), self.batch_size):
             batch = frames[start:start + self.batch_size]
@@ -141,3 +167,30 @@ class Classifier:
 
     def top1(self, frames: np.ndarray) -> np.ndarray:
         return self.logits(frames).argmax(axis=1)
+
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    import cv2
+
+    shrink = width < image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def centre_crop(frame: np.ndarray, side: int) -> np.ndarray:
+    """The shorter side scaled to `side` (area filter when shrinking), then the centre side x side square."""
+    h, w = frame.shape[:2]
+    scale = side / min(h, w)
+    nw, nh = max(side, round(w * scale)), max(side, round(h * scale))
+    resized = frame if (nh, nw) == (h, w) else _resize(frame, nw, nh)
+    top, left = (nh - side) // 2, (nw - side) // 2
+    return np.ascontiguousarray(resized[top:top + side, left:left + side])
+
+
+def square_tiles(frame: np.ndarray, side: int) -> np.ndarray:
+    """Squares of the shorter side, evenly spread across the longer one (overlapping as needed), at side x side."""
+    h, w = frame.shape[:2]
+    short, long_ = min(h, w), max(h, w)
+    n = max(1, round(long_ / short))
+    offsets = np.linspace(0, long_ - short, n).round().astype(int) if n > 1 else [(long_ - short) // 2]
+    squares = [frame[:, o:o + short] if w >= h else frame[o:o + short, :] for o in offsets]
+    return np.stack([_resize(np.ascontiguousarray(sq), side, side) if short != side else sq for sq in squares])

@@ -57,3 +57,35 @@ def test_recognizer_errors(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, wrong)
     with pytest.raises(EdgepipeError, match="is not a vgg16 weight file"):
         build_recognizer("vgg16", wrong)
+
+
+def test_views_see_what_the_recognizer_was_trained_on(batch):
+    """centre-crop feeds 224x224 whatever the frame size; on 224 frames every view is the native one."""
+    import cv2
+
+    from edgepipe.recognition import centre_crop, square_tiles
+
+    images, labels = batch
+    native = Classifier("efficientnet-lite0").logits(images[:4])
+    for view in ("centre-crop", "tiles"):
+        np.testing.assert_allclose(Classifier("efficientnet-lite0", view=view).logits(images[:4]), native, atol=1e-5)
+
+    # A 720p-like frame: the photo upscaled into the middle of a wide grey canvas. Natively the recognizer
+    # sees mostly grey at the wrong scale; the centre crop is the photo at (almost) its own scale.
+    wide = np.full((len(images), 448, 1344, 3), 128, np.uint8)
+    for i, image in enumerate(images):
+        wide[i, :, 448:896] = cv2.resize(image, (448, 448), interpolation=cv2.INTER_LINEAR)
+    crops = np.stack([centre_crop(f, 224) for f in wide])
+    assert crops.shape == (len(images), 224, 224, 3)
+    assert np.abs(crops.astype(int) - images.astype(int)).mean() < 8  # back at 224 with an area filter
+    crop_top1 = Classifier("efficientnet-lite0", view="centre-crop").top1(wide)
+    assert (crop_top1 == labels).mean() >= 0.75
+
+    tiles = square_tiles(wide[0], 224)
+    assert tiles.shape == (3, 224, 224, 3)  # 1344 / 448 = 3 squares across
+    np.testing.assert_array_equal(tiles[1], crops[0])
+
+
+def test_unknown_view_is_one_line():
+    with pytest.raises(EdgepipeError, match="unknown recognizer view"):
+        Classifier("efficientnet-lite0", view="zoom")
