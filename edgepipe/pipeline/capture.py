@@ -207,11 +207,12 @@ class CaptureLoop:
                                  frame.label, self.engine.model_id, self.epoch)
             seq += 1  # dropped frames keep their seq: the monitor counts them as lost, exactly
             self.frames_handled += 1
+            unsubscribed = self.publisher.unsubscribed
             if broken and not keyframe:
                 self.stats.drop("reference_dropped_after_encode")
             elif self.publisher.send(header, payload, timeout=timeout, cancel=cancel):
                 broken = False
-                self.stats.sent(len(payload), keyframe)
+                self.stats.sent(len(payload), keyframe, unsubscribed=self.publisher.unsubscribed > unsubscribed)
             else:
                 self.stats.drop("network_hwm_after_encode")
                 if inter_coded:

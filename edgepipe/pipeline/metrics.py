@@ -123,8 +123,17 @@ class CaptureCollector:
         yield Counter_(p + "keyframe_requests", "Keyframe requests received (back channel).", value=requests)
         yield Counter_(p + "forced_keyframes", "IDR frames forced by requests or after a network drop.",
                        value=loop.forced_keyframes)
+        pub = loop.publisher
         yield Counter_(p + "subscriptions", "Subscriptions seen on the data socket (monitors joining).",
-                       value=loop.publisher.subscribers_seen)
+                       value=pub.subscribers_seen)
+        yield Gauge(p + "topics_live", "Distinct subscription topics held now (capped: max_topics).",
+                    value=len(pub.topics))
+        yield Counter_(p + "subscription_floods", "Times too many topics were subscribed: the sender banned, "
+                                                 "the socket reopened.", value=pub.subscription_floods)
+        yield Counter_(p + "bad_subscriptions", "Messages from subscribers that were no (un)subscription.",
+                       value=pub.bad_subscriptions)
+        yield Counter_(p + "frames_unsubscribed", "Frames sent while no monitor was subscribed (nobody got them).",
+                       value=st.frames_unsubscribed)
         src = loop.source
         yield Gauge(p + "source_up", "1 while the source delivers, 0 while it is being reopened.",
                     value=int(getattr(src, "connected", True)))
@@ -152,7 +161,9 @@ def _auth_metrics(prefix: str, zap, handshakes) -> Iterator:
             refused.add_metric([cause], n)
     yield refused
     if zap is not None:
-        yield Counter_(prefix + "auth_accepted", "Client keys accepted by the allow-list.", value=zap.accepted)
+        yield Counter_(prefix + "auth_accepted", "Peers accepted by the allow-list (or, in plain text, not banned).",
+                       value=zap.accepted)
+        yield Counter_(prefix + "bans", "Peers banned for a while (a subscription flood).", value=zap.bans)
 
 
 class MonitorCollector:

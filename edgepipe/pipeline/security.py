@@ -253,13 +253,18 @@ class ZapHandler:
     """The allow-list: answers libzmq's ZAP requests for every CURVE server socket in `context`.
 
     One per context (libzmq looks it up at inproc://zeromq.zap.01). Refusals are counted in
-    `denied` by cause and logged, at most once per client key every 30 s."""
+    `denied` by cause and logged, at most once per client key every 30 s. `allowed=None`: plain
+    text (NULL mechanism), everyone is let in but banned peers. `ban(identity, seconds)` refuses a
+    client key (`user-id:HEX`) or an address (`peer-address:IP`) for a while (a subscription flood)."""
 
-    def __init__(self, context, allowed: Iterable[bytes]):
+    def __init__(self, context, allowed: Iterable[bytes] | None):
         import zmq.utils.z85
 
         self._ctx = context
-        self._allowed = {zmq.utils.z85.decode(k) for k in allowed}  # ZAP hands us the raw 32-byte key
+        # ZAP hands us the raw 32-byte key
+        self._allowed = None if allowed is None else {zmq.utils.z85.decode(k) for k in allowed}
+        self._banned: dict[str, float] = {}  # identity -> until (monotonic)
+        self.bans = 0
         self.accepted = 0
         self.denied: Counter = Counter()
         self._last_log: dict[bytes, float] = {}
@@ -295,12 +300,35 @@ class ZapHandler:
         finally:
             sock.close(0)
 
+    def ban(self, identity: str, seconds: float = 60.0) -> None:
+        """Refuse this peer's (re)connections for `seconds` (thread-safe: a dict assignment)."""
+        self._banned[identity] = time.monotonic() + seconds
+        self.bans += 1
+        log.warning("banned %s for %.0f s", identity, seconds)
+
+    def _is_banned(self, identity: str) -> bool:
+        until = self._banned.get(identity)
+        if until is None:
+            return False
+        if time.monotonic() >= until:
+            self._banned.pop(identity, None)
+            return False
+        return True
+
     def _answer(self, msg: list[bytes]) -> list[bytes]:
         if len(msg) < 6:  # libzmq never sends this; answer anyway so its state machine moves on
             return [b"1.0", msg[1] if len(msg) > 1 else b"", b"400", b"bad request", b"", b""]
         version, request_id, _domain, address, _identity, mechanism = msg[:6]
         credentials = msg[6:]
-        if mechanism == b"CURVE" and len(credentials) == 1 and credentials[0] in self._allowed:
+        if self._banned and (self._is_banned(f"peer-address:{address.decode(errors='replace')}") or (
+                len(credentials) == 1 and self._is_banned(f"user-id:{credentials[0].hex()}"))):
+            self.denied["banned"] += 1
+            return [version, request_id, b"400", b"banned for a while", b"", b""]
+        if self._allowed is None and mechanism == b"NULL":
+            self.accepted += 1
+            return [version, request_id, b"200", b"OK", b"", b""]
+        if mechanism == b"CURVE" and self._allowed is not None and len(credentials) == 1 \
+                and credentials[0] in self._allowed:
             self.accepted += 1
             return [version, request_id, b"200", b"OK", credentials[0].hex().encode(), b""]
         import zmq.utils.z85
@@ -344,15 +372,30 @@ class HandshakeWatcher:
         self._last_log: dict[tuple[str, str], float] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._generation = 0  # bumped when the watched sockets change
+        self._retired: list = []  # monitor sockets to close (from the watcher thread, which reads them)
         self._thread: threading.Thread | None = None
 
     def watch(self, sock, role: str) -> None:
-        """Call from the thread that owns `sock`, before start()."""
+        """Call from the thread that owns `sock`."""
         import zmq
 
         events = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self._watched.append((role, sock, sock.get_monitor_socket(events)))
+        monitor = sock.get_monitor_socket(events)
+        with self._lock:
+            self._watched.append((role, sock, monitor))
+            self._generation += 1
+
+    def replace(self, old, new) -> None:
+        """`old` was closed and `new` opened in its place (Publisher reopened after a flood): watch
+        `new` under the same role; the watcher thread closes the old monitor. Call from new's thread."""
+        with self._lock:
+            roles = [(role, mon) for role, sock, mon in self._watched if sock is old]
+            self._watched = [w for w in self._watched if w[1] is not old]
+            self._retired.extend(mon for _, mon in roles)
+        for role, _ in roles:
+            self.watch(new, role)
 
     def start(self) -> HandshakeWatcher:
         self._thread = threading.Thread(target=self._run, name="edgepipe-handshakes", daemon=True)
@@ -363,12 +406,19 @@ class HandshakeWatcher:
         import zmq
         from zmq.utils.monitor import recv_monitor_message
 
-        poller = zmq.Poller()
-        roles = {}
-        for role, _sock, mon in self._watched:
-            poller.register(mon, zmq.POLLIN)
-            roles[mon] = role
+        generation = -1
         while not self._stop.is_set():
+            if generation != self._generation:
+                with self._lock:
+                    generation = self._generation
+                    for mon in self._retired:
+                        mon.close(0)
+                    self._retired.clear()
+                    poller = zmq.Poller()
+                    roles = {}
+                    for role, _sock, mon in self._watched:
+                        poller.register(mon, zmq.POLLIN)
+                        roles[mon] = role
             for mon, _ in poller.poll(100):
                 try:
                     event = recv_monitor_message(mon)
@@ -409,6 +459,9 @@ class HandshakeWatcher:
                 pass
             mon.close(0)
         self._watched.clear()
+        for mon in self._retired:
+            mon.close(0)
+        self._retired.clear()
 
 
 def _explain(role: str, cause: str) -> str:

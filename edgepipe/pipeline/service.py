@@ -70,7 +70,7 @@ class CaptureService:
                  engine=None):
         import zmq
 
-        from edgepipe.pipeline.security import HandshakeWatcher, ZapHandler, check_plaintext_allowed
+        from edgepipe.pipeline.security import ZAP_DOMAIN, HandshakeWatcher, ZapHandler, check_plaintext_allowed
         from edgepipe.pipeline.transport import Publisher
 
         self.options = options = options or ServiceOptions()
@@ -79,23 +79,26 @@ class CaptureService:
         self.context = zmq.Context()
         self.zap = self.handshakes = self.publisher = self.loop = self.control = self.metrics = None
         try:
+            if curve is None:  # before anything binds
+                check_plaintext_allowed(settings.publish, options.security.insecure, "capture")
+                if options.control:
+                    check_plaintext_allowed(options.control, options.security.insecure, "capture")
+            # the allow-list (CURVE), or for plain text only bans (a subscription flood)
+            self.zap = ZapHandler(self.context, curve.allowed if curve is not None else None).start()
             if curve is not None:
-                self.zap = ZapHandler(self.context, curve.allowed).start()  # before any bind: fail closed
                 self.handshakes = HandshakeWatcher(self.context)
-            self.publisher = Publisher(settings.publish, context=self.context, curve=curve)
-            if curve is None:
-                check_plaintext_allowed(self.publisher.bound_endpoint, options.security.insecure, "capture")
-            else:
+            self.publisher = Publisher(settings.publish, context=self.context, curve=curve, zap_domain=ZAP_DOMAIN)
+            self.publisher.on_flood = self.zap.ban
+            if curve is not None:
                 self.handshakes.watch(self.publisher.sock, "capture data")
+                self.publisher.on_reopen.append(self.handshakes.replace)
             self.loop = CaptureLoop(settings, source=source, engine=engine, publisher=self.publisher)
             if options.control:
                 from edgepipe.pipeline.backchannel import ControlServer
 
                 self.control = ControlServer(options.control, settings.stream_id, self.loop.request_keyframe,
                                              self.context, curve)
-                if curve is None:
-                    check_plaintext_allowed(self.control.bound_endpoint, options.security.insecure, "capture")
-                else:
+                if curve is not None:
                     self.handshakes.watch(self.control.sock, "capture control")
             if options.metrics:
                 from edgepipe.pipeline.metrics import CaptureCollector, MetricsServer, registry_for

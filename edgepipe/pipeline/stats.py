@@ -26,6 +26,7 @@ class CaptureStats:
     bytes_sent: int = 0
     keyframes: int = 0
     keyframe_requests: int = 0
+    frames_unsubscribed: int = 0  # of frames_sent: sent while no monitor was subscribed (nobody got them)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def timed(self, stage: str, seconds: float) -> None:
@@ -38,9 +39,10 @@ class CaptureStats:
         with self._lock:
             self.drops[cause] += n
 
-    def sent(self, nbytes: int, keyframe: bool) -> None:
+    def sent(self, nbytes: int, keyframe: bool, unsubscribed: bool = False) -> None:
         with self._lock:
             self.frames_sent += 1
+            self.frames_unsubscribed += int(unsubscribed)
             self.bytes_sent += nbytes
             self.keyframes += int(keyframe)
 
@@ -50,6 +52,7 @@ class CaptureStats:
             return {
                 "wall_s": round(wall, 3),
                 "frames_sent": self.frames_sent,
+                "frames_unsubscribed": self.frames_unsubscribed,
                 "bytes_sent": self.bytes_sent,
                 "keyframes": self.keyframes,
                 "keyframe_requests": self.keyframe_requests,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections import Counter
 import threading
 import time
 from dataclasses import dataclass
@@ -146,6 +147,18 @@ class SocketDefaults:
 DEFAULTS = SocketDefaults()
 
 
+def _peer_identity(frame) -> str:
+    """Who sent a message: its CURVE key (as the ZAP handler named it) or else its IP address."""
+    for prop in ("User-Id", "Peer-Address"):
+        try:
+            value = frame.get(prop)
+        except Exception:  # an unsubscription for a closed connection carries no metadata
+            continue
+        if value:
+            return f"{prop.lower()}:{value}"
+    return "?"
+
+
 def _bind(sock, endpoint: str) -> None:
     import zmq
 
@@ -180,48 +193,125 @@ def _heartbeats(sock, defaults: SocketDefaults) -> None:
 class Publisher:
     """Capture side. Binds an XPUB socket; send() never blocks unless given a timeout.
 
-    `curve`: a security.CurveServer (this side is the CURVE server); None for plain text."""
+    Subscriptions are bounded: libzmq keeps every distinct topic a subscriber sends in a trie
+    (60,000 topics of 1,000 bytes took 3 GB), so this side tracks them (XPUB_VERBOSER shows every
+    subscribe and unsubscribe, a closed connection's included) and when more than `max_topics`
+    distinct topics are live, the peer that sent the most is reported to `on_flood(identity)` (the
+    service bans it at the ZAP handler for a while) and the socket is closed and bound again, which
+    frees the trie; every other subscriber reconnects by itself and resubscribes. Monitors subscribe
+    to one topic, b"" (everything). `topics_live`, `subscription_floods`, `bad_subscriptions` count.
 
-    def __init__(self, endpoint: str, defaults: SocketDefaults = DEFAULTS, context=None, curve=None):
+    `curve`: a security.CurveServer (this side is the CURVE server); None for plain text.
+    `zap_domain`: ask the context's ZAP handler about plain-text peers too (for bans)."""
+
+    def __init__(self, endpoint: str, defaults: SocketDefaults = DEFAULTS, context=None, curve=None,
+                 max_topics: int = 64, zap_domain: bytes | None = None):
         import zmq
 
         self._zmq = zmq
         self._ctx = context or zmq.Context.instance()
-        self.sock = self._ctx.socket(zmq.XPUB)
-        self.sock.setsockopt(zmq.SNDHWM, defaults.send_hwm)
-        self.sock.setsockopt(zmq.LINGER, defaults.linger_ms)
-        self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every (re)subscription, e.g. a restarted monitor
-        self.sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full subscriber queue is reported, not dropped silently
-        self.sock.setsockopt(zmq.MAXMSGSIZE, 1024)  # subscribers only ever send (un)subscriptions
-        _heartbeats(self.sock, defaults)
-        if curve is not None:
-            from edgepipe.pipeline.security import configure_server
-
-            configure_server(self.sock, curve)
+        self._defaults, self._curve, self._zap_domain = defaults, curve, zap_domain
+        self.max_topics = max_topics
         self.linger_s = defaults.linger_ms / 1000
         self.endpoint = endpoint
-        _bind(self.sock, endpoint)
+        self.sock = self._open(endpoint)
         self.subscribers_seen = 0
+        self.topics: dict[bytes, int] = {}  # live subscriptions: topic -> subscribe count
+        self._senders: Counter = Counter()  # identity -> subscribe messages since the socket was opened
+        self.subscription_floods = 0
+        self.bad_subscriptions = 0
+        self.on_flood: Callable[[str], None] | None = None
+        self.on_reopen: list[Callable[[object, object], None]] = []  # (old socket, new socket)
         self.dropped = 0
+        self.unsubscribed = 0  # frames sent while no subscription matched them: nobody got them
         self._cancelled_by: object | None = None
         self._cancel_deadline = 0.0
 
+    def _open(self, endpoint: str):
+        zmq = self._zmq
+        sock = self._ctx.socket(zmq.XPUB)
+        sock.setsockopt(zmq.SNDHWM, self._defaults.send_hwm)
+        sock.setsockopt(zmq.LINGER, self._defaults.linger_ms)
+        sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, a restarted monitor's included
+        sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full subscriber queue is reported, not dropped silently
+        sock.setsockopt(zmq.MAXMSGSIZE, 1024)  # subscribers only ever send (un)subscriptions
+        _heartbeats(sock, self._defaults)
+        if self._curve is not None:
+            from edgepipe.pipeline.security import configure_server
+
+            configure_server(sock, self._curve)
+        elif self._zap_domain:
+            sock.zap_domain = self._zap_domain
+        _bind(sock, endpoint)
+        return sock
+
     def wait_for_subscriber(self, timeout: float) -> bool:
-        """True once a subscriber has joined (for demos and tests; the service never waits)."""
+        """True once a subscriber is subscribed (at once if one already is)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             self.poll_subscriptions(timeout_ms=50)
-            if self.subscribers_seen:
+            if self.subscribed():
                 return True
-        return False
+            if time.monotonic() >= deadline:
+                return False
+
+    def subscribed(self, header: bytes = MAGIC) -> bool:
+        """Whether any live subscription matches a message starting with `header`."""
+        return any(header.startswith(topic) for topic, n in self.topics.items() if n > 0)
 
     def poll_subscriptions(self, timeout_ms: int = 0) -> None:
         zmq = self._zmq
         while self.sock.poll(timeout_ms, zmq.POLLIN):
-            msg = self.sock.recv()
+            timeout_ms = 0
+            frame = self.sock.recv(copy=False)
+            msg = frame.bytes
+            if msg[:1] not in (b"\x00", b"\x01"):
+                self.bad_subscriptions += 1
+                continue
+            topic = msg[1:]
             if msg[:1] == b"\x01":
                 self.subscribers_seen += 1
-            timeout_ms = 0
+                self.topics[topic] = self.topics.get(topic, 0) + 1
+                self._senders[_peer_identity(frame)] += 1
+                if len(self.topics) > self.max_topics:
+                    self._flood()
+                    return
+            elif topic in self.topics:
+                self.topics[topic] -= 1
+                if self.topics[topic] <= 0:
+                    del self.topics[topic]
+
+    def _flood(self) -> None:
+        """Too many distinct topics: ban the peer that sent the most, free libzmq's trie by opening
+        the socket again on the same address (the other subscribers reconnect by themselves)."""
+        zmq = self._zmq
+        identity = self._senders.most_common(1)[0][0] if self._senders else "?"
+        self.subscription_floods += 1
+        log.warning("subscription flood: %d distinct topics (at most %d), most from %s; banning it and "
+                    "reopening %s (%d floods so far)", len(self.topics), self.max_topics, identity,
+                    self.endpoint, self.subscription_floods)
+        if self.on_flood is not None and identity != "?":
+            self.on_flood(identity)
+        bound = self.bound_endpoint
+        old = self.sock
+        try:
+            old.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        old.close(0)
+        deadline = time.monotonic() + 5.0
+        while True:  # the old listener closes asynchronously in libzmq's I/O thread
+            try:
+                self.sock = self._open(bound)
+                break
+            except EdgepipeError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
+        self.topics.clear()
+        self._senders.clear()
+        for callback in self.on_reopen:
+            callback(old, self.sock)
 
     @property
     def bound_endpoint(self) -> str:
@@ -237,6 +327,9 @@ class Publisher:
         more, so a stop never hangs on a stuck subscriber. With no subscriber, send() always succeeds."""
         zmq = self._zmq
         parts = (header.pack(), payload)
+        self.poll_subscriptions()
+        if not self.subscribed(parts[0]):
+            self.unsubscribed += 1  # ZeroMQ discards it: counted, the capture reports it
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:

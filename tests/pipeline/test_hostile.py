@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -319,3 +321,60 @@ def test_e_the_watchdog_is_fed_by_frames_or_a_healthy_idle_link_never_by_a_dead_
         ns.close()
     assert fed_while_dead == []  # systemd restarts it
     assert status and "connection dropped by the transport, not repaired" in status[-1]
+
+
+# --- F: a subscription flood at the capture -----------------------------------------------------------
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+FLOODER = """
+import sys, time, zmq
+sock = zmq.Context().socket(zmq.SUB)
+sock.setsockopt(zmq.SNDHWM, 0)  # queue every subscription: none is lost before the connection is up
+sock.connect(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    sock.setsockopt(zmq.SUBSCRIBE, b"%05d" % i + bytes(995))
+time.sleep(60)
+"""
+
+
+def test_f_a_subscription_flood_is_capped_banned_and_the_real_monitor_carries_on(clip):
+    """5,000 distinct 1,000-byte topics from one subscriber (on 127.0.0.2): the capture keeps at
+    most max_topics, bans the flooder at its ZAP handler, reopens its socket, and the real monitor
+    (on 127.0.0.1) reconnects by itself and keeps decoding."""
+    from edgepipe.pipeline.capture import CaptureSettings
+    from edgepipe.pipeline.demo import free_tcp_endpoint
+    from edgepipe.pipeline.service import CaptureService, MonitorService
+
+    from field_helpers import PacedSource
+
+    endpoint = free_tcp_endpoint()
+    capture = CaptureService(CaptureSettings(source="paced", publish=endpoint, gop=10),
+                             source=PacedSource(clip, fps=50))
+    monitor = MonitorService(endpoint, None)
+    cap, mon = Running(capture.run), Running(monitor.run)
+    pub, zap = capture.publisher, capture.zap
+    flooder = None
+    try:
+        assert wait_for(lambda: monitor.monitor.decoded >= 10, 15)
+        before = rss_mb()
+        # its own process: a SUB keeps its topics too, and only the capture's memory is measured
+        flooder = subprocess.Popen([sys.executable, "-c", FLOODER, f"tcp://127.0.0.2:0;{endpoint[6:]}", "5000"])
+        assert wait_for(lambda: pub.subscription_floods >= 1 and zap.denied["banned"] >= 1, 15)
+        grown = rss_mb() - before
+        decoded = monitor.monitor.decoded
+        assert wait_for(lambda: monitor.monitor.decoded >= decoded + 30, 15)  # the real monitor carries on
+        assert len(pub.topics) <= pub.max_topics
+    finally:
+        if flooder is not None:
+            flooder.kill()
+            flooder.wait()
+        mon.stop()
+        cap.stop()
+        monitor.close()
+        capture.close()
+    assert grown < 60, f"RSS grew {grown:.0f} MB"  # 5,000 topics: ~240 MB without the cap (20,000: 944 MB)
+    assert zap.bans >= 1
