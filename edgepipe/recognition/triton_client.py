@@ -8,7 +8,7 @@ Faults:
 - at start, one-line `EdgepipeError`s: tritonclient not installed (the `triton` extra), a bad URL, no server
   answering, the model not ready, a model whose input or output is not the recognizer's;
 - mid-run, a server that goes away (or unloads the model): `RecognizerUnavailable` for that call; the caller
-  counts those frames as unclassified. Later calls reconnect, with a backoff (0.5 s doubling to 10 s) during
+  counts those frames as unclassified. Later calls reconnect, with a backoff (0.5 s doubling to 5 s) during
   which they fail at once instead of waiting on a dead server.
 
 tritonclient is imported when a `TritonClassifier` is made, never by `import edgepipe`.
@@ -97,7 +97,7 @@ class TritonClassifier:
 
     def __init__(self, url: str, name: str = DEFAULT_RECOGNIZER, model: str | None = None, version: str = "",
                  batch_size: int = 32, timeout_s: float = 10.0, connect_timeout_s: float = 5.0,
-                 retry_s: tuple[float, float] = (0.5, 10.0)):
+                 retry_s: tuple[float, float] = (0.5, 5.0)):
         self.url = url
         self.address = parse_server_url(url)  # before the import: a typo needs no package to be reported
         self.name = name
@@ -168,8 +168,10 @@ class TritonClassifier:
 
     def _check_model(self, meta: dict, config: dict) -> None:
         inputs, outputs = meta.get("inputs", []), meta.get("outputs", [])
-        signature = (f"inputs {[(t.get('name'), t.get('datatype'), [int(d) for d in t.get('shape', [])]) for t in inputs]},"
-                     f" outputs {[(t.get('name'), t.get('datatype'), [int(d) for d in t.get('shape', [])]) for t in outputs]}")
+        def describe(tensors):
+            return [(t.get("name"), t.get("datatype"), [int(d) for d in t.get("shape", [])]) for t in tensors]
+
+        signature = f"inputs {describe(inputs)}, outputs {describe(outputs)}"
         expected = (f"expected one UINT8 input {INPUT_NAME!r} [-1, H, W, 3] (H, W: -1 or fixed) and one FP32 "
                     f"output {OUTPUT_NAME!r} [-1, {NUM_CLASSES}]")
         where = f"model {self.model!r} on Triton at {self.url}"
