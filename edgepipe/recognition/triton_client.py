@@ -1,8 +1,9 @@
 """The recognizer on NVIDIA Triton Inference Server, over gRPC: `--recognizer-server grpc://HOST:8001`.
 
 `TritonClassifier` has the interface of the in-process `Classifier` (`logits`, `top1` on uint8 RGB frames
-(N, H, W, 3)) and gives the same numbers: the model that `edgepipe recognizer-repo` writes takes the uint8
-frames and does `Classifier.logits`' preprocessing in its graph, so the frames go over the wire as they are.
+(N, H, W, 3), the same `view`) and gives the same numbers: the view (centre crop, tiles) is `Classifier.logits`
+itself, and the model that `edgepipe recognizer-repo` writes takes uint8 frames and does the rest of the
+preprocessing in its graph, so frames go over the wire as uint8 pixels.
 
 Faults:
 - at start, one-line `EdgepipeError`s: tritonclient not installed (the `triton` extra), a bad URL, no server
@@ -22,7 +23,7 @@ import time
 import numpy as np
 
 from edgepipe.errors import EdgepipeError
-from edgepipe.recognition import DEFAULT_RECOGNIZER
+from edgepipe.recognition import DEFAULT_RECOGNIZER, VIEWS, Classifier
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,11 @@ class TritonClassifier:
 
     def __init__(self, url: str, name: str = DEFAULT_RECOGNIZER, model: str | None = None, version: str = "",
                  batch_size: int = 32, timeout_s: float = 10.0, connect_timeout_s: float = 5.0,
-                 retry_s: tuple[float, float] = (0.5, 5.0)):
+                 retry_s: tuple[float, float] = (0.5, 5.0), view: str = "native"):
+        if view not in VIEWS:
+            raise EdgepipeError(f"unknown recognizer view {view!r}; choose one of {', '.join(VIEWS)}")
         self.url = url
+        self.view = view
         self.address = parse_server_url(url)  # before the import: a typo needs no package to be reported
         self.name = name
         self.model = model or name
@@ -222,7 +226,11 @@ class TritonClassifier:
 
     # --- inference ----------------------------------------------------------------------------------
 
-    def logits(self, frames: np.ndarray) -> np.ndarray:
+    # The view is Classifier's own code (centre crop, tiles and their averaging, or the frame as it is), so the
+    # server sees the pixels the in-process recognizer would; only the model call, _logits, goes over gRPC.
+    logits = Classifier.logits
+
+    def _logits(self, frames: np.ndarray) -> np.ndarray:
         """Logits (N, 1000) for uint8 RGB frames (N, H, W, 3), in batches of at most the model's max_batch_size.
 
         Raises RecognizerUnavailable (the whole call is unclassified) when the server is not answering.

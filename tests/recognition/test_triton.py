@@ -188,6 +188,7 @@ class _FakeServer:
         self.input_shape = ["-1", "-1", "-1", "3"]
         self.max_batch_size = 4
         self.batches: list[int] = []
+        self.shapes: list[tuple] = []
 
     def _check_up(self):
         if not self.up:
@@ -224,6 +225,7 @@ class _FakeClient:
         self.server._check_up()
         batch = inputs[0].data
         self.server.batches.append(len(batch))
+        self.server.shapes.append(batch.shape)
         logits = np.zeros((len(batch), 1000), np.float32)
         logits[np.arange(len(batch)), batch[:, 0, 0, 0]] = 1.0  # class = first pixel's red value
         return type("Result", (), {"as_numpy": lambda self, name: logits})()
@@ -273,6 +275,21 @@ def test_client_batches_by_the_servers_max_batch_size(fake_server):
     assert client.logits(np.zeros((0, 8, 8, 3), np.uint8)).shape == (0, 1000)
     with pytest.raises(ValueError, match="uint8"):
         client.logits(np.zeros((1, 8, 8, 3), np.float32))
+
+
+def test_client_sees_frames_through_the_classifiers_view(fake_server):
+    wide = np.zeros((2, 120, 240, 3), np.uint8)
+    wide[0, 60, 60, 0], wide[1, 60, 180, 0] = 5, 7  # a mark in the left tile of frame 0, the right tile of 1
+    client = TritonClassifier("grpc://triton:8001", MODEL, view="centre-crop")
+    assert client.logits(wide).shape == (2, 1000)
+    assert fake_server.shapes[-1][1:] == (224, 224, 3)  # the centre square at 224 goes over the wire
+    fake_server.shapes.clear()
+    client = TritonClassifier("grpc://triton:8001", MODEL, view="tiles")
+    logits = client.logits(wide)
+    assert [s[1:] for s in fake_server.shapes] == [(224, 224, 3)]  # 2 frames x 2 tiles: one batch of 4
+    assert fake_server.batches[-1] == 4 and logits.shape == (2, 1000)
+    with pytest.raises(EdgepipeError, match="unknown recognizer view"):
+        TritonClassifier("grpc://triton:8001", MODEL, view="zoom")
 
 
 def test_client_start_errors_are_one_line(fake_server):
@@ -448,6 +465,21 @@ def test_real_triton_server_matches_in_process_top1(triton_server, frames, in_pr
     with pytest.raises(EdgepipeError, match="model 'vgg16' is not ready"):
         TritonClassifier(f"grpc://127.0.0.1:{triton_server.grpc_port}", "vgg16")
     client.close()
+
+
+@pytest.mark.slow
+def test_real_triton_server_matches_in_process_views(triton_server, frames):
+    """The monitor's views on frames that are not 224x224: the same pixels reach the model either way."""
+    import cv2
+
+    from edgepipe.recognition import Classifier
+
+    images = np.stack([cv2.resize(im, (448, 224), interpolation=cv2.INTER_LINEAR) for im in frames[0][:6]])
+    for view in ("centre-crop", "tiles"):
+        remote = TritonClassifier(f"grpc://127.0.0.1:{triton_server.grpc_port}", MODEL, view=view).logits(images)
+        local = Classifier(MODEL, view=view).logits(images)
+        assert (remote.argmax(1) == local.argmax(1)).all(), view
+        assert np.abs(remote - local).max() < 1e-3, view
 
 
 @pytest.mark.slow
