@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgepipe-installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean triton-venv
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/pipeline_bench.py --out bench/results/pipeline.json
+
+# The venv (Debian's python3 + nvidia-pytriton) the real-server Triton test serves from (docs/triton.md).
+triton-venv:
+	deploy/triton/make-venv.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info
