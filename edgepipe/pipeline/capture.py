@@ -32,6 +32,8 @@ from edgepipe.pipeline.transport import FrameHeader, Publisher
 
 log = logging.getLogger(__name__)
 
+FINITE_SOURCE_WAIT_S = 10.0  # how long a file or folder waits for the first monitor by default
+
 _END = object()  # travels down the queues once the source ends or a stop is asked for
 
 
@@ -54,7 +56,10 @@ class CaptureSettings:
     loop: bool = False
     stream_id: str | None = None  # None: default_stream_id(), unique per host
     queue_size: int = 4
-    wait_subscriber_s: float = 0.0
+    # None: a finite source (a file or folder without --loop) waits up to FINITE_SOURCE_WAIT_S for
+    # the first monitor, so its frames do not go out to nobody; a live or looping source never waits.
+    # 0: never wait (then frames sent with nobody subscribed are counted: frames_unsubscribed).
+    wait_subscriber_s: float | None = None
     send_stall_s: float = 0.5  # live sources: longest wait on a full subscriber before dropping
     keyframe_min_interval_s: float = 0.5  # forced IDRs at most this often, however many requests come
 
@@ -199,10 +204,11 @@ class CaptureLoop:
         inter_coded = s.codec == "hevc" and s.gop != 0
         broken = False  # an encoded frame was dropped: frames referring to it must not go out
         cancel = _Cancel(self._cancelled)
+        size = (1, 1)
         while (item := self._get(inp)) is not _END:
             frame, payload, keyframe = item
             t0 = time.perf_counter()
-            h, w = frame.image.shape[:2]
+            h, w = size = frame.image.shape[:2]
             header = FrameHeader(s.stream_id, seq, frame.capture_time, s.codec, w, h, qp, keyframe,
                                  frame.label, self.engine.model_id, self.epoch)
             seq += 1  # dropped frames keep their seq: the monitor counts them as lost, exactly
@@ -220,6 +226,13 @@ class CaptureLoop:
                     self._keyframe_wanted.set()  # resume with an IDR as soon as the network lets us
             self.publisher.poll_subscriptions()
             self.stats.timed("send", time.perf_counter() - t0)
+        # the end of this epoch: `seq` frames were numbered, so a monitor counts a lost tail exactly
+        end = FrameHeader(s.stream_id, seq, time.time(), s.codec, size[1], size[0], qp, False, -1,
+                          self.engine.model_id, self.epoch)
+        self.stats.end_of_stream = "sent" if self.publisher.send_end(end) else "unsent"
+        if self.stats.end_of_stream == "unsent":
+            log.warning("could not send the end-of-stream message within the linger (a stuck monitor): "
+                        "frames still queued for it may not arrive, and it cannot count them")
 
     # --- driver ---------------------------------------------------------------------------------
 
@@ -227,8 +240,12 @@ class CaptureLoop:
         """Run until the source ends, `frames` are done, or `stop` is set; then drain and flush."""
         stop = stop or threading.Event()
         self._stop = stop
-        if self.settings.wait_subscriber_s > 0 and not self.publisher.wait_for_subscriber(self.settings.wait_subscriber_s):
-            log.warning("no subscriber joined within %.1f s; sending anyway", self.settings.wait_subscriber_s)
+        wait = self.settings.wait_subscriber_s
+        if wait is None:
+            wait = 0.0 if (self.source.live or self.settings.loop) else FINITE_SOURCE_WAIT_S
+        if wait > 0 and not self.publisher.wait_for_subscriber(wait):
+            log.warning("no monitor subscribed within %.1f s; sending anyway (frames nobody gets are counted as "
+                        "frames_unsubscribed)", wait)
         n = self.settings.queue_size
         q_infer, q_encode, q_send = queue.Queue(n), queue.Queue(n), queue.Queue(n)
         self.queues = {"inference": q_infer, "encode": q_encode, "send": q_send}

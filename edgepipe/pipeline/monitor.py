@@ -4,8 +4,12 @@ Sequencing is tracked per (stream, epoch): a gap in `seq` is counted as lost fra
 or when joining mid-stream, HEVC frames are not decodable until the next keyframe and are counted
 as `waiting_for_keyframe`, never shown. Accuracy and rate are accounted per (stream, model, QP).
 Every rejected message is counted by cause and logged (rate-limited); the monitor keeps running.
-Every message counts exactly once: decoded, or one reject. A replayed or reordered frame
-(`out_of_order`) is rejected, not decoded, since it would corrupt the decoder's references.
+Every message counts exactly once: decoded, or one reject (`messages` = decoded + rejects), except
+a capture's end-of-stream message, counted in `end_of_stream`: it turns the frames missing at the
+tail of an epoch into loss, and a frame of that epoch arriving after it proves it false (it is then
+moved to the `bogus_end_of_stream` rejects). A replayed or reordered frame (`out_of_order`) is
+rejected, not decoded, since it would corrupt the decoder's references. Whatever was received but
+not decoded when the monitor stops is counted (`unprocessed_at_stop`), never dropped silently.
 
 Memory is bounded for a monitor that runs for months, whatever peers send (see docs/guarantees.md,
 `MonitorLimits`): stream ids, (stream, epoch) states, HEVC decoders, report rows and the receive
@@ -140,6 +144,7 @@ class StreamState:
     last_seen: float = 0.0  # monitor clock of the last message, in sequence or not
     decoded: int = 0
     asked_at: float = float("-inf")  # monitor clock of the last keyframe request for this state
+    eos_tail: int | None = None  # frames lost at the tail, once the end-of-stream message came
 
 
 class _Stream:
@@ -240,7 +245,8 @@ class Monitor:
         self.rows: OrderedDict[tuple[str, str, int, str], RateAccount] = OrderedDict()  # LRU first
         self.expired: Counter = Counter()  # what was folded to stay bounded: counts kept, memory freed
         self.rejects: Counter = Counter()
-        self.messages = 0  # messages counted (as soon as their handling starts)
+        self.end_of_stream: Counter = Counter()  # end-of-stream messages: matched an epoch, or unmatched
+        self.messages = 0  # frame messages counted (as soon as their handling starts)
         self.settled = 0  # messages whose handling is complete, report rows included
         self.decoded = 0
         self.backlog = _Backlog(self.limits.queue_bytes, self.limits.queue_messages)
@@ -260,12 +266,16 @@ class Monitor:
 
     def _handle(self, parts: list[bytes], received_at: float) -> np.ndarray | None:
         with self._lock:
-            self.messages += 1
             try:
                 header, payload = parse_message(parts)
             except ProtocolError as exc:
+                self.messages += 1
                 self._reject(exc.cause, str(exc))
                 return None
+            if header.end_of_stream:
+                self._end_of_stream(header, received_at)
+                return None
+            self.messages += 1
             state = self._sequence(header, received_at)
             if state is None:  # rejected (out of order, implausible jump, too many streams)
                 return None
@@ -321,13 +331,17 @@ class Monitor:
         takes its place in the sequence, so it is never counted as lost too."""
         received_at = time.time() if received_at is None else received_at
         with self._lock:
-            self.messages += 1
             self.settled += 1
             try:
                 header, _ = parse_message(parts)
             except ProtocolError as exc:
+                self.messages += 1
                 self._reject(exc.cause, str(exc))
                 return
+            if header.end_of_stream:  # cheap, and it counts a tail: handled, not left over
+                self._end_of_stream(header, received_at)
+                return
+            self.messages += 1
             state = self._sequence(header, received_at)
             if state is None:
                 return
@@ -346,6 +360,31 @@ class Monitor:
         if self.on_loss and now - state.asked_at >= KEYFRAME_ASK_INTERVAL_S:
             state.asked_at = now
             self.on_loss(sid)
+
+    def _end_of_stream(self, header: FrameHeader, now: float) -> None:
+        """A capture's last message of an epoch: the frames it numbered but this monitor never got
+        are lost at the tail. A later frame of the same epoch proves it false (see _sequence)."""
+        entry = self._ids.get(header.stream_id)
+        state = entry.epochs.get(header.epoch) if entry is not None else None
+        if state is None:  # an epoch this monitor never saw a frame of (or has folded): nothing to count
+            self.end_of_stream["unmatched"] += 1
+            return
+        expected = state.expected_seq or 0
+        gap = header.seq - expected
+        if state.eos_tail is not None or gap < 0 or gap > self._plausible_gap(state, now):
+            self.messages += 1  # not a credible end: a reject like any bad message
+            self._reject("bad_end_of_stream", f"{header.stream_id} epoch {header.epoch}: ends at seq "
+                                              f"{header.seq}, expected {expected}")
+            return
+        state.eos_tail = gap
+        state.lost += gap
+        state.last_seen = now
+        self.end_of_stream["matched"] += 1
+        log.info("stream %s epoch %d ended after %d frames (%d lost at the tail)", header.stream_id, header.epoch,
+                 header.seq, gap)
+
+    def _plausible_gap(self, state: StreamState, now: float) -> float:
+        return self.limits.max_gap_slack + self.limits.max_gap_rate * max(0.0, now - state.last_accepted_at)
 
     def _timed(self, stage: str, seconds: float) -> None:
         t = self.timings[stage]
@@ -376,10 +415,17 @@ class Monitor:
                     self._fold_epoch(entry)
             state = entry.epochs[header.epoch] = self.streams[(sid, header.epoch)] = StreamState()
         state.last_seen = now
+        if state.eos_tail is not None and header.seq >= (state.expected_seq or 0):
+            # the epoch goes on: its end-of-stream message was false (forged): undo what it counted
+            state.lost -= state.eos_tail
+            state.eos_tail = None
+            self.end_of_stream["matched"] -= 1
+            self.messages += 1
+            self._reject("bogus_end_of_stream", f"{sid} epoch {header.epoch} continues at seq {header.seq}")
         if state.expected_seq is not None and header.seq != state.expected_seq:
             if header.seq > state.expected_seq:
                 gap = header.seq - state.expected_seq
-                plausible = self.limits.max_gap_slack + self.limits.max_gap_rate * max(0.0, now - state.last_accepted_at)
+                plausible = self._plausible_gap(state, now)
                 if gap > plausible:  # no capture numbers frames that fast: a forged or corrupt seq, not loss
                     self._reject("seq_jump", f"{sid} seq {header.seq} jumps {gap} frames ahead of "
                                              f"{state.expected_seq} (at most {plausible:.0f} are plausible)")
@@ -589,7 +635,8 @@ class Monitor:
         with self._lock:
             rows = [{"stream": s, "model": m, "qp": q, "codec": c, **acc.summary()}
                     for (s, m, q, c), acc in sorted(self.rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2]))]
-            streams = [{"stream": s, "epoch": e, "received": st.received, "lost": st.lost}
+            streams = [{"stream": s, "epoch": e, "received": st.received, "lost": st.lost,
+                        **({"ended": True} if st.eos_tail is not None else {})}
                        for (s, e), st in self.streams.items()]
             folded_lost = sum(e.folded_lost for e in self._ids.values()) + self.expired["lost"]
             folded_received = sum(e.folded_received for e in self._ids.values()) + self.expired["received"]
@@ -598,6 +645,8 @@ class Monitor:
                 "decoded": self.decoded,
                 "lost": sum(st.lost for st in self.streams.values()) + folded_lost,
                 "rejects": dict(self.rejects),
+                "end_of_stream": {"matched": self.end_of_stream["matched"],
+                                  "unmatched": self.end_of_stream["unmatched"]},
                 "streams": streams,
                 "rows": rows,
             }
@@ -625,6 +674,9 @@ def format_table(report: dict) -> str:
                      f"{r['bpp']:>8.4f} {kbps} {r['bytes_per_frame']:>9.0f} {top1}")
     rejects = ", ".join(f"{k}={v}" for k, v in sorted(report["rejects"].items())) or "none"
     lines.append(f"messages {report['messages']}, decoded {report['decoded']}, lost {report['lost']}, rejected: {rejects}")
+    ended = report.get("end_of_stream", {}).get("matched", 0)
+    if ended:
+        lines.append(f"streams ended by their capture: {ended} (frames missing at their tail are counted as lost)")
     return "\n".join(lines)
 
 

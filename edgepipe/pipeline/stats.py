@@ -27,6 +27,7 @@ class CaptureStats:
     keyframes: int = 0
     keyframe_requests: int = 0
     frames_unsubscribed: int = 0  # of frames_sent: sent while no monitor was subscribed (nobody got them)
+    end_of_stream: str | None = None  # "sent" / "unsent" (a stuck monitor) once the run ends
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def timed(self, stage: str, seconds: float) -> None:
@@ -53,6 +54,7 @@ class CaptureStats:
                 "wall_s": round(wall, 3),
                 "frames_sent": self.frames_sent,
                 "frames_unsubscribed": self.frames_unsubscribed,
+                "end_of_stream": self.end_of_stream,
                 "bytes_sent": self.bytes_sent,
                 "keyframes": self.keyframes,
                 "keyframe_requests": self.keyframe_requests,

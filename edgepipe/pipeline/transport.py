@@ -1,10 +1,10 @@
-"""ZeroMQ transport: a versioned two-part message, [header, payload].
+"""ZeroMQ transport: a versioned two-part message, [header, payload] (docs/wire.md).
 
-Header layout (little-endian), protocol version 1:
+Header layout (little-endian), protocol versions 1 and 2:
 
     magic  b"EP"     2 bytes
-    version u8       1
-    flags   u8       bit 0: keyframe
+    version u8       1: frames; 2: also the end-of-stream message (the only message that needs it)
+    flags   u8       bit 0: keyframe; bit 1 (version 2 only): end of stream
     codec   u8       1 hevc, 2 jpeg, 3 jpeg2000
     qp      i8       -1 when the encoder ran on CRF
     width   u16
@@ -14,6 +14,14 @@ Header layout (little-endian), protocol version 1:
     seq     u64      per (stream, epoch), from 0; gaps are lost frames
     capture_time f64 unix seconds when the frame was read; finite, in [0, 2**32), else `bad_time`
     stream_id, model_id: u8 length + UTF-8 bytes each
+
+A message carries the lowest version that can express it: frames stay version 1 (a monitor of the
+previous release decodes them), and only the end-of-stream message is version 2 (such a monitor
+counts it as one `bad_version` reject). This monitor accepts versions 1 and 2, and rejects others.
+
+End of stream (version 2, flag bit 1, empty payload): the capture's last message of an epoch;
+`seq` is the number of frames it numbered in that epoch, so the monitor counts the frames missing
+at the tail as lost; the other fields repeat the last frame's (1x1 when there was none).
 
 The capture side binds a PUB-like socket (XPUB, so it can tell when a subscriber has joined). It
 never blocks on a missing subscriber (ZeroMQ discards messages nobody subscribed to). XPUB_NODROP
@@ -36,7 +44,10 @@ from edgepipe.errors import EdgepipeError
 log = logging.getLogger(__name__)
 
 MAGIC = b"EP"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 1  # of frames
+END_OF_STREAM_VERSION = 2  # of the end-of-stream message
+SUPPORTED_VERSIONS = (1, 2)
+FLAG_KEYFRAME, FLAG_END_OF_STREAM = 1, 2
 _FIXED = struct.Struct("<2sBBBbHHiIQd")
 CODEC_IDS = {"hevc": 1, "jpeg": 2, "jpeg2000": 3}
 CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
@@ -66,12 +77,15 @@ class FrameHeader:
     label: int = -1
     model_id: str = "none"
     epoch: int = 0
+    end_of_stream: bool = False
 
     def pack(self) -> bytes:
         sid, mid = self.stream_id.encode(), self.model_id.encode()
         if len(sid) > 255 or len(mid) > 255:
             raise ValueError("stream_id and model_id must each fit in 255 UTF-8 bytes")
-        fixed = _FIXED.pack(MAGIC, PROTOCOL_VERSION, int(self.keyframe), CODEC_IDS[self.codec], self.qp,
+        version = END_OF_STREAM_VERSION if self.end_of_stream else PROTOCOL_VERSION
+        flags = (FLAG_KEYFRAME if self.keyframe else 0) | (FLAG_END_OF_STREAM if self.end_of_stream else 0)
+        fixed = _FIXED.pack(MAGIC, version, flags, CODEC_IDS[self.codec], self.qp,
                             self.width, self.height, self.label, self.epoch, self.seq, self.capture_time)
         return b"".join((fixed, bytes((len(sid),)), sid, bytes((len(mid),)), mid))
 
@@ -82,8 +96,11 @@ class FrameHeader:
         magic, version, flags, codec, qp, width, height, label, epoch, seq, ctime = _FIXED.unpack_from(data)
         if magic != MAGIC:
             raise ProtocolError("bad_header", "not an edgepipe message (bad magic)")
-        if version != PROTOCOL_VERSION:
-            raise ProtocolError("bad_version", f"protocol version {version}, this monitor speaks {PROTOCOL_VERSION}")
+        if version not in SUPPORTED_VERSIONS:
+            raise ProtocolError("bad_version", f"protocol version {version}, this monitor speaks "
+                                               f"{', '.join(map(str, SUPPORTED_VERSIONS))}")
+        if flags & FLAG_END_OF_STREAM and version < END_OF_STREAM_VERSION:
+            raise ProtocolError("bad_header", f"end-of-stream flag in a version {version} header")
         if codec not in CODEC_NAMES:
             raise ProtocolError("bad_header", f"unknown codec id {codec}")
         if width == 0 or height == 0 or width > MAX_DIMENSION or height > MAX_DIMENSION:
@@ -106,8 +123,8 @@ class FrameHeader:
             pos += 1 + n
         if pos != len(data):
             raise ProtocolError("bad_header", f"{len(data) - pos} trailing bytes after header")
-        return cls(strings[0], seq, ctime, CODEC_NAMES[codec], width, height, qp, bool(flags & 1),
-                   label, strings[1], epoch)
+        return cls(strings[0], seq, ctime, CODEC_NAMES[codec], width, height, qp, bool(flags & FLAG_KEYFRAME),
+                   label, strings[1], epoch, bool(flags & FLAG_END_OF_STREAM))
 
 
 def parse_message(parts: list[bytes]) -> tuple[FrameHeader, bytes]:
@@ -115,6 +132,10 @@ def parse_message(parts: list[bytes]) -> tuple[FrameHeader, bytes]:
     if len(parts) != 2:
         raise ProtocolError("bad_framing", f"{len(parts)} message parts, expected 2")
     header = FrameHeader.unpack(parts[0])
+    if header.end_of_stream:
+        if parts[1]:
+            raise ProtocolError("bad_header", "an end-of-stream message has an empty payload")
+        return header, parts[1]
     if not parts[1]:
         raise ProtocolError("empty_payload", "payload is empty")
     # No codec of ours spends 4 bytes a pixel; a bigger payload is garbage or an attack on the decoder.
@@ -359,6 +380,23 @@ class Publisher:
             time.sleep(0.002)  # XPUB has no useful POLLOUT with NODROP: retry briefly
         self.dropped += 1
         return False
+
+    def send_end(self, header: FrameHeader, cancel=None) -> bool:
+        """The end-of-stream message, after the last frame: waits at most the linger for room (a
+        stuck subscriber), so a stop never hangs; False when it could not be queued."""
+        header.end_of_stream, header.keyframe = True, False
+        zmq = self._zmq
+        parts = (header.pack(), b"")
+        self.poll_subscriptions()
+        deadline = time.monotonic() + self.linger_s
+        while True:
+            try:
+                self.sock.send_multipart(parts, flags=zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.002)
 
     def close(self) -> None:
         self.sock.close()

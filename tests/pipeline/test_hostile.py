@@ -381,3 +381,120 @@ def test_f_a_subscription_flood_is_capped_banned_and_the_real_monitor_carries_on
     assert live <= pub.max_topics and pub.subscription_floods == 1  # banned: no second flood
     assert grown < 20, f"RSS grew {grown:.0f} MB after the ban"  # without the cap: +240 MB, held
     assert zap.bans == 1
+
+
+# --- G: no frame lost without a count -----------------------------------------------------------------
+
+def test_g_frames_sent_to_nobody_are_counted(small_val_folder):
+    from edgepipe.pipeline.capture import CaptureSettings
+    from edgepipe.pipeline.demo import free_tcp_endpoint
+    from edgepipe.pipeline.service import CaptureService
+
+    service = CaptureService(CaptureSettings(source=f"folder:{small_val_folder}", publish=free_tcp_endpoint(),
+                                             codec="jpeg", qp=80, wait_subscriber_s=0))
+    try:
+        stats = service.run()
+    finally:
+        service.close()
+    assert stats.frames_sent == 12 and stats.frames_unsubscribed == 12  # "sent 12, dropped none" before
+
+
+def test_g_a_folder_waits_for_its_first_monitor_and_ends_with_an_end_of_stream(small_val_folder):
+    """Started before the monitor: the folder source waits (by default) instead of sending into
+    the void; the capture's end-of-stream message closes the epoch at the monitor."""
+    from edgepipe.pipeline.capture import CaptureSettings
+    from edgepipe.pipeline.demo import free_tcp_endpoint
+    from edgepipe.pipeline.service import CaptureService, MonitorService
+
+    endpoint = free_tcp_endpoint()
+    capture = CaptureService(CaptureSettings(source=f"folder:{small_val_folder}", publish=endpoint, gop=4,
+                                             stream_id="door"))
+    cap = Running(capture.run)
+    try:
+        time.sleep(0.5)
+        monitor = MonitorService(endpoint, None)
+        mon = Running(monitor.run)
+        cap.thread.join(30)  # the folder ends by itself
+        stats = cap.result
+        assert wait_for(lambda: monitor.monitor.end_of_stream["matched"] == 1, 10)
+        mon.stop()
+        monitor.close()
+    finally:
+        cap.stop()
+        capture.close()
+    rep = monitor.monitor.report()
+    assert stats.frames_sent == 12 and stats.frames_unsubscribed == 0 and stats.end_of_stream == "sent"
+    assert rep["decoded"] == 12 and rep["lost"] == 0 and not rep["rejects"]
+    assert rep["streams"][0]["ended"] is True
+
+
+def test_g_the_end_of_stream_counts_a_lost_tail_and_a_forged_one_is_undone(real_stream):
+    def end(msg, seq):
+        h = FrameHeader.unpack(msg[0])
+        h.seq, h.end_of_stream = seq, True
+        return [h.pack(), b""]
+
+    with Session() as s:
+        for i, msg in enumerate(real_stream[:50]):
+            s.send(msg)
+            if i == 20:
+                s.send(end(msg, 21))  # forged: the stream goes on at seq 21
+        s.send(end(real_stream[0], 60))  # the real end: frames 50..59 never arrived
+        rep = s.settle()
+    real = [x for x in rep["streams"] if x["stream"] == REAL][0]
+    assert real == {"stream": REAL, "epoch": EPOCH, "received": 50, "lost": 10, "ended": True}
+    assert rep["rejects"] == {"bogus_end_of_stream": 1} and rep["end_of_stream"]["matched"] == 1
+    assert rep["messages"] == 51 == rep["decoded"] + 1  # the forged end counts as a message, once
+
+
+def test_g_a_stopped_monitor_counts_what_it_received_but_did_not_decode(real_stream):
+    def slow(image):
+        time.sleep(0.03)
+        return 0
+
+    feeder = Feeder()
+    sub = Subscriber(feeder.endpoint)
+    mon = Monitor(slow, sub)
+    run = Running(mon.run)
+    try:
+        feeder.wait_subscriber()
+        for msg in real_stream:
+            feeder.send(msg)
+        assert wait_for(lambda: mon.decoded >= 5, 10)
+        time.sleep(0.3)  # everything has crossed loopback; most of it waits in the receive queue
+        run.stop()
+    finally:
+        sub.close()
+        feeder.close()
+    rep = mon.report()
+    assert rep["rejects"].get("unprocessed_at_stop", 0) > 0
+    assert rep["messages"] == len(real_stream) == rep["decoded"] + sum(rep["rejects"].values())
+
+
+def test_g_a_joining_monitor_asks_for_a_keyframe(clip):
+    """GOP 1,000: without a request, a monitor that joins waits for the next GOP (33 s at 30 fps);
+    with the back channel it asks as soon as it sees a P-frame, and decodes within a few frames."""
+    from edgepipe.pipeline.capture import CaptureSettings
+    from edgepipe.pipeline.demo import free_tcp_endpoint
+    from edgepipe.pipeline.service import CaptureService, MonitorService, ServiceOptions
+
+    from field_helpers import PacedSource
+
+    data, control = free_tcp_endpoint(), free_tcp_endpoint()
+    capture = CaptureService(CaptureSettings(source="paced", publish=data, gop=1000, keyframe_min_interval_s=0.0),
+                             ServiceOptions(control=control), source=PacedSource(clip, fps=40))
+    loop = capture.loop
+    cap = Running(capture.run)
+    try:
+        assert wait_for(lambda: capture.loop.stats.frames_sent >= 20, 10)
+        monitor = MonitorService(data, None, ServiceOptions(control=control))
+        mon = Running(monitor.run)
+        assert wait_for(lambda: monitor.monitor.decoded >= 10, 10)
+        mon.stop()
+        monitor.close()
+    finally:
+        cap.stop()
+        capture.close()
+    rep = monitor.monitor.report()
+    assert loop.forced_keyframes >= 1 and loop.stats.keyframe_requests >= 1
+    assert rep["rejects"].get("waiting_for_keyframe", 0) <= 10

@@ -106,7 +106,8 @@ def test_monitor_metrics_count_loss_and_rejects(video_clip):
 
 def test_two_services_in_one_process_keep_separate_registries(small_val_folder):
     services = [CaptureService(CaptureSettings(source=f"folder:{small_val_folder}", publish=free_tcp_endpoint(),
-                                               codec="jpeg", qp=90, frames=n, stream_id=f"cam{n}"),
+                                               codec="jpeg", qp=90, frames=n, stream_id=f"cam{n}",
+                                               wait_subscriber_s=0),
                                ServiceOptions(metrics="127.0.0.1:0")) for n in (3, 5)]
     saved = signal.getsignal(signal.SIGTERM)
     try:
