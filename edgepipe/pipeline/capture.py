@@ -243,7 +243,7 @@ class CaptureLoop:
         wait = self.settings.wait_subscriber_s
         if wait is None:
             wait = 0.0 if (self.source.live or self.settings.loop) else FINITE_SOURCE_WAIT_S
-        if wait > 0 and not self.publisher.wait_for_subscriber(wait):
+        if wait > 0 and not self._wait_for_subscriber(wait, stop):
             log.warning("no monitor subscribed within %.1f s; sending anyway (frames nobody gets are counted as "
                         "frames_unsubscribed)", wait)
         n = self.settings.queue_size
@@ -258,13 +258,49 @@ class CaptureLoop:
         threads = [threading.Thread(target=self._guard, args=(fn, args), name=f"edgepipe-{name}", daemon=True)
                    for name, fn, args in stages]
         self.stats.started = time.monotonic()
+        self._threads = threads
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        except KeyboardInterrupt:  # a second stop request while draining: stop now, but cleanly
+            log.warning("stopping now: frames still in the pipeline are dropped (counted as aborted_at_stop)")
+            self._abort.set()
+            stop.set()
+            self._join()
+        self._count_in_flight()
         if self.errors:
             raise self.errors[0]
         return self.stats
+
+    def _wait_for_subscriber(self, seconds: float, stop: threading.Event) -> bool:
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            if self.publisher.wait_for_subscriber(min(0.1, max(0.0, deadline - time.monotonic()))):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+        return False
+
+    def _join(self) -> None:
+        """Wait for every stage thread, whatever further stop requests come: the engine and the
+        encoder must not be closed under a running thread (ONNX Runtime aborts the process)."""
+        for t in getattr(self, "_threads", ()):
+            while t.is_alive():
+                try:
+                    t.join()
+                except KeyboardInterrupt:
+                    self._abort.set()
+                    log.warning("already stopping")
+
+    def _count_in_flight(self) -> None:
+        """Frames read but neither sent nor dropped (an abort left them in a queue or a stage)."""
+        with self.stats._lock:
+            produced = self.stats.stages["source"].count if "source" in self.stats.stages else 0
+            accounted = self.stats.frames_sent + sum(self.stats.drops.values())
+        if produced > accounted:
+            self.stats.drop("aborted_at_stop", produced - accounted)
 
     def _guard(self, fn, args) -> None:
         try:
@@ -275,6 +311,9 @@ class CaptureLoop:
             self._abort.set()
 
     def close(self) -> None:
+        """After run(): the stage threads are gone before the source and the engine close."""
+        self._abort.set()
+        self._join()
         self.source.close()
         self.engine.close()
         if self._own_publisher:

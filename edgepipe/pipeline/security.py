@@ -8,7 +8,9 @@ Key sources (the same syntax wherever a key is asked for):
 
     PATH                  a key file written by `edgepipe keys generate` (pyzmq/czmq certificate format)
     credential:NAME       $CREDENTIALS_DIRECTORY/NAME, i.e. a systemd credential (LoadCredential=)
-    z85:KEY               a public key written inline (40 Z85 characters); allow-lists and server keys only
+    z85:KEY               a public key written inline (40 Z85 characters); allow-lists and server keys only.
+                          Z85 uses shell characters ($ & < > * ? ! { } [ ] ( ) # ^ ...): quote it,
+                          'z85:KEY' in single quotes (Z85 has no single quote)
 
 A secret key file must not be readable by group or others (systemd credentials are exempt: systemd
 makes them private to the service). An unknown or missing client key gets nothing: the handshake
@@ -128,6 +130,8 @@ def load_keypair(spec: str) -> KeyPair:
 
 
 def load_public_key(spec: str) -> bytes:
+    if spec.startswith("'z85:") and spec.endswith("'"):  # pasted with the quotes a shell needs
+        spec = spec[1:-1]
     if spec.startswith("z85:"):
         key = spec[4:].encode()
         if not _is_z85_key(key):
@@ -163,7 +167,9 @@ def write_keypair(directory: str | Path, name: str, force: bool = False) -> tupl
     if not name or "/" in name or name.startswith("."):
         raise EdgepipeError(f"key name {name!r} must be a plain file name")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if not directory.exists():
+        directory.mkdir(parents=True, mode=0o700)
+        os.chmod(directory, 0o700)  # private whatever the umask: it holds secret keys
     public, secret = zmq.curve_keypair()
     pub_path, sec_path = directory / f"{name}.key", directory / f"{name}.key_secret"
     if not force:

@@ -220,9 +220,16 @@ class MonitorService:
 
 
 def _close_in_order(service, steps: list[tuple[str, str]]) -> None:
-    """Call each attribute's closing method once, in order, and clear it (so close() is idempotent)."""
+    """Call each attribute's closing method once, in order, and clear it (so close() is idempotent).
+    A further Ctrl-C while closing does not cut the shutdown short: it is already under way."""
     for attr, method in steps:
         part = getattr(service, attr, None)
-        if part is not None:
-            getattr(part, method)()
-            setattr(service, attr, None)
+        if part is None:
+            continue
+        setattr(service, attr, None)
+        while True:
+            try:
+                getattr(part, method)()
+                break
+            except KeyboardInterrupt:
+                log.warning("already stopping")

@@ -498,3 +498,84 @@ def test_g_a_joining_monitor_asks_for_a_keyframe(clip):
     rep = monitor.monitor.report()
     assert loop.forced_keyframes >= 1 and loop.stats.keyframe_requests >= 1
     assert rep["rejects"].get("waiting_for_keyframe", 0) <= 10
+
+
+# --- H: shutdown, metrics server, key files, plain-text check -----------------------------------------
+
+@pytest.mark.parametrize("second_after", [0.05, 0.5])
+def test_h_a_second_ctrl_c_during_capture_with_an_engine_stops_cleanly(tmp_path, video_clip, second_after):
+    """Before: `terminate called without an active exception`, SIGABRT, no stats file."""
+    import signal
+
+    from edgepipe.pipeline.demo import free_tcp_endpoint
+
+    stats = tmp_path / "stats.json"
+    proc = subprocess.Popen([sys.executable, "-m", "edgepipe.cli", "capture", "--source", str(video_clip), "--engine",
+                             "ours", "--size", "384x216", "--publish", free_tcp_endpoint(), "--loop", "--stats",
+                             str(stats), "--wait-subscriber", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stderr.readline().startswith("capture:")  # open: frames flow through the engine
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(second_after)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "terminate called" not in err and "Traceback" not in err
+    data = json.loads(stats.read_text())
+    assert data["frames_sent"] > 0
+
+
+def test_h_the_metrics_server_bounds_its_threads_and_drops_silent_clients(capfd):
+    """300 half-open connections made 300 threads, each waiting forever."""
+    import socket
+    import urllib.request
+
+    from edgepipe.pipeline.metrics import MetricsServer, MonitorCollector, registry_for
+
+    server = MetricsServer(registry_for(MonitorCollector(Monitor(None))), "127.0.0.1:0", max_connections=4,
+                           timeout_s=0.5)
+    threads_before = threading.active_count()
+    clients = []
+    try:
+        most = 0
+        for _ in range(300):
+            c = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            c.sendall(b"GET /metr")  # half a request, then nothing
+            clients.append(c)
+            most = max(most, threading.active_count() - threads_before)
+        assert wait_for(lambda: server.refused >= 250, 5)
+        assert most <= 4
+        time.sleep(0.6)  # the 4 silent clients time out and free their slots
+        body = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read()
+        assert b"edgepipe_monitor_messages_total" in body
+    finally:
+        for c in clients:
+            c.close()
+        server.close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_h_a_plain_text_capture_refuses_a_public_address_before_it_binds(small_val_folder):
+    """The address is checked first: with the port held by someone else, the error is the refusal,
+    not 'already in use' (before, the socket was bound, reachable, then closed)."""
+    import socket
+
+    from edgepipe.errors import EdgepipeError
+    from edgepipe.pipeline.capture import CaptureSettings
+    from edgepipe.pipeline.service import CaptureService, ServiceOptions
+
+    holder = socket.socket()
+    holder.bind(("0.0.0.0", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        for publish, control in ((f"tcp://0.0.0.0:{port}", None), ("tcp://127.0.0.1:0", f"tcp://0.0.0.0:{port}")):
+            with pytest.raises(EdgepipeError, match="refusing plain text"):
+                CaptureService(CaptureSettings(source=f"folder:{small_val_folder}", publish=publish),
+                               ServiceOptions(control=control))
+    finally:
+        holder.close()

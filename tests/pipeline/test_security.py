@@ -64,13 +64,29 @@ def test_keys_generate_writes_private_secret_and_public_key(tmp_path):
         public, secret = zmq.auth.load_certificate(sec)  # pyzmq/czmq certificate format
         assert zmq.auth.load_certificate(pub) == (public, None)
         assert zmq.curve_public(secret) == public  # a real pair
-        assert f"z85:{public.decode()}" in res.output
+        assert f"'z85:{public.decode()}'" in res.output  # quoted: Z85 has shell characters (issue 12)
     assert "already exists" in one_error_line(run("keys", "generate", "capture", "--dir", tmp_path / "k"))
     old = (tmp_path / "k" / "capture.key").read_text()
     assert run("keys", "generate", "capture", "--dir", tmp_path / "k", "--force").exit_code == 0
     assert (tmp_path / "k" / "capture.key").read_text() != old
     shown = run("keys", "show", tmp_path / "k" / "monitor.key_secret")
-    assert shown.output.strip() == f"z85:{zmq.auth.load_certificate(tmp_path / 'k' / 'monitor.key')[0].decode()}"
+    key = zmq.auth.load_certificate(tmp_path / "k" / "monitor.key")[0].decode()
+    assert shown.stdout.strip() == f"z85:{key}"  # bare on stdout, for scripts
+    assert f"quote it: 'z85:{key}'" in shown.stderr
+    assert load_public_key(f"'z85:{key}'") == key.encode()  # pasted with its shell quotes: accepted
+    assert "quote" in run("keys", "generate", "--help").output and "quote" in run("keys", "show", "--help").output
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000, 0o277])
+def test_keys_generate_makes_a_private_folder_whatever_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        res = run("keys", "generate", "capture", "--dir", tmp_path / "new" / "keys")
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    assert stat.S_IMODE((tmp_path / "new" / "keys").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "new" / "keys" / "capture.key_secret").stat().st_mode) == 0o600
 
 
 def test_key_sources_files_literals_folders_and_credentials(keys, monkeypatch, tmp_path):
