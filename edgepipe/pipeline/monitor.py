@@ -165,8 +165,8 @@ class _Stream:
 
 class _Backlog:
     """The receive queue between the socket thread and the decoding loop, bounded in bytes and in
-    messages. When it is full the socket thread stops reading: the transport's own queue (a few
-    messages, SocketDefaults.recv_hwm) fills, then TCP, then the capture sees a slow subscriber
+    messages. When it is full the socket thread stops reading: the transport's own queue (one
+    message, SocketDefaults.recv_hwm) fills, then TCP, then the capture sees a slow subscriber
     and drops by its own policy, counted there and seen here as a gap. Nothing is dropped here."""
 
     def __init__(self, max_bytes: int, max_messages: int):

@@ -152,9 +152,9 @@ class SocketDefaults:
 
     send_hwm: int = 200
     # The monitor's own receive queue (MonitorLimits.queue_bytes / queue_messages) holds its backlog;
-    # the transport's stays a few messages, so the bytes it may hold are bounded by
-    # (recv_hwm + 1) x max_message_bytes however large the messages are.
-    recv_hwm: int = 4
+    # the transport's holds one message, so the bytes it may hold are about (recv_hwm + 2) x
+    # max_message_bytes (the queued one, one being read, one being handed over) however large they are.
+    recv_hwm: int = 1
     linger_ms: int = 500
     poll_ms: int = 100
     # ZMTP heartbeats: a peer that vanished without closing TCP (power cut, cable) is dropped in
