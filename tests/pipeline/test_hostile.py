@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import subprocess
 import sys
 import threading
@@ -580,3 +581,60 @@ def test_h_a_plain_text_capture_refuses_a_public_address_before_it_binds(small_v
                                ServiceOptions(control=control))
     finally:
         holder.close()
+
+
+# --- all of it at once --------------------------------------------------------------------------------
+
+def test_every_attack_interleaved_with_a_real_stream(real_stream, tmp_path):
+    """Between every two real frames, one hostile message of a rotating kind (plus one message
+    over the transport's size limit in the middle): the monitor stays up, every real frame is
+    decoded, every hostile message lands in the cause it was built for, and the report is JSON."""
+    def kind(i, msg):
+        h = FrameHeader.unpack(msg[0])
+        k = i % 9
+        if k == 0:
+            return forged(msg, seq=2**64 - 1), {"seq_jump"}
+        if k == 1:  # the next real frame's seq, a poisoned time
+            return forged(real_stream[i + 1], capture_time=float("nan")), {"bad_time"}
+        if k == 2:
+            return forged(real_stream[1], epoch=70_000 + i, seq=0), {"waiting_for_keyframe"}
+        if k == 3:
+            garbage_keyframe = forged(msg, epoch=80_000 + i, seq=0, keyframe=True)[:1] + [os.urandom(1500)]
+            return garbage_keyframe, {"undecodable", "no_picture"}
+        if k == 4:
+            return forged(real_stream[1], stream_id=f"invented-{i}", seq=0), {"waiting_for_keyframe"}
+        if k == 5:  # an end of stream on the live epoch: the next real frame proves it false
+            h.seq, h.end_of_stream = h.seq + 1, True
+            return [h.pack(), b""], {"bogus_end_of_stream"}
+        if k == 6:
+            return list(real_stream[max(0, i - 3)]), {"out_of_order"}
+        if k == 7:
+            return [os.urandom(40)], {"bad_framing"}
+        raw = bytearray(msg[0])
+        raw[2] = 9
+        return [bytes(raw), msg[1]], {"bad_version"}
+
+    expected = []
+    with Session(SocketDefaults(max_message_bytes=2_000_000), max_streams=16) as s:
+        for i, msg in enumerate(real_stream):
+            s.send(msg)
+            if i == 30:
+                assert wait_for(lambda: s.mon.settled >= s.sent, 10)
+                oversize_and_wait_for_the_repair(s, 3_000_000)
+            if i + 1 < len(real_stream):
+                parts, causes = kind(i, msg)
+                s.send(parts)
+                expected.append(causes)
+        rep = s.settle()
+    assert s.run.error is None
+    got = Counter(rep["rejects"])
+    either = sum(1 for c in expected if len(c) > 1)
+    exact = Counter(next(iter(c)) for c in expected if len(c) == 1)
+    assert got["undecodable"] + got["no_picture"] == either, (got, exact)
+    assert {k: v for k, v in got.items() if k not in ("undecodable", "no_picture")} == exact
+    assert rep["messages"] == len(real_stream) + len(expected) == rep["decoded"] + sum(got.values())
+    assert rep["decoded"] == len(real_stream) and rep["lost"] == 0
+    assert rep["transport"]["drops"] == 1 and rep["transport"]["repairs"] == 1
+    real_stream_is_whole(rep, len(real_stream))
+    write_report(rep, tmp_path / "report.json")
+    assert strict_json(tmp_path / "report.json")["decoded"] == len(real_stream)
