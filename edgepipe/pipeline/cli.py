@@ -130,8 +130,9 @@ def _write_json(data: dict, path: str | None) -> None:
 @click.option("--loop", "loop_source", is_flag=True, help="Replay a file or folder forever.")
 @click.option("--stream-id", default=None,
               help="Name of this camera in the stream header [default: cam-<hostname>].")
-@click.option("--wait-subscriber", type=click.FloatRange(min=0), default=0.0,
-              help="Wait up to S seconds for a monitor to join.")
+@click.option("--wait-subscriber", type=click.FloatRange(min=0), default=None,
+              help="Wait up to S seconds for a monitor to join before sending; 0 = do not wait "
+                   "[default: 10 for files and folders without --loop, 0 for live sources].")
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), default=None, help="Write loop statistics as JSON.")
 def capture(source, engine, publish, control, key, insecure, allow, metrics, codec, qp, crf, gop, preset, encoder,
             frames, size, crop, realtime, fps, loop_source, stream_id, wait_subscriber, stats_path, print_config):
@@ -173,8 +174,13 @@ def capture(source, engine, publish, control, key, insecure, allow, metrics, cod
     summary["epoch"] = loop.epoch
     _write_json(summary, stats_path)  # atomic: whole or not at all
     drops = ", ".join(f"{k}={v}" for k, v in summary["drops"].items()) or "none"
+    unsubscribed = summary.get("frames_unsubscribed", 0)
     click.echo(f"capture: sent {summary['frames_sent']} frames, {summary['bytes_sent']} bytes, "
-               f"{summary['loop_fps']} frames/s; dropped: {drops}", err=True)
+               f"{summary['loop_fps']} frames/s; dropped: {drops}"
+               + (f"; {unsubscribed} sent while no monitor was subscribed" if unsubscribed else ""), err=True)
+    if summary.get("end_of_stream") == "unsent":
+        click.echo("capture: the end-of-stream message could not be sent: a monitor counts this stream's tail "
+                   "only from later frames", err=True)
 
 
 def _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf) -> None:
@@ -226,13 +232,15 @@ def _capture_service(settings, options):
 @click.option("--recognizer-view", type=click.Choice(VIEWS), default="centre-crop", show_default=True,
               help="What the recognizer sees of a frame: its centre square at 224 (as trained; a 720p frame costs "
                    "what a 224 one does), the whole frame as it is, or square tiles across it, probabilities averaged.")
+@click.option("--recognizer-server", default=None, metavar="grpc://HOST:PORT",
+              help="Classify on an NVIDIA Triton server (model: the --recognizer name); see docs/triton.md.")
 @click.option("--no-classify", is_flag=True, help="Account rate and loss only.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
 @click.option("--frames", type=click.IntRange(min=1), default=None, help="Stop after N decoded frames.")
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after S seconds without a message.")
-def monitor(connect, control, key, insecure, server_key, metrics, recognizer, weights, recognizer_view, no_classify,
-            report_path, frames, idle_timeout, print_config):
+def monitor(connect, control, key, insecure, server_key, metrics, recognizer, weights, recognizer_view,
+            recognizer_server, no_classify, report_path, frames, idle_timeout, print_config):
     """Server side: decode, classify and report accuracy against bitrate.
 
     Plain text only on loopback or with --insecure; otherwise give --key and --server-key (CURVE).
@@ -257,9 +265,14 @@ def monitor(connect, control, key, insecure, server_key, metrics, recognizer, we
     client_curve(options.security)  # key problems before the (slow) recognizer loads
     classify = None
     if not no_classify:
-        from edgepipe.recognition import Classifier
+        if recognizer_server:  # one line, no start, when the URL, tritonclient, the server or the model is wrong
+            from edgepipe.recognition.triton_client import TritonClassifier
 
-        classifier = Classifier(recognizer, weights, view=recognizer_view)
+            classifier = TritonClassifier(recognizer_server, recognizer, view=recognizer_view)
+        else:
+            from edgepipe.recognition import Classifier
+
+            classifier = Classifier(recognizer, weights, view=recognizer_view)
         classify = lambda image: int(classifier.top1(image[None])[0])  # noqa: E731
     service = MonitorService(connect, classify, options)
     secure = "CURVE" if key else "plain text"

@@ -35,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgepipe.errors import RecognizerUnavailable
 from edgepipe.pipeline.codecs import HevcDecoder, decode_image
 from edgepipe.pipeline.transport import FrameHeader, ProtocolError, Subscriber, parse_message
 
@@ -237,6 +238,7 @@ class Monitor:
         self.alive = 0
         self.last_message_at: float | None = None  # monitor clock of the last message (None: none yet)
         self.timings = {"decode": [0, 0.0], "classify": [0, 0.0]}  # stage -> [frames, seconds]
+        self.unclassified = 0  # decoded frames a recognizer server could not classify (it was away)
         self.streams: dict[tuple[str, int], StreamState] = {}  # every (stream, epoch) kept, flat
         self._ids: dict[str, _Stream] = {}
         self._unproven: OrderedDict[str, None] = OrderedDict()  # stream ids, least recently seen first
@@ -310,9 +312,16 @@ class Monitor:
             self._prove(header.stream_id)
             self.decoded += 1
         t0 = time.perf_counter()
-        prediction = self.classify(image) if self.classify else None
+        prediction, unclassified = None, False
+        if self.classify:
+            try:
+                prediction = self.classify(image)
+            except RecognizerUnavailable:  # server away: counted, not lost, not in top-1; the client reconnects
+                unclassified = True
         with self._lock:
-            if self.classify:
+            if unclassified:
+                self.unclassified += 1
+            elif self.classify:
                 self._timed("classify", time.perf_counter() - t0)
             row = self.rows.get(key)
             if row is None:
@@ -643,6 +652,7 @@ class Monitor:
             out = {
                 "messages": self.messages,
                 "decoded": self.decoded,
+                "unclassified": self.unclassified,
                 "lost": sum(st.lost for st in self.streams.values()) + folded_lost,
                 "rejects": dict(self.rejects),
                 "end_of_stream": {"matched": self.end_of_stream["matched"],
@@ -673,7 +683,9 @@ def format_table(report: dict) -> str:
         lines.append(f"{r['stream'][:14]:<14} {r['model'][:20]:<20} {r['codec']:<8} {r['qp']:>4} {r['frames']:>6} "
                      f"{r['bpp']:>8.4f} {kbps} {r['bytes_per_frame']:>9.0f} {top1}")
     rejects = ", ".join(f"{k}={v}" for k, v in sorted(report["rejects"].items())) or "none"
-    lines.append(f"messages {report['messages']}, decoded {report['decoded']}, lost {report['lost']}, rejected: {rejects}")
+    unclassified = f", unclassified {report['unclassified']}" if report.get("unclassified") else ""
+    lines.append(f"messages {report['messages']}, decoded {report['decoded']}{unclassified}, lost {report['lost']}, "
+                 f"rejected: {rejects}")
     ended = report.get("end_of_stream", {}).get("matched", 0)
     if ended:
         lines.append(f"streams ended by their capture: {ended} (frames missing at their tail are counted as lost)")

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.errors import EdgepipeError, RecognizerUnavailable  # noqa: F401 - re-exported for callers
 from edgepipe.recognition import DEFAULT_RECOGNIZER, VIEWS, Classifier
 
 log = logging.getLogger(__name__)
@@ -35,13 +35,6 @@ INSTALL_HINT = "pip install 'edgepipe[triton]' (tritonclient[grpc])"
 # gRPC status codes that mean "the request was fine, the server is not serving it now"
 _OUTAGE = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "ABORTED", "RESOURCE_EXHAUSTED", "NOT_FOUND",
            "INTERNAL", "UNKNOWN"}
-
-
-class RecognizerUnavailable(EdgepipeError):
-    """The recognizer server is not answering now: count this call's frames as unclassified, and go on.
-
-    Raised only after a successful start; the next call after the backoff tries to reconnect.
-    """
 
 
 class _Down(Exception):

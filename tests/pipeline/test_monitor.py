@@ -109,3 +109,28 @@ def test_report_table_and_atomic_json(tmp_path, images):
     write_report(mon.report(), path)
     assert json.loads(path.read_text())["decoded"] == 12
     assert not list(path.parent.glob(".*tmp"))
+
+
+def test_recognizer_server_away_counts_unclassified_not_lost(images):
+    """Frames a recognizer server could not classify are decoded, accounted in bitrate, counted apart."""
+    from edgepipe.errors import RecognizerUnavailable
+
+    calls = []
+
+    def classify(img):  # a server that answers every third call
+        calls.append(1)
+        if len(calls) % 3:
+            raise RecognizerUnavailable("recognizer server grpc://x:8001 unavailable")
+        return 0
+
+    mon = Monitor(classify)
+    msgs = [[FrameHeader("cam0", seq, 10.0 + seq, "jpeg", 224, 224, 90, True, label).pack(),
+             encode_image("jpeg", img, 90)] for seq, (img, label) in enumerate(images)]
+    for m in msgs:
+        mon.handle(m)
+    report = mon.report()
+    row = report["rows"][0]
+    assert report["decoded"] == 12 and report["lost"] == 0 and report["unclassified"] == 8
+    assert row["frames"] == 12 and row["bytes"] == sum(len(m[1]) for m in msgs)
+    assert row["labelled"] == 4  # top-1 is over the classified frames only
+    assert "unclassified 8" in format_table(report)
