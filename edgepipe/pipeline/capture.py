@@ -12,6 +12,12 @@ before inference. If the network is still stuck, that encoded frame is dropped, 
 and every frame that depends on the dropped one is dropped too (counted by cause), so no P-frame
 ever goes out after a missing reference. Keyframe requests (from monitors over the back channel, or
 after such a drop) are coalesced and forced at most every `keyframe_min_interval_s`.
+
+Stream clock: every frame goes out with its time on the stream's own clock (wire version 3), so a
+monitor measures kbit/s per second of *video*, not per second of processing: a video file's
+timestamps; for folders and still images frame index / rate, the rate being --fps or
+frames.DEFAULT_FPS; for a live camera the capture clock. Each frame also carries the stream time
+since the previous frame sent, so frames dropped on the way count as time, not as bits.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import numpy as np
 
 from edgepipe.engines import Engine, load_engine
 from edgepipe.pipeline.codecs import HevcEncoder, encode_image
-from edgepipe.pipeline.frames import Frame, ReadStatus
+from edgepipe.pipeline.frames import DEFAULT_FPS, Frame, ReadStatus
 from edgepipe.pipeline.sources import Source, open_source
 from edgepipe.pipeline.stats import CaptureStats
 from edgepipe.pipeline.transport import FrameHeader, Publisher
@@ -52,7 +58,7 @@ class CaptureSettings:
     size: tuple[int, int] | None = None
     crop: bool = False
     realtime: bool = False  # pace files and folders at the source's frame rate
-    fps: float | None = None  # pacing rate when the source has none (folders)
+    fps: float | None = None  # rate of sources without one (folders, images): clock and pacing; None: DEFAULT_FPS
     loop: bool = False
     stream_id: str | None = None  # None: default_stream_id(), unique per host
     queue_size: int = 4
@@ -67,6 +73,16 @@ class CaptureSettings:
     def __post_init__(self) -> None:
         if not self.stream_id:
             self.stream_id = default_stream_id()
+
+
+def stream_clock(source: Source, fps: float | None) -> tuple[float, str]:
+    """(nominal frames/s, clock name of transport.CLOCKS) of a source: a video's own timestamps, a
+    live camera's capture clock, else --fps or DEFAULT_FPS (folders, still images)."""
+    if getattr(source, "timestamps", False):
+        return source.fps or fps or DEFAULT_FPS, "timestamps"
+    if source.live:
+        return source.fps or fps or DEFAULT_FPS, "live"
+    return (fps, "fps") if fps else (DEFAULT_FPS, "default-fps")
 
 
 def default_stream_id() -> str:
@@ -95,6 +111,7 @@ class CaptureLoop:
         self.queues: dict[str, queue.Queue] = {}  # name -> queue, for metrics (queue depths)
         self.frames_handled = 0  # frames out of the encoder, sent or dropped: the watchdog's "frames flow"
         self.forced_keyframes = 0
+        self.rate, self.clock = stream_clock(self.source, settings.fps)
 
     def request_keyframe(self) -> None:
         """Thread-safe: the next encoded frame will be an IDR frame (e.g. after loss at the monitor)."""
@@ -125,9 +142,10 @@ class CaptureLoop:
 
     def _read(self, stop: threading.Event, out: queue.Queue) -> None:
         s, src = self.settings, self.source
-        interval = 1.0 / (src.fps or s.fps) if (s.realtime and (src.fps or s.fps)) else 0.0
+        interval = 1.0 / self.rate if s.realtime and not src.live else 0.0
         next_due = time.monotonic()
         produced = 0
+        live_start: float | None = None
         while not stop.is_set() and not self._abort.is_set():
             if s.frames is not None and produced >= s.frames:
                 break
@@ -139,6 +157,12 @@ class CaptureLoop:
                 continue
             self.stats.timed("source", time.perf_counter() - t0)
             produced += 1
+            if frame.media_time is None:  # the source has no clock of its own: the stream clock is derived
+                if src.live:
+                    live_start = frame.capture_time if live_start is None else live_start
+                    frame.media_time = max(0.0, frame.capture_time - live_start)
+                else:
+                    frame.media_time = frame.index / self.rate
             if src.live:
                 try:
                     out.put_nowait(frame)
@@ -171,7 +195,7 @@ class CaptureLoop:
             if s.codec == "hevc":
                 if encoder is None or (encoder.width, encoder.height) != (w, h):
                     encoder = HevcEncoder(w, h, qp=s.qp if s.crf is None else None, crf=s.crf, gop=s.gop,
-                                          preset=s.preset, encoder=s.encoder, fps=self.source.fps or s.fps or 30.0)
+                                          preset=s.preset, encoder=s.encoder, fps=self.rate)
                 force = self._keyframe_wanted.is_set() and t0 - last_forced >= s.keyframe_min_interval_s
                 if force:
                     self._keyframe_wanted.clear()
@@ -205,12 +229,17 @@ class CaptureLoop:
         broken = False  # an encoded frame was dropped: frames referring to it must not go out
         cancel = _Cancel(self._cancelled)
         size = (1, 1)
+        last_sent: float | None = None  # media time of the previous frame sent
         while (item := self._get(inp)) is not _END:
             frame, payload, keyframe = item
             t0 = time.perf_counter()
             h, w = size = frame.image.shape[:2]
+            media = frame.media_time if frame.media_time is not None else frame.index / self.rate
+            # stream time since the previous frame sent: frames dropped on the way count as time
+            duration = 1.0 / self.rate if last_sent is None else max(0.0, media - last_sent)
             header = FrameHeader(s.stream_id, seq, frame.capture_time, s.codec, w, h, qp, keyframe,
-                                 frame.label, self.engine.model_id, self.epoch)
+                                 frame.label, self.engine.model_id, self.epoch, media_time=media,
+                                 duration=duration, clock=self.clock)
             seq += 1  # dropped frames keep their seq: the monitor counts them as lost, exactly
             self.frames_handled += 1
             unsubscribed = self.publisher.unsubscribed
@@ -218,7 +247,9 @@ class CaptureLoop:
                 self.stats.drop("reference_dropped_after_encode")
             elif self.publisher.send(header, payload, timeout=timeout, cancel=cancel):
                 broken = False
-                self.stats.sent(len(payload), keyframe, unsubscribed=self.publisher.unsubscribed > unsubscribed)
+                last_sent = media
+                self.stats.sent(len(payload), keyframe, unsubscribed=self.publisher.unsubscribed > unsubscribed,
+                                stream_s=duration, latency_s=time.time() - frame.capture_time)
             else:
                 self.stats.drop("network_hwm_after_encode")
                 if inter_coded:

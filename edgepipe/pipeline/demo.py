@@ -59,20 +59,20 @@ def run_demo(data: Path | None = None, engines: list[str] | None = None, qps: tu
     try:
         if not publisher.wait_for_subscriber(10.0):
             raise EdgepipeError(f"the monitor did not join {endpoint} within 10 s")
-        sent = 0
+        sent = 0  # messages: every frame, and each pass's end-of-stream message
         for spec, engine in loaded.items():
             for qp in qps:
                 settings = CaptureSettings(source=f"folder:{data}", publish=endpoint, engine=spec, qp=qp, gop=0,
                                            preset="medium", size=size, crop=True, stream_id=spec[:32])
                 loop = CaptureLoop(settings, engine=engine, publisher=publisher)
                 stats = loop.run()
-                sent += stats.frames_sent
+                sent += stats.frames_sent + (stats.end_of_stream == "sent")
                 if progress:
                     progress(spec, qp, stats)
-        # wait until the monitor has seen every frame sent (or stops hearing anything)
+        # wait until the monitor has handled every message sent (or stops hearing anything)
         deadline = threading.Event()
         for _ in range(600):
-            if monitor.messages >= sent:
+            if monitor.settled >= sent:
                 break
             deadline.wait(0.1)
     finally:

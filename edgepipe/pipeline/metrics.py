@@ -8,6 +8,13 @@ global default), so tests and embedded uses do not collide.
 Rates are counters: frames/s per stage is rate(edgepipe_capture_frames_total[1m]); mean encode or
 inference ms is rate(edgepipe_capture_stage_seconds_sum[1m]) / rate(..._count[1m]) * 1000, and the
 same for bits per frame and end-to-end latency.
+
+kbit/s on the stream's own clock (what the reports and the table call kbit_s) is bytes over stream
+seconds, both counters: 8 * increase(edgepipe_capture_bytes_sent_total[5m]) /
+increase(edgepipe_capture_stream_seconds_total[5m]) / 1000, and on the monitor the same with
+edgepipe_monitor_stream_bytes_total / edgepipe_monitor_stream_seconds_total (per operating point).
+8 * rate(bytes) / 1000 is per second of wall clock instead: how fast this machine processed them,
+which for a replayed file or folder is not the stream's rate.
 """
 from __future__ import annotations
 
@@ -122,6 +129,7 @@ class CaptureCollector:
             stages = {name: (t.count, t.busy_s) for name, t in st.stages.items()}
             drops = dict(st.drops)
             sent, nbytes, keyframes, requests = st.frames_sent, st.bytes_sent, st.keyframes, st.keyframe_requests
+            stream_s = st.stream_s
         info = Gauge(p + "info", "What this capture runs (value 1).",
                      labels=["stream", "source", "model", "codec", "encoder"])
         info.add_metric([s.stream_id, loop.source.name, loop.engine.model_id, s.codec, s.encoder], 1)
@@ -139,6 +147,9 @@ class CaptureCollector:
         yield secs
         yield Counter_(p + "frames_sent", "Encoded frames handed to ZeroMQ.", value=sent)
         yield Counter_(p + "bytes_sent", "Encoded payload bytes sent.", value=nbytes)
+        yield Counter_(p + "stream_seconds", "Stream-clock seconds the sent frames stand for (video timestamps, --fps "
+                                             "or the camera clock): kbit/s = 8 * bytes_sent / this / 1000.",
+                       value=stream_s)
         yield Counter_(p + "keyframes_sent", "Keyframes (IDR) sent.", value=keyframes)
         yield Summary(p + "bits_per_frame", "Encoded bits per sent frame.", count_value=sent, sum_value=nbytes * 8)
         dropped = Counter_(p + "drops", "Frames dropped, by cause and where it happened.", labels=["cause"])
@@ -215,8 +226,8 @@ class MonitorCollector:
                 lost_by_stream[sid] = lost_by_stream.get(sid, 0) + state.lost
                 received_by_stream[sid] = received_by_stream.get(sid, 0) + state.received
                 epochs[sid] = epoch  # insertion order: the latest epoch wins
-            rows = [(key, acc.frames, acc.bytes, acc.labelled, acc.correct, acc.latency_sum_s)
-                    for key, acc in m.rows.items()]
+            rows = [(key, acc.frames, acc.bytes, acc.labelled, acc.correct, acc.latency_sum_s, acc.stream_bytes,
+                     acc.stream_s) for key, acc in m.rows.items()]
             timings = {k: tuple(v) for k, v in m.timings.items()}
             expired = dict(m.expired)
         memory = m.memory()
@@ -240,19 +251,25 @@ class MonitorCollector:
         frames = Counter_(p + "frames", "Decoded frames per operating point.", labels=labels)
         nbytes = Counter_(p + "bytes", "Payload bytes of decoded frames per operating point.", labels=labels)
         bits = Summary(p + "bits_per_frame", "Encoded bits per decoded frame.", labels=labels)
+        stream_bytes = Counter_(p + "stream_bytes", "Payload bytes of decoded frames that carry a stream clock "
+                                                   "(wire version 3).", labels=labels)
+        stream_s = Counter_(p + "stream_seconds", "Stream-clock seconds those frames stand for: kbit/s = "
+                                                  "8 * stream_bytes / this / 1000.", labels=labels)
         latency = Summary(p + "latency_seconds", "End-to-end latency, capture to decoded.", labels=labels)
         top1 = Gauge(p + "top1_ratio", "Top-1 accuracy against the labels carried in the stream.", labels=labels)
         labelled = Counter_(p + "labelled_frames", "Decoded frames that carried a label.", labels=labels)
-        for (sid, model, qp, codec), n, b, lab, correct, lat in sorted(rows, key=lambda r: tuple(map(str, r[0]))):
+        for (sid, model, qp, codec), n, b, lab, correct, lat, sb, ss in sorted(rows, key=lambda r: tuple(map(str, r[0]))):
             key = [sid, model, str(qp), codec]
             frames.add_metric(key, n)
             nbytes.add_metric(key, b)
+            stream_bytes.add_metric(key, sb)
+            stream_s.add_metric(key, ss)
             bits.add_metric(key, count_value=n, sum_value=b * 8)
             latency.add_metric(key, count_value=n, sum_value=lat)
             labelled.add_metric(key, lab)
             if lab:
                 top1.add_metric(key, correct / lab)
-        yield from (frames, nbytes, bits, latency, top1, labelled)
+        yield from (frames, nbytes, stream_bytes, stream_s, bits, latency, top1, labelled)
         held = Gauge(p + "held", "What the bounded per-sender structures hold now (docs/guarantees.md).",
                      labels=["structure"])
         for name, value in sorted(memory.items()):
@@ -276,6 +293,22 @@ class MonitorCollector:
                                                  "(a message over the size limit, a protocol error).", value=sub.drops)
             yield Counter_(p + "transport_repairs", "Such connections made again by the monitor.", value=sub.repairs)
             yield Counter_(p + "disconnects", "Connections lost, for any reason.", value=sub.disconnects)
+        sinks = m.sinks.report() if m.sinks is not None else None
+        if sinks is not None:
+            written = Counter_(p + "sink_frames", "Frames written by --record / --save-frames.", labels=["sink"])
+            lost = Counter_(p + "sink_dropped", "Frames a sink did not write: its queue was full (a slow disk), "
+                                                "or it waited for a keyframe after one.", labels=["sink"])
+            for name, key in (("record", "record"), ("save_frames", "save")):
+                if name in sinks:
+                    written.add_metric([key], sinks[name]["frames"])
+                    lost.add_metric([key], sinks[name]["dropped"] + sinks[name].get("skipped", 0))
+            yield written
+            yield lost
+            errors = Counter_(p + "sink_errors", "Sink failures (disk full, gone, no permission), by sink and cause.",
+                              labels=["cause"])
+            for cause, n in sorted(sinks["errors"].items()):
+                errors.add_metric([cause], n)
+            yield errors
         if self.control is not None:
             yield Counter_(p + "keyframe_requests", "Keyframe requests sent to the capture after a loss.",
                            value=self.control.sent)

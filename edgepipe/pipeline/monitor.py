@@ -19,6 +19,13 @@ not); when none is, the message is rejected by cause (`too_many_streams`, `too_m
 stream that never decoded a frame is the first to go, so invented ids cannot starve a real camera.
 Each epoch of a stream has its own state and decoder: a new (possibly forged) epoch never resets
 the decoder of the epoch that is live.
+
+Rate is measured on the stream's own clock: `kbit_s` is the bits of the decoded frames over the
+stream time they stand for (wire version 3: a video's timestamps, the capture's --fps for folders,
+or a live camera's clock), so the same bytes give the same kbit/s however fast the machines ran.
+How fast they ran is `processed_fps` (decoded frames over the span of their capture times). A
+frame of a capture older than version 3 carries no stream clock: its row's kbit/s falls back to
+the span of capture times, and says so (`kbit_s_clock` "capture": a processing rate).
 """
 from __future__ import annotations
 
@@ -37,6 +44,8 @@ import numpy as np
 
 from edgepipe.errors import RecognizerUnavailable
 from edgepipe.pipeline.codecs import HevcDecoder, decode_image
+from edgepipe.pipeline.frames import DEFAULT_FPS
+from edgepipe.pipeline.stats import LatencyWindow
 from edgepipe.pipeline.transport import FrameHeader, ProtocolError, Subscriber, parse_message
 
 log = logging.getLogger(__name__)
@@ -71,22 +80,18 @@ class MonitorLimits:
 DEFAULT_LIMITS = MonitorLimits()
 
 
-class _Window:
-    """The last `n` latencies (float32 ring): 16 KiB a row at n = 4096, whatever the frame count."""
+_Window = LatencyWindow  # the last n latencies (float32 ring): 16 KiB a row at n = 4096, whatever the count
 
-    def __init__(self, n: int):
-        self._buf = np.zeros(n, np.float32)
-        self._n = 0
-
-    def append(self, value: float) -> None:
-        self._buf[self._n % len(self._buf)] = value
-        self._n += 1
-
-    def __len__(self) -> int:
-        return min(self._n, len(self._buf))
-
-    def median(self) -> float:
-        return float(np.median(self._buf[:len(self)]))
+# What a row's kbit/s is measured on (`kbit_s_clock`): the stream clocks of wire version 3, and the
+# fallback for older captures, which is the processing rate, not the stream's.
+CLOCK_MEANINGS = {
+    "timestamps": "the video's own timestamps",
+    "fps": "the frame rate given to capture (--fps)",
+    "default-fps": f"{DEFAULT_FPS:g} frames/s, the default for folders and images (capture --fps sets it)",
+    "live": "the camera's capture clock",
+    "capture": "the span of capture times: a capture older than wire version 3 sends no stream clock, "
+               "so this is how fast it was processed, not the stream's rate",
+}
 
 
 @dataclass
@@ -103,6 +108,11 @@ class RateAccount:
     latency_s: _Window = field(default_factory=lambda: _Window(DEFAULT_LIMITS.latency_window))  # recent frames
     latency_sum_s: float = 0.0  # all frames, for the mean in metrics
     last_seen: float = 0.0  # monitor clock of the last frame: rows idle longest are folded first
+    # frames that carried a stream clock (wire version 3): their bytes, and the stream time they stand for
+    stream_frames: int = 0
+    stream_bytes: int = 0
+    stream_s: float = 0.0
+    clock: str | None = None  # the stream clock of the latest such frame (transport.CLOCKS)
 
     def add(self, header: FrameHeader, nbytes: int, prediction: int | None, latency: float) -> None:
         self.frames += 1
@@ -112,20 +122,36 @@ class RateAccount:
         self.last_capture = max(self.last_capture, header.capture_time)
         self.latency_s.append(latency)
         self.latency_sum_s += latency
+        if header.media_time is not None:
+            self.stream_frames += 1
+            self.stream_bytes += nbytes
+            self.stream_s += header.duration or 0.0
+            self.clock = header.clock
         if header.label >= 0 and prediction is not None:
             self.labelled += 1
             self.correct += int(prediction == header.label)
 
     def summary(self) -> dict:
         span = self.last_capture - self.first_capture
-        # rate over the capture span, extended by one mean frame interval so N frames span N intervals
+        # processing: the capture span, extended by one mean frame interval so N frames span N intervals
         duration = span * self.frames / (self.frames - 1) if self.frames > 1 and span > 0 else 0.0
+        processed = duration > 0 and math.isfinite(duration)
+        if self.stream_frames:  # the stream's own clock (frames of an older capture in this row are left out)
+            kbit_s = self.stream_bytes * 8 / 1000 / self.stream_s if self.stream_s > 0 else None
+            clock = self.clock
+        else:  # wire version 1: only the capture clock, i.e. the processing rate
+            kbit_s = self.bytes * 8 / 1000 / duration if processed else None
+            clock = "capture"
         return {
             "frames": self.frames,
             "bytes": self.bytes,
             "bpp": round(self.bytes * 8 / self.pixels, 5) if self.pixels else None,
             "bytes_per_frame": round(self.bytes / self.frames, 1) if self.frames else None,
-            "kbit_s": round(self.bytes * 8 / 1000 / duration, 2) if duration and math.isfinite(duration) else None,
+            "kbit_s": round(kbit_s, 2) if kbit_s is not None and math.isfinite(kbit_s) else None,
+            "kbit_s_clock": clock,
+            "stream_s": round(self.stream_s, 6) if self.stream_frames else None,
+            "stream_fps": round(self.stream_frames / self.stream_s, 3) if self.stream_s > 0 else None,
+            "processed_fps": round(self.frames / duration, 2) if processed else None,
             "top1": round(self.correct / self.labelled, 5) if self.labelled else None,
             "labelled": self.labelled,
             "latency_ms_p50": round(self.latency_s.median() * 1000, 2) if len(self.latency_s) else None,
@@ -252,6 +278,9 @@ class Monitor:
         self.settled = 0  # messages whose handling is complete, report rows included
         self.decoded = 0
         self.backlog = _Backlog(self.limits.queue_bytes, self.limits.queue_messages)
+        self.totals: Counter = Counter()  # bytes, stream_s, labelled, correct ... of every decoded frame
+        self.recent_latency = _Window(1024)  # end-to-end latency of the last decoded frames, any row
+        self.sinks = None  # sinks.FrameSinks: --record / --save-frames (decoded frames, non-blocking)
         self._last_reject_log = 0.0
         self._last_epoch_log = 0.0
         self._lock = threading.Lock()
@@ -332,8 +361,25 @@ class Monitor:
                 entry.rows[key] = None
                 entry.rows.move_to_end(key)
             row.last_seen = received_at
-            row.add(header, len(payload), prediction, received_at - header.capture_time)
+            latency = received_at - header.capture_time
+            row.add(header, len(payload), prediction, latency)
+            self._totals(header, len(payload), prediction, latency)
+        if self.sinks is not None:  # non-blocking: a full or failing sink counts, never stalls this loop
+            self.sinks.offer(header, payload, image)
         return image
+
+    def _totals(self, header: FrameHeader, nbytes: int, prediction: int | None, latency: float) -> None:
+        """Running totals over every row (folded ones included), for the status line."""
+        t = self.totals
+        t["bytes"] += nbytes
+        if header.media_time is not None:
+            t["stream_frames"] += 1
+            t["stream_bytes"] += nbytes
+            t["stream_s"] += header.duration or 0.0
+        if header.label >= 0 and prediction is not None:
+            t["labelled"] += 1
+            t["correct"] += int(prediction == header.label)
+        self.recent_latency.append(latency)
 
     def count_unhandled(self, parts: list[bytes], cause: str, received_at: float | None = None) -> None:
         """Count a message that was received but will not be decoded (the monitor is stopping): it
@@ -662,8 +708,10 @@ class Monitor:
             }
             if self.subscriber is not None:
                 sub = self.subscriber
-                out["transport"] = {"connected": sub.connected, "disconnects": sub.disconnects, "drops": sub.drops,
-                                    "repairs": sub.repairs}
+                out["transport"] = {"connected": sub.connected, "connections": sub.connections,
+                                    "disconnects": sub.disconnects, "drops": sub.drops, "repairs": sub.repairs}
+            if self.sinks is not None:
+                out["sinks"] = self.sinks.report()
             if self.expired or folded_received or folded_lost:
                 out["expired"] = {"streams": self.expired["streams"], "epochs": self.expired["epochs"],
                                   "received": folded_received, "lost": folded_lost,
@@ -674,14 +722,20 @@ class Monitor:
 
 
 def format_table(report: dict) -> str:
-    """The accuracy/bitrate table for the terminal."""
-    head = f"{'stream':<14} {'model':<20} {'codec':<8} {'QP':>4} {'frames':>6} {'bpp':>8} {'kbit/s':>9} {'B/frame':>9} {'top-1':>7}"
+    """The accuracy/bitrate table for the terminal, with what kbit/s was measured on under it."""
+    head = (f"{'stream':<14} {'model':<20} {'codec':<8} {'QP':>4} {'frames':>6} {'bpp':>8} {'kbit/s':>9} "
+            f"{'B/frame':>9} {'top-1':>7} {'proc fps':>8}")
     lines = [head, "-" * len(head)]
+    clocks: dict[str, list[float]] = {}
     for r in report["rows"]:
         top1 = f"{100 * r['top1']:6.1f}%" if r["top1"] is not None else "    n/a"
-        kbps = f"{r['kbit_s']:9.1f}" if r["kbit_s"] is not None else "      n/a"
+        clock = r.get("kbit_s_clock") or "capture"
+        mark = "*" if clock == "capture" else " "
+        kbps = f"{r['kbit_s']:8.1f}{mark}" if r["kbit_s"] is not None else "     n/a "
+        proc = f"{r['processed_fps']:8.1f}" if r.get("processed_fps") is not None else "     n/a"
+        clocks.setdefault(clock, []).append(r.get("stream_fps") or 0.0)
         lines.append(f"{r['stream'][:14]:<14} {r['model'][:20]:<20} {r['codec']:<8} {r['qp']:>4} {r['frames']:>6} "
-                     f"{r['bpp']:>8.4f} {kbps} {r['bytes_per_frame']:>9.0f} {top1}")
+                     f"{r['bpp']:>8.4f} {kbps} {r['bytes_per_frame']:>9.0f} {top1} {proc}")
     rejects = ", ".join(f"{k}={v}" for k, v in sorted(report["rejects"].items())) or "none"
     unclassified = f", unclassified {report['unclassified']}" if report.get("unclassified") else ""
     lines.append(f"messages {report['messages']}, decoded {report['decoded']}{unclassified}, lost {report['lost']}, "
@@ -689,7 +743,28 @@ def format_table(report: dict) -> str:
     ended = report.get("end_of_stream", {}).get("matched", 0)
     if ended:
         lines.append(f"streams ended by their capture: {ended} (frames missing at their tail are counted as lost)")
+    if report["rows"]:
+        lines.extend(clock_legend(clocks))
+    sinks = report.get("sinks")
+    if sinks:
+        from edgepipe.pipeline.sinks import describe
+
+        lines.extend(describe(sinks))
     return "\n".join(lines)
+
+
+def clock_legend(clocks: dict[str, list[float]]) -> list[str]:
+    """What the table's kbit/s and proc fps were measured on, one line each."""
+    stream = [c for c in clocks if c != "capture"]
+    lines = []
+    if stream:
+        said = "; ".join(CLOCK_MEANINGS.get(c, c) for c in sorted(stream))
+        lines.append(f"kbit/s: per second of the stream's own clock: {said}")
+    if "capture" in clocks:
+        lines.append(f"kbit/s*: {CLOCK_MEANINGS['capture']}")
+    lines.append("proc fps: frames per second of capture time, i.e. how fast the pipeline ran (machine speed), "
+                 "not the stream's rate")
+    return lines
 
 
 def json_safe(value):

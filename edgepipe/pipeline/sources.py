@@ -30,6 +30,9 @@ class Source(Protocol):
     name: str
     live: bool  # live sources drop frames when the pipeline falls behind; files and folders wait
     fps: float | None  # native rate when known
+    # whether frames carry `media_time` from the source's own timestamps (video files); otherwise
+    # the capture derives the stream clock (index / rate for files and folders, capture clock if live)
+    timestamps: bool
 
     def read(self) -> tuple[ReadStatus, Frame | None]: ...
 
@@ -65,6 +68,7 @@ class FolderSource:
     Unreadable images are skipped, counted and logged."""
 
     live = False
+    timestamps = False  # a folder has no clock: the capture's --fps (or frames.DEFAULT_FPS) is its rate
 
     def __init__(self, root: str | Path, shaper: FrameShaper, loop: bool = False):
         self.items = list_labelled_images(root)
@@ -95,7 +99,10 @@ class FolderSource:
 
 
 class VideoFileSource:
-    """A video file decoded with PyAV (first video stream; audio ignored)."""
+    """A video file decoded with PyAV (first video stream; audio ignored). Each frame carries its
+    presentation time (`media_time`, seconds from the first frame; a loop goes on counting), so
+    kbit/s is measured on the video's own clock. A still image (FFmpeg's image2 and *_pipe
+    demuxers) has no clock: like a folder, it takes the capture's --fps."""
 
     live = False
 
@@ -114,29 +121,54 @@ class VideoFileSource:
             raise EdgepipeError(f"{path} has no video stream")
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"  # only before the codec opens: a loop's rewind reuses the open decoder
-        self.fps = float(stream.average_rate) if stream.average_rate else None
+        fmt = self._container.format.name
+        self.timestamps = not (fmt == "image2" or fmt.endswith("_pipe"))  # a still image has no clock
+        self.fps = float(stream.average_rate) if stream.average_rate and self.timestamps else None
         self._index = 0
+        self._first: float | None = None  # time of the first frame: media times count from it
+        self._offset = 0.0  # added on each loop, so media time never goes back
+        self._last: float | None = None  # media time of the previous frame
+        self._interval = 1.0 / self.fps if self.fps else 0.04  # a frame's duration when its own is unknown
         self._frames = self._decode()
 
     def _decode(self):
         for frame in self._container.decode(self._container.streams.video[0]):
-            yield frame.to_ndarray(format="rgb24")
+            yield frame.to_ndarray(format="rgb24"), frame.time, frame.duration, frame.time_base
+
+    def _media_time(self, time_s: float | None, duration, time_base) -> float | None:
+        if not self.timestamps:
+            return None
+        if time_s is None:  # a frame without a timestamp: one interval after the previous one
+            media = 0.0 if self._last is None else self._last + self._interval
+        else:
+            if self._first is None:
+                self._first = time_s
+            media = self._offset + time_s - self._first
+            if self._last is not None and media < self._last:  # never backwards (broken timestamps)
+                media = self._last
+        if duration and time_base:
+            self._interval = float(duration * time_base)
+        self._last = media
+        return media
 
     def read(self) -> tuple[ReadStatus, Frame | None]:
         import av
 
         try:
-            image = next(self._frames)
+            image, time_s, duration, time_base = next(self._frames)
         except StopIteration:
             if not self._loop or self._index == 0:  # a file without a single frame would rewind forever
                 return ReadStatus.EOS, None
             self._container.seek(0)  # also flushes the decoder
             self._frames = self._decode()
+            if self._last is not None:  # the next pass starts one frame after this one's last
+                self._offset, self._first = self._last + self._interval, None
             return self.read()
         except av.FFmpegError as exc:  # a corrupt tail ends the file, it does not crash the loop
             log.warning("video %s ended with a decode error: %s", self._path, exc)
             return ReadStatus.EOS, None
-        frame = Frame(self._shaper(image), self._index, time.time())
+        frame = Frame(self._shaper(image), self._index, time.time(),
+                      media_time=self._media_time(time_s, duration, time_base))
         self._index += 1
         return ReadStatus.OK, frame
 
@@ -146,9 +178,11 @@ class VideoFileSource:
 
 class LiveSource:
     """A camera or network stream through OpenCV. When it fails mid-stream it is reopened with
-    exponential back-off (0.5 s doubling to 10 s); reads during the outage return TIMEOUT."""
+    exponential back-off (0.5 s doubling to 10 s); reads during the outage return TIMEOUT.
+    Its stream clock is the capture clock (the capture derives media times from capture times)."""
 
     live = True
+    timestamps = False
 
     def __init__(self, target: str | int, shaper: FrameShaper, backoff: tuple[float, float] = (0.5, 10.0)):
         self.name = str(target)

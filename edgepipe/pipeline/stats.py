@@ -6,6 +6,29 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
+
+
+class LatencyWindow:
+    """The last `n` values (float32 ring, 4 bytes each) and their median, whatever the count."""
+
+    def __init__(self, n: int = 1024):
+        self._buf = np.zeros(n, np.float32)
+        self._n = 0
+
+    def append(self, value: float) -> None:
+        self._buf[self._n % len(self._buf)] = value
+        self._n += 1
+
+    def __len__(self) -> int:
+        return min(self._n, len(self._buf))
+
+    def values(self) -> np.ndarray:
+        return self._buf[:len(self)].copy()
+
+    def median(self) -> float:
+        return float(np.median(self._buf[:len(self)]))
+
 
 @dataclass
 class StageTimer:
@@ -28,6 +51,8 @@ class CaptureStats:
     keyframe_requests: int = 0
     frames_unsubscribed: int = 0  # of frames_sent: sent while no monitor was subscribed (nobody got them)
     end_of_stream: str | None = None  # "sent" / "unsent" (a stuck monitor) once the run ends
+    stream_s: float = 0.0  # stream-clock seconds the sent frames stand for (kbit/s = bits / this)
+    latency: LatencyWindow = field(default_factory=LatencyWindow, repr=False)  # read -> sent, recent frames
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def timed(self, stage: str, seconds: float) -> None:
@@ -40,12 +65,16 @@ class CaptureStats:
         with self._lock:
             self.drops[cause] += n
 
-    def sent(self, nbytes: int, keyframe: bool, unsubscribed: bool = False) -> None:
+    def sent(self, nbytes: int, keyframe: bool, unsubscribed: bool = False, stream_s: float = 0.0,
+             latency_s: float | None = None) -> None:
         with self._lock:
             self.frames_sent += 1
             self.frames_unsubscribed += int(unsubscribed)
             self.bytes_sent += nbytes
             self.keyframes += int(keyframe)
+            self.stream_s += stream_s
+            if latency_s is not None:
+                self.latency.append(latency_s)
 
     def as_dict(self) -> dict:
         with self._lock:
@@ -56,8 +85,12 @@ class CaptureStats:
                 "frames_unsubscribed": self.frames_unsubscribed,
                 "end_of_stream": self.end_of_stream,
                 "bytes_sent": self.bytes_sent,
+                "stream_s": round(self.stream_s, 6),
+                # on the stream's own clock (a video's timestamps, --fps, or the camera's clock)
+                "kbit_s": round(self.bytes_sent * 8 / 1000 / self.stream_s, 2) if self.stream_s > 0 else None,
                 "keyframes": self.keyframes,
                 "keyframe_requests": self.keyframe_requests,
+                # how fast this machine processed them: a replayed file or folder goes as fast as it can
                 "loop_fps": round(self.frames_sent / wall, 2) if wall > 0 else 0.0,
                 "drops": dict(self.drops),
                 "stages": {name: {"frames": t.count, "busy_s": round(t.busy_s, 3), "fps_alone": round(t.fps, 2)}

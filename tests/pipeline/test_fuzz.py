@@ -84,7 +84,7 @@ class Fuzzer:
 
     def bad_version(self, sent):
         h = bytearray(FrameHeader("t", 0, 0.0, "hevc", 64, 64, 30, True).pack())
-        h[2] = int(self.rng.integers(3, 256))  # 1 and 2 are spoken
+        h[2] = int(self.rng.integers(4, 256))  # 1, 2 and 3 are spoken
         return [bytes(h), self.rand(1, 100)], {"bad_version"}
 
     def bad_codec(self, sent):

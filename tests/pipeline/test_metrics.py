@@ -66,6 +66,10 @@ def test_capture_and_monitor_endpoints_match_stats_and_report(small_val_folder):
     assert {k for k in c if k.startswith("edgepipe_capture_queue_depth")} == {
         f"edgepipe_capture_queue_depth{{queue={q}}}" for q in ("inference", "encode", "send")}
     assert c["edgepipe_capture_qp"] == 30 and c["edgepipe_capture_epoch"] == epoch
+    # kbit/s on the stream clock: 12 images of a folder at the default 25 frames/s are 0.48 s of stream
+    assert c["edgepipe_capture_stream_seconds_total"] == pytest.approx(12 / 25)
+    assert 8 * c["edgepipe_capture_bytes_sent_total"] / c["edgepipe_capture_stream_seconds_total"] / 1000 == \
+        pytest.approx(stats.as_dict()["kbit_s"], abs=0.01)
     assert c["edgepipe_capture_source_up"] == 1
     assert not any(k.startswith("edgepipe_capture_drops_total") for k in c)  # nothing dropped
     assert c['edgepipe_capture_info{codec=hevc,encoder=libx265,model=none,'
@@ -77,6 +81,11 @@ def test_capture_and_monitor_endpoints_match_stats_and_report(small_val_folder):
     assert m["edgepipe_monitor_lost_frames_total{stream=lab}"] == 0
     assert m[f"edgepipe_monitor_bytes_total{key}"] == row["bytes"]
     assert m[f"edgepipe_monitor_bits_per_frame_sum{key}"] == 8 * row["bytes"]
+    assert m[f"edgepipe_monitor_stream_bytes_total{key}"] == row["bytes"]  # every frame carried the clock
+    assert m[f"edgepipe_monitor_stream_seconds_total{key}"] == pytest.approx(12 / 25)
+    assert 8 * row["bytes"] / m[f"edgepipe_monitor_stream_seconds_total{key}"] / 1000 == \
+        pytest.approx(row["kbit_s"], abs=0.01)
+    assert row["kbit_s_clock"] == "default-fps"
     assert m[f"edgepipe_monitor_top1_ratio{key}"] == pytest.approx(4 / 12)  # 4 of the 12 images are tench
     assert row["top1"] == pytest.approx(4 / 12, abs=1e-5)  # the report rounds to 5 places
     assert m[f"edgepipe_monitor_latency_seconds_count{key}"] == 12

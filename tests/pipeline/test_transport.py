@@ -4,7 +4,7 @@ import pytest
 
 from edgepipe.errors import EdgepipeError
 from edgepipe.pipeline.demo import free_tcp_endpoint
-from edgepipe.pipeline.transport import FrameHeader, ProtocolError, Publisher, Subscriber, parse_message
+from edgepipe.pipeline.transport import _FIXED, FrameHeader, ProtocolError, Publisher, Subscriber, parse_message
 
 
 def header(**kw):
@@ -22,7 +22,52 @@ def test_header_roundtrip_keeps_every_field():
 
 
 def test_header_is_small():
-    assert len(header().pack()) < 64
+    assert len(header().pack()) < 64  # version 1
+    assert len(header(media_time=12.5, duration=0.04, clock="timestamps").pack()) < 64 + 17  # version 3: 17 more
+
+
+def test_a_frame_with_a_stream_clock_is_version_3_and_keeps_it():
+    for clock in ("live", "timestamps", "fps", "default-fps"):
+        h = header(media_time=1234.56, duration=0.08, clock=clock)
+        raw = h.pack()
+        assert raw[2] == 3
+        assert FrameHeader.unpack(raw) == h
+    # no stream clock: the version 1 frame of earlier captures, read as before
+    old = header()
+    assert old.pack()[2] == 1 and FrameHeader.unpack(old.pack()).media_time is None
+    # the end of stream stays version 2, whatever the last frame carried
+    end = header(media_time=3.0, duration=0.04, clock="fps", end_of_stream=True, keyframe=False)
+    assert end.pack()[2] == 2
+    back = FrameHeader.unpack(end.pack())
+    assert back.end_of_stream and back.media_time is None
+
+
+@pytest.mark.parametrize("fields, cause", [
+    (dict(media_time=float("nan")), "bad_time"),
+    (dict(media_time=-1.0), "bad_time"),
+    (dict(media_time=float("inf")), "bad_time"),
+    (dict(duration=float("nan")), "bad_time"),
+    (dict(duration=-0.04), "bad_time"),
+    (dict(duration=3601.0), "bad_time"),
+])
+def test_implausible_stream_times_are_rejected(fields, cause):
+    h = header(**{"media_time": 1.0, "duration": 0.04, "clock": "fps", **fields})
+    with pytest.raises(ProtocolError) as info:
+        FrameHeader.unpack(h.pack())
+    assert info.value.cause == cause
+
+
+def test_version_3_header_checks_its_own_fields():
+    raw = bytearray(header(media_time=1.0, duration=0.04, clock="fps").pack())
+    clock_at = _FIXED.size + 16  # after media_time and duration
+    raw[clock_at] = 4  # no such clock
+    with pytest.raises(ProtocolError, match="unknown stream clock") as info:
+        FrameHeader.unpack(bytes(raw))
+    assert info.value.cause == "bad_header"
+    v1 = bytearray(header().pack())
+    v1[2] = 3  # a version 1 body claiming version 3: too short or misread, never accepted as a frame
+    with pytest.raises(ProtocolError):
+        FrameHeader.unpack(bytes(v1))
 
 
 @pytest.mark.parametrize("mutate,cause", [
