@@ -110,6 +110,23 @@ CASES = [
                                        "pickled Python objects such as torch.nn.modules.linear.Linear"),
     (capture("--engine", "{tagless}"), "is not an edgepipe ED checkpoint (no 'edgepipe-ed' format tag)"),
     (capture("--engine", "{missing}.onnx"), "model file not found"),
+    # capture: status line and stream clock (issue 12)
+    (capture("--status-every", "0"), "0 is not in the range x>=0.5"),
+    (capture("--status-every", "soon"), "'soon' is not a valid float"),
+    (capture("-q", "--status-every", "5"), "--quiet and --status-every are exclusive"),
+    (capture("--fps", "0"), "0 is not in the range x>0"),
+    # monitor: sinks and status line (issue 12)
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--record", "{tmp}/out.avi"], "the file must end in .mkv"),
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--record", "rtsp://camera/x.mkv"], "only files are supported"),
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--record", "{missing}/out.mkv"], "missing does not exist"),
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--record", "{tmp}"], "is a folder; give a file"),
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--save-frames", "{notes}"], "is a file; give a folder"),
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--save-frames", "{tmp}/f", "--save-every", "0"],
+     "0 is not in the range x>=1"),
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--save-every", "5"], "--save-every needs --save-frames"),
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--status-every", "-1"], "-1.0 is not in the range x>=0.5"),
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--quiet", "--status-every", "2"],
+     "--quiet and --status-every are exclusive"),
     # monitor (items 5, 9)
     (["monitor", "--connect", "camera:5555", "--no-classify"],
      "--connect: cannot connect to camera:5555: an endpoint is tcp://HOST:PORT or ipc://PATH"),

@@ -17,6 +17,8 @@ from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, VIEWS
 
 log = logging.getLogger(__name__)
 
+NOTHING_ARRIVED = 3  # the monitor's exit status when not a single message arrived
+
 
 def _stop_on_signals() -> threading.Event:
     """SIGINT/SIGTERM ask for a clean stop (drain, flush the encoder, close sockets); a second one aborts."""
@@ -92,6 +94,23 @@ def _check_stream_id(stream_id: str | None) -> None:
         raise EdgepipeError(f"--stream-id must be 1..255 bytes of UTF-8, got {len(stream_id.encode())}")
 
 
+def _status_options(f):
+    f = click.option("--status-every", type=click.FloatRange(min=0.5), default=None, metavar="S",
+                     help="Status line every S seconds: frames/s, kbit/s, queues, drops, top-1, latency "
+                          "[default: 2 on a terminal, rewritten in place; 5 as a log line with edgepipe -v; "
+                          "none when stderr is not a terminal].")(f)
+    return click.option("-q", "--quiet", is_flag=True, help="No status line and no start-up line.")(f)
+
+
+def _status_mode(quiet: bool, status_every: float | None):
+    from edgepipe.pipeline.status import choose_mode
+
+    if quiet and status_every is not None:
+        raise EdgepipeError("--quiet and --status-every are exclusive: --quiet turns the status line off")
+    root = click.get_current_context().find_root()
+    return choose_mode(quiet, bool(root.params.get("verbose")), status_every)
+
+
 def _write_json(data: dict, path: str | None) -> None:
     if path:
         from edgepipe.pipeline.monitor import write_report
@@ -126,7 +145,9 @@ def _write_json(data: dict, path: str | None) -> None:
 @click.option("--crop", is_flag=True, help="Centre-crop to the --size aspect before resizing.")
 @click.option("--realtime", is_flag=True, help="Pace files and folders at the source's frame rate (or --fps).")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Pacing rate for sources without one (folders).")
+              help="Frame rate of sources without timestamps (folders, still images): the stream clock that "
+                   "kbit/s is measured on, and the --realtime pace [default: 25]. Video files use their own "
+                   "timestamps, cameras the capture clock.")
 @click.option("--loop", "loop_source", is_flag=True, help="Replay a file or folder forever.")
 @click.option("--stream-id", default=None,
               help="Name of this camera in the stream header [default: cam-<hostname>].")
@@ -134,8 +155,10 @@ def _write_json(data: dict, path: str | None) -> None:
               help="Wait up to S seconds for a monitor to join before sending; 0 = do not wait "
                    "[default: 10 for files and folders without --loop, 0 for live sources].")
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), default=None, help="Write loop statistics as JSON.")
+@_status_options
 def capture(source, engine, publish, control, key, insecure, allow, metrics, codec, qp, crf, gop, preset, encoder,
-            frames, size, crop, realtime, fps, loop_source, stream_id, wait_subscriber, stats_path, print_config):
+            frames, size, crop, realtime, fps, loop_source, stream_id, wait_subscriber, stats_path, quiet, status_every,
+            print_config):
     """Edge loop: source -> pre-transform -> encoder -> ZeroMQ PUB.
 
     Stages run concurrently with bounded queues; SIGINT/SIGTERM stop cleanly, flushing the encoder.
@@ -154,6 +177,7 @@ def capture(source, engine, publish, control, key, insecure, allow, metrics, cod
 
     # Flags first, then keys, source and model: sockets bind only once all of them are good.
     _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf)
+    mode, every = _status_mode(quiet, status_every)
     if codec == "hevc":
         encoder = resolve_encoder(encoder)
     settings = CaptureSettings(source=source, publish=publish, engine=engine, codec=codec, qp=qp, crf=crf, gop=gop,
@@ -164,23 +188,37 @@ def capture(source, engine, publish, control, key, insecure, allow, metrics, cod
                              security=SecurityOptions(key=key, allow=tuple(allow), insecure=insecure))
     service = _capture_service(settings, options)
     loop = service.loop
+    from edgepipe.pipeline.status import StatusReporter, capture_line, capture_sample
+
     secure = "CURVE" if service.curve else "plain text"
-    click.echo(f"capture: {loop.source.name} -> {loop.engine.model_id} -> {codec} -> {publish} ({secure})", err=True)
+    if not quiet:
+        click.echo(f"capture: {loop.source.name} -> {loop.engine.model_id} -> {codec} -> {publish} ({secure}); "
+                   f"stream clock: {_clock_words(loop)}", err=True)
+    status = StatusReporter(lambda: capture_sample(loop), capture_line, mode, every)
     try:
-        stats = service.run(stop)
+        with status:
+            stats = service.run(stop)
     finally:
         service.close()  # encoder already flushed by run(); sockets close with a bounded linger
     summary = stats.as_dict()
     summary["epoch"] = loop.epoch
+    summary["stream_clock"] = loop.clock
     _write_json(summary, stats_path)  # atomic: whole or not at all
     drops = ", ".join(f"{k}={v}" for k, v in summary["drops"].items()) or "none"
     unsubscribed = summary.get("frames_unsubscribed", 0)
-    click.echo(f"capture: sent {summary['frames_sent']} frames, {summary['bytes_sent']} bytes, "
-               f"{summary['loop_fps']} frames/s; dropped: {drops}"
+    kbps = f"{summary['kbit_s']} kbit/s of stream, " if summary.get("kbit_s") is not None else ""
+    click.echo(f"capture: sent {summary['frames_sent']} frames, {summary['bytes_sent']} bytes, {kbps}"
+               f"processed at {summary['loop_fps']} frames/s; dropped: {drops}"
                + (f"; {unsubscribed} sent while no monitor was subscribed" if unsubscribed else ""), err=True)
     if summary.get("end_of_stream") == "unsent":
         click.echo("capture: the end-of-stream message could not be sent: a monitor counts this stream's tail "
                    "only from later frames", err=True)
+
+
+def _clock_words(loop) -> str:
+    return {"timestamps": "the video's timestamps", "live": "the capture clock",
+            "fps": f"{loop.rate:g} frames/s (--fps)",
+            "default-fps": f"{loop.rate:g} frames/s (default; --fps sets it)"}.get(loop.clock, loop.clock)
 
 
 def _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf) -> None:
@@ -239,11 +277,21 @@ def _capture_service(settings, options):
 @click.option("--frames", type=click.IntRange(min=1), default=None, help="Stop after N decoded frames.")
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after S seconds without a message.")
+@click.option("--record", default=None, metavar="out.mkv",
+              help="Record the received stream as it came (no re-encoding) into a .mkv, .mp4 or .mov file "
+                   "(file://PATH too); one file per stream and epoch: PATH, PATH-1, ...; never overwrites.")
+@click.option("--save-frames", default=None, metavar="DIR",
+              help="Save decoded frames as PNG in DIR, named STREAM-EPOCH-SEQ.png.")
+@click.option("--save-every", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --save-frames: every Nth decoded frame of each stream [default: 1, every frame].")
+@_status_options
 def monitor(connect, control, key, insecure, server_key, metrics, recognizer, weights, recognizer_view,
-            recognizer_server, no_classify, report_path, frames, idle_timeout, print_config):
+            recognizer_server, no_classify, report_path, frames, idle_timeout, record, save_frames, save_every,
+            quiet, status_every, print_config):
     """Server side: decode, classify and report accuracy against bitrate.
 
     Plain text only on loopback or with --insecure; otherwise give --key and --server-key (CURVE).
+    Exits with status 3 when nothing at all arrived, saying what is the likely cause.
     """
     if print_config:
         from edgepipe.pipeline.config import effective_settings
@@ -260,7 +308,18 @@ def monitor(connect, control, key, insecure, server_key, metrics, recognizer, we
         _check_endpoint("--control", control, bind=False)
     if metrics:
         parse_listen(metrics)
-    options = ServiceOptions(control=control, metrics=metrics,
+    if save_every is not None and not save_frames:
+        raise EdgepipeError("--save-every needs --save-frames DIR: it says which decoded frames to save there")
+    mode, every = _status_mode(quiet, status_every)
+    if record or save_frames:  # before the recognizer loads and sockets open
+        from edgepipe.pipeline.sinks import parse_frames_dir, parse_record_target
+
+        if record:
+            parse_record_target(record)
+        if save_frames:
+            parse_frames_dir(save_frames)
+    options = ServiceOptions(control=control, metrics=metrics, record=record, save_frames=save_frames,
+                             save_every=save_every or 1,
                              security=SecurityOptions(key=key, server_key=server_key, insecure=insecure))
     client_curve(options.security)  # key problems before the (slow) recognizer loads
     classify = None
@@ -274,15 +333,24 @@ def monitor(connect, control, key, insecure, server_key, metrics, recognizer, we
 
             classifier = Classifier(recognizer, weights, view=recognizer_view)
         classify = lambda image: int(classifier.top1(image[None])[0])  # noqa: E731
+    from edgepipe.pipeline.status import StatusReporter, monitor_line, monitor_sample
+
     service = MonitorService(connect, classify, options)
     secure = "CURVE" if key else "plain text"
-    click.echo(f"monitor: listening on {connect} ({secure}; Ctrl-C to stop)", err=True)
+    if not quiet:
+        click.echo(f"monitor: listening on {connect} ({secure}; Ctrl-C to stop)", err=True)
+    status = StatusReporter(lambda: monitor_sample(service.monitor), monitor_line, mode, every)
     try:
-        service.run(stop, max_frames=frames, idle_timeout=idle_timeout)
+        with status:
+            service.run(stop, max_frames=frames, idle_timeout=idle_timeout)
     finally:
-        service.close()
-        report = service.monitor.report()
+        diagnosis = service.diagnosis()  # before close: it reads the transport's counters
+        service.close()  # the sinks finish writing first: the report counts what they wrote
+        report = service.report()
         _write_json(report, report_path)
+    if diagnosis is not None:
+        click.echo(diagnosis, err=True)
+        raise SystemExit(NOTHING_ARRIVED)
     click.echo(format_table(report))
 
 

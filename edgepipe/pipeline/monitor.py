@@ -655,11 +655,13 @@ class Monitor:
             rx_stop.set()
             receiver.join()
             left = self.backlog.drain() + overflow
-            if left:
-                log.warning("stopping with %d received message(s) not decoded: counted as unprocessed_at_stop",
-                            len(left))
+            before = self.rejects["unprocessed_at_stop"]
             for parts, received_at in left:
                 self.count_unhandled(parts, "unprocessed_at_stop", received_at)
+            unprocessed = self.rejects["unprocessed_at_stop"] - before  # an end of stream is counted, not left
+            if unprocessed:
+                log.warning("stopping with %d received message(s) not decoded: counted as unprocessed_at_stop",
+                            unprocessed)
         if errors:
             raise errors[0]
 

@@ -35,6 +35,10 @@ class ServiceOptions:
     control: str | None = None  # capture: endpoint to bind; monitor: endpoint to connect
     metrics: str | None = None  # PORT, :PORT or HOST:PORT for /metrics
     security: SecurityOptions = field(default_factory=SecurityOptions)
+    # monitor sinks (sinks.py): record the received stream into a file; decoded frames as PNG
+    record: str | None = None
+    save_frames: str | None = None
+    save_every: int = 1
 
 
 def server_curve(sec: SecurityOptions):
@@ -159,9 +163,15 @@ class MonitorService:
             check_plaintext_allowed(connect, options.security.insecure, "monitor")
             if options.control:
                 check_plaintext_allowed(options.control, options.security.insecure, "monitor")
+        self.connect, self.curve = connect, curve
+        self.started = time.monotonic()
         self.context = zmq.Context()
-        self.subscriber = self.control = self.handshakes = self.metrics = None
+        self.subscriber = self.control = self.handshakes = self.metrics = self.sinks = None
         try:
+            if options.record or options.save_frames:  # files first: a bad path fails before any socket
+                from edgepipe.pipeline.sinks import FrameSinks
+
+                self.sinks = FrameSinks(options.record, options.save_frames, options.save_every)
             self.subscriber = Subscriber(connect, context=self.context, curve=curve)
             if options.control:
                 from edgepipe.pipeline.backchannel import ControlClient
@@ -175,6 +185,7 @@ class MonitorService:
             self.monitor = Monitor(classify, self.subscriber,
                                    on_loss=self.control.request_keyframe if self.control else None,
                                    max_streams=max_streams)
+            self.monitor.sinks = self.sinks
             if options.metrics:
                 from edgepipe.pipeline.metrics import MetricsServer, MonitorCollector, registry_for
 
@@ -214,9 +225,46 @@ class MonitorService:
             notifier.close()
         return self.monitor.report()
 
+    def diagnosis(self) -> str | None:
+        """None when any message arrived; else, in plain words, that no frame arrived, what was seen
+        of the connection and the likely causes (the monitor then exits non-zero)."""
+        m = self.monitor
+        ends = sum(m.end_of_stream.values())
+        if m.messages:
+            return None
+        sub = self.subscriber or m.subscriber
+        failures = sum(self.handshakes.failures.values()) if self.handshakes is not None else 0
+        listened = time.monotonic() - self.started
+        if ends:
+            seen = (f"only {ends} end-of-stream message(s) arrived: a capture finished before this monitor "
+                    "joined (or its frames went out before the connection was made)")
+        elif failures:
+            seen = (f"the CURVE handshake failed {failures} time(s): the keys do not match (see "
+                    "`check server-key` / `allow-list` in the log above)")
+        elif sub is not None and sub.connections == 0:
+            seen = f"no connection to {self.connect} was ever made: nothing listens there"
+        else:
+            seen = f"connected to {self.connect}, but nothing was sent to this monitor while it listened"
+        curve = ("--server-key is not the capture's public key, or this monitor's public key is not in the "
+                 "capture's --allow list" if self.curve is not None else
+                 "the capture runs CURVE (--key/--allow) and this monitor has no --key/--server-key")
+        return "\n".join([
+            f"monitor: no frame arrived from {self.connect} in {listened:.0f} s: {seen}.",
+            "Likely causes:",
+            "  - a wrong endpoint: --connect must be the capture's --publish address (its host, and the same port)",
+            "  - the capture is not running (yet): start it, or check `systemctl status edgepipe-capture`",
+            f"  - CURVE keys that do not match: {curve}",
+            "  - a capture that finished before this monitor joined: a file or folder waits only 10 s for a "
+            "monitor (--wait-subscriber), so start the monitor first",
+        ])
+
+    def report(self) -> dict:
+        return self.monitor.report()
+
     def close(self) -> None:
+        """Idempotent. The sinks finish writing (bounded) after the monitor stopped, before the report."""
         _close_in_order(self, [("metrics", "close"), ("handshakes", "stop"), ("control", "close"),
-                               ("subscriber", "close"), ("context", "term")])
+                               ("sinks", "close"), ("subscriber", "close"), ("context", "term")])
 
 
 def _close_in_order(service, steps: list[tuple[str, str]]) -> None:
