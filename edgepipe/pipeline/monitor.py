@@ -742,6 +742,9 @@ def format_table(report: dict) -> str:
     unclassified = f", unclassified {report['unclassified']}" if report.get("unclassified") else ""
     lines.append(f"messages {report['messages']}, decoded {report['decoded']}{unclassified}, lost {report['lost']}, "
                  f"rejected: {rejects}")
+    if report["rejects"].get("bad_version"):
+        lines.append(f"{report['rejects']['bad_version']} message(s) of a wire version this monitor does not speak: "
+                     "a newer capture? upgrade monitors before captures (docs/wire.md)")
     ended = report.get("end_of_stream", {}).get("matched", 0)
     if ended:
         lines.append(f"streams ended by their capture: {ended} (frames missing at their tail are counted as lost)")

@@ -142,3 +142,14 @@ def test_a_still_image_has_no_clock_of_its_own(small_val_folder):
         assert status is ReadStatus.OK and frame.media_time is None  # the capture derives it from --fps
     finally:
         src.close()
+
+
+def test_frames_of_a_newer_wire_version_are_rejected_with_a_hint(video_clip):
+    (head, payload), = hevc_messages(decode_frames(video_clip, 1, (96, 54)), "cam", 1)
+    newer = bytearray(head)
+    newer[2] = 4
+    mon = Monitor(None)
+    assert mon.handle([bytes(newer), payload]) is None
+    report = mon.report()
+    assert report["rejects"] == {"bad_version": 1}
+    assert "upgrade monitors before captures" in format_table(report)
