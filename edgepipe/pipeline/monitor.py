@@ -56,6 +56,16 @@ log = logging.getLogger(__name__)
 MAX_GAP_RATE = 250.0
 MAX_GAP_SLACK = 256
 KEYFRAME_ASK_INTERVAL_S = 1.0  # while a stream waits for a keyframe, the back channel is asked this often
+# An epoch that has decoded nothing does not ask for keyframes while another epoch of its stream id decoded
+# within this many seconds: forged epochs of a live camera cannot make it send keyframes (a real restart's
+# old epoch falls silent, and a capture starts with a keyframe anyway).
+RIVAL_LIVE_S = 2.0
+# A frame's stream-clock duration counts at most this many times its stream's usual one (the median of
+# its last DURATION_WINDOW frames; DURATION_FLOOR_S always counts): one forged duration of 3600 s cannot
+# turn a row's kbit/s to ~0, and a real stall (dropped frames add their time to the next) still counts.
+DURATION_RATIO = 100.0
+DURATION_FLOOR_S = 1.0
+DURATION_WINDOW = 31
 
 
 @dataclass(frozen=True)
@@ -179,7 +189,7 @@ class _Stream:
     its rows, and the counts of epochs already folded."""
 
     __slots__ = ("sid", "epochs", "rows", "proven", "last_seen", "folded_received", "folded_lost",
-                 "folded_epochs")
+                 "folded_epochs", "durations", "last_decoded_at")
 
     def __init__(self, sid: str):
         self.sid = sid
@@ -188,6 +198,8 @@ class _Stream:
         self.proven = False  # some epoch decoded a frame: a real camera, not an invented id
         self.last_seen = 0.0
         self.folded_received = self.folded_lost = self.folded_epochs = 0
+        self.durations: deque[float] = deque(maxlen=DURATION_WINDOW)  # last counted stream-clock durations
+        self.last_decoded_at: dict[int, float] = {}  # epoch -> monitor clock of its last decoded frame
 
 
 class _Backlog:
@@ -265,6 +277,7 @@ class Monitor:
         self.last_message_at: float | None = None  # monitor clock of the last message (None: none yet)
         self.timings = {"decode": [0, 0.0], "classify": [0, 0.0]}  # stage -> [frames, seconds]
         self.unclassified = 0  # decoded frames a recognizer server could not classify (it was away)
+        self.durations_capped = 0  # frames whose stream-clock duration counted only up to its plausible cap
         self.streams: dict[tuple[str, int], StreamState] = {}  # every (stream, epoch) kept, flat
         self._ids: dict[str, _Stream] = {}
         self._unproven: OrderedDict[str, None] = OrderedDict()  # stream ids, least recently seen first
@@ -339,6 +352,7 @@ class Monitor:
             state.waiting_keyframe = False
             state.decoded += 1
             self._prove(header.stream_id)
+            self._learn_stream(header, received_at)
             self.decoded += 1
         t0 = time.perf_counter()
         prediction, unclassified = None, False
@@ -361,6 +375,7 @@ class Monitor:
                 entry.rows[key] = None
                 entry.rows.move_to_end(key)
             row.last_seen = received_at
+            header = self._counted_duration(header)
             latency = received_at - header.capture_time
             row.add(header, len(payload), prediction, latency)
             self._totals(header, len(payload), prediction, latency)
@@ -411,7 +426,10 @@ class Monitor:
                 self._ask_keyframe(header.stream_id, state, now)
 
     def _ask_keyframe(self, sid: str, state: StreamState, now: float) -> None:
-        """Ask the capture for a keyframe (back channel), at most once a second per (stream, epoch)."""
+        """Ask the capture for a keyframe (back channel), at most once a second per (stream, epoch), and
+        not for an epoch that decoded nothing while a rival epoch of the same id is live."""
+        if state.decoded == 0 and self._rival_live(sid, state, now):
+            return
         if self.on_loss and now - state.asked_at >= KEYFRAME_ASK_INTERVAL_S:
             state.asked_at = now
             self.on_loss(sid)
@@ -499,6 +517,38 @@ class Monitor:
         state.last_accepted_at = now
         state.expected_seq = header.seq + 1
         return state
+
+    def _rival_live(self, sid: str, state: StreamState, now: float) -> bool:
+        entry = self._ids.get(sid)
+        if entry is None:
+            return False
+        return any(now - at < RIVAL_LIVE_S for epoch, at in entry.last_decoded_at.items()
+                   if entry.epochs.get(epoch) is not state)
+
+    def _counted_duration(self, header: FrameHeader) -> FrameHeader:
+        """The header with its duration capped at DURATION_RATIO x its stream's median (counted as
+        `duration_capped`), and that duration remembered for the median."""
+        entry = self._ids.get(header.stream_id)
+        if header.duration is None or entry is None:
+            return header
+        if len(entry.durations) >= 3:
+            cap = max(DURATION_FLOOR_S, DURATION_RATIO * float(np.median(entry.durations)))
+            if header.duration > cap:
+                self.durations_capped += 1
+                log.debug("%s seq %d: duration %.3g s counted as %.3g s", header.stream_id, header.seq,
+                          header.duration, cap)
+                header = replace(header, duration=cap)
+        entry.durations.append(header.duration)
+        return header
+
+    def _learn_stream(self, header: FrameHeader, now: float) -> None:
+        """Which epochs of this stream id are live (decoded lately): keyframe asks depend on it."""
+        entry = self._ids.get(header.stream_id)
+        if entry is None:
+            return
+        entry.last_decoded_at[header.epoch] = now
+        for epoch in [e for e in entry.last_decoded_at if e not in entry.epochs]:  # folded epochs: bounded
+            del entry.last_decoded_at[epoch]
 
     def _prove(self, sid: str) -> None:
         entry = self._ids.get(sid)
@@ -701,6 +751,7 @@ class Monitor:
                 "messages": self.messages,
                 "decoded": self.decoded,
                 "unclassified": self.unclassified,
+                "durations_capped": self.durations_capped,
                 "lost": sum(st.lost for st in self.streams.values()) + folded_lost,
                 "rejects": dict(self.rejects),
                 "end_of_stream": {"matched": self.end_of_stream["matched"],

@@ -638,3 +638,33 @@ def test_every_attack_interleaved_with_a_real_stream(real_stream, tmp_path):
     real_stream_is_whole(rep, len(real_stream))
     write_report(rep, tmp_path / "report.json")
     assert strict_json(tmp_path / "report.json")["decoded"] == len(real_stream)
+
+
+def test_d_forged_epochs_of_a_live_stream_ask_for_no_keyframes(real_stream):
+    """P-frames of invented epochs of the live stream id would each 'join mid-GOP' and ask the real
+    capture for a keyframe (a soak run saw 4x the keyframes); while a rival epoch decodes, they do not."""
+    asks: list[str] = []
+    with Session(on_loss=asks.append) as s:
+        for i, msg in enumerate(real_stream):
+            s.send(msg)
+            if i % 3 == 1:
+                s.send(forged(real_stream[1], epoch=60_000 + i, seq=5))
+        rep = s.settle()
+    assert rep["decoded"] == len(real_stream) and rep["rejects"] == {"waiting_for_keyframe": 20}
+    assert asks == []
+    real_stream_is_whole(rep, len(real_stream))
+
+
+def test_b_a_forged_duration_cannot_wreck_a_rows_kbit_s(real_stream):
+    """A copy of a real keyframe in a new epoch with duration 3600 s decodes and lands in the real row;
+    its duration counts only up to 100x the stream's median, so kbit/s stays near the truth."""
+    timed = [forged(m, media_time=i / 25, duration=0.04, clock="fps") for i, m in enumerate(real_stream)]
+    with Session() as s:
+        for msg in timed:
+            s.send(msg)
+        s.send(forged(timed[0], epoch=EPOCH + 1, seq=0, media_time=0.0, duration=3600.0))
+        rep = s.settle()
+    (row,) = [r for r in rep["rows"] if r["stream"] == REAL]
+    honest = sum(len(m[1]) for m in timed) * 8 / 1000 / (len(timed) * 0.04)
+    assert row["frames"] == len(timed) + 1 and rep["durations_capped"] == 1
+    assert row["kbit_s"] > 0.3 * honest  # uncapped it would be ~0.1 % of the truth
