@@ -52,7 +52,7 @@ def _models(spec: list[str]) -> list[Path]:
     # nothing shipped yet: an untrained ED of the default architecture has the same speed
     import torch
 
-    from edgepipe.train.model import EncoderDecoder
+    from edgepipe.models.ed import EncoderDecoder
 
     path = Path(tempfile.mkdtemp()) / "untrained-ed.onnx"
     torch.onnx.export(EncoderDecoder(), torch.zeros(1, 3, 64, 64), str(path), input_names=["image"],
@@ -72,7 +72,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from edgepipe.train.model import EncoderDecoder, flops_per_pixel, load_ed
+    from edgepipe.models.ed import EncoderDecoder, flops_per_pixel, load_ed
 
     rows = []
     for path in _models(args.model):

@@ -47,7 +47,7 @@ def model_path(spec: str | None) -> tuple[Path, str]:
         pass
     import torch
 
-    from edgepipe.train.model import EncoderDecoder
+    from edgepipe.models.ed import EncoderDecoder
 
     path = Path(tempfile.mkdtemp()) / "untrained-ed.onnx"
     axes = {0: "n", 2: "h", 3: "w"}

@@ -13,7 +13,7 @@ class TorchEngine:
     def __init__(self, path: str | Path, device: str | None = None):
         import torch
 
-        from edgepipe.train.model import load_ed  # raises EdgepipeError for bad files
+        from edgepipe.models.ed import load_ed  # raises EdgepipeError for bad files
 
         path = Path(path)
         self._torch = torch

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepipe.train.loop import TrainConfig
-from edgepipe.train.model import flops_per_pixel, model_from_checkpoint, read_checkpoint
+from edgepipe.models.ed import flops_per_pixel, model_from_checkpoint, read_checkpoint
 
 log = logging.getLogger(__name__)
 

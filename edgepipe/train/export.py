@@ -12,7 +12,7 @@ import torch
 
 from edgepipe.engines.base import to_model_input
 from edgepipe.errors import EdgepipeError
-from edgepipe.train.model import load_ed
+from edgepipe.models.ed import load_ed
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from edgepipe.errors import EdgepipeError
 from edgepipe.train.codec_loop import BACKWARD, CodecRoundTrip, codec_proxy, parse_ranges, qstep, straight_through
 from edgepipe.train.data import CropBatches, validation_set
 from edgepipe.train.losses import TV_KINDS, RateCalibration, RecognitionAwareLoss, dct_rate, per_image_tv
-from edgepipe.train.model import EDConfig, EncoderDecoder, model_from_checkpoint, read_checkpoint, save_checkpoint
+from edgepipe.models.ed import EDConfig, EncoderDecoder, model_from_checkpoint, read_checkpoint, save_checkpoint
 from edgepipe.train.validate import Validator
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from edgepipe.engines.onnx_engine import OnnxEngine
 from edgepipe.engines.torch_engine import TorchEngine
 from edgepipe.errors import EdgepipeError
 from edgepipe.train.export import export_onnx
-from edgepipe.train.model import EDConfig, EncoderDecoder, save_checkpoint
+from edgepipe.models.ed import EDConfig, EncoderDecoder, save_checkpoint
 
 
 @pytest.mark.parametrize("bypass", [True, False])

@@ -16,7 +16,7 @@ from edgepipe.errors import EdgepipeError
 from edgepipe.train.data import CropBatches
 from edgepipe.train.loop import TrainConfig, _Running, _step, train
 from edgepipe.train.losses import RecognitionAwareLoss
-from edgepipe.train.model import EDConfig, EncoderDecoder, load_ed, read_checkpoint
+from edgepipe.models.ed import EDConfig, EncoderDecoder, load_ed, read_checkpoint
 
 
 @pytest.mark.parametrize("bypass", [True, False])

@@ -10,7 +10,7 @@ import torch
 from edgepipe.engines.base import to_model_input
 from edgepipe.errors import EdgepipeError
 from edgepipe.train.losses import RecognitionAwareLoss
-from edgepipe.train.model import (CHECKPOINT_VERSION, EDConfig, EncoderDecoder, flops_per_pixel, load_ed,
+from edgepipe.models.ed import (CHECKPOINT_VERSION, EDConfig, EncoderDecoder, flops_per_pixel, load_ed,
                                   save_checkpoint)
 
 SIZES = [(224, 224), (17, 31), (1, 1), (5, 9), (64, 66), (90, 160)]
@@ -127,7 +127,7 @@ def test_load_errors(tmp_path: Path) -> None:
 
 def test_cheap_variant_is_identity_at_start_any_size_and_under_4_kflop() -> None:
     """ours-fast: strided stem + pixel-shuffled output, same H x W out, a quarter of the FLOPs."""
-    from edgepipe.train.model import flops_per_pixel
+    from edgepipe.models.ed import flops_per_pixel
 
     cfg = EDConfig(stem_stride=2, widths=(16, 32, 48))
     model = EncoderDecoder(cfg).eval()

@@ -9,7 +9,7 @@ import pytest
 from edgepipe.engines import resolve_model
 from edgepipe.engines.onnx_engine import OnnxEngine
 from edgepipe.engines.torch_engine import TorchEngine
-from edgepipe.train.model import load_ed
+from edgepipe.models.ed import load_ed
 
 MODELS = Path(__file__).resolve().parents[2] / "edgepipe" / "data" / "models"
 SHIPPED = {"ours": True, "ours-fast": True, "palacio": False, "bypass_only": True, "tv_only": False}  # name -> bypass

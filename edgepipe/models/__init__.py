@@ -1,0 +1,1 @@
+"""Networks shared by the runtime engines and training: the ED pre-transform (ed.py)."""
