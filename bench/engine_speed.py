@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgepipe.errors import EdgepipeError  # noqa: E402
+from edgepipe.core.errors import EdgepipeError  # noqa: E402
 
 SHARED = Path(os.environ.get("EDGEPIPE_SHARED_DATA", REPO.parent / "shared" / "data"))
 SIZES = {"224x224": (224, 224), "1280x720": (1280, 720)}  # WIDTHxHEIGHT
@@ -157,7 +157,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from edgepipe.engines.plan_sidecar import sha256_file
+    from edgepipe.core.files import sha256_file
     from edgepipe.engines.tensorrt_build import detect_gpu
 
     onnx, origin = model_path(args.model)

@@ -10,7 +10,7 @@ import sys
 import click
 
 from edgepipe import __version__
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 # command name -> "module:attribute"; adding a command is one line here.
 COMMANDS = {

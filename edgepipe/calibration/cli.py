@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from typing import Iterator
 
 import numpy as np
 
-from edgepipe.datasets import IMAGE_SUFFIXES, read_rgb
+from edgepipe.core.datasets import IMAGE_SUFFIXES, read_rgb
 from edgepipe.engines.base import to_model_input
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def quantize_qdq(onnx_path: str | Path, batches, output: str | Path, method: str
     import onnx
     import onnxruntime as ort
 
-    from edgepipe.engines.plan_sidecar import sha256_file
+    from edgepipe.core.files import sha256_file
 
     quantize = _import_modelopt_quantize()
     onnx_path, output = Path(onnx_path), Path(output)

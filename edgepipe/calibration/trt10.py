@@ -16,7 +16,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,7 @@ class CalibrationCache:
 
     def write(self, data: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_bytes(bytes(data))
-        tmp.replace(self.path)
+        atomic_write(self.path, bytes(data))
         meta = {"onnx_sha256": self.onnx_sha256, "input_shape": self.input_shape, **self.info}
         self.meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         log.info("wrote calibration cache %s (%d bytes)", self.path, len(data))

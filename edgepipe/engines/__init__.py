@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgepipe.engines.base import Engine, IdentityEngine
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 __all__ = ["Engine", "IdentityEngine", "load_engine", "resolve_model"]
 

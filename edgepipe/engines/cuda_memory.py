@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
 

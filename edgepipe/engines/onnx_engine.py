@@ -1,13 +1,13 @@
 """Pre-transform on ONNX Runtime: CPU everywhere, CUDA/TensorRT providers where installed."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from edgepipe.engines.base import from_model_output, to_model_input, weights_id
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.files import sha256_file
 
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -22,7 +22,7 @@ def onnx_weights_id(path: Path) -> str:
         tensors = [(t.name, numpy_helper.to_array(t)) for t in graph.initializer]
     except Exception:  # noqa: BLE001 - external data or an odd graph: fall back to the file's bytes
         tensors = []
-    return weights_id(tensors) if tensors else hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    return weights_id(tensors) if tensors else sha256_file(path)[:8]
 
 
 class OnnxEngine:

@@ -8,14 +8,14 @@ sidecar records where the plan came from (source ONNX hash, model card fields) a
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.files import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,6 @@ class PlanSidecar:
 def sidecar_path(plan: str | Path) -> Path:
     plan = Path(plan)
     return plan.with_name(plan.name + ".json")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def now_iso() -> str:
@@ -120,9 +112,7 @@ def write_sidecar(plan: str | Path, sidecar: PlanSidecar) -> Path:
     if not sidecar.built_at:
         sidecar.built_at = now_iso()
     path = sidecar_path(plan)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a sidecar
+    atomic_write(path, json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")  # never half a sidecar
     return path
 
 

@@ -27,7 +27,8 @@ from typing import Any
 
 from edgepipe import __version__
 from edgepipe.engines.onnx_engine import onnx_weights_id
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +337,8 @@ class PlanBuilder:
     def build(self, onnx_path: str | Path, plan_path: str | Path, options: BuildOptions,
               memory=None) -> "PlanSidecar":
         from edgepipe.calibration.qdq import is_qdq_model, source_of
-        from edgepipe.engines.plan_sidecar import PlanSidecar, model_card_fields, sha256_file, write_sidecar
+        from edgepipe.core.files import sha256_file
+        from edgepipe.engines.plan_sidecar import PlanSidecar, model_card_fields, write_sidecar
 
         trt = self.trt
         onnx_path, plan_path = Path(onnx_path), Path(plan_path)
@@ -398,10 +400,7 @@ class PlanBuilder:
             if serialized is None:
                 raise EdgepipeError(f"TensorRT could not build the engine: {_one_line(self.errors) or 'see the log (-vv)'}")
             plan_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp_plan = plan_path.with_name(plan_path.name + ".tmp")
-            with open(tmp_plan, "wb") as f:
-                f.write(serialized)
-            tmp_plan.replace(plan_path)
+            atomic_write(plan_path, serialized)
             log.info("built %s in %.0f s", plan_path, time.monotonic() - t0)
 
         sidecar = PlanSidecar(

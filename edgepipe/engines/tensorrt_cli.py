@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 
 def default_cache_path(onnx: Path) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe.engines.base import from_model_output, to_model_input
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 class TensorRTEngine:
     def __init__(self, path: str | Path, memory=None, check_sidecar: bool = True):
         from edgepipe.engines.cuda_memory import open_cuda_memory
-        from edgepipe.engines.plan_sidecar import check_compatible, read_sidecar, rebuild_hint, sha256_file
+        from edgepipe.core.files import sha256_file
+        from edgepipe.engines.plan_sidecar import check_compatible, read_sidecar, rebuild_hint
         from edgepipe.engines.tensorrt_build import import_tensorrt, make_logger, tensorrt_major
 
         path = Path(path)

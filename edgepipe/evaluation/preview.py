@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def check_output(path: str | Path) -> Path:
 
 def read_frame(source: str | Path, frame: int | None = None) -> tuple[np.ndarray, int | None]:
     """(uint8 RGB, None) for an image file; (RGB of frame `frame`, 0-based, default 0; its index) for a video."""
-    from edgepipe.datasets import IMAGE_SUFFIXES, read_rgb
+    from edgepipe.core.datasets import IMAGE_SUFFIXES, read_rgb
     from edgepipe.pipeline.frames import ReadStatus
     from edgepipe.pipeline.sources import FrameShaper, VideoFileSource
 
@@ -132,7 +132,7 @@ def read_frame(source: str | Path, frame: int | None = None) -> tuple[np.ndarray
 
 
 def _label_of(source: Path) -> int | None:
-    from edgepipe.labels import synset_to_index
+    from edgepipe.core.labels import synset_to_index
 
     return synset_to_index().get(source.parent.name)
 
@@ -159,7 +159,7 @@ def psnr_db(original: np.ndarray, other: np.ndarray) -> float:
 
 
 def top_k(logits: np.ndarray, k: int = TOP_K) -> list[tuple[int, str, float]]:
-    from edgepipe.labels import class_name
+    from edgepipe.core.labels import class_name
 
     z = logits.astype(np.float64) - logits.max()
     p = np.exp(z) / np.exp(z).sum()
@@ -249,7 +249,7 @@ def format_table(pv: Preview) -> str:
 
 
 def _class(index: int) -> str:
-    from edgepipe.labels import class_name
+    from edgepipe.core.labels import class_name
 
     return class_name(index)
 

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.datasets import LabelledImage, list_labelled_images, read_rgb
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.datasets import LabelledImage, list_labelled_images, read_rgb
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.files import atomic_path, sha256_file
 from edgepipe.pipeline.codecs import STILL_CODECS, bits_per_pixel, decode_image, encode_image
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,6 @@ class PreSpec:
     label: str      # name in tables: none, tvl1, ours, ...
     spec: str       # what a worker loads
     identity: str   # what makes its outputs what they are (for the cache key)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _parse_tvl1(spec: str) -> float:
@@ -121,7 +114,7 @@ def resolve_pres(specs: Iterable[str]) -> list[PreSpec]:
         if not isinstance(y, np.ndarray) or y.shape != probe.shape or y.dtype != np.uint8:
             raise EdgepipeError(f"{path}: a pre-transform must return frames of the input's shape, "
                                 f"got {getattr(y, 'shape', None)} for {probe.shape}")
-        out.append(PreSpec(path.stem, str(path.resolve()), f"{path.suffix}:{_sha256(path)}"))
+        out.append(PreSpec(path.stem, str(path.resolve()), f"{path.suffix}:{sha256_file(path)}"))
     labels = [p.label for p in out]
     if len(set(labels)) != len(labels):
         raise EdgepipeError(f"two pre-transforms share a name: {labels}; rename a model file")
@@ -196,9 +189,8 @@ class Result:
     correct: np.ndarray  # int8: 1 right, 0 wrong, -1 skipped (unreadable)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, bpp=self.bpp, psnr=self.psnr, correct=self.correct)
-        os.replace(tmp, path)  # atomic: an interrupted run never leaves half a file
+        with atomic_path(path, suffix=".tmp.npz") as tmp:  # an interrupted run never leaves half a file
+            np.savez(tmp, bpp=self.bpp, psnr=self.psnr, correct=self.correct)
 
     @classmethod
     def load(cls, path: Path) -> Result:
@@ -358,7 +350,7 @@ class Runner:
         self.cache = self.out / "cache"
         self.cache.mkdir(parents=True, exist_ok=True)
         self.cached_only, self.progress = cached_only, progress
-        rec_id = f"{recognizer}:{_sha256(Path(weights)) if weights else 'packaged'}"
+        rec_id = f"{recognizer}:{sha256_file(Path(weights)) if weights else 'packaged'}"
         self._base = {"v": CACHE_VERSION, "recognizer": rec_id}
         if view != "native":  # native is what every cache before views holds: its keys stay valid
             self._base["view"] = view

@@ -21,7 +21,6 @@ convolutions and cropped back after each upsampling, so the output always has th
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +162,8 @@ def save_checkpoint(path: str | Path, model: EncoderDecoder, **extra: Any) -> No
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _unreadable_reason(path: Path, exc: Exception) -> str:

@@ -10,7 +10,7 @@ import threading
 import click
 from click.core import ParameterSource
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.pipeline.codecs import CRF_RANGE, SETTING_RANGES, X265_PRESETS
 from edgepipe.pipeline.config import config_option
 from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, VIEWS
@@ -366,7 +366,7 @@ def monitor(connect, control, key, insecure, server_key, metrics, recognizer, we
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
 def demo(data, engines, qps, recognizer, weights, report_path):
     """Whole pipeline on loopback with real images; prints the accuracy/bitrate table."""
-    from edgepipe.datasets import list_labelled_images
+    from edgepipe.core.datasets import list_labelled_images
     from edgepipe.pipeline.demo import DEFAULT_QPS, default_engines, run_demo
     from edgepipe.pipeline.monitor import format_table, write_report
 

@@ -22,7 +22,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from edgepipe.engines import load_engine
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.pipeline.capture import CaptureLoop, CaptureSettings
 from edgepipe.pipeline.monitor import Monitor
 from edgepipe.pipeline.transport import Publisher, Subscriber

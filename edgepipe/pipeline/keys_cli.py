@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 
 @click.group()

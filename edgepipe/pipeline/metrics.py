@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Iterator
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
 

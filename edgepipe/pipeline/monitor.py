@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -42,7 +41,8 @@ from typing import Callable
 
 import numpy as np
 
-from edgepipe.errors import RecognizerUnavailable
+from edgepipe.core.errors import RecognizerUnavailable
+from edgepipe.core.files import atomic_write
 from edgepipe.pipeline.codecs import HevcDecoder, decode_image
 from edgepipe.pipeline.frames import DEFAULT_FPS
 from edgepipe.pipeline.stats import LatencyWindow
@@ -839,6 +839,4 @@ def write_report(report: dict, path: str | Path) -> None:
     Always valid JSON (RFC 8259): a non-finite number is written as null, never as NaN."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(json_safe(report), indent=2, allow_nan=False))

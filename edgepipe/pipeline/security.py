@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -188,16 +189,7 @@ def write_keypair(directory: str | Path, name: str, force: bool = False) -> tupl
         return "\n".join(lines) + "\n"
 
     for path, text, mode in ((sec_path, body("**Secret**", True), 0o600), (pub_path, body("Public", False), 0o644)):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.chmod(tmp, mode)  # the umask may have narrowed the public file's mode
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write(path, text, mode=mode)  # created with `mode`, then set to it whatever the umask
     return pub_path, sec_path, public
 
 

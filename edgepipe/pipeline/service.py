@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.pipeline.capture import CaptureLoop, CaptureSettings
 from edgepipe.pipeline.stats import CaptureStats
 

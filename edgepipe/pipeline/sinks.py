@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
 

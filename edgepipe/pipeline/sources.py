@@ -17,8 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
-from edgepipe.datasets import list_labelled_images, read_rgb
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.datasets import list_labelled_images, read_rgb
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.pipeline.frames import Frame, ReadStatus
 
 log = logging.getLogger(__name__)

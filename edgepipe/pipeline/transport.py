@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
 

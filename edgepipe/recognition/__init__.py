@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +120,12 @@ class Classifier:
         path = _cache_dir() / f"{self.name}-{digest.hexdigest()[:16]}.onnx"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            with torch.no_grad():
+            with atomic_path(path) as tmp, torch.no_grad():  # a concurrent run never sees half a file
                 torch.onnx.export(
                     self._model, torch.zeros(1, 3, 224, 224), str(tmp),
                     input_names=["image"], output_names=["logits"],
                     dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}}, dynamo=False,
                 )
-            os.replace(tmp, path)  # atomic: a concurrent run never sees half a file
         options = ort.SessionOptions()
         if self._threads:
             options.intra_op_num_threads = self._threads

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from edgepipe.errors import EdgepipeError, RecognizerUnavailable  # noqa: F401 - re-exported for callers
+from edgepipe.core.errors import EdgepipeError, RecognizerUnavailable  # noqa: F401 - re-exported for callers
 from edgepipe.recognition import DEFAULT_RECOGNIZER, VIEWS, Classifier
 
 log = logging.getLogger(__name__)

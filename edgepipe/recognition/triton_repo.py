@@ -11,14 +11,14 @@ at their decoded size, as in process); Triton's dynamic batcher groups requests 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
 
 import click
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.files import atomic_path, sha256_file
 from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS
 
 INPUT_NAME = "frames"  # UINT8 (N, H, W, 3) RGB
@@ -88,18 +88,14 @@ def export_onnx(recognizer_name: str, weights: str | os.PathLike | None, path: P
 
     model = _frames_model(build_recognizer(recognizer_name, weights))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, as Classifier uses
-            torch.onnx.export(
-                model, torch.zeros(1, 224, 224, 3, dtype=torch.uint8), str(tmp),
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "n", 1: "h", 2: "w"}, OUTPUT_NAME: {0: "n"}}, dynamo=False,
-            )
-        os.replace(tmp, path)  # a server polling the repository never sees half a file
-    finally:
-        tmp.unlink(missing_ok=True)
+    # a server polling the repository never sees half a file
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, as Classifier uses
+        torch.onnx.export(
+            model, torch.zeros(1, 224, 224, 3, dtype=torch.uint8), str(tmp),
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "n", 1: "h", 2: "w"}, OUTPUT_NAME: {0: "n"}}, dynamo=False,
+        )
 
 
 def write_model_repository(out: str | os.PathLike, recognizer: str = DEFAULT_RECOGNIZER,
@@ -119,7 +115,7 @@ def write_model_repository(out: str | os.PathLike, recognizer: str = DEFAULT_REC
     model_dir = root / model_name
     onnx_path = model_dir / MODEL_VERSION / "model.onnx"
     export_onnx(recognizer, weights, onnx_path)
-    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
+    digest = sha256_file(onnx_path)[:16]
     from edgepipe import __version__
 
     comment = (f"Written by `edgepipe recognizer-repo` (edgepipe {__version__}): recognizer {recognizer}, "

@@ -80,7 +80,7 @@ def train(data, recognizer, weights, lambda_tv, tv_kind, no_bypass, out, widths,
     recognizer also judges the decoded ED output (real HEVC/JPEG round trip, gradient through a DCT model of it),
     and --lambda-rate, --lambda-mse and --distill add a calibrated rate term, a fidelity anchor and
     label-free distillation (docs/training.md)."""
-    from edgepipe.errors import EdgepipeError
+    from edgepipe.core.errors import EdgepipeError
     from edgepipe.train.loop import TrainConfig
     from edgepipe.train.loop import train as run
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.train.dct import blocks, jpeg_tables, to_rgb, to_ycbcr, unblocks
 
 # Settings a range may span, per codec, and whether a larger setting means more bits.

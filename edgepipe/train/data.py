@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.datasets import LabelledImage, list_labelled_images, read_rgb
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.datasets import LabelledImage, list_labelled_images, read_rgb
+from edgepipe.core.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
 

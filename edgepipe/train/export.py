@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,8 @@ import numpy as np
 import torch
 
 from edgepipe.engines.base import to_model_input
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.files import atomic_path
 from edgepipe.models.ed import load_ed
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def _default_check_images() -> Path | None:
 
 def _check_frames(folder: str | Path | None, limit: int = 8) -> list[np.ndarray]:
     """Real images for the parity check: the folder's first `limit` readable images (any layout)."""
-    from edgepipe.datasets import IMAGE_SUFFIXES, read_rgb
+    from edgepipe.core.datasets import IMAGE_SUFFIXES, read_rgb
 
     folder = Path(folder) if folder is not None else _default_check_images()
     if folder is None:
@@ -71,8 +71,7 @@ def export_onnx(checkpoint: str | Path, onnx_path: str | Path, opset: int = 17,
     frames = _check_frames(check_data)
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(onnx_path) as tmp:  # written only once it passed the checks below
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is deliberate, see below
             # The TorchScript-based exporter: stable output, and the shape-driven crops in forward() become
@@ -97,10 +96,6 @@ def export_onnx(checkpoint: str | Path, onnx_path: str | Path, opset: int = 17,
             sizes.append(f"{x.shape[0]}x{x.shape[2]}x{x.shape[3]}")
         if worst > tolerance:
             raise EdgepipeError(f"ONNX export differs from PyTorch by {worst:.2e} (> {tolerance:g}); not written")
-        os.replace(tmp, onnx_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     report = {"onnx": str(onnx_path), "opset": opset, "max_abs_diff": worst, "checked": sizes,
               "bytes": onnx_path.stat().st_size}
     log.info("exported %s (max abs diff %.2e over %s)", onnx_path, worst, ", ".join(sizes))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +18,8 @@ import torch
 from torch.nn import functional as F
 
 from edgepipe.engines.base import from_model_output, to_model_input
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.files import atomic_path
 from edgepipe.train.codec_loop import BACKWARD, CodecRoundTrip, codec_proxy, parse_ranges, qstep, straight_through
 from edgepipe.train.data import CropBatches, validation_set
 from edgepipe.train.losses import TV_KINDS, RateCalibration, RecognitionAwareLoss, dct_rate, per_image_tv
@@ -172,13 +172,11 @@ LOG_FIELDS = ["epoch", "step", "minutes", "reason", "train_loss", "train_ce", "t
 def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
     """The whole CSV, rewritten atomically from the history (so a resumed run's log has no duplicates)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for row in history:
             writer.writerow({k: (f"{v:.5f}" if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, path)
 
 
 def _steps_within_budget(total: int, step: int, elapsed: float, budget: float, bar: Any) -> int:
@@ -226,7 +224,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     batches = CropBatches(cfg.data, cfg.crop, cfg.batch_size, cfg.seed, cfg.rescale_min, cfg.holdout)
     if cfg.val_data is not None:
-        from edgepipe.datasets import list_labelled_images
+        from edgepipe.core.datasets import list_labelled_images
 
         list_labelled_images(cfg.val_data)
     recognizer = build_recognizer(cfg.recognizer, cfg.weights)

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from edgepipe.calibration.cli import choose_format
 from edgepipe.cli import cli
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 try:

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from edgepipe.calibration.data import CalibrationBatches, list_images, spread
-from edgepipe.datasets import read_rgb
+from edgepipe.core.datasets import read_rgb
 from edgepipe.engines.base import to_model_input
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 
 def test_batches_have_the_calibration_shape(small_val_folder):

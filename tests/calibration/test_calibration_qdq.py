@@ -33,7 +33,7 @@ def test_qdq_model_from_real_images_tracks_the_float_model(tiny, tmp_path, small
 
     from edgepipe.calibration.data import CalibrationBatches
     from edgepipe.calibration.qdq import is_qdq_model, quantize_qdq, source_of
-    from edgepipe.engines.plan_sidecar import sha256_file
+    from edgepipe.core.files import sha256_file
 
     out = quantize_qdq(tiny, CalibrationBatches(small_val_folder, (224, 224), 4, None), tmp_path / "tiny.int8.onnx")
     assert is_qdq_model(out) and not is_qdq_model(tiny)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from edgepipe.cli import cli
 from edgepipe.engines import tensorrt_build as tb
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 

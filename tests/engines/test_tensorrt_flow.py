@@ -20,7 +20,7 @@ import onnx
 import pytest
 
 from edgepipe.engines.cuda_memory import CudaMemory, CudaStream, DeviceBuffer, GpuInfo, PinnedBuffer
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 try:
     from test_tensorrt_build import export_tiny_net
 except ImportError:  # tests/engines made a package

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 pytestmark = pytest.mark.gpu
 
@@ -103,7 +103,8 @@ def test_plan_matches_onnxruntime_on_real_images(plans, onnx_model, small_val_fo
 
 
 def test_sidecar_records_the_build(trt, memory, plans, onnx_model):
-    from edgepipe.engines.plan_sidecar import read_sidecar, sha256_file
+    from edgepipe.core.files import sha256_file
+    from edgepipe.engines.plan_sidecar import read_sidecar
 
     sc = read_sidecar(plans["fp16"])
     gpu = memory.gpu_info()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgepipe.engines import cuda_memory as cm
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 
 def test_unknown_backend_is_refused():

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from edgepipe.engines import plan_sidecar as ps
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.files import sha256_file
 
 
 def make_sidecar(**overrides) -> ps.PlanSidecar:
@@ -110,4 +111,4 @@ def test_model_card_from_onnx_metadata_and_json_card(tmp_path):
     assert card["opset"] == {"ai.onnx": 17}
     assert card["edgepipe.recognizer"] == "efficientnet-lite0"
     assert card["trained_on"] == "imagenette" and card["bd_rate"] == -21.5
-    assert ps.sha256_file(path) == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    assert sha256_file(path) == __import__("hashlib").sha256(path.read_bytes()).hexdigest()

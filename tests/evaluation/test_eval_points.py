@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.evaluation.points import CANDIDATES, Candidate, select_points
 from edgepipe.pipeline.codecs import bits_per_pixel, encode_image
 

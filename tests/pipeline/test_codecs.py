@@ -2,8 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgepipe.datasets import list_labelled_images, read_rgb
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.datasets import list_labelled_images, read_rgb
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.pipeline.codecs import (HevcDecoder, HevcEncoder, bits_per_pixel, check_hevc_support, decode_image,
                                       encode_image, resolve_encoder)
 

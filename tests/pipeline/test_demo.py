@@ -5,7 +5,7 @@ from edgepipe.pipeline.demo import bundled_images, run_demo
 
 
 def test_bundled_sample_is_small_real_and_labelled():
-    from edgepipe.datasets import list_labelled_images
+    from edgepipe.core.datasets import list_labelled_images
 
     items = list_labelled_images(bundled_images())
     assert 10 <= len(items) <= 50

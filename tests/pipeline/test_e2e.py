@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from edgepipe.datasets import list_labelled_images, read_rgb
+from edgepipe.core.datasets import list_labelled_images, read_rgb
 from edgepipe.pipeline.capture import CaptureLoop, CaptureSettings
 from edgepipe.pipeline.demo import free_tcp_endpoint
 from edgepipe.pipeline.monitor import Monitor

@@ -566,7 +566,7 @@ def test_h_a_plain_text_capture_refuses_a_public_address_before_it_binds(small_v
     not 'already in use' (before, the socket was bound, reachable, then closed)."""
     import socket
 
-    from edgepipe.errors import EdgepipeError
+    from edgepipe.core.errors import EdgepipeError
     from edgepipe.pipeline.capture import CaptureSettings
     from edgepipe.pipeline.service import CaptureService, ServiceOptions
 

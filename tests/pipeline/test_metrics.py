@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.pipeline.capture import CaptureSettings
 from edgepipe.pipeline.codecs import HevcEncoder
 from edgepipe.pipeline.demo import free_tcp_endpoint

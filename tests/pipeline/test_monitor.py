@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from edgepipe.datasets import list_labelled_images, read_rgb
+from edgepipe.core.datasets import list_labelled_images, read_rgb
 from edgepipe.pipeline.codecs import HevcEncoder, encode_image
 from edgepipe.pipeline.monitor import Monitor, format_table, write_report
 from edgepipe.pipeline.transport import FrameHeader
@@ -113,7 +113,7 @@ def test_report_table_and_atomic_json(tmp_path, images):
 
 def test_recognizer_server_away_counts_unclassified_not_lost(images):
     """Frames a recognizer server could not classify are decoded, accounted in bitrate, counted apart."""
-    from edgepipe.errors import RecognizerUnavailable
+    from edgepipe.core.errors import RecognizerUnavailable
 
     calls = []
 

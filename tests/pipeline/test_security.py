@@ -13,7 +13,7 @@ import zmq.auth
 from click.testing import CliRunner
 
 from edgepipe.cli import cli
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.pipeline.backchannel import CONTROL_MAGIC, KEYFRAME
 from edgepipe.pipeline.capture import CaptureSettings
 from edgepipe.pipeline.demo import free_tcp_endpoint

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.pipeline.demo import free_tcp_endpoint
 from edgepipe.pipeline.monitor import Monitor, format_table
 from edgepipe.pipeline.sinks import FrameSinks, parse_record_target, safe_name

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepipe.datasets import read_rgb
-from edgepipe.errors import EdgepipeError
-from edgepipe.labels import synset_to_index
+from edgepipe.core.datasets import read_rgb
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.labels import synset_to_index
 from edgepipe.pipeline.frames import ReadStatus
 from edgepipe.pipeline.sources import FolderSource, FrameShaper, LiveSource, open_source, parse_size
 

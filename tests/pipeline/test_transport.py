@@ -2,7 +2,7 @@ import struct
 
 import pytest
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.pipeline.demo import free_tcp_endpoint
 from edgepipe.pipeline.transport import _FIXED, FrameHeader, ProtocolError, Publisher, Subscriber, parse_message
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgepipe.datasets import list_labelled_images, read_rgb
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.datasets import list_labelled_images, read_rgb
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.recognition import Classifier, build_recognizer
 from edgepipe.recognition.vgg import VGG16
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.recognition.triton_client import RecognizerUnavailable, TritonClassifier, parse_server_url
 from edgepipe.recognition.triton_repo import config_pbtxt, write_model_repository
 
@@ -50,7 +50,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def frames(small_val_folder):
     """12 real Imagenette val images (3 classes x 4), uint8 RGB, with their labels."""
-    from edgepipe.datasets import list_labelled_images, read_rgb
+    from edgepipe.core.datasets import list_labelled_images, read_rgb
 
     items = list_labelled_images(small_val_folder)
     images = [read_rgb(i.path) for i in items]

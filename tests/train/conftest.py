@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepipe.datasets import list_labelled_images, read_rgb
+from edgepipe.core.datasets import list_labelled_images, read_rgb
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import torch
 
 from edgepipe.engines.onnx_engine import OnnxEngine
 from edgepipe.engines.torch_engine import TorchEngine
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.train.export import export_onnx
 from edgepipe.models.ed import EDConfig, EncoderDecoder, save_checkpoint
 

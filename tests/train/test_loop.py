@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from edgepipe.cli import cli
 from edgepipe.engines.base import to_model_input
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.train.data import CropBatches
 from edgepipe.train.loop import TrainConfig, _Running, _step, train
 from edgepipe.train.losses import RecognitionAwareLoss

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgepipe.engines.base import to_model_input
-from edgepipe.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.train.losses import RecognitionAwareLoss
 from edgepipe.models.ed import (CHECKPOINT_VERSION, EDConfig, EncoderDecoder, flops_per_pixel, load_ed,
                                   save_checkpoint)

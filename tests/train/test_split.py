@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgepipe.cli import cli
-from edgepipe.datasets import list_labelled_images, read_rgb
+from edgepipe.core.datasets import list_labelled_images, read_rgb
 from edgepipe.train.data import CropBatches
 from edgepipe.train.split import holdout_items, is_holdout, training_items
 

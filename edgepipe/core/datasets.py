@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.errors import EdgepipeError
-from edgepipe.labels import synset_to_index
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.labels import synset_to_index
 
 log = logging.getLogger(__name__)
 

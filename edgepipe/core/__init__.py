@@ -1,0 +1,1 @@
+"""The ground floor every other package may import: errors, ImageNet labels and datasets, atomic files."""
