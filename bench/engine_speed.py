@@ -61,7 +61,7 @@ def real_frames(size: tuple[int, int], n: int) -> np.ndarray:
     """n real uint8 frames at `size`, shaped as the capture loop shapes them; noise if no images are around."""
     folder = SHARED / "imagenette" / "val"
     if folder.is_dir():
-        from edgepipe.calibration.data import CalibrationBatches
+        from edgepipe.tensorrt.calibration.data import CalibrationBatches
 
         return np.stack(list(CalibrationBatches(folder, size, 1, n).frames())[:n])
     log.warning("no images at %s: timing on noise frames", folder)
@@ -118,7 +118,8 @@ def engines_to_run(onnx: Path, args) -> list[tuple[str, str, object]]:
     except (ImportError, OSError) as exc:
         log.info("TensorRT not available (%s): skipping TensorRT engines", exc)
         return found
-    from edgepipe.engines.tensorrt_build import BuildOptions, Int8Options, builder_for, import_tensorrt, parse_shapes
+    from edgepipe.engines.tensorrt_engine import import_tensorrt
+    from edgepipe.tensorrt.build import BuildOptions, Int8Options, builder_for, parse_shapes
     from edgepipe.engines.tensorrt_engine import TensorRTEngine
 
     trt = import_tensorrt("the benchmark")
@@ -158,7 +159,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from edgepipe.core.files import sha256_file
-    from edgepipe.engines.tensorrt_build import detect_gpu
+    from edgepipe.tensorrt.build import detect_gpu
 
     onnx, origin = model_path(args.model)
     frames = {label: real_frames(size, 8) for label, size in SIZES.items()}

@@ -22,8 +22,8 @@ COMMANDS = {
     "holdout": "edgepipe.train.cli:holdout",
     "eval": "edgepipe.evaluation.cli:evaluate",
     "preview": "edgepipe.evaluation.preview_cli:preview",
-    "build-engine": "edgepipe.engines.tensorrt_cli:build_engine",
-    "calibrate": "edgepipe.calibration.cli:calibrate",
+    "build-engine": "edgepipe.tensorrt.cli:build_engine",
+    "calibrate": "edgepipe.tensorrt.calibration.cli:calibrate",
     "keys": "edgepipe.pipeline.keys_cli:keys",
     "recognizer-repo": "edgepipe.recognition.triton_repo:recognizer_repo",
 }

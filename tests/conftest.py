@@ -1,4 +1,10 @@
-"""Shared fixtures: real data from ../shared/data (or $EDGEPIPE_SHARED_DATA)."""
+"""Shared fixtures: real data from ../shared/data (or $EDGEPIPE_SHARED_DATA).
+
+tests/ is on sys.path while the suite runs (rootdir conftest, no __init__.py files), so no folder here may
+be named like an importable package: a tests/tensorrt/ would make `import tensorrt` succeed as a namespace
+package and every "TensorRT is not installed" test would skip. The tests of edgepipe/tensorrt/ live in
+tests/tensorrt_tools/ for that reason.
+"""
 from __future__ import annotations
 
 import os

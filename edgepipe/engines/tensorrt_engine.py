@@ -14,8 +14,10 @@ one thread and run on another (the capture loop does exactly that).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -24,13 +26,65 @@ from edgepipe.core.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
 
+# The TensorRT module, its release and a logger: what the runtime engine needs, and the offline builder
+# (edgepipe.tensorrt.build) reuses.
+
+SUPPORTED_MAJORS = (10, 11)
+TRT_MISSING = ("TensorRT is not installed (no 'tensorrt' Python module): {what} needs it on a machine with an "
+               "NVIDIA GPU; on a Jetson: sudo apt install python3-libnvinfer, on a desktop: pip install tensorrt "
+               "(see deploy/jetson.md, deploy/desktop-gpu.md)")
+
+
+def import_tensorrt(what: str = "this command") -> ModuleType:
+    """The tensorrt module, or one line saying it is missing."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise EdgepipeError(TRT_MISSING.format(what=what)) from None
+    except OSError as exc:  # the bindings are there but libnvinfer is not (half-installed TensorRT)
+        raise EdgepipeError(f"TensorRT's Python bindings are installed but its libraries do not load: {exc}") from None
+    return trt
+
+
+def tensorrt_major(trt: ModuleType) -> int:
+    version = str(getattr(trt, "__version__", ""))
+    match = re.match(r"(\d+)\.", version)
+    if not match:
+        raise EdgepipeError(f"cannot tell the TensorRT version from tensorrt.__version__ = {version!r}")
+    major = int(match.group(1))
+    if major not in SUPPORTED_MAJORS:
+        raise EdgepipeError(
+            f"TensorRT {version} is not supported: edgepipe builds with TensorRT 10.x (JetPack 6, desktops) or 11.x"
+        )
+    return major
+
+
+def make_logger(trt: ModuleType, errors: list[str] | None = None):
+    """A TensorRT logger that forwards to Python logging (TensorRT INFO is chatty: it goes to DEBUG)
+    and keeps the error messages, so a failed build can say why in one line."""
+    sev = trt.ILogger.Severity
+    levels = {sev.INTERNAL_ERROR: logging.ERROR, sev.ERROR: logging.ERROR, sev.WARNING: logging.WARNING,
+              sev.INFO: logging.DEBUG, sev.VERBOSE: logging.DEBUG}
+    trt_log = logging.getLogger("edgepipe.tensorrt")
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity, msg: str) -> None:
+            level = levels.get(severity, logging.INFO)
+            if level >= logging.ERROR and errors is not None:
+                errors.append(msg)
+            trt_log.log(level, "%s", msg)
+
+    return _Logger()
+
 
 class TensorRTEngine:
     def __init__(self, path: str | Path, memory=None, check_sidecar: bool = True):
         from edgepipe.engines.cuda_memory import open_cuda_memory
         from edgepipe.core.files import sha256_file
         from edgepipe.engines.plan_sidecar import check_compatible, read_sidecar, rebuild_hint
-        from edgepipe.engines.tensorrt_build import import_tensorrt, make_logger, tensorrt_major
 
         path = Path(path)
         if not path.is_file():

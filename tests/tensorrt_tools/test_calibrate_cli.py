@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 from click.testing import CliRunner
 
-from edgepipe.calibration.cli import choose_format
+from edgepipe.tensorrt.calibration.cli import choose_format
 from edgepipe.cli import cli
 from edgepipe.core.errors import EdgepipeError
 

@@ -258,13 +258,13 @@ def sim(monkeypatch, request):
         mem = HostMemory()
         trt = fake_tensorrt(version, mem)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        monkeypatch.setattr("edgepipe.engines.tensorrt_build.detect_gpu", lambda memory=None: mem.gpu_info())
+        monkeypatch.setattr("edgepipe.tensorrt.build.detect_gpu", lambda memory=None: mem.gpu_info())
         return trt, mem
     return install
 
 
 def _build(trt, tiny, plan, precision, **int8):
-    from edgepipe.engines.tensorrt_build import BuildOptions, Int8Options, builder_for, parse_shapes
+    from edgepipe.tensorrt.build import BuildOptions, Int8Options, builder_for, parse_shapes
 
     options = BuildOptions(precision=precision, shapes=parse_shapes("32x32:224x224:1280x720", 2),
                            int8=Int8Options(**int8), progress=True)
@@ -320,7 +320,7 @@ def test_trt10_int8_calibrates_once_then_reuses_the_cache(sim, tiny, tmp_path, s
 
 
 def test_engine_runs_frames_like_onnxruntime_without_per_frame_allocation(sim, tiny, tmp_path, small_val_folder):
-    from edgepipe.calibration.data import CalibrationBatches
+    from edgepipe.tensorrt.calibration.data import CalibrationBatches
     from edgepipe.engines.onnx_engine import OnnxEngine
     from edgepipe.engines.tensorrt_engine import TensorRTEngine
 

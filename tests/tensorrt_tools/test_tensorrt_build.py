@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from edgepipe.cli import cli
-from edgepipe.engines import tensorrt_build as tb
+from edgepipe.engines import tensorrt_engine as te
+from edgepipe.tensorrt import build as tb
 from edgepipe.core.errors import EdgepipeError
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -50,7 +51,7 @@ def export_tiny_net(path: Path) -> Path:
 def test_dispatch_picks_the_builder_for_the_installed_major(version, cls):
     fake = types.SimpleNamespace(__version__=version)
     assert tb.builder_class(fake) is cls
-    assert tb.tensorrt_major(fake) == int(version.split(".")[0])
+    assert te.tensorrt_major(fake) == int(version.split(".")[0])
 
 
 @pytest.mark.parametrize("version", ["8.6.1.6", "12.0.0", ""])
@@ -117,7 +118,7 @@ def test_fp16_conversion_keeps_float32_io_and_matches(tmp_path, small_val_folder
     import onnx
     import onnxruntime as ort
 
-    from edgepipe.calibration.data import CalibrationBatches
+    from edgepipe.tensorrt.calibration.data import CalibrationBatches
 
     src = export_tiny_net(tmp_path / "tiny.onnx")
     dst = tb.convert_to_fp16(src, tmp_path / "tiny.fp16.onnx")
@@ -174,7 +175,7 @@ def test_progress_monitor_draws_nested_phases_on_a_terminal():
 def test_progress_monitor_logs_instead_when_not_a_terminal(caplog):
     out = io.StringIO()
     mon = tb.make_progress_monitor(_fake_trt(), out)
-    with caplog.at_level("INFO", logger="edgepipe.engines.tensorrt_build"):
+    with caplog.at_level("INFO", logger="edgepipe.tensorrt.build"):
         mon.phase_start("Building engine", None, 3)
         mon.phase_start("Tactic selection", "Building engine", 40)
     assert out.getvalue() == ""
@@ -184,7 +185,7 @@ def test_progress_monitor_logs_instead_when_not_a_terminal(caplog):
 def test_logger_forwards_and_keeps_errors(caplog):
     errors: list[str] = []
     trt = _fake_trt()
-    logger = tb.make_logger(trt, errors)
+    logger = te.make_logger(trt, errors)
     with caplog.at_level("DEBUG", logger="edgepipe.tensorrt"):
         logger.log(trt.ILogger.Severity.ERROR, "parse failed: unsupported op")
         logger.log(trt.ILogger.Severity.INFO, "detail")
@@ -239,8 +240,8 @@ def test_importing_engines_loads_no_gpu_package():
     import subprocess
     import sys
 
-    code = ("import sys, edgepipe.engines, edgepipe.engines.tensorrt_engine, edgepipe.engines.tensorrt_build, "
-            "edgepipe.engines.cuda_memory, edgepipe.calibration.cli, edgepipe.engines.tensorrt_cli\n"
+    code = ("import sys, edgepipe.engines, edgepipe.engines.tensorrt_engine, edgepipe.tensorrt.build, "
+            "edgepipe.engines.cuda_memory, edgepipe.tensorrt.calibration.cli, edgepipe.tensorrt.cli\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'pycuda', 'cuda', 'modelopt')]\n"
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

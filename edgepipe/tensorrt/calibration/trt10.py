@@ -2,7 +2,7 @@
 with a calibration cache that the next build reuses instead of calibrating again.
 
 The calibrator API is deprecated since TensorRT 10.1 (superseded by explicit Q/DQ quantization) but
-present in every 10.x; TensorRT 11 removed it (see `edgepipe.calibration.qdq`).
+present in every 10.x; TensorRT 11 removed it (see `edgepipe.tensorrt.calibration.qdq`).
 
 The cache file is TensorRT's own bytes; beside it, `CACHE.json` records which model (ONNX sha256) and
 which input shape it was made for, so a cache made for another model is never fed to a build.

@@ -38,7 +38,7 @@ def choose_format(requested: str, trt_major: int | None, modelopt: bool) -> str:
 
 
 def _installed_trt_major() -> int | None:
-    from edgepipe.engines.tensorrt_build import import_tensorrt, tensorrt_major
+    from edgepipe.engines.tensorrt_engine import import_tensorrt, tensorrt_major
 
     try:
         trt = import_tensorrt("calibrate")
@@ -72,9 +72,9 @@ def _modelopt_installed() -> bool:
 def calibrate(model: str, data: Path, output: Path | None, fmt: str, size: str, batch_size: int,
               max_images: int, workspace: str) -> None:
     """INT8 calibration data for MODEL (an ONNX path or shipped name) from the images in --data."""
-    from edgepipe.calibration.data import CalibrationBatches
+    from edgepipe.tensorrt.calibration.data import CalibrationBatches
     from edgepipe.engines import resolve_model
-    from edgepipe.engines.tensorrt_build import parse_size, parse_workspace
+    from edgepipe.tensorrt.build import parse_size, parse_workspace
 
     wh, ws = parse_size(size), parse_workspace(workspace)
     fmt = choose_format(fmt, _installed_trt_major(), _modelopt_installed())
@@ -85,7 +85,7 @@ def calibrate(model: str, data: Path, output: Path | None, fmt: str, size: str, 
     click.echo(f"calibrating {onnx.name} on {len(batches.paths)} image(s) from {data} at {wh[0]}x{wh[1]}, "
                f"batch {batch_size} ({fmt})")
     if fmt == "qdq":
-        from edgepipe.calibration.qdq import quantize_qdq
+        from edgepipe.tensorrt.calibration.qdq import quantize_qdq
 
         output = output or Path.cwd() / f"{onnx.stem}.int8.onnx"
         quantize_qdq(onnx, batches, output)
@@ -96,7 +96,8 @@ def calibrate(model: str, data: Path, output: Path | None, fmt: str, size: str, 
 
 def _calibrate_cache(onnx: Path, batches, output: Path, workspace: int) -> None:
     """TensorRT 10: run an INT8 build with the entropy calibrator; keep the cache, drop the plan."""
-    from edgepipe.engines.tensorrt_build import BuildOptions, Int8Options, ShapeProfile, import_tensorrt, builder_for
+    from edgepipe.engines.tensorrt_engine import import_tensorrt
+    from edgepipe.tensorrt.build import BuildOptions, Int8Options, ShapeProfile, builder_for
 
     trt = import_tensorrt("calibrate")
     for stale in (output, output.with_name(output.name + ".json")):

@@ -35,7 +35,8 @@ def build_engine(model: str, output: Path | None, precision: str, shapes: str, m
                  calib_images: int, no_progress: bool) -> None:
     """Build a TensorRT plan from an ONNX MODEL (a path, or a shipped model name such as `ours`)."""
     from edgepipe.engines import resolve_model
-    from edgepipe.engines.tensorrt_build import (BuildOptions, Int8Options, import_tensorrt, parse_shapes,
+    from edgepipe.engines.tensorrt_engine import import_tensorrt
+    from edgepipe.tensorrt.build import (BuildOptions, Int8Options, parse_shapes,
                                                  parse_size, parse_workspace)
 
     # Options first (pure parsing), then files, then TensorRT: a typo is named before a missing install.
@@ -51,7 +52,7 @@ def build_engine(model: str, output: Path | None, precision: str, shapes: str, m
     if onnx.suffix.lower() != ".onnx":
         raise EdgepipeError(f"build-engine takes an ONNX model, got {onnx.name}")
     trt = import_tensorrt("build-engine")
-    from edgepipe.engines.tensorrt_build import builder_for
+    from edgepipe.tensorrt.build import builder_for
 
     options.int8.cache = calib_cache or default_cache_path(onnx)
     output = output or Path.cwd() / f"{onnx.stem}-{precision}.plan"

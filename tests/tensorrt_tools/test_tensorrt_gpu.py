@@ -61,7 +61,7 @@ def onnx_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def plans(trt, memory, onnx_model, tmp_path_factory) -> dict[str, Path]:
-    from edgepipe.engines.tensorrt_build import BuildOptions, builder_for, parse_shapes
+    from edgepipe.tensorrt.build import BuildOptions, builder_for, parse_shapes
 
     out = tmp_path_factory.mktemp("plans")
     built = {}
@@ -88,7 +88,7 @@ def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("size, batch", [((224, 224), 4), ((1280, 720), 1)])
 def test_plan_matches_onnxruntime_on_real_images(plans, onnx_model, small_val_folder, precision, size, batch):
-    from edgepipe.calibration.data import CalibrationBatches
+    from edgepipe.tensorrt.calibration.data import CalibrationBatches
     from edgepipe.engines.tensorrt_engine import TensorRTEngine
 
     x = next(iter(CalibrationBatches(small_val_folder, size, batch_size=batch, max_images=None)))
@@ -116,7 +116,7 @@ def test_sidecar_records_the_build(trt, memory, plans, onnx_model):
 
 def test_engine_built_on_one_thread_runs_on_another(plans, small_val_folder):
     """The capture loop loads the engine on the main thread and runs it on its worker thread."""
-    from edgepipe.calibration.data import CalibrationBatches
+    from edgepipe.tensorrt.calibration.data import CalibrationBatches
     from edgepipe.engines import load_engine
 
     frames = np.stack(list(CalibrationBatches(small_val_folder, (320, 240), 1, 3).frames()))
@@ -177,7 +177,8 @@ def test_cuda_memory_round_trip_on_every_backend(trt):
 
 
 def test_int8_calibration_cache_is_written_then_reused(trt, memory, onnx_model, small_val_folder, tmp_path, caplog):
-    from edgepipe.engines.tensorrt_build import BuildOptions, Int8Options, builder_for, parse_shapes, tensorrt_major
+    from edgepipe.engines.tensorrt_engine import tensorrt_major
+    from edgepipe.tensorrt.build import BuildOptions, Int8Options, builder_for, parse_shapes
 
     if tensorrt_major(trt) != 10:
         pytest.skip("calibration caches are TensorRT 10 only (11 builds INT8 from Q/DQ models)")

@@ -27,44 +27,17 @@ from typing import Any
 
 from edgepipe import __version__
 from edgepipe.engines.onnx_engine import onnx_weights_id
+from edgepipe.engines.tensorrt_engine import import_tensorrt, make_logger, tensorrt_major
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import atomic_write
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MAJORS = (10, 11)
 DEFAULT_SHAPES = "32x32:1280x720:1920x1080"  # min:opt:max as WIDTHxHEIGHT (like `capture --size`)
 DEFAULT_WORKSPACE = "1G"
-TRT_MISSING = ("TensorRT is not installed (no 'tensorrt' Python module): {what} needs it on a machine with an "
-               "NVIDIA GPU; on a Jetson: sudo apt install python3-libnvinfer, on a desktop: pip install tensorrt "
-               "(see deploy/jetson.md, deploy/desktop-gpu.md)")
 
 
-# --- TensorRT import and version dispatch -------------------------------------------------------
-
-
-def import_tensorrt(what: str = "this command") -> ModuleType:
-    """The tensorrt module, or one line saying it is missing."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise EdgepipeError(TRT_MISSING.format(what=what)) from None
-    except OSError as exc:  # the bindings are there but libnvinfer is not (half-installed TensorRT)
-        raise EdgepipeError(f"TensorRT's Python bindings are installed but its libraries do not load: {exc}") from None
-    return trt
-
-
-def tensorrt_major(trt: ModuleType) -> int:
-    version = str(getattr(trt, "__version__", ""))
-    match = re.match(r"(\d+)\.", version)
-    if not match:
-        raise EdgepipeError(f"cannot tell the TensorRT version from tensorrt.__version__ = {version!r}")
-    major = int(match.group(1))
-    if major not in SUPPORTED_MAJORS:
-        raise EdgepipeError(
-            f"TensorRT {version} is not supported: edgepipe builds with TensorRT 10.x (JetPack 6, desktops) or 11.x"
-        )
-    return major
+# --- version dispatch (the TensorRT import and release check live in edgepipe.engines.tensorrt_engine) ----
 
 
 def builder_class(trt: ModuleType) -> "type[PlanBuilder]":
@@ -176,27 +149,6 @@ class BuildOptions:
 
 
 # --- helpers shared by both builders -------------------------------------------------------------
-
-
-def make_logger(trt: ModuleType, errors: list[str] | None = None):
-    """A TensorRT logger that forwards to Python logging (TensorRT INFO is chatty: it goes to DEBUG)
-    and keeps the error messages, so a failed build can say why in one line."""
-    sev = trt.ILogger.Severity
-    levels = {sev.INTERNAL_ERROR: logging.ERROR, sev.ERROR: logging.ERROR, sev.WARNING: logging.WARNING,
-              sev.INFO: logging.DEBUG, sev.VERBOSE: logging.DEBUG}
-    trt_log = logging.getLogger("edgepipe.tensorrt")
-
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity, msg: str) -> None:
-            level = levels.get(severity, logging.INFO)
-            if level >= logging.ERROR and errors is not None:
-                errors.append(msg)
-            trt_log.log(level, "%s", msg)
-
-    return _Logger()
 
 
 def make_progress_monitor(trt: ModuleType, stream=None):
@@ -336,7 +288,7 @@ class PlanBuilder:
     # the flow
     def build(self, onnx_path: str | Path, plan_path: str | Path, options: BuildOptions,
               memory=None) -> "PlanSidecar":
-        from edgepipe.calibration.qdq import is_qdq_model, source_of
+        from edgepipe.tensorrt.calibration.qdq import is_qdq_model, source_of
         from edgepipe.core.files import sha256_file
         from edgepipe.engines.plan_sidecar import PlanSidecar, model_card_fields, write_sidecar
 
@@ -461,8 +413,8 @@ class TensorRT10Builder(PlanBuilder):
             self._attach_calibrator(builder, network, config, options, ctx)
 
     def _attach_calibrator(self, builder, network, config, options: BuildOptions, ctx: dict) -> None:
-        from edgepipe.calibration.data import CalibrationBatches
-        from edgepipe.calibration.trt10 import BatchFeeder, CalibrationCache, make_entropy_calibrator
+        from edgepipe.tensorrt.calibration.data import CalibrationBatches
+        from edgepipe.tensorrt.calibration.trt10 import BatchFeeder, CalibrationCache, make_entropy_calibrator
         from edgepipe.engines.cuda_memory import open_cuda_memory
 
         o = options.int8
@@ -510,8 +462,8 @@ class TensorRT11Builder(PlanBuilder):
                 raise EdgepipeError(
                     "TensorRT 11 builds INT8 from a Q/DQ ONNX model: pass --calib-data DIR, or make one with "
                     f"edgepipe calibrate {onnx_path.name} --data DIR and build from it")
-            from edgepipe.calibration.data import CalibrationBatches
-            from edgepipe.calibration.qdq import quantize_qdq
+            from edgepipe.tensorrt.calibration.data import CalibrationBatches
+            from edgepipe.tensorrt.calibration.qdq import quantize_qdq
 
             batches = CalibrationBatches(o.data, o.size, o.batch_size, o.max_images)
             out = o.qdq_output or workdir / f"{onnx_path.stem}.int8.onnx"

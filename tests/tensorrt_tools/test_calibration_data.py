@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgepipe.calibration.data import CalibrationBatches, list_images, spread
+from edgepipe.tensorrt.calibration.data import CalibrationBatches, list_images, spread
 from edgepipe.core.datasets import read_rgb
 from edgepipe.engines.base import to_model_input
 from edgepipe.core.errors import EdgepipeError

@@ -22,7 +22,7 @@ def tiny(tmp_path_factory):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engines"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_tensorrt_build import export_tiny_net
 
     return export_tiny_net(tmp_path_factory.mktemp("qdq") / "tiny.onnx")
@@ -31,8 +31,8 @@ def tiny(tmp_path_factory):
 def test_qdq_model_from_real_images_tracks_the_float_model(tiny, tmp_path, small_val_folder):
     import onnxruntime as ort
 
-    from edgepipe.calibration.data import CalibrationBatches
-    from edgepipe.calibration.qdq import is_qdq_model, quantize_qdq, source_of
+    from edgepipe.tensorrt.calibration.data import CalibrationBatches
+    from edgepipe.tensorrt.calibration.qdq import is_qdq_model, quantize_qdq, source_of
     from edgepipe.core.files import sha256_file
 
     out = quantize_qdq(tiny, CalibrationBatches(small_val_folder, (224, 224), 4, None), tmp_path / "tiny.int8.onnx")
@@ -48,7 +48,7 @@ def test_qdq_model_from_real_images_tracks_the_float_model(tiny, tmp_path, small
 
 @pytest.mark.skipif(HAS_TRT, reason="with TensorRT 10 installed, auto would pick a calibration cache")
 def test_calibrate_cli_writes_a_qdq_model(tiny, tmp_path, small_val_folder):
-    from edgepipe.calibration.qdq import is_qdq_model
+    from edgepipe.tensorrt.calibration.qdq import is_qdq_model
     from edgepipe.cli import cli
 
     out = tmp_path / "tiny.int8.onnx"
