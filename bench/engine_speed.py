@@ -118,9 +118,8 @@ def engines_to_run(onnx: Path, args) -> list[tuple[str, str, object]]:
     except (ImportError, OSError) as exc:
         log.info("TensorRT not available (%s): skipping TensorRT engines", exc)
         return found
-    from edgepipe.engines.tensorrt_engine import import_tensorrt
+    from edgepipe.engines.tensorrt_engine import TensorRTEngine, import_tensorrt
     from edgepipe.tensorrt.build import BuildOptions, Int8Options, builder_for, parse_shapes
-    from edgepipe.engines.tensorrt_engine import TensorRTEngine
 
     trt = import_tensorrt("the benchmark")
     plans = Path(args.plans_dir or tempfile.mkdtemp(prefix="edgepipe-bench-plans-"))

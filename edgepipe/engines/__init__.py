@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgepipe.engines.base import Engine, IdentityEngine
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.engines.base import Engine, IdentityEngine
 
 __all__ = ["Engine", "IdentityEngine", "load_engine", "resolve_model"]
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.engines.base import from_model_output, to_model_input, weights_id
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import sha256_file
+from edgepipe.engines.base import from_model_output, to_model_input, weights_id
 
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 

@@ -21,8 +21,8 @@ from types import ModuleType
 
 import numpy as np
 
-from edgepipe.engines.base import from_model_output, to_model_input
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.engines.base import from_model_output, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ def make_logger(trt: ModuleType, errors: list[str] | None = None):
 
 class TensorRTEngine:
     def __init__(self, path: str | Path, memory=None, check_sidecar: bool = True):
-        from edgepipe.engines.cuda_memory import open_cuda_memory
         from edgepipe.core.files import sha256_file
+        from edgepipe.engines.cuda_memory import open_cuda_memory
         from edgepipe.engines.plan_sidecar import check_compatible, read_sidecar, rebuild_hint
 
         path = Path(path)

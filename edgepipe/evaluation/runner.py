@@ -244,7 +244,7 @@ class _Worker:
 
     def _classify(self, frames: list[np.ndarray | None], labels: list[int]) -> np.ndarray:
         correct = np.full(len(frames), -1, np.int8)
-        for shape, idx in self._by_shape(frames).items():
+        for idx in self._by_shape(frames).values():
             pred = self.classifier.top1(np.stack([frames[i] for i in idx]))
             correct[idx] = (pred == np.asarray([labels[i] for i in idx])).astype(np.int8)
         return correct

@@ -12,8 +12,8 @@ import threading
 from importlib import resources
 from pathlib import Path
 
-from edgepipe.engines import load_engine
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.engines import load_engine
 from edgepipe.pipeline.capture import CaptureLoop, CaptureSettings
 from edgepipe.pipeline.monitor import Monitor
 from edgepipe.pipeline.transport import Publisher, Subscriber

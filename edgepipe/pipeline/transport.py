@@ -40,9 +40,9 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections import Counter
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 

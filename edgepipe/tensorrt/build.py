@@ -23,13 +23,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgepipe import __version__
-from edgepipe.engines.onnx_engine import onnx_weights_id
-from edgepipe.engines.tensorrt_engine import import_tensorrt, make_logger, tensorrt_major
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import atomic_write
+from edgepipe.engines.onnx_engine import onnx_weights_id
+from edgepipe.engines.tensorrt_engine import import_tensorrt, make_logger, tensorrt_major
+
+if TYPE_CHECKING:
+    from edgepipe.engines.plan_sidecar import PlanSidecar
 
 log = logging.getLogger(__name__)
 
@@ -288,9 +291,9 @@ class PlanBuilder:
     # the flow
     def build(self, onnx_path: str | Path, plan_path: str | Path, options: BuildOptions,
               memory=None) -> "PlanSidecar":
-        from edgepipe.tensorrt.calibration.qdq import is_qdq_model, source_of
         from edgepipe.core.files import sha256_file
         from edgepipe.engines.plan_sidecar import PlanSidecar, model_card_fields, write_sidecar
+        from edgepipe.tensorrt.calibration.qdq import is_qdq_model, source_of
 
         trt = self.trt
         onnx_path, plan_path = Path(onnx_path), Path(plan_path)
@@ -413,9 +416,9 @@ class TensorRT10Builder(PlanBuilder):
             self._attach_calibrator(builder, network, config, options, ctx)
 
     def _attach_calibrator(self, builder, network, config, options: BuildOptions, ctx: dict) -> None:
+        from edgepipe.engines.cuda_memory import open_cuda_memory
         from edgepipe.tensorrt.calibration.data import CalibrationBatches
         from edgepipe.tensorrt.calibration.trt10 import BatchFeeder, CalibrationCache, make_entropy_calibrator
-        from edgepipe.engines.cuda_memory import open_cuda_memory
 
         o = options.int8
         w, h = o.size

@@ -36,8 +36,7 @@ def build_engine(model: str, output: Path | None, precision: str, shapes: str, m
     """Build a TensorRT plan from an ONNX MODEL (a path, or a shipped model name such as `ours`)."""
     from edgepipe.engines import resolve_model
     from edgepipe.engines.tensorrt_engine import import_tensorrt
-    from edgepipe.tensorrt.build import (BuildOptions, Int8Options, parse_shapes,
-                                                 parse_size, parse_workspace)
+    from edgepipe.tensorrt.build import BuildOptions, Int8Options, parse_shapes, parse_size, parse_workspace
 
     # Options first (pure parsing), then files, then TensorRT: a typo is named before a missing install.
     options = BuildOptions(

@@ -17,8 +17,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from edgepipe.train.loop import TrainConfig
 from edgepipe.models.ed import flops_per_pixel, model_from_checkpoint, read_checkpoint
+from edgepipe.train.loop import TrainConfig
 
 log = logging.getLogger(__name__)
 

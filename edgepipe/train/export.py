@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgepipe.engines.base import to_model_input
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import atomic_path
+from edgepipe.engines.base import to_model_input
 from edgepipe.models.ed import load_ed
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from edgepipe.engines.base import from_model_output, to_model_input
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import atomic_path
+from edgepipe.engines.base import from_model_output, to_model_input
+from edgepipe.models.ed import EDConfig, EncoderDecoder, model_from_checkpoint, read_checkpoint, save_checkpoint
 from edgepipe.train.codec_loop import BACKWARD, CodecRoundTrip, codec_proxy, parse_ranges, qstep, straight_through
 from edgepipe.train.data import CropBatches, validation_set
 from edgepipe.train.losses import TV_KINDS, RateCalibration, RecognitionAwareLoss, dct_rate, per_image_tv
-from edgepipe.models.ed import EDConfig, EncoderDecoder, model_from_checkpoint, read_checkpoint, save_checkpoint
 from edgepipe.train.validate import Validator
 
 log = logging.getLogger(__name__)

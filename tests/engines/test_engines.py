@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from edgepipe.core.datasets import list_labelled_images, read_rgb
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.engines import IdentityEngine, load_engine
 from edgepipe.engines.base import from_model_output, to_model_input
-from edgepipe.core.errors import EdgepipeError
 
 
 class Smooth(torch.nn.Module):

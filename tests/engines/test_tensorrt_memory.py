@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgepipe.engines import cuda_memory as cm
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.engines import cuda_memory as cm
 
 
 def test_unknown_backend_is_refused():

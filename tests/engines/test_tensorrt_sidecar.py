@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from edgepipe.engines import plan_sidecar as ps
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import sha256_file
+from edgepipe.engines import plan_sidecar as ps
 
 
 def make_sidecar(**overrides) -> ps.PlanSidecar:

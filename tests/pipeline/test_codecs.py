@@ -4,8 +4,15 @@ import pytest
 
 from edgepipe.core.datasets import list_labelled_images, read_rgb
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.pipeline.codecs import (HevcDecoder, HevcEncoder, bits_per_pixel, check_hevc_support, decode_image,
-                                      encode_image, resolve_encoder)
+from edgepipe.pipeline.codecs import (
+    HevcDecoder,
+    HevcEncoder,
+    bits_per_pixel,
+    check_hevc_support,
+    decode_image,
+    encode_image,
+    resolve_encoder,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """End to end over real ZeroMQ sockets on loopback, real HEVC, real images, real recognizer."""
 import json
-import os
 import signal
 import subprocess
 import sys

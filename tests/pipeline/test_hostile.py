@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 
 import pytest
 import zmq
@@ -291,9 +291,9 @@ def test_e_a_message_over_the_size_limit_costs_one_reconnect_not_the_connection(
 
 def test_e_the_watchdog_is_fed_by_frames_or_a_healthy_idle_link_never_by_a_dead_one(real_stream, tmp_path,
                                                                                       monkeypatch):
-    from test_systemd import NotifySocket
-
     from edgepipe.pipeline.service import MonitorService
+
+    from test_systemd import NotifySocket
 
     ns = NotifySocket(tmp_path / "notify")
     monkeypatch.setenv("NOTIFY_SOCKET", str(ns.path))

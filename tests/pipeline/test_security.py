@@ -17,8 +17,15 @@ from edgepipe.core.errors import EdgepipeError
 from edgepipe.pipeline.backchannel import CONTROL_MAGIC, KEYFRAME
 from edgepipe.pipeline.capture import CaptureSettings
 from edgepipe.pipeline.demo import free_tcp_endpoint
-from edgepipe.pipeline.security import (CurveClient, configure_client, is_local_endpoint, load_allow_list,
-                                        load_keypair, load_public_key, write_keypair)
+from edgepipe.pipeline.security import (
+    CurveClient,
+    configure_client,
+    is_local_endpoint,
+    load_allow_list,
+    load_keypair,
+    load_public_key,
+    write_keypair,
+)
 from edgepipe.pipeline.service import CaptureService, MonitorService, SecurityOptions, ServiceOptions
 
 from field_helpers import PacedSource, Running, decode_frames, wait_for

@@ -17,8 +17,14 @@ import pytest
 from edgepipe.pipeline.capture import CaptureLoop, CaptureSettings
 from edgepipe.pipeline.demo import free_tcp_endpoint
 from edgepipe.pipeline.monitor import Monitor
-from edgepipe.pipeline.status import (StatusReporter, capture_line, capture_sample, choose_mode, monitor_line,
-                                      monitor_sample)
+from edgepipe.pipeline.status import (
+    StatusReporter,
+    capture_line,
+    capture_sample,
+    choose_mode,
+    monitor_line,
+    monitor_sample,
+)
 from edgepipe.pipeline.transport import Subscriber
 
 from field_helpers import wait_for

@@ -6,9 +6,9 @@ import importlib.util
 import pytest
 from click.testing import CliRunner
 
-from edgepipe.tensorrt.calibration.cli import choose_format
 from edgepipe.cli import cli
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.tensorrt.calibration.cli import choose_format
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 try:

@@ -8,9 +8,9 @@ import types
 
 import numpy as np
 
+from edgepipe.engines.cuda_memory import CudaMemory, CudaStream, DeviceBuffer, GpuInfo, PinnedBuffer
 from edgepipe.tensorrt.calibration.data import CalibrationBatches
 from edgepipe.tensorrt.calibration.trt10 import BatchFeeder, CalibrationCache, make_entropy_calibrator
-from edgepipe.engines.cuda_memory import CudaMemory, CudaStream, DeviceBuffer, GpuInfo, PinnedBuffer
 
 SHA = "ab" * 32
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgepipe.tensorrt.calibration.data import CalibrationBatches, list_images, spread
 from edgepipe.core.datasets import read_rgb
-from edgepipe.engines.base import to_model_input
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.engines.base import to_model_input
+from edgepipe.tensorrt.calibration.data import CalibrationBatches, list_images, spread
 
 
 def test_batches_have_the_calibration_shape(small_val_folder):

@@ -31,9 +31,9 @@ def tiny(tmp_path_factory):
 def test_qdq_model_from_real_images_tracks_the_float_model(tiny, tmp_path, small_val_folder):
     import onnxruntime as ort
 
+    from edgepipe.core.files import sha256_file
     from edgepipe.tensorrt.calibration.data import CalibrationBatches
     from edgepipe.tensorrt.calibration.qdq import is_qdq_model, quantize_qdq, source_of
-    from edgepipe.core.files import sha256_file
 
     out = quantize_qdq(tiny, CalibrationBatches(small_val_folder, (224, 224), 4, None), tmp_path / "tiny.int8.onnx")
     assert is_qdq_model(out) and not is_qdq_model(tiny)
@@ -48,8 +48,8 @@ def test_qdq_model_from_real_images_tracks_the_float_model(tiny, tmp_path, small
 
 @pytest.mark.skipif(HAS_TRT, reason="with TensorRT 10 installed, auto would pick a calibration cache")
 def test_calibrate_cli_writes_a_qdq_model(tiny, tmp_path, small_val_folder):
-    from edgepipe.tensorrt.calibration.qdq import is_qdq_model
     from edgepipe.cli import cli
+    from edgepipe.tensorrt.calibration.qdq import is_qdq_model
 
     out = tmp_path / "tiny.int8.onnx"
     result = CliRunner().invoke(cli, ["calibrate", str(tiny), "--data", str(small_val_folder), "--batch", "4",

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from edgepipe.cli import cli
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.engines import tensorrt_engine as te
 from edgepipe.tensorrt import build as tb
-from edgepipe.core.errors import EdgepipeError
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 

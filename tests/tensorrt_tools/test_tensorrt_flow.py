@@ -19,8 +19,9 @@ import numpy as np
 import onnx
 import pytest
 
-from edgepipe.engines.cuda_memory import CudaMemory, CudaStream, DeviceBuffer, GpuInfo, PinnedBuffer
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.engines.cuda_memory import CudaMemory, CudaStream, DeviceBuffer, GpuInfo, PinnedBuffer
+
 try:
     from test_tensorrt_build import export_tiny_net
 except ImportError:  # tests/engines made a package
@@ -320,9 +321,9 @@ def test_trt10_int8_calibrates_once_then_reuses_the_cache(sim, tiny, tmp_path, s
 
 
 def test_engine_runs_frames_like_onnxruntime_without_per_frame_allocation(sim, tiny, tmp_path, small_val_folder):
-    from edgepipe.tensorrt.calibration.data import CalibrationBatches
     from edgepipe.engines.onnx_engine import OnnxEngine
     from edgepipe.engines.tensorrt_engine import TensorRTEngine
+    from edgepipe.tensorrt.calibration.data import CalibrationBatches
 
     trt, mem = sim("10.16.1.11")
     sidecar = _build(trt, tiny, tmp_path / "t.plan", "fp32")

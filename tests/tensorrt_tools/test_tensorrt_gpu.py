@@ -88,8 +88,8 @@ def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("size, batch", [((224, 224), 4), ((1280, 720), 1)])
 def test_plan_matches_onnxruntime_on_real_images(plans, onnx_model, small_val_folder, precision, size, batch):
-    from edgepipe.tensorrt.calibration.data import CalibrationBatches
     from edgepipe.engines.tensorrt_engine import TensorRTEngine
+    from edgepipe.tensorrt.calibration.data import CalibrationBatches
 
     x = next(iter(CalibrationBatches(small_val_folder, size, batch_size=batch, max_images=None)))
     ref = _ort_reference(onnx_model, x)
@@ -116,8 +116,8 @@ def test_sidecar_records_the_build(trt, memory, plans, onnx_model):
 
 def test_engine_built_on_one_thread_runs_on_another(plans, small_val_folder):
     """The capture loop loads the engine on the main thread and runs it on its worker thread."""
-    from edgepipe.tensorrt.calibration.data import CalibrationBatches
     from edgepipe.engines import load_engine
+    from edgepipe.tensorrt.calibration.data import CalibrationBatches
 
     frames = np.stack(list(CalibrationBatches(small_val_folder, (320, 240), 1, 3).frames()))
     engine = load_engine(str(plans["fp32"]))

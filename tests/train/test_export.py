@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.engines.onnx_engine import OnnxEngine
 from edgepipe.engines.torch_engine import TorchEngine
-from edgepipe.core.errors import EdgepipeError
-from edgepipe.train.export import export_onnx
 from edgepipe.models.ed import EDConfig, EncoderDecoder, save_checkpoint
+from edgepipe.train.export import export_onnx
 
 
 @pytest.mark.parametrize("bypass", [True, False])

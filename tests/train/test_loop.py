@@ -11,12 +11,12 @@ import torch
 from click.testing import CliRunner
 
 from edgepipe.cli import cli
-from edgepipe.engines.base import to_model_input
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.engines.base import to_model_input
+from edgepipe.models.ed import EDConfig, EncoderDecoder, load_ed, read_checkpoint
 from edgepipe.train.data import CropBatches
 from edgepipe.train.loop import TrainConfig, _Running, _step, train
 from edgepipe.train.losses import RecognitionAwareLoss
-from edgepipe.models.ed import EDConfig, EncoderDecoder, load_ed, read_checkpoint
 
 
 @pytest.mark.parametrize("bypass", [True, False])

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgepipe.engines.base import to_model_input
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.engines.base import to_model_input
+from edgepipe.models.ed import CHECKPOINT_VERSION, EDConfig, EncoderDecoder, flops_per_pixel, load_ed, save_checkpoint
 from edgepipe.train.losses import RecognitionAwareLoss
-from edgepipe.models.ed import (CHECKPOINT_VERSION, EDConfig, EncoderDecoder, flops_per_pixel, load_ed,
-                                  save_checkpoint)
 
 SIZES = [(224, 224), (17, 31), (1, 1), (5, 9), (64, 66), (90, 160)]
 

@@ -72,9 +72,9 @@ def _modelopt_installed() -> bool:
 def calibrate(model: str, data: Path, output: Path | None, fmt: str, size: str, batch_size: int,
               max_images: int, workspace: str) -> None:
     """INT8 calibration data for MODEL (an ONNX path or shipped name) from the images in --data."""
-    from edgepipe.tensorrt.calibration.data import CalibrationBatches
     from edgepipe.engines import resolve_model
     from edgepipe.tensorrt.build import parse_size, parse_workspace
+    from edgepipe.tensorrt.calibration.data import CalibrationBatches
 
     wh, ws = parse_size(size), parse_workspace(workspace)
     fmt = choose_format(fmt, _installed_trt_major(), _modelopt_installed())

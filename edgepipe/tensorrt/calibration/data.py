@@ -15,8 +15,8 @@ from typing import Iterator
 import numpy as np
 
 from edgepipe.core.datasets import IMAGE_SUFFIXES, read_rgb
-from edgepipe.engines.base import to_model_input
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.engines.base import to_model_input
 
 log = logging.getLogger(__name__)
 
