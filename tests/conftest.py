@@ -8,12 +8,23 @@ tests/tensorrt_tools/ for that reason.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EDGEPIPE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def keep_signal_handlers():
+    """capture, monitor and the other commands install SIGINT/SIGTERM handlers; give pytest its own back.
+    Use with `pytestmark = pytest.mark.usefixtures("keep_signal_handlers")`."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
 
 
 def _require(path: Path) -> Path:

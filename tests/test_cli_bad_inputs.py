@@ -7,7 +7,6 @@ fails the test instead of passing on a late error, and nothing trains or streams
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,8 @@ import torch
 from click.testing import CliRunner
 
 from edgepipe.cli import cli
+
+pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISH = "tcp://127.0.0.1:5791"
@@ -35,14 +36,6 @@ def no_sockets(monkeypatch):
         monkeypatch.setattr(module, "Publisher", _no_sockets)
         monkeypatch.setattr(module, "Subscriber", _no_sockets)
 
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers():
-    """capture and monitor install SIGINT/SIGTERM handlers; give pytest its own back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,12 @@
 """--config FILE: TOML with the flag names; flags > file > defaults; bad files are one clear line."""
 import json
-import signal
 
 import pytest
 from click.testing import CliRunner
 
 from edgepipe.cli import cli
 
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers():
-    """The commands install SIGINT/SIGTERM handlers; give pytest its own back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
+pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
 
 def run(*args):

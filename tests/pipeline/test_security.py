@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import stat
 
 import pytest
@@ -30,13 +29,7 @@ from edgepipe.pipeline.service import CaptureService, MonitorService, SecurityOp
 
 from field_helpers import PacedSource, Running, decode_frames, wait_for
 
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers():
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
+pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
 
 @pytest.fixture
