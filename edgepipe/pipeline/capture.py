@@ -112,6 +112,7 @@ class CaptureLoop:
         self.frames_handled = 0  # frames out of the encoder, sent or dropped: the watchdog's "frames flow"
         self.forced_keyframes = 0
         self.rate, self.clock = stream_clock(self.source, settings.fps)
+        self._threads: list[threading.Thread] = []  # the stage threads of run(), joined by close()
 
     def request_keyframe(self) -> None:
         """Thread-safe: the next encoded frame will be an IDR frame (e.g. after loss at the monitor)."""
@@ -234,7 +235,7 @@ class CaptureLoop:
             frame, payload, keyframe = item
             t0 = time.perf_counter()
             h, w = size = frame.image.shape[:2]
-            media = frame.media_time if frame.media_time is not None else frame.index / self.rate
+            media = frame.media_time  # set by _read for every frame (the source's clock or a derived one)
             # stream time since the previous frame sent: frames dropped on the way count as time
             duration = 1.0 / self.rate if last_sent is None else max(0.0, media - last_sent)
             header = FrameHeader(s.stream_id, seq, frame.capture_time, s.codec, w, h, qp, keyframe,
@@ -317,7 +318,7 @@ class CaptureLoop:
     def _join(self) -> None:
         """Wait for every stage thread, whatever further stop requests come: the engine and the
         encoder must not be closed under a running thread (ONNX Runtime aborts the process)."""
-        for t in getattr(self, "_threads", ()):
+        for t in self._threads:
             while t.is_alive():
                 try:
                     t.join()

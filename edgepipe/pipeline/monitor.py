@@ -90,8 +90,6 @@ class MonitorLimits:
 DEFAULT_LIMITS = MonitorLimits()
 
 
-_Window = LatencyWindow  # the last n latencies (float32 ring): 16 KiB a row at n = 4096, whatever the count
-
 # What a row's kbit/s is measured on (`kbit_s_clock`): the stream clocks of wire version 3, and the
 # fallback for older captures, which is the processing rate, not the stream's.
 CLOCK_MEANINGS = {
@@ -115,7 +113,7 @@ class RateAccount:
     correct: int = 0
     first_capture: float = float("inf")
     last_capture: float = float("-inf")
-    latency_s: _Window = field(default_factory=lambda: _Window(DEFAULT_LIMITS.latency_window))  # recent frames
+    latency_s: LatencyWindow = field(default_factory=lambda: LatencyWindow(DEFAULT_LIMITS.latency_window))  # recent frames
     latency_sum_s: float = 0.0  # all frames, for the mean in metrics
     last_seen: float = 0.0  # monitor clock of the last frame: rows idle longest are folded first
     # frames that carried a stream clock (wire version 3): their bytes, and the stream time they stand for
@@ -292,7 +290,7 @@ class Monitor:
         self.decoded = 0
         self.backlog = _Backlog(self.limits.queue_bytes, self.limits.queue_messages)
         self.totals: Counter = Counter()  # bytes, stream_s, labelled, correct ... of every decoded frame
-        self.recent_latency = _Window(1024)  # end-to-end latency of the last decoded frames, any row
+        self.recent_latency = LatencyWindow(1024)  # end-to-end latency of the last decoded frames, any row
         self.sinks = None  # sinks.FrameSinks: --record / --save-frames (decoded frames, non-blocking)
         self._last_reject_log = 0.0
         self._last_epoch_log = 0.0
@@ -368,7 +366,7 @@ class Monitor:
                 self._timed("classify", time.perf_counter() - t0)
             row = self.rows.get(key)
             if row is None:
-                row = self.rows[key] = RateAccount(latency_s=_Window(self.limits.latency_window))
+                row = self.rows[key] = RateAccount(latency_s=LatencyWindow(self.limits.latency_window))
             self.rows.move_to_end(key)
             entry = self._ids.get(header.stream_id)
             if entry is not None:
