@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgepipe.engines import load_engine  # noqa: E402
 from edgepipe.evaluation.bdrate import compare  # noqa: E402
-from edgepipe.pipeline.codecs import bits_per_pixel, decode_image, encode_image  # noqa: E402
+from edgepipe.media.codecs import bits_per_pixel, decode_image, encode_image  # noqa: E402
 from edgepipe.recognition import Classifier  # noqa: E402
 
 DEFAULT_CLIPS = ROOT.parent / "shared" / "data" / "video"

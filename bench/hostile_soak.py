@@ -9,7 +9,7 @@ Processes, all on loopback, plain text:
     edgepipe capture --source car-detection.mp4 --loop --realtime (HEVC)  --publish A --control C
         |  (SUB, from 127.0.0.1)                         ^ subscription floods from 127.0.0.2, .3, ...
     this process: relay + attacker                       | (one flooder process per flood)
-        |  (XPUB on B: the socket the monitor subscribes to, as Feeder in tests/pipeline/test_hostile.py)
+        |  (XPUB on B: the socket the monitor subscribes to, as Feeder in tests/system/test_hostile.py)
     edgepipe monitor --connect B --control C --report r.json
 
 The monitor's data socket connects to one endpoint, so the attacker is the socket it subscribes
@@ -23,7 +23,7 @@ implausible capture times (and media times and durations, wire version 3), forge
 invented stream ids (never decodable), invented model ids on a decodable stream (the row cap),
 forged end-of-stream messages (live epoch: proven false by the next frame; backwards; unknown
 epoch; unknown stream), replays, a message over the monitor's MAXMSGSIZE every --oversize-every s
-(the monitor must connect again), the malformed kinds of tests/pipeline/test_fuzz.py (its Fuzzer),
+(the monitor must connect again), the malformed kinds of tests/system/test_fuzz.py (its Fuzzer),
 a subscription flood against the capture every --flood-every s (one subscriber, --flood-topics
 distinct 1,000-byte topics, from a new loopback address each time) and, from --cap-phase of the
 run on, decodable invented stream ids past the stream cap (after which every new id is
@@ -59,11 +59,12 @@ import zmq
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests" / "pipeline"))  # the attack builders of the hostile and fuzz suites
+sys.path.insert(0, str(REPO / "tests"))  # field_helpers
+sys.path.insert(0, str(REPO / "tests" / "system"))  # the attack builders of the hostile and fuzz suites
 
-from edgepipe.pipeline.demo import free_tcp_endpoint  # noqa: E402
-from edgepipe.pipeline.monitor import DEFAULT_LIMITS  # noqa: E402
-from edgepipe.pipeline.transport import DEFAULTS, FrameHeader  # noqa: E402
+from edgepipe.server.monitor import DEFAULT_LIMITS  # noqa: E402
+from edgepipe.transport.protocol import FrameHeader  # noqa: E402
+from edgepipe.transport.sockets import DEFAULTS, free_tcp_endpoint  # noqa: E402
 
 from field_helpers import Feeder  # noqa: E402
 from test_fuzz import Fuzzer  # noqa: E402
@@ -185,7 +186,7 @@ class Sampler(threading.Thread):
 
 
 class Flood(threading.Thread):
-    """One subscription flood: FLOODER (tests/pipeline/test_hostile.py) in its own process, from
+    """One subscription flood: FLOODER (tests/system/test_hostile.py) in its own process, from
     `source_ip`, `topics` distinct 1,000-byte topics; held until the capture bans it, then killed."""
 
     def __init__(self, capture_endpoint: str, source_ip: str, topics: int, capture_metrics: int, hold_s: float,
@@ -342,7 +343,7 @@ class Relay:
         self.kind_causes.setdefault(kind, set()).update(causes)
         self.hostile_sent += 1
 
-    # -- the attacks of issue 11 (builders as in tests/pipeline/test_hostile.py) ---------------------
+    # -- the attacks of issue 11 (builders as in tests/system/test_hostile.py) ---------------------
 
     def seq_jump(self):
         self.hostile(forged(self.last_real, seq=2**64 - 1), {"seq_jump"}, "seq_jump", 1 + self._refute_pending())
@@ -422,7 +423,7 @@ class Relay:
         self.hostile([os.urandom(40)], {"bad_framing"}, "garbage")
 
     def fuzz_one(self):
-        """One message of tests/pipeline/test_fuzz.py's Fuzzer (its kinds, its expected causes)."""
+        """One message of tests/system/test_fuzz.py's Fuzzer (its kinds, its expected causes)."""
         kind = self.fuzz.kinds[int(self.fuzz.rng.integers(0, len(self.fuzz.kinds)))]
         parts, causes = kind(len(self.recent))
         self.hostile(parts, causes, f"fuzz.{kind.__name__}")

@@ -26,15 +26,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgepipe.demo import default_engines  # noqa: E402
+from edgepipe.edge.capture import CaptureLoop, CaptureSettings  # noqa: E402
 from edgepipe.engines import load_engine  # noqa: E402
-from edgepipe.pipeline.capture import CaptureLoop, CaptureSettings  # noqa: E402
-from edgepipe.pipeline.codecs import HevcDecoder, HevcEncoder  # noqa: E402
-from edgepipe.pipeline.demo import default_engines, free_tcp_endpoint  # noqa: E402
-from edgepipe.pipeline.frames import ReadStatus  # noqa: E402
-from edgepipe.pipeline.monitor import Monitor  # noqa: E402
-from edgepipe.pipeline.sources import open_source  # noqa: E402
-from edgepipe.pipeline.transport import FrameHeader, Publisher, Subscriber, parse_message  # noqa: E402
+from edgepipe.media.codecs import HevcDecoder, HevcEncoder  # noqa: E402
+from edgepipe.media.frames import ReadStatus  # noqa: E402
+from edgepipe.media.sources import open_source  # noqa: E402
 from edgepipe.recognition import Classifier  # noqa: E402
+from edgepipe.server.monitor import Monitor  # noqa: E402
+from edgepipe.transport.protocol import FrameHeader, parse_message  # noqa: E402
+from edgepipe.transport.sockets import Publisher, Subscriber, free_tcp_endpoint  # noqa: E402
 
 SHARED = Path(os.environ.get("EDGEPIPE_SHARED_DATA", REPO.parent / "shared" / "data"))
 

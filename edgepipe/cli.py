@@ -14,9 +14,9 @@ from edgepipe.core.errors import EdgepipeError
 
 # command name -> "module:attribute"; adding a command is one line here.
 COMMANDS = {
-    "capture": "edgepipe.pipeline.cli:capture",
-    "monitor": "edgepipe.pipeline.cli:monitor",
-    "demo": "edgepipe.pipeline.cli:demo",
+    "capture": "edgepipe.commands.capture:capture",
+    "monitor": "edgepipe.commands.monitor:monitor",
+    "demo": "edgepipe.commands.demo:demo",
     "train": "edgepipe.train.cli:train",
     "export": "edgepipe.train.cli:export",
     "holdout": "edgepipe.train.cli:holdout",
@@ -24,7 +24,7 @@ COMMANDS = {
     "preview": "edgepipe.evaluation.preview_cli:preview",
     "build-engine": "edgepipe.tensorrt.cli:build_engine",
     "calibrate": "edgepipe.tensorrt.calibration.cli:calibrate",
-    "keys": "edgepipe.pipeline.keys_cli:keys",
+    "keys": "edgepipe.commands.keys:keys",
     "recognizer-repo": "edgepipe.recognition.triton_repo:recognizer_repo",
 }
 

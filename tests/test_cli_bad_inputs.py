@@ -29,10 +29,10 @@ def _no_sockets(*_args, **_kwargs):
 
 @pytest.fixture(autouse=True)
 def no_sockets(monkeypatch):
-    import edgepipe.pipeline.demo
-    import edgepipe.pipeline.transport
+    import edgepipe.demo
+    import edgepipe.transport.sockets
 
-    for module in (edgepipe.pipeline.transport, edgepipe.pipeline.demo):
+    for module in (edgepipe.transport.sockets, edgepipe.demo):
         monkeypatch.setattr(module, "Publisher", _no_sockets)
         monkeypatch.setattr(module, "Subscriber", _no_sockets)
 
@@ -180,7 +180,7 @@ def test_bad_input_is_one_error_line(args, phrase, files):
 
 
 def test_explicit_nvenc_without_a_usable_gpu_names_libx265(files):
-    from edgepipe.pipeline.codecs import resolve_encoder
+    from edgepipe.media.codecs import resolve_encoder
 
     if resolve_encoder("auto") == "hevc_nvenc":
         pytest.skip("hevc_nvenc opens on this machine")

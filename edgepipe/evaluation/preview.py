@@ -72,7 +72,7 @@ class Preview:
 
 def check_codec_setting(codec: str, quality: int | None) -> int:
     """The codec's setting, defaulted, or a one-line error when the codec is unknown or it is out of range."""
-    from edgepipe.pipeline.codecs import check_setting
+    from edgepipe.media.codecs import check_setting
 
     if codec not in DEFAULT_QUALITY:
         raise EdgepipeError(f"unknown codec {codec!r}; choose one of {', '.join(DEFAULT_QUALITY)}")
@@ -97,8 +97,8 @@ def check_output(path: str | Path) -> Path:
 def read_frame(source: str | Path, frame: int | None = None) -> tuple[np.ndarray, int | None]:
     """(uint8 RGB, None) for an image file; (RGB of frame `frame`, 0-based, default 0; its index) for a video."""
     from edgepipe.core.datasets import IMAGE_SUFFIXES, read_rgb
-    from edgepipe.pipeline.frames import ReadStatus
-    from edgepipe.pipeline.sources import FrameShaper, VideoFileSource
+    from edgepipe.media.frames import ReadStatus
+    from edgepipe.media.sources import FrameShaper, VideoFileSource
 
     path = Path(source)
     if not path.exists():
@@ -141,7 +141,7 @@ def _label_of(source: Path) -> int | None:
 
 def code(codec: str, image: np.ndarray, quality: int) -> tuple[bytes, np.ndarray]:
     """One still through the codec exactly as `edgepipe eval` codes it: (bitstream, decoded RGB)."""
-    from edgepipe.pipeline.codecs import decode_image, encode_image
+    from edgepipe.media.codecs import decode_image, encode_image
 
     h, w = image.shape[:2]
     data = encode_image(codec, image, quality, threads=1)
@@ -153,7 +153,7 @@ def code(codec: str, image: np.ndarray, quality: int) -> tuple[bytes, np.ndarray
 
 def psnr_db(original: np.ndarray, other: np.ndarray) -> float:
     """The evaluation's RGB PSNR, except that identical frames are infinite (not its 100 dB cap)."""
-    from edgepipe.evaluation.runner import psnr
+    from edgepipe.core.fidelity import psnr
 
     return math.inf if np.array_equal(original, other) else psnr(original, other)
 
@@ -171,7 +171,7 @@ def make_preview(source: str | Path, engine: str = "none", codec: str = "hevc", 
                  frame: int | None = None, recognizer: str | None = None, weights: str | None = None) -> Preview:
     """Validate everything (one-line EdgepipeError), then measure the four panels."""
     from edgepipe.evaluation.runner import check_codecs, load_pre, resolve_pres
-    from edgepipe.pipeline.codecs import bits_per_pixel
+    from edgepipe.media.codecs import bits_per_pixel
     from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, Classifier
 
     t0 = time.time()

@@ -13,7 +13,7 @@ from edgepipe.evaluation.runner import RAW, Evaluation
 
 log = logging.getLogger(__name__)
 
-# Two JPEG 2000 modes (see pipeline/codecs.py): OpenCV's targets a rate, so a pre-transform cannot
+# Two JPEG 2000 modes (see media/codecs.py): OpenCV's targets a rate, so a pre-transform cannot
 # change its bits; the dB mode targets a PSNR, like the JPEG quality and the HEVC QP.
 CODEC_TITLES = {"jpeg": "JPEG", "jpeg2000": "JPEG 2000 (rate)", "jpeg2000-db": "JPEG 2000 (dB)", "hevc": "HEVC intra"}
 SETTING_NAMES = {"jpeg": "quality", "jpeg2000": "rate x1000", "jpeg2000-db": "target PSNR dB", "hevc": "QP"}

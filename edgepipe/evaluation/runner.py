@@ -29,8 +29,9 @@ import numpy as np
 
 from edgepipe.core.datasets import LabelledImage, list_labelled_images, read_rgb
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.fidelity import psnr
 from edgepipe.core.files import atomic_path, sha256_file
-from edgepipe.pipeline.codecs import STILL_CODECS, bits_per_pixel, decode_image, encode_image
+from edgepipe.media.codecs import STILL_CODECS, bits_per_pixel, decode_image, encode_image
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ CACHE_VERSION = 1
 CHUNK = 128
 SHUFFLE_SEED = 0
 RAW = ("raw", 0)  # pseudo-setting: the pre-transform's output, uncompressed
-PSNR_CAP_DB = 100.0  # identical images (mse 0) count as 100 dB instead of infinity
 
 Setting = tuple[str, int]
 
@@ -134,7 +134,7 @@ def check_codecs(codecs: Iterable[str]) -> list[str]:
             raise EdgepipeError(f"unknown codec {c!r}; choose from {', '.join(STILL_CODECS)}")
         probe = np.zeros((64, 64, 3), np.uint8)
         if c == "hevc":
-            from edgepipe.pipeline.codecs import check_hevc_support
+            from edgepipe.media.codecs import check_hevc_support
 
             check_hevc_support()
         try:
@@ -196,11 +196,6 @@ class Result:
     def load(cls, path: Path) -> Result:
         with np.load(path) as z:
             return cls(z["bpp"], z["psnr"], z["correct"])
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10.0 * math.log10(255.0 ** 2 / mse))
 
 
 class _Worker:

@@ -88,7 +88,7 @@ def _fmt(shape) -> str:
 
 def parse_size(text: str) -> tuple[int, int]:
     """'1280x720' -> (1280, 720), with the capture loop's own parser (any size of at least 1x1)."""
-    from edgepipe.pipeline.sources import parse_size as parse_frame_size
+    from edgepipe.media.sources import parse_size as parse_frame_size
 
     size = parse_frame_size(text, min_side=1)
     if size is None:

@@ -94,7 +94,7 @@ class CodecRoundTrip:
         self._local = threading.local()
 
     def _hevc(self, frame: np.ndarray, qp: int) -> tuple[np.ndarray, int]:
-        from edgepipe.pipeline.codecs import HevcEncoder, decode_image
+        from edgepipe.media.codecs import HevcEncoder, decode_image
 
         h, w = frame.shape[:2]
         encoders = getattr(self._local, "encoders", None)
@@ -111,7 +111,7 @@ class CodecRoundTrip:
     def _one(self, frame: np.ndarray, codec: str, setting: int) -> tuple[np.ndarray, int]:
         if codec == "hevc":
             return self._hevc(frame, setting)
-        from edgepipe.pipeline.codecs import decode_image, encode_image
+        from edgepipe.media.codecs import decode_image, encode_image
 
         data = encode_image(codec, np.ascontiguousarray(frame), setting)
         return decode_image(codec, data), len(data)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from edgepipe.core.fidelity import psnr
 from edgepipe.engines.base import from_model_output, to_model_input
-from edgepipe.evaluation.runner import psnr
-from edgepipe.pipeline.codecs import HevcEncoder, bits_per_pixel
+from edgepipe.media.codecs import HevcEncoder, bits_per_pixel
 from edgepipe.train.losses import total_variation
 
 log = logging.getLogger(__name__)

@@ -76,8 +76,9 @@ def test_script_is_clean_shell():
 
 @pytest.mark.parametrize("role", ["capture", "monitor"])
 def test_example_configs_are_valid_for_their_command(role):
-    from edgepipe.pipeline.cli import capture, monitor
-    from edgepipe.pipeline.config import read_toml, to_default_map
+    from edgepipe.commands.capture import capture
+    from edgepipe.commands.monitor import monitor
+    from edgepipe.ops.config import read_toml, to_default_map
 
     command = {"capture": capture, "monitor": monitor}[role]
     path = REPO / "deploy" / f"{role}.toml"

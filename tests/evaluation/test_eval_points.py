@@ -7,7 +7,7 @@ import pytest
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.evaluation.points import CANDIDATES, Candidate, select_points
-from edgepipe.pipeline.codecs import bits_per_pixel, encode_image
+from edgepipe.media.codecs import bits_per_pixel, encode_image
 
 # anchor mean bpp and top-1 of a made-up codec, low rate to high rate
 GRID = [Candidate(q, b, a) for q, b, a in [
@@ -74,7 +74,7 @@ def test_hevc_stream_carries_no_encoder_banner():
 def test_every_still_codec_has_candidates_titles_and_a_probe_setting():
     from edgepipe.evaluation.report import CODEC_TITLES, SETTING_NAMES, paper_bd
     from edgepipe.evaluation.runner import check_codecs
-    from edgepipe.pipeline.codecs import STILL_CODECS
+    from edgepipe.media.codecs import STILL_CODECS
 
     for codec in STILL_CODECS:
         assert codec in CANDIDATES and codec in CODEC_TITLES and codec in SETTING_NAMES

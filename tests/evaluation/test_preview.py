@@ -16,7 +16,7 @@ from edgepipe.core.datasets import read_rgb
 from edgepipe.core.labels import class_name
 from edgepipe.evaluation import preview as pv_module
 from edgepipe.evaluation.preview import GAP, display_size, make_preview
-from edgepipe.pipeline.codecs import encode_image
+from edgepipe.media.codecs import encode_image
 
 IMAGE = "n03028079/n03028079_11250.JPEG"  # a church at 224x224, the docs figure
 

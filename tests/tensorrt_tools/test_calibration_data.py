@@ -23,8 +23,8 @@ def test_batches_have_the_calibration_shape(small_val_folder):
 
 def test_batches_equal_the_capture_loops_frames(small_val_folder):
     """The capture loop replays this folder through its FrameShaper and the engine's to_model_input."""
-    from edgepipe.pipeline.frames import ReadStatus
-    from edgepipe.pipeline.sources import open_source
+    from edgepipe.media.frames import ReadStatus
+    from edgepipe.media.sources import open_source
 
     size = (256, 192)
     source = open_source(f"folder:{small_val_folder}", size=size, crop=True)

@@ -197,9 +197,10 @@ def test_int8_calibration_cache_is_written_then_reused(trt, memory, onnx_model, 
 
 
 def test_capture_loop_runs_with_the_plan(plans, small_val_folder):
+    from edgepipe.edge.capture import CaptureLoop, CaptureSettings
     from edgepipe.engines.plan_sidecar import read_sidecar
-    from edgepipe.pipeline.capture import CaptureLoop, CaptureSettings
-    from edgepipe.pipeline.transport import Subscriber, parse_message
+    from edgepipe.transport.protocol import parse_message
+    from edgepipe.transport.sockets import Subscriber
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

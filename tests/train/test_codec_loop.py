@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.pipeline.codecs import decode_image, encode_image
+from edgepipe.media.codecs import decode_image, encode_image
 from edgepipe.train.codec_loop import CodecRange, CodecRoundTrip, hevc_qstep, jpeg_qstep, parse_ranges, straight_through
 
 

@@ -119,7 +119,7 @@ def test_bad_input_is_one_clear_line(small_val_folder: Path, tmp_path: Path) -> 
 
 
 def test_validation_bpp_equals_single_image_encodes(real_frames) -> None:
-    from edgepipe.pipeline.codecs import bits_per_pixel, encode_image
+    from edgepipe.media.codecs import bits_per_pixel, encode_image
     from edgepipe.train.validate import mean_bpp
 
     frames = real_frames[0][:3]

@@ -84,7 +84,7 @@ def test_dct_rate_is_zero_on_flat_images_and_grows_with_detail() -> None:
 def test_dct_rate_tracks_real_hevc_bytes(real_frames) -> None:
     """Across real images at one QP, the proxy ranks images as libx265 does (log-log correlation)."""
     from edgepipe.engines.base import to_model_input
-    from edgepipe.pipeline.codecs import encode_image
+    from edgepipe.media.codecs import encode_image
     from edgepipe.train.codec_loop import hevc_qstep
 
     frames = real_frames[0]

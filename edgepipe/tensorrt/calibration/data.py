@@ -49,7 +49,7 @@ def spread(paths: list[Path], limit: int | None) -> list[Path]:
 
 def shaper(size: tuple[int, int]):
     """The capture loop's frame shaper for `size` (width, height) with centre-crop."""
-    from edgepipe.pipeline.sources import FrameShaper
+    from edgepipe.media.sources import FrameShaper
 
     return FrameShaper(size, crop=True)
 

@@ -1,0 +1,156 @@
+"""`edgepipe capture`: the device side, source -> pre-transform -> encoder -> ZeroMQ."""
+from __future__ import annotations
+
+import click
+
+from edgepipe.commands.options import (
+    check_codec_settings,
+    check_endpoint,
+    check_stream_id,
+    security_options,
+    status_mode,
+    status_options,
+    stop_on_signals,
+    write_json,
+)
+from edgepipe.media.codecs import X265_PRESETS
+from edgepipe.ops.config import config_option
+
+
+@click.command()
+@config_option
+@click.option("--source", required=True, help="/dev/video0 or an index, rtsp://..., a video file, or folder:PATH.")
+@click.option("--engine", default="none", show_default=True,
+              help="Pre-transform: a .onnx, .pt or .plan file, a shipped model name (ours), or none.")
+@click.option("--publish", required=True, help="ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:5555.")
+@click.option("--control", default=None,
+              help="Endpoint to bind for keyframe requests from monitors, e.g. tcp://0.0.0.0:5556.")
+@security_options
+@click.option("--allow", multiple=True,
+              help="Monitor public key allowed to connect (.key file, folder of them, z85:KEY); repeatable.")
+@click.option("--metrics", default=None, help="Serve Prometheus metrics on PORT, :PORT or HOST:PORT.")
+@click.option("--codec", type=click.Choice(["hevc", "jpeg", "jpeg2000"]), default="hevc", show_default=True)
+@click.option("--qp", type=int, default=32, show_default=True,
+              help="HEVC QP (0-51); JPEG quality (1-100) or JPEG 2000 compression x1000 (1-1000) for those codecs.")
+@click.option("--crf", type=float, default=None, help="HEVC constant rate factor (0-51) instead of a fixed QP.")
+@click.option("--gop", type=click.IntRange(min=0), default=30, show_default=True,
+              help="Frames per keyframe; 0 = intra-only.")
+@click.option("--preset", type=click.Choice(X265_PRESETS), default="ultrafast", show_default=True,
+              help="libx265 preset (hevc_nvenc always runs its low-latency p1).")
+@click.option("--encoder", type=click.Choice(["libx265", "hevc_nvenc", "auto"]), default="libx265", show_default=True,
+              help="auto: hevc_nvenc where an NVIDIA encoder opens, else libx265.")
+@click.option("--frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
+@click.option("--size", default=None, help="Resize frames to WIDTHxHEIGHT (made even; each side 16-8192).")
+@click.option("--crop", is_flag=True, help="Centre-crop to the --size aspect before resizing.")
+@click.option("--realtime", is_flag=True, help="Pace files and folders at the source's frame rate (or --fps).")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Frame rate of sources without timestamps (folders, still images): the stream clock that "
+                   "kbit/s is measured on, and the --realtime pace [default: 25]. Video files use their own "
+                   "timestamps, cameras the capture clock.")
+@click.option("--loop", "loop_source", is_flag=True, help="Replay a file or folder forever.")
+@click.option("--stream-id", default=None,
+              help="Name of this camera in the stream header [default: cam-<hostname>].")
+@click.option("--wait-subscriber", type=click.FloatRange(min=0), default=None,
+              help="Wait up to S seconds for a monitor to join before sending; 0 = do not wait "
+                   "[default: 10 for files and folders without --loop, 0 for live sources].")
+@click.option("--stats", "stats_path", type=click.Path(dir_okay=False), default=None, help="Write loop statistics as JSON.")
+@status_options
+def capture(source, engine, publish, control, key, insecure, allow, metrics, codec, qp, crf, gop, preset, encoder,
+            frames, size, crop, realtime, fps, loop_source, stream_id, wait_subscriber, stats_path, quiet, status_every,
+            print_config):
+    """Edge loop: source -> pre-transform -> encoder -> ZeroMQ PUB.
+
+    Stages run concurrently with bounded queues; SIGINT/SIGTERM stop cleanly, flushing the encoder.
+    Plain text only on loopback or with --insecure; otherwise give --key and --allow (CURVE).
+    """
+    if print_config:
+        from edgepipe.ops.config import effective_settings
+
+        click.echo(effective_settings(click.get_current_context()))
+        return
+    stop = stop_on_signals()  # first: a SIGTERM while the model loads still ends cleanly
+    from edgepipe.edge.capture import CaptureSettings
+    from edgepipe.media.codecs import resolve_encoder
+    from edgepipe.media.sources import parse_size
+    from edgepipe.ops.service import SecurityOptions, ServiceOptions
+
+    # Flags first, then keys, source and model: sockets bind only once all of them are good.
+    _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf)
+    mode, every = status_mode(quiet, status_every)
+    if codec == "hevc":
+        encoder = resolve_encoder(encoder)
+    settings = CaptureSettings(source=source, publish=publish, engine=engine, codec=codec, qp=qp, crf=crf, gop=gop,
+                               preset=preset, encoder=encoder, frames=frames, size=parse_size(size), crop=crop,
+                               realtime=realtime, fps=fps, loop=loop_source, stream_id=stream_id,
+                               wait_subscriber_s=wait_subscriber)
+    options = ServiceOptions(control=control, metrics=metrics,
+                             security=SecurityOptions(key=key, allow=tuple(allow), insecure=insecure))
+    service = _capture_service(settings, options)
+    loop = service.loop
+    from edgepipe.ops.status import StatusReporter, capture_line, capture_sample
+
+    secure = "CURVE" if service.curve else "plain text"
+    if not quiet:
+        click.echo(f"capture: {loop.source.name} -> {loop.engine.model_id} -> {codec} -> {publish} ({secure}); "
+                   f"stream clock: {_clock_words(loop)}", err=True)
+    status = StatusReporter(lambda: capture_sample(loop), capture_line, mode, every)
+    try:
+        with status:
+            stats = service.run(stop)
+    finally:
+        service.close()  # encoder already flushed by run(); sockets close with a bounded linger
+    summary = stats.as_dict()
+    summary["epoch"] = loop.epoch
+    summary["stream_clock"] = loop.clock
+    write_json(summary, stats_path)  # atomic: whole or not at all
+    drops = ", ".join(f"{k}={v}" for k, v in summary["drops"].items()) or "none"
+    unsubscribed = summary.get("frames_unsubscribed", 0)
+    kbps = f"{summary['kbit_s']} kbit/s of stream, " if summary.get("kbit_s") is not None else ""
+    click.echo(f"capture: sent {summary['frames_sent']} frames, {summary['bytes_sent']} bytes, {kbps}"
+               f"processed at {summary['loop_fps']} frames/s; dropped: {drops}"
+               + (f"; {unsubscribed} sent while no monitor was subscribed" if unsubscribed else ""), err=True)
+    if summary.get("end_of_stream") == "unsent":
+        click.echo("capture: the end-of-stream message could not be sent: a monitor counts this stream's tail "
+                   "only from later frames", err=True)
+
+
+def _clock_words(loop) -> str:
+    return {"timestamps": "the video's timestamps", "live": "the capture clock",
+            "fps": f"{loop.rate:g} frames/s (--fps)",
+            "default-fps": f"{loop.rate:g} frames/s (default; --fps sets it)"}.get(loop.clock, loop.clock)
+
+
+def _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf) -> None:
+    """Every capture flag that can be judged without opening anything."""
+    from edgepipe.ops.metrics import parse_listen
+
+    for flag, endpoint in (("--publish", publish), ("--control", control)):
+        if endpoint:
+            check_endpoint(flag, endpoint, bind=True)
+    if metrics:
+        parse_listen(metrics)
+    check_stream_id(stream_id)
+    check_codec_settings(codec, qp, crf)
+
+
+def _capture_service(settings, options):
+    """Keys, source and model before the service binds its sockets (it would find their problems after)."""
+    from edgepipe.edge.service import CaptureService
+    from edgepipe.engines import load_engine
+    from edgepipe.media.sources import open_source
+    from edgepipe.ops.service import server_curve
+    from edgepipe.transport.security import check_plaintext_allowed
+
+    if server_curve(options.security) is None and not options.security.insecure:
+        for endpoint in filter(None, (settings.publish, options.control)):
+            check_plaintext_allowed(endpoint.replace("://*:", "://0.0.0.0:"), False, "capture")  # as bound
+    source = open_source(settings.source, settings.size, settings.crop, settings.loop)
+    engine = None
+    try:
+        engine = load_engine(settings.engine)
+        return CaptureService(settings, options, source=source, engine=engine)
+    except BaseException:
+        source.close()  # closing twice is harmless where the service's loop closed them already
+        if engine is not None:
+            engine.close()
+        raise

@@ -1,0 +1,114 @@
+"""What the capture and monitor commands share: signal handling, endpoint and codec checks, the status
+line and security flags. Each command is its own module here; flags become a library call there."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import socket
+import threading
+
+import click
+from click.core import ParameterSource
+
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.media.codecs import CRF_RANGE, SETTING_RANGES
+
+log = logging.getLogger(__name__)
+
+def stop_on_signals() -> threading.Event:
+    """SIGINT/SIGTERM ask for a clean stop (drain, flush the encoder, close sockets); a second one aborts."""
+    stop = threading.Event()
+
+    def handler(signum, _frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("signal %d: stopping cleanly", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def security_options(f):
+    f = click.option("--insecure", is_flag=True,
+                     help="Allow plain text beyond loopback (anyone on the network can read and inject).")(f)
+    return click.option("--key", default=None,
+                        help="This side's CURVE secret key: a .key_secret file or credential:NAME (systemd).")(f)
+
+
+def check_endpoint(flag: str, endpoint: str, bind: bool) -> None:
+    """tcp://HOST:PORT or ipc://PATH, checked before any socket exists; a bind also needs a local host."""
+    scheme, sep, rest = endpoint.partition("://")
+    problem = f"{flag}: cannot {'bind' if bind else 'connect to'} {endpoint}"
+    example = "tcp://0.0.0.0:5555" if bind else "tcp://camera:5555"
+    if not sep or scheme not in ("tcp", "ipc") or not rest:
+        raise EdgepipeError(f"{problem}: an endpoint is tcp://HOST:PORT or ipc://PATH, e.g. {example}")
+    if scheme == "ipc":
+        return
+    host, _, port = rest.rpartition(":")
+    lowest, ports = (0, "1..65535, or 0 or * for any free one") if bind else (1, "1..65535")
+    if not host or not (port.isdigit() and lowest <= int(port) <= 65535 or bind and port == "*"):
+        raise EdgepipeError(f"{problem}: it needs tcp://HOST:PORT with a port {ports}, e.g. {example}")
+    if bind and not local_host(host):
+        raise EdgepipeError(f"{problem}: {host} is not this machine's; a bind needs an IPv4 address or host name of "
+                            "this machine, an interface name (e.g. eth0), or 0.0.0.0 / * for all interfaces")
+
+
+def local_host(host: str) -> bool:
+    """Whether ZeroMQ (IPv4, as the sockets are set up) can bind on `host`, found without touching the port."""
+    if host == "*" or host in {name for _, name in socket.if_nameindex()}:
+        return True
+    try:
+        address = str(ipaddress.IPv4Address(host)) if host[:1].isdigit() else socket.gethostbyname(host)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))  # any free port: only "is this address mine" is asked
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def check_codec_settings(codec: str, qp: int, crf: float | None) -> None:
+    """--qp means what --codec says and has its range; --crf replaces it (HEVC only)."""
+    ctx = click.get_current_context()
+    if crf is not None:
+        if codec != "hevc":
+            raise EdgepipeError(f"--crf is for --codec hevc only; {codec} takes --qp")
+        if ctx.get_parameter_source("qp") is not ParameterSource.DEFAULT:
+            raise EdgepipeError("--crf and --qp are exclusive: give one (CRF: constant quality, QP: fixed quantiser)")
+        if not CRF_RANGE[0] <= crf <= CRF_RANGE[1]:
+            raise EdgepipeError(f"--crf must be {CRF_RANGE[0]}..{CRF_RANGE[1]}, got {crf:g}")
+        return
+    meaning, low, high = SETTING_RANGES[codec]
+    if not low <= qp <= high:
+        raise EdgepipeError(f"--qp {qp} is out of range: for --codec {codec} it is the {meaning}, {low}..{high}")
+
+
+def check_stream_id(stream_id: str | None) -> None:
+    if stream_id is not None and not 1 <= len(stream_id.encode()) <= 255:  # the frame header stores it in at most 255 bytes
+        raise EdgepipeError(f"--stream-id must be 1..255 bytes of UTF-8, got {len(stream_id.encode())}")
+
+
+def status_options(f):
+    f = click.option("--status-every", type=click.FloatRange(min=0.5), default=None, metavar="S",
+                     help="Status line every S seconds: frames/s, kbit/s, queues, drops, top-1, latency "
+                          "[default: 2 on a terminal, rewritten in place; 5 as a log line with edgepipe -v; "
+                          "none when stderr is not a terminal].")(f)
+    return click.option("-q", "--quiet", is_flag=True, help="No status line and no start-up line.")(f)
+
+
+def status_mode(quiet: bool, status_every: float | None):
+    from edgepipe.ops.status import choose_mode
+
+    if quiet and status_every is not None:
+        raise EdgepipeError("--quiet and --status-every are exclusive: --quiet turns the status line off")
+    root = click.get_current_context().find_root()
+    return choose_mode(quiet, bool(root.params.get("verbose")), status_every)
+
+
+def write_json(data: dict, path: str | None) -> None:
+    if path:
+        from edgepipe.server.monitor import write_report
+
+        write_report(data, path)

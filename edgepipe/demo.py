@@ -1,0 +1,76 @@
+"""`edgepipe demo`: the whole pipeline on one machine, no camera, no GPU.
+
+Labelled images are replayed as a camera through each pre-transform and HEVC at several QPs, sent
+over ZeroMQ on loopback to a monitor in this process, which decodes, classifies and prints the
+accuracy/bitrate table.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from importlib import resources
+from pathlib import Path
+
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.edge.capture import CaptureLoop, CaptureSettings
+from edgepipe.engines import load_engine
+from edgepipe.server.monitor import Monitor
+from edgepipe.transport.sockets import Publisher, Subscriber, free_tcp_endpoint
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QPS = (27, 32, 37, 42)
+
+
+def bundled_images() -> Path:
+    return Path(str(resources.files("edgepipe.data"))) / "demo"
+
+
+def default_engines() -> list[str]:
+    """`none` and, once a trained model ships, `ours`."""
+    shipped = Path(str(resources.files("edgepipe.data"))) / "models" / "ours.onnx"
+    return ["none", "ours"] if shipped.exists() else ["none"]
+
+
+def run_demo(data: Path | None = None, engines: list[str] | None = None, qps: tuple[int, ...] = DEFAULT_QPS,
+             recognizer: str = "efficientnet-lite0", weights: str | None = None, size: tuple[int, int] = (224, 224),
+             endpoint: str | None = None, progress=None) -> dict:
+    """Run every (engine, QP) pass through the real pipeline; returns the monitor's report."""
+    from edgepipe.recognition import Classifier
+
+    data = Path(data) if data else bundled_images()
+    engines = engines or default_engines()
+    loaded = {spec: load_engine(spec) for spec in engines}  # fail on a bad model before any socket opens
+    classifier = Classifier(recognizer, weights)
+    endpoint = endpoint or free_tcp_endpoint()
+    publisher = Publisher(endpoint)
+    subscriber = Subscriber(endpoint)
+    monitor = Monitor(lambda image: int(classifier.top1(image[None])[0]), subscriber)
+    stop = threading.Event()
+    thread = threading.Thread(target=monitor.run, args=(stop,), name="edgepipe-monitor", daemon=True)
+    thread.start()
+    try:
+        if not publisher.wait_for_subscriber(10.0):
+            raise EdgepipeError(f"the monitor did not join {endpoint} within 10 s")
+        sent = 0  # messages: every frame, and each pass's end-of-stream message
+        for spec, engine in loaded.items():
+            for qp in qps:
+                settings = CaptureSettings(source=f"folder:{data}", publish=endpoint, engine=spec, qp=qp, gop=0,
+                                           preset="medium", size=size, crop=True, stream_id=spec[:32])
+                loop = CaptureLoop(settings, engine=engine, publisher=publisher)
+                stats = loop.run()
+                sent += stats.frames_sent + (stats.end_of_stream == "sent")
+                if progress:
+                    progress(spec, qp, stats)
+        # wait until the monitor has handled every message sent (or stops hearing anything)
+        deadline = threading.Event()
+        for _ in range(600):
+            if monitor.settled >= sent:
+                break
+            deadline.wait(0.1)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        publisher.close()
+        subscriber.close()
+    return monitor.report()

@@ -1,0 +1,360 @@
+"""The edge loop: source -> pre-transform engine -> encoder -> ZeroMQ, as four overlapping stages.
+
+Each stage is a thread joined to the next by a bounded queue; the heavy work in every stage (OpenCV,
+ONNX Runtime / TensorRT, libx265, ZeroMQ) releases the GIL, so the loop runs at the rate of its
+slowest stage rather than the sum. Drop policy: a live source drops frames *before* inference when
+the pipeline is full (counted by cause); after encoding only as the last resort below, since a
+P-frame needs every frame before it. Files and folders are replayed losslessly: their reader waits.
+
+Network backpressure: when a subscriber's queue is full the sender waits up to `send_stall_s`
+(live sources; files wait as long as it takes) while the queues behind it fill and the reader drops
+before inference. If the network is still stuck, that encoded frame is dropped, an IDR is forced,
+and every frame that depends on the dropped one is dropped too (counted by cause), so no P-frame
+ever goes out after a missing reference. Keyframe requests (from monitors over the back channel, or
+after such a drop) are coalesced and forced at most every `keyframe_min_interval_s`.
+
+Stream clock: every frame goes out with its time on the stream's own clock (wire version 3), so a
+monitor measures kbit/s per second of *video*, not per second of processing: a video file's
+timestamps; for folders and still images frame index / rate, the rate being --fps or
+frames.DEFAULT_FPS; for a live camera the capture clock. Each frame also carries the stream time
+since the previous frame sent, so frames dropped on the way count as time, not as bits.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgepipe.edge.stats import CaptureStats
+from edgepipe.engines import Engine, load_engine
+from edgepipe.media.codecs import HevcEncoder, encode_image
+from edgepipe.media.frames import DEFAULT_FPS, Frame, ReadStatus
+from edgepipe.media.sources import Source, open_source
+from edgepipe.transport.protocol import FrameHeader
+from edgepipe.transport.sockets import Publisher
+
+log = logging.getLogger(__name__)
+
+FINITE_SOURCE_WAIT_S = 10.0  # how long a file or folder waits for the first monitor by default
+
+_END = object()  # travels down the queues once the source ends or a stop is asked for
+
+
+@dataclass
+class CaptureSettings:
+    source: str
+    publish: str
+    engine: str = "none"
+    codec: str = "hevc"  # hevc, or jpeg / jpeg2000 for still frames
+    qp: int | None = 32  # HEVC QP; for jpeg the quality, for jpeg2000 the compression x1000
+    crf: float | None = None
+    gop: int = 30  # frames per keyframe; 0 = intra-only
+    preset: str = "ultrafast"
+    encoder: str = "libx265"
+    frames: int | None = None  # stop after this many frames
+    size: tuple[int, int] | None = None
+    crop: bool = False
+    realtime: bool = False  # pace files and folders at the source's frame rate
+    fps: float | None = None  # rate of sources without one (folders, images): clock and pacing; None: DEFAULT_FPS
+    loop: bool = False
+    stream_id: str | None = None  # None: default_stream_id(), unique per host
+    queue_size: int = 4
+    # None: a finite source (a file or folder without --loop) waits up to FINITE_SOURCE_WAIT_S for
+    # the first monitor, so its frames do not go out to nobody; a live or looping source never waits.
+    # 0: never wait (then frames sent with nobody subscribed are counted: frames_unsubscribed).
+    wait_subscriber_s: float | None = None
+    send_stall_s: float = 0.5  # live sources: longest wait on a full subscriber before dropping
+    keyframe_min_interval_s: float = 0.5  # forced IDRs at most this often, however many requests come
+
+
+    def __post_init__(self) -> None:
+        if not self.stream_id:
+            self.stream_id = default_stream_id()
+
+
+def stream_clock(source: Source, fps: float | None) -> tuple[float, str]:
+    """(nominal frames/s, clock name of transport.CLOCKS) of a source: a video's own timestamps, a
+    live camera's capture clock, else --fps or DEFAULT_FPS (folders, still images)."""
+    if getattr(source, "timestamps", False):
+        return source.fps or fps or DEFAULT_FPS, "timestamps"
+    if source.live:
+        return source.fps or fps or DEFAULT_FPS, "live"
+    return (fps, "fps") if fps else (DEFAULT_FPS, "default-fps")
+
+
+def default_stream_id() -> str:
+    """`cam-<hostname>`: two cameras left on the default never merge into one stream at a monitor."""
+    import socket
+
+    host = socket.gethostname().split(".")[0] or "localhost"
+    return f"cam-{host}"[:64]
+
+
+class CaptureLoop:
+    def __init__(self, settings: CaptureSettings, source: Source | None = None, engine: Engine | None = None,
+                 publisher: Publisher | None = None):
+        self.settings = settings
+        self.stats = CaptureStats()
+        # Open everything before any thread starts, so bad input fails here with one clear line.
+        self.source = source or open_source(settings.source, settings.size, settings.crop, settings.loop)
+        self.engine = engine or load_engine(settings.engine)
+        self._own_publisher = publisher is None
+        self.publisher = publisher or Publisher(settings.publish)
+        self.epoch = int(time.time() * 1000) & 0xFFFFFFFF  # a restart starts a new accounting period
+        self._keyframe_wanted = threading.Event()
+        self._abort = threading.Event()  # set on errors: every stage stops at once
+        self._stop: threading.Event = threading.Event()
+        self.errors: list[BaseException] = []
+        self.queues: dict[str, queue.Queue] = {}  # name -> queue, for metrics (queue depths)
+        self.frames_handled = 0  # frames out of the encoder, sent or dropped: the watchdog's "frames flow"
+        self.forced_keyframes = 0
+        self.rate, self.clock = stream_clock(self.source, settings.fps)
+        self._threads: list[threading.Thread] = []  # the stage threads of run(), joined by close()
+
+    def request_keyframe(self) -> None:
+        """Thread-safe: the next encoded frame will be an IDR frame (e.g. after loss at the monitor)."""
+        self.stats.keyframe_requests += 1
+        self._keyframe_wanted.set()
+
+    def _cancelled(self) -> bool:
+        return self._stop.is_set() or self._abort.is_set()
+
+    # --- stages ---------------------------------------------------------------------------------
+
+    def _put(self, q: queue.Queue, item) -> bool:
+        while not self._abort.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _get(self, q: queue.Queue):
+        while True:
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                if self._abort.is_set():
+                    return _END
+
+    def _read(self, stop: threading.Event, out: queue.Queue) -> None:
+        s, src = self.settings, self.source
+        interval = 1.0 / self.rate if s.realtime and not src.live else 0.0
+        next_due = time.monotonic()
+        produced = 0
+        live_start: float | None = None
+        while not stop.is_set() and not self._abort.is_set():
+            if s.frames is not None and produced >= s.frames:
+                break
+            t0 = time.perf_counter()
+            status, frame = src.read()
+            if status is ReadStatus.EOS:
+                break
+            if status is ReadStatus.TIMEOUT:
+                continue
+            self.stats.timed("source", time.perf_counter() - t0)
+            produced += 1
+            if frame.media_time is None:  # the source has no clock of its own: the stream clock is derived
+                if src.live:
+                    live_start = frame.capture_time if live_start is None else live_start
+                    frame.media_time = max(0.0, frame.capture_time - live_start)
+                else:
+                    frame.media_time = frame.index / self.rate
+            if src.live:
+                try:
+                    out.put_nowait(frame)
+                except queue.Full:
+                    self.stats.drop("pipeline_full_before_inference")
+            elif not self._put(out, frame):
+                return
+            if interval:
+                next_due += interval
+                time.sleep(max(0.0, next_due - time.monotonic()))
+        self._put(out, _END)
+
+    def _infer(self, inp: queue.Queue, out: queue.Queue) -> None:
+        while (frame := self._get(inp)) is not _END:
+            t0 = time.perf_counter()
+            frame.image = self.engine.run(frame.image[np.newaxis])[0]
+            self.stats.timed("engine", time.perf_counter() - t0)
+            if not self._put(out, frame):
+                return
+        self._put(out, _END)
+
+    def _encode(self, inp: queue.Queue, out: queue.Queue) -> None:
+        s = self.settings
+        encoder: HevcEncoder | None = None
+        pending: list[Frame] = []  # frames whose packets have not come out yet (none with zerolatency)
+        last_forced = float("-inf")
+        while (frame := self._get(inp)) is not _END:
+            t0 = time.perf_counter()
+            h, w = frame.image.shape[:2]
+            if s.codec == "hevc":
+                if encoder is None or (encoder.width, encoder.height) != (w, h):
+                    encoder = HevcEncoder(w, h, qp=s.qp if s.crf is None else None, crf=s.crf, gop=s.gop,
+                                          preset=s.preset, encoder=s.encoder, fps=self.rate)
+                force = self._keyframe_wanted.is_set() and t0 - last_forced >= s.keyframe_min_interval_s
+                if force:
+                    self._keyframe_wanted.clear()
+                    last_forced = t0
+                    self.forced_keyframes += 1
+                pending.append(frame)
+                packets = encoder.encode(frame.image, force_keyframe=force)
+                if any(p.keyframe for p in packets):
+                    self._keyframe_wanted.clear()  # a GOP keyframe answers any request as well
+                items = [(pending.pop(0), p.data, p.keyframe) for p in packets]
+            else:
+                items = [(frame, encode_image(s.codec, frame.image, s.qp), True)]
+            self.stats.timed("encoder", time.perf_counter() - t0)
+            for item in items:
+                if not self._put(out, item):
+                    return
+        if encoder is not None:  # flush: frames still inside the encoder go out before the end
+            for p in encoder.flush():
+                if pending:
+                    self._put(out, (pending.pop(0), p.data, p.keyframe))
+        self._put(out, _END)
+
+    def _send(self, inp: queue.Queue) -> None:
+        s = self.settings
+        seq = 0
+        qp = -1 if s.crf is not None else int(s.qp if s.qp is not None else -1)
+        qp = max(-1, min(qp, 127))
+        # live: bounded wait on a full subscriber; files and folders: lossless, wait until stopped
+        timeout = s.send_stall_s if self.source.live else None
+        inter_coded = s.codec == "hevc" and s.gop != 0
+        broken = False  # an encoded frame was dropped: frames referring to it must not go out
+        cancel = _Cancel(self._cancelled)
+        size = (1, 1)
+        last_sent: float | None = None  # media time of the previous frame sent
+        while (item := self._get(inp)) is not _END:
+            frame, payload, keyframe = item
+            t0 = time.perf_counter()
+            h, w = size = frame.image.shape[:2]
+            media = frame.media_time  # set by _read for every frame (the source's clock or a derived one)
+            # stream time since the previous frame sent: frames dropped on the way count as time
+            duration = 1.0 / self.rate if last_sent is None else max(0.0, media - last_sent)
+            header = FrameHeader(s.stream_id, seq, frame.capture_time, s.codec, w, h, qp, keyframe,
+                                 frame.label, self.engine.model_id, self.epoch, media_time=media,
+                                 duration=duration, clock=self.clock)
+            seq += 1  # dropped frames keep their seq: the monitor counts them as lost, exactly
+            self.frames_handled += 1
+            unsubscribed = self.publisher.unsubscribed
+            if broken and not keyframe:
+                self.stats.drop("reference_dropped_after_encode")
+            elif self.publisher.send(header, payload, timeout=timeout, cancel=cancel):
+                broken = False
+                last_sent = media
+                self.stats.sent(len(payload), keyframe, unsubscribed=self.publisher.unsubscribed > unsubscribed,
+                                stream_s=duration, latency_s=time.time() - frame.capture_time)
+            else:
+                self.stats.drop("network_hwm_after_encode")
+                if inter_coded:
+                    broken = True
+                    self._keyframe_wanted.set()  # resume with an IDR as soon as the network lets us
+            self.publisher.poll_subscriptions()
+            self.stats.timed("send", time.perf_counter() - t0)
+        # the end of this epoch: `seq` frames were numbered, so a monitor counts a lost tail exactly
+        end = FrameHeader(s.stream_id, seq, time.time(), s.codec, size[1], size[0], qp, False, -1,
+                          self.engine.model_id, self.epoch)
+        self.stats.end_of_stream = "sent" if self.publisher.send_end(end) else "unsent"
+        if self.stats.end_of_stream == "unsent":
+            log.warning("could not send the end-of-stream message within the linger (a stuck monitor): "
+                        "frames still queued for it may not arrive, and it cannot count them")
+
+    # --- driver ---------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> CaptureStats:
+        """Run until the source ends, `frames` are done, or `stop` is set; then drain and flush."""
+        stop = stop or threading.Event()
+        self._stop = stop
+        wait = self.settings.wait_subscriber_s
+        if wait is None:
+            wait = 0.0 if (self.source.live or self.settings.loop) else FINITE_SOURCE_WAIT_S
+        if wait > 0 and not self._wait_for_subscriber(wait, stop):
+            log.warning("no monitor subscribed within %.1f s; sending anyway (frames nobody gets are counted as "
+                        "frames_unsubscribed)", wait)
+        n = self.settings.queue_size
+        q_infer, q_encode, q_send = queue.Queue(n), queue.Queue(n), queue.Queue(n)
+        self.queues = {"inference": q_infer, "encode": q_encode, "send": q_send}
+        stages = [
+            ("reader", self._read, (stop, q_infer)),
+            ("engine", self._infer, (q_infer, q_encode)),
+            ("encoder", self._encode, (q_encode, q_send)),
+            ("sender", self._send, (q_send,)),
+        ]
+        threads = [threading.Thread(target=self._guard, args=(fn, args), name=f"edgepipe-{name}", daemon=True)
+                   for name, fn, args in stages]
+        self.stats.started = time.monotonic()
+        self._threads = threads
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                t.join()
+        except KeyboardInterrupt:  # a second stop request while draining: stop now, but cleanly
+            log.warning("stopping now: frames still in the pipeline are dropped (counted as aborted_at_stop)")
+            self._abort.set()
+            stop.set()
+            self._join()
+        self._count_in_flight()
+        if self.errors:
+            raise self.errors[0]
+        return self.stats
+
+    def _wait_for_subscriber(self, seconds: float, stop: threading.Event) -> bool:
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            if self.publisher.wait_for_subscriber(min(0.1, max(0.0, deadline - time.monotonic()))):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+        return False
+
+    def _join(self) -> None:
+        """Wait for every stage thread, whatever further stop requests come: the engine and the
+        encoder must not be closed under a running thread (ONNX Runtime aborts the process)."""
+        for t in self._threads:
+            while t.is_alive():
+                try:
+                    t.join()
+                except KeyboardInterrupt:
+                    self._abort.set()
+                    log.warning("already stopping")
+
+    def _count_in_flight(self) -> None:
+        """Frames read but neither sent nor dropped (an abort left them in a queue or a stage)."""
+        with self.stats._lock:
+            produced = self.stats.stages["source"].count if "source" in self.stats.stages else 0
+            accounted = self.stats.frames_sent + sum(self.stats.drops.values())
+        if produced > accounted:
+            self.stats.drop("aborted_at_stop", produced - accounted)
+
+    def _guard(self, fn, args) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # a failing stage stops the whole loop, and run() re-raises it
+            log.error("capture stage %s failed: %s", threading.current_thread().name, exc)
+            self.errors.append(exc)
+            self._abort.set()
+
+    def close(self) -> None:
+        """After run(): the stage threads are gone before the source and the engine close."""
+        self._abort.set()
+        self._join()
+        self.source.close()
+        self.engine.close()
+        if self._own_publisher:
+            self.publisher.close()
+
+
+class _Cancel:
+    """Event-like view of "stop or abort" for Publisher.send."""
+
+    def __init__(self, fn):
+        self.is_set = fn

@@ -1,0 +1,77 @@
+"""Thread-safe counters and per-stage timings for the capture loop."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from edgepipe.core.latency import LatencyWindow
+
+
+@dataclass
+class StageTimer:
+    count: int = 0
+    busy_s: float = 0.0
+
+    @property
+    def fps(self) -> float:
+        return self.count / self.busy_s if self.busy_s > 0 else 0.0
+
+
+@dataclass
+class CaptureStats:
+    started: float = field(default_factory=time.monotonic)
+    stages: dict[str, StageTimer] = field(default_factory=lambda: defaultdict(StageTimer))
+    drops: Counter = field(default_factory=Counter)  # cause -> frames dropped
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    keyframes: int = 0
+    keyframe_requests: int = 0
+    frames_unsubscribed: int = 0  # of frames_sent: sent while no monitor was subscribed (nobody got them)
+    end_of_stream: str | None = None  # "sent" / "unsent" (a stuck monitor) once the run ends
+    stream_s: float = 0.0  # stream-clock seconds the sent frames stand for (kbit/s = bits / this)
+    latency: LatencyWindow = field(default_factory=LatencyWindow, repr=False)  # read -> sent, recent frames
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def timed(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            t = self.stages[stage]
+            t.count += 1
+            t.busy_s += seconds
+
+    def drop(self, cause: str, n: int = 1) -> None:
+        with self._lock:
+            self.drops[cause] += n
+
+    def sent(self, nbytes: int, keyframe: bool, unsubscribed: bool = False, stream_s: float = 0.0,
+             latency_s: float | None = None) -> None:
+        with self._lock:
+            self.frames_sent += 1
+            self.frames_unsubscribed += int(unsubscribed)
+            self.bytes_sent += nbytes
+            self.keyframes += int(keyframe)
+            self.stream_s += stream_s
+            if latency_s is not None:
+                self.latency.append(latency_s)
+
+    def as_dict(self) -> dict:
+        with self._lock:
+            wall = time.monotonic() - self.started
+            return {
+                "wall_s": round(wall, 3),
+                "frames_sent": self.frames_sent,
+                "frames_unsubscribed": self.frames_unsubscribed,
+                "end_of_stream": self.end_of_stream,
+                "bytes_sent": self.bytes_sent,
+                "stream_s": round(self.stream_s, 6),
+                # on the stream's own clock (a video's timestamps, --fps, or the camera's clock)
+                "kbit_s": round(self.bytes_sent * 8 / 1000 / self.stream_s, 2) if self.stream_s > 0 else None,
+                "keyframes": self.keyframes,
+                "keyframe_requests": self.keyframe_requests,
+                # how fast this machine processed them: a replayed file or folder goes as fast as it can
+                "loop_fps": round(self.frames_sent / wall, 2) if wall > 0 else 0.0,
+                "drops": dict(self.drops),
+                "stages": {name: {"frames": t.count, "busy_s": round(t.busy_s, 3), "fps_alone": round(t.fps, 2)}
+                           for name, t in self.stages.items()},
+            }

@@ -1,0 +1,76 @@
+"""What the capture and monitor services share: their options, CURVE set-up and orderly close
+(edge/service.py and server/service.py are the services).
+
+Startup order is chosen so a bad setting fails with one line before anything is half-open: keys
+and allow-list first, then sockets, then source and model. Shutdown closes everything in reverse,
+sockets with a bounded linger, so a SIGTERM at any point ends within a few seconds.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from edgepipe.core.errors import EdgepipeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SecurityOptions:
+    key: str | None = None  # own secret key: PATH, credential:NAME
+    allow: tuple[str, ...] = ()  # capture: monitor public keys / folders of *.key
+    server_key: str | None = None  # monitor: the capture's public key
+    insecure: bool = False  # plain text beyond loopback, only when asked for
+
+
+@dataclass
+class ServiceOptions:
+    control: str | None = None  # capture: endpoint to bind; monitor: endpoint to connect
+    metrics: str | None = None  # PORT, :PORT or HOST:PORT for /metrics
+    security: SecurityOptions = field(default_factory=SecurityOptions)
+    # monitor sinks (sinks.py): record the received stream into a file; decoded frames as PNG
+    record: str | None = None
+    save_frames: str | None = None
+    save_every: int = 1
+
+
+def server_curve(sec: SecurityOptions):
+    """CurveServer for the capture, or None for plain text; key errors surface here, first."""
+    from edgepipe.transport.security import CurveServer, load_allow_list, load_keypair
+
+    if sec.server_key:
+        raise EdgepipeError("server-key is a monitor setting; the capture takes key and allow")
+    if not sec.key:
+        if sec.allow:
+            raise EdgepipeError("allow needs key: the capture's own secret key (edgepipe keys generate capture)")
+        return None
+    return CurveServer(load_keypair(sec.key), load_allow_list(sec.allow))
+
+
+def client_curve(sec: SecurityOptions):
+    from edgepipe.transport.security import CurveClient, load_keypair, load_public_key
+
+    if sec.allow:
+        raise EdgepipeError("allow is a capture setting; the monitor takes key and server-key")
+    if bool(sec.key) != bool(sec.server_key):
+        raise EdgepipeError("CURVE on the monitor needs both key (its own secret key) and server-key "
+                            "(the capture's public key)")
+    if not sec.key:
+        return None
+    return CurveClient(load_keypair(sec.key), load_public_key(sec.server_key))
+
+
+def close_in_order(service, steps: list[tuple[str, str]]) -> None:
+    """Call each attribute's closing method once, in order, and clear it (so close() is idempotent).
+    A further Ctrl-C while closing does not cut the shutdown short: it is already under way."""
+    for attr, method in steps:
+        part = getattr(service, attr, None)
+        if part is None:
+            continue
+        setattr(service, attr, None)
+        while True:
+            try:
+                getattr(part, method)()
+                break
+            except KeyboardInterrupt:
+                log.warning("already stopping")

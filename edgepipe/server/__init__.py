@@ -1,0 +1,1 @@
+"""The server: the monitor (decode, classify, account), its sinks and its service."""

@@ -1,0 +1,1 @@
+"""The wire: message protocol (header), ZeroMQ sockets, the keyframe back channel and CURVE security."""
