@@ -13,9 +13,9 @@ STAMP := $(VENV)/.edgepipe-installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned and from TORCH_INDEX when set, so the range in setup.cfg pulls no other build.
+	# torch first, pinned and from TORCH_INDEX when set, so the range in the extras pulls no other build.
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

