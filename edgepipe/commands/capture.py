@@ -13,8 +13,14 @@ from edgepipe.commands.options import (
     stop_on_signals,
     write_json,
 )
-from edgepipe.media.codecs import X265_PRESETS
+from edgepipe.media.codecs import CODECS, HEVC_ENCODERS, STREAM_CODECS, X265_PRESETS
 from edgepipe.ops.config import config_option
+
+
+def _setting_help() -> str:
+    """What --qp means for each stream codec, as the codecs register it."""
+    settings = ((name, CODECS[name].setting) for name in STREAM_CODECS)
+    return "; ".join(f"{name} {s.meaning} ({s.low}-{s.high})" for name, s in settings)
 
 
 @click.command()
@@ -29,15 +35,15 @@ from edgepipe.ops.config import config_option
 @click.option("--allow", multiple=True,
               help="Monitor public key allowed to connect (.key file, folder of them, z85:KEY); repeatable.")
 @click.option("--metrics", default=None, help="Serve Prometheus metrics on PORT, :PORT or HOST:PORT.")
-@click.option("--codec", type=click.Choice(["hevc", "jpeg", "jpeg2000"]), default="hevc", show_default=True)
+@click.option("--codec", type=click.Choice(STREAM_CODECS), default="hevc", show_default=True)
 @click.option("--qp", type=int, default=32, show_default=True,
-              help="HEVC QP (0-51); JPEG quality (1-100) or JPEG 2000 compression x1000 (1-1000) for those codecs.")
+              help=f"The codec's one setting: {_setting_help()}.")
 @click.option("--crf", type=float, default=None, help="HEVC constant rate factor (0-51) instead of a fixed QP.")
 @click.option("--gop", type=click.IntRange(min=0), default=30, show_default=True,
               help="Frames per keyframe; 0 = intra-only.")
 @click.option("--preset", type=click.Choice(X265_PRESETS), default="ultrafast", show_default=True,
               help="libx265 preset (hevc_nvenc always runs its low-latency p1).")
-@click.option("--encoder", type=click.Choice(["libx265", "hevc_nvenc", "auto"]), default="libx265", show_default=True,
+@click.option("--encoder", type=click.Choice([*HEVC_ENCODERS, "auto"]), default="libx265", show_default=True,
               help="auto: hevc_nvenc where an NVIDIA encoder opens, else libx265.")
 @click.option("--frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
 @click.option("--size", default=None, help="Resize frames to WIDTHxHEIGHT (made even; each side 16-8192).")

@@ -12,7 +12,7 @@ import click
 from click.core import ParameterSource
 
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.media.codecs import CRF_RANGE, SETTING_RANGES
+from edgepipe.media.codecs import CODECS
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +70,23 @@ def local_host(host: str) -> bool:
 
 
 def check_codec_settings(codec: str, qp: int, crf: float | None) -> None:
-    """--qp means what --codec says and has its range; --crf replaces it (HEVC only)."""
+    """--qp means what --codec says and has its range; --crf replaces it (codecs with a rate factor: HEVC)."""
     ctx = click.get_current_context()
+    described = CODECS[codec]
     if crf is not None:
-        if codec != "hevc":
-            raise EdgepipeError(f"--crf is for --codec hevc only; {codec} takes --qp")
+        if described.crf_range is None:
+            with_crf = ", ".join(name for name in CODECS if CODECS[name].crf_range is not None)
+            raise EdgepipeError(f"--crf is for --codec {with_crf} only; {codec} takes --qp")
         if ctx.get_parameter_source("qp") is not ParameterSource.DEFAULT:
             raise EdgepipeError("--crf and --qp are exclusive: give one (CRF: constant quality, QP: fixed quantiser)")
-        if not CRF_RANGE[0] <= crf <= CRF_RANGE[1]:
-            raise EdgepipeError(f"--crf must be {CRF_RANGE[0]}..{CRF_RANGE[1]}, got {crf:g}")
+        low, high = described.crf_range
+        if not low <= crf <= high:
+            raise EdgepipeError(f"--crf must be {low}..{high}, got {crf:g}")
         return
-    meaning, low, high = SETTING_RANGES[codec]
-    if not low <= qp <= high:
-        raise EdgepipeError(f"--qp {qp} is out of range: for --codec {codec} it is the {meaning}, {low}..{high}")
+    setting = described.setting
+    if not setting.low <= qp <= setting.high:
+        raise EdgepipeError(f"--qp {qp} is out of range: for --codec {codec} it is the {setting.meaning}, "
+                            f"{setting.low}..{setting.high}")
 
 
 def check_stream_id(stream_id: str | None) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 
 from edgepipe.edge.stats import CaptureStats
 from edgepipe.engines import Engine, load_engine
-from edgepipe.media.codecs import HevcEncoder, encode_image
+from edgepipe.media.codecs import CODECS, StreamEncoder
 from edgepipe.media.frames import DEFAULT_FPS, Frame, ReadStatus
 from edgepipe.media.sources import Source, open_source
 from edgepipe.transport.protocol import FrameHeader
@@ -188,16 +188,17 @@ class CaptureLoop:
 
     def _encode(self, inp: queue.Queue, out: queue.Queue) -> None:
         s = self.settings
-        encoder: HevcEncoder | None = None
+        codec = CODECS[s.codec]
+        encoder: StreamEncoder | None = None
         pending: list[Frame] = []  # frames whose packets have not come out yet (none with zerolatency)
         last_forced = float("-inf")
         while (frame := self._get(inp)) is not _END:
             t0 = time.perf_counter()
             h, w = frame.image.shape[:2]
-            if s.codec == "hevc":
+            if codec.stream_encoder is not None:  # a video codec: inter coding, a GOP, keyframes on request
                 if encoder is None or (encoder.width, encoder.height) != (w, h):
-                    encoder = HevcEncoder(w, h, qp=s.qp if s.crf is None else None, crf=s.crf, gop=s.gop,
-                                          preset=s.preset, encoder=s.encoder, fps=self.rate)
+                    encoder = codec.stream_encoder(w, h, qp=s.qp if s.crf is None else None, crf=s.crf,
+                                                   gop=s.gop, preset=s.preset, encoder=s.encoder, fps=self.rate)
                 force = self._keyframe_wanted.is_set() and t0 - last_forced >= s.keyframe_min_interval_s
                 if force:
                     self._keyframe_wanted.clear()
@@ -209,7 +210,7 @@ class CaptureLoop:
                     self._keyframe_wanted.clear()  # a GOP keyframe answers any request as well
                 items = [(pending.pop(0), p.data, p.keyframe) for p in packets]
             else:
-                items = [(frame, encode_image(s.codec, frame.image, s.qp), True)]
+                items = [(frame, codec.encode(frame.image, s.qp, None), True)]  # every frame a still
             self.stats.timed("encoder", time.perf_counter() - t0)
             for item in items:
                 if not self._put(out, item):
@@ -227,7 +228,7 @@ class CaptureLoop:
         qp = max(-1, min(qp, 127))
         # live: bounded wait on a full subscriber; files and folders: lossless, wait until stopped
         timeout = s.send_stall_s if self.source.live else None
-        inter_coded = s.codec == "hevc" and s.gop != 0
+        inter_coded = CODECS[s.codec].stream_encoder is not None and s.gop != 0
         broken = False  # an encoded frame was dropped: frames referring to it must not go out
         cancel = _Cancel(self._cancelled)
         size = (1, 1)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from edgepipe.media.codecs import CODECS, STILL_CODECS
 from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, VIEWS
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def _split(value: str) -> list[str]:
 @click.option("--pre", "pre", default="none,tvl1", show_default=True,
               help="Comma list: none, tvl1 (or tvl1:LAMBDA), model files or shipped model names (ours, palacio, ...).")
 @click.option("--codec", "codec", default="jpeg,jpeg2000,hevc", show_default=True,
-              help="Comma list of jpeg, jpeg2000 (OpenCV, target rate), jpeg2000-db (OpenJPEG, target PSNR), hevc.")
+              help="Comma list of " + ", ".join(f"{name} [{CODECS[name].title}]" for name in STILL_CODECS) + ".")
 @click.option("--points", default=4, show_default=True, type=int, help="Operating points per codec (paper: 4; 6 as a robustness check).")
 @click.option("--max-bpp", default=1.0, show_default=True, type=float, help="Anchor mean rate ceiling for the points.")
 @click.option("--limit", default=None, type=int, help="Only the first N images of the fixed shuffled order.")

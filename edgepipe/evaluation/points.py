@@ -19,23 +19,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.media.codecs import CODECS
 
 log = logging.getLogger(__name__)
 
-# Candidate settings per codec, low rate to high rate at 224x224 (measured anchor bpp in brackets).
-# jpeg: libjpeg quality; 1 and 2 give identical (clamped) tables, so the grid starts at 2 (~0.28 bpp).
-# jpeg2000: OpenCV IMWRITE_JPEG2000_COMPRESSION_X1000, a target rate: bpp ~= value / 42 (0.10..1.3).
-# jpeg2000-db: OpenJPEG through Pillow, one quality layer at this target PSNR in dB (9/7 + colour
-#   transform); on the 256 calibration images of Imagenette val: 21 dB 0.110, 23 0.182, 25 0.289,
-#   27 0.433, 29 0.610, 31 0.814, 33 1.051, 35 1.313 bpp (decoded RGB PSNR ~0.3 dB under the target).
-# hevc: libx265 intra QP, preset medium (QP 51 ~0.10 bpp, QP 30 ~1.4 bpp).
-CANDIDATES: dict[str, tuple[int, ...]] = {
-    "jpeg": (2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 35, 40, 50),
-    "jpeg2000": (4, 5, 6, 8, 10, 12, 14, 17, 20, 24, 28, 34, 40, 48, 56),
-    "jpeg2000-db": tuple(range(21, 36)),
-    "hevc": (51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29),
-}
 DEFAULT_MIN_ACCURACY_RATIO = 0.5
+
+
+def candidate_settings(codec: str) -> tuple[int, ...]:
+    """The settings a codec's points are chosen from, lowest rate first; each codec's module lists its own
+    (`Codec.candidates`, with the anchor bpp they were measured at)."""
+    found = CODECS[codec].candidates
+    if not found:
+        raise EdgepipeError(f"codec {codec} lists no candidate settings, so it cannot be evaluated")
+    return found
 
 
 @dataclass(frozen=True)

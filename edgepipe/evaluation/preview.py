@@ -3,7 +3,7 @@
     original | ED output | ED output after the codec | original after the codec alone
 
 Every number comes from the code the evaluation uses: the engine from `runner.resolve_pres` /
-`runner.load_pre`, the codec round trip from `pipeline.codecs.encode_image` / `decode_image` (intra,
+`runner.load_pre`, the codec round trip from `media.codecs.encode_image` / `decode_image` (intra,
 single-threaded as in `edgepipe eval`, so the bytes are the ones the evaluation counts), PSNR against
 the original from `runner.psnr`, top-5 from `recognition.Classifier` with the names in `labels`.
 Metrics are computed on the frames at their own size; only the picture scales them for display.
@@ -19,13 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.media.codecs import CODECS
 
 log = logging.getLogger(__name__)
 
-# A default setting in each codec's useful range (the ranges themselves are the codecs' own, SETTING_RANGES).
-DEFAULT_QUALITY = {"hevc": 37, "jpeg": 20, "jpeg2000": 20, "jpeg2000-db": 30}
-SETTING_TITLE = {"hevc": "HEVC QP {}", "jpeg": "JPEG q{}", "jpeg2000": "JPEG 2000 rate {}",
-                 "jpeg2000-db": "JPEG 2000 {} dB"}
 MIN_SIDE = 16
 RAW_BPP = 24.0  # an uncoded RGB panel, as the evaluation's "raw" rows count it
 
@@ -71,14 +68,12 @@ class Preview:
 # --- checks, all before any work ------------------------------------------------------------------
 
 def check_codec_setting(codec: str, quality: int | None) -> int:
-    """The codec's setting, defaulted, or a one-line error when the codec is unknown or it is out of range."""
-    from edgepipe.media.codecs import check_setting
-
-    if codec not in DEFAULT_QUALITY:
-        raise EdgepipeError(f"unknown codec {codec!r}; choose one of {', '.join(DEFAULT_QUALITY)}")
+    """The codec's setting, defaulted (each codec registers a useful mid-range one), or a one-line error when
+    the codec is unknown or the setting is out of its range."""
+    described = CODECS[codec]
     if quality is None:
-        return DEFAULT_QUALITY[codec]
-    check_setting(codec, quality)
+        return described.default_setting
+    described.setting.check(codec, quality)
     return int(quality)
 
 
@@ -201,7 +196,7 @@ def make_preview(source: str | Path, engine: str = "none", codec: str = "hevc", 
     ed_bytes, ed_decoded = code(codec, ed_image, quality)
     anchor_bytes, anchor_decoded = code(codec, image, quality)
 
-    setting = SETTING_TITLE[codec].format(quality)
+    setting = CODECS[codec].caption.format(quality)
     pv = Preview(str(source), frame, pre.label, codec, quality, w, h, _label_of(Path(source)), recognizer, [])
     for key, title, img, nbytes in (
         ("original", f"original {w}x{h}", image, None),

@@ -5,7 +5,14 @@ import json
 
 import click
 
+from edgepipe.media.codecs import CODECS, STILL_CODECS
 from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS
+
+
+def _setting_help() -> str:
+    """What --qp means for each still codec, and its default, as the codecs register them."""
+    settings = ((name, CODECS[name].setting, CODECS[name].default_setting) for name in STILL_CODECS)
+    return ", ".join(f"{name} {s.meaning} {s.low}-{s.high} ({default})" for name, s, default in settings)
 
 
 @click.command("preview")
@@ -13,11 +20,9 @@ from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS
 @click.option("--engine", default="none", show_default=True,
               help="Pre-transform: a .onnx or .pt file, a shipped model name (ours, ours-fast, ...), tvl1, or none.")
 @click.option("-o", "--out", required=True, type=click.Path(), help="The PNG to write (its folder must exist).")
-@click.option("--codec", type=click.Choice(["hevc", "jpeg", "jpeg2000-db", "jpeg2000"]), default="hevc",
+@click.option("--codec", type=click.Choice(STILL_CODECS), default="hevc",
               show_default=True, help="The still codec, coded as `edgepipe eval` codes it.")
-@click.option("--qp", type=int, default=None,
-              help="Codec setting: HEVC QP 0-51 (default 37), JPEG quality 1-100 (20), "
-                   "jpeg2000-db target dB 1-100 (30), jpeg2000 rate x1000 1-1000 (20).")
+@click.option("--qp", type=int, default=None, help=f"Codec setting (default in brackets): {_setting_help()}.")
 @click.option("--frame", type=int, default=None, help="For a video: the frame to take, from 0 (default 0).")
 @click.option("--recognizer", type=click.Choice(RECOGNIZERS), default=DEFAULT_RECOGNIZER, show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Recognizer weights (vgg16).")

@@ -10,13 +10,15 @@ import numpy as np
 
 from edgepipe.evaluation.bdrate import compare
 from edgepipe.evaluation.runner import RAW, Evaluation
+from edgepipe.media.codecs import CODECS
 
 log = logging.getLogger(__name__)
 
-# Two JPEG 2000 modes (see media/codecs.py): OpenCV's targets a rate, so a pre-transform cannot
-# change its bits; the dB mode targets a PSNR, like the JPEG quality and the HEVC QP.
-CODEC_TITLES = {"jpeg": "JPEG", "jpeg2000": "JPEG 2000 (rate)", "jpeg2000-db": "JPEG 2000 (dB)", "hevc": "HEVC intra"}
-SETTING_NAMES = {"jpeg": "quality", "jpeg2000": "rate x1000", "jpeg2000-db": "target PSNR dB", "hevc": "QP"}
+
+def codec_title(codec: str) -> str:
+    """A codec's name in tables and plots, as its module registers it ("JPEG 2000 (rate)")."""
+    return CODECS[codec].title
+
 
 # Suzuki et al., ICIP 2019, BD-Rate(accuracy) in % against the codec alone (cubic fit, VCEG-M33).
 PAPER_BD = {
@@ -166,10 +168,10 @@ def markdown(ev: Evaluation, rows: list[dict], bds: list[dict], command: str) ->
     if over:
         L += ["**Note:** on the evaluated images these anchor points lie above the "
               f"{ev.max_bpp:g} bpp chosen on the calibration images: "
-              + ", ".join(f"{CODEC_TITLES[r['codec']]} {r['quality']} ({r['bpp']:.3f} bpp)" for r in over), ""]
+              + ", ".join(f"{codec_title(r['codec'])} {r['quality']} ({r['bpp']:.3f} bpp)" for r in over), ""]
     L += [
         "## BD-Rate(accuracy) against the codec alone", "",
-        "| Method | " + " | ".join(CODEC_TITLES[c] for c in ev.codecs) + " |",
+        "| Method | " + " | ".join(codec_title(c) for c in ev.codecs) + " |",
         "|---|" + "---|" * len(ev.codecs),
     ]
     for p in pres:
@@ -197,7 +199,7 @@ def markdown(ev: Evaluation, rows: list[dict], bds: list[dict], command: str) ->
         def ci(m: str) -> str:
             lo, hi = b.get(f"bd_rate_{m}_ci95_lo", math.nan), b.get(f"bd_rate_{m}_ci95_hi", math.nan)
             return "" if math.isnan(lo) else f" [{lo:+.1f}, {hi:+.1f}]"
-        L.append(f"| {b['pre']} | {CODEC_TITLES[b['codec']]} | {_pct(b['bd_rate_cubic_pct'])}{ci('cubic')} | "
+        L.append(f"| {b['pre']} | {codec_title(b['codec'])} | {_pct(b['bd_rate_cubic_pct'])}{ci('cubic')} | "
                  f"{_pct(b['bd_rate_pchip_pct'])}{ci('pchip')} | "
                  f"{pts(b['bd_top1_cubic_pts'])} | {pts(b['bd_top1_pchip_pts'])} | {rng} | {b['overlap_iou']:.2f} | "
                  f"{_pct(b['paper_bd_rate_pct'])} | {b['notes']} |")
@@ -206,13 +208,13 @@ def markdown(ev: Evaluation, rows: list[dict], bds: list[dict], command: str) ->
         chosen = set(ev.points[c])
         cands = ", ".join(("**" if x.quality in chosen else "") + f"{x.quality}: {x.bpp:.3f} bpp / {100 * x.top1:.1f} %"
                           + ("**" if x.quality in chosen else "") for x in sorted(ev.candidates[c], key=lambda x: x.bpp))
-        L.append(f"- {CODEC_TITLES[c]} ({SETTING_NAMES[c]}): {cands}")
+        L.append(f"- {codec_title(c)} ({CODECS[c].setting.report_name}): {cands}")
     L += ["", "## Uncompressed (pre-transform output, no codec)", "", "| Method | top-1 | PSNR vs original |", "|---|---|---|"]
     for u in uncompressed_rows(ev):
         L.append(f"| {u['pre']} | {100 * u['top1']:.2f} % | {u['psnr_db']:.2f} dB |")
     L += ["", "## Curves", "", "| Method | Codec | setting | bpp | top-1 | PSNR | images | skipped |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        L.append(f"| {r['pre']} | {CODEC_TITLES[r['codec']]} | {r['quality']} | {r['bpp']:.4f} | {100 * r['top1']:.2f} % | "
+        L.append(f"| {r['pre']} | {codec_title(r['codec'])} | {r['quality']} | {r['bpp']:.4f} | {100 * r['top1']:.2f} % | "
                  f"{r['psnr_db']:.2f} dB | {r['n_images']} | {r['n_skipped']} |")
     return "\n".join(L) + "\n"
 
@@ -232,7 +234,7 @@ def plot(ev: Evaluation, rows: list[dict], path: Path) -> None:
             style = dict(color="black", lw=1.5, ls="--", zorder=5) if pre == "none" else dict(color=f"C{i}", alpha=0.9)
             ax.plot([r["bpp"] for r in pts], [100 * r["top1"] for r in pts], marker="o", label=pre, **style)
         ax.axhline(100 * raw["none"], color="grey", ls=":", lw=1, label="uncompressed")
-        ax.set_title(CODEC_TITLES[codec])
+        ax.set_title(codec_title(codec))
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)

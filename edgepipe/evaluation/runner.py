@@ -31,7 +31,7 @@ from edgepipe.core.datasets import LabelledImage, list_labelled_images, read_rgb
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.fidelity import psnr
 from edgepipe.core.files import atomic_path, sha256_file
-from edgepipe.media.codecs import STILL_CODECS, bits_per_pixel, decode_image, encode_image
+from edgepipe.media.codecs import CODECS, STILL_CODECS, bits_per_pixel, decode_image, encode_image
 
 log = logging.getLogger(__name__)
 
@@ -125,20 +125,19 @@ def resolve_pres(specs: Iterable[str]) -> list[PreSpec]:
 
 
 def check_codecs(codecs: Iterable[str]) -> list[str]:
+    """The still codecs named, each checked usable in this build by coding a small probe image."""
     out = []
     for c in codecs:
         c = c.strip().lower()
         if not c:
             continue
-        if c not in STILL_CODECS:
-            raise EdgepipeError(f"unknown codec {c!r}; choose from {', '.join(STILL_CODECS)}")
+        codec = CODECS[c]  # an unknown name: one line listing the codecs
+        if not codec.still:
+            raise EdgepipeError(f"codec {c} does not code single images; choose from {', '.join(STILL_CODECS)}")
+        codec.check_available()
         probe = np.zeros((64, 64, 3), np.uint8)
-        if c == "hevc":
-            from edgepipe.media.codecs import check_hevc_support
-
-            check_hevc_support()
         try:
-            decode_image(c, encode_image(c, probe, {"jpeg": 50, "jpeg2000": 100, "jpeg2000-db": 30, "hevc": 30}[c]), 64, 64)
+            codec.decode(codec.encode(probe, codec.default_setting, None), 64, 64)
         except EdgepipeError:
             raise
         except Exception as exc:
@@ -420,7 +419,7 @@ class Runner:
 
     # the protocol --------------------------------------------------------------------------------
     def run(self) -> Evaluation:
-        from edgepipe.evaluation.points import CANDIDATES, Candidate, calibration_size, select_points
+        from edgepipe.evaluation.points import Candidate, calibration_size, candidate_settings, select_points
 
         t0 = time.time()
         anchor = next(p for p in self.pres if p.label == "none")
@@ -428,7 +427,7 @@ class Runner:
             # 1. operating points from the anchor on the first images of the shuffled list
             n_cal = calibration_size(len(self.items))
             cal_chunks = range(math.ceil(n_cal / CHUNK))
-            cal_settings = [(c, q) for c in self.codecs for q in CANDIDATES[c]] + [RAW]
+            cal_settings = [(c, q) for c in self.codecs for q in candidate_settings(c)] + [RAW]
             if self.cached_only:
                 cal_chunks = range(self._complete_prefix([(anchor, cal_settings)], len(cal_chunks)))
                 if not len(cal_chunks):
@@ -443,7 +442,7 @@ class Runner:
             candidates, points = {}, {}
             for codec in self.codecs:
                 cands = []
-                for q in CANDIDATES[codec]:
+                for q in candidate_settings(codec):
                     r = self._gather(anchor, (codec, q), cal_chunks)
                     cands.append(Candidate(q, float(np.nanmean(r.bpp[ok])), float(r.correct[ok].mean())))
                 candidates[codec] = cands

@@ -51,6 +51,9 @@ _CLOCK = struct.Struct("<ddB")  # version 3: media_time, duration, clock
 # the default rate of folders and images (frames.DEFAULT_FPS).
 CLOCKS = ("live", "timestamps", "fps", "default-fps")
 MAX_FRAME_DURATION = 3600.0  # seconds of stream clock one frame may stand for
+# The wire's codec numbers: a contract with every monitor already deployed, so they are written out here, with
+# the format, and never renumbered. Each codec module (edgepipe/media/codecs/) registers its own as `wire_id`;
+# transport may not import media, so tests/media/test_codec_registry.py holds the two equal.
 CODEC_IDS = {"hevc": 1, "jpeg": 2, "jpeg2000": 3}
 CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
 MAX_PAYLOAD = 64 * 1024 * 1024  # larger parts are rejected unread

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.evaluation.points import CANDIDATES, Candidate, select_points
+from edgepipe.evaluation.points import Candidate, candidate_settings, select_points
 from edgepipe.media.codecs import bits_per_pixel, encode_image
 
 # anchor mean bpp and top-1 of a made-up codec, low rate to high rate
@@ -42,10 +42,11 @@ def test_equal_rates_count_once_and_too_few_is_an_error():
 
 
 def test_candidate_grids_are_ordered_low_to_high_rate():
-    assert list(CANDIDATES["jpeg"]) == sorted(CANDIDATES["jpeg"])
-    assert list(CANDIDATES["jpeg2000"]) == sorted(CANDIDATES["jpeg2000"])
-    assert list(CANDIDATES["jpeg2000-db"]) == sorted(CANDIDATES["jpeg2000-db"])  # target PSNR: higher = more bits
-    assert list(CANDIDATES["hevc"]) == sorted(CANDIDATES["hevc"], reverse=True)  # QP: lower = more bits
+    grid = {codec: list(candidate_settings(codec)) for codec in ("jpeg", "jpeg2000", "jpeg2000-db", "hevc")}
+    assert grid["jpeg"] == sorted(grid["jpeg"])
+    assert grid["jpeg2000"] == sorted(grid["jpeg2000"])
+    assert grid["jpeg2000-db"] == sorted(grid["jpeg2000-db"])  # target PSNR: higher = more bits
+    assert grid["hevc"] == sorted(grid["hevc"], reverse=True)  # QP: lower = more bits
 
 
 def test_bpp_is_bytes_times_8_over_pixels(tmp_path, imagenette_val):
@@ -72,12 +73,12 @@ def test_hevc_stream_carries_no_encoder_banner():
 
 
 def test_every_still_codec_has_candidates_titles_and_a_probe_setting():
-    from edgepipe.evaluation.report import CODEC_TITLES, SETTING_NAMES, paper_bd
+    from edgepipe.evaluation.report import codec_title, paper_bd
     from edgepipe.evaluation.runner import check_codecs
-    from edgepipe.media.codecs import STILL_CODECS
+    from edgepipe.media.codecs import CODECS, STILL_CODECS
 
     for codec in STILL_CODECS:
-        assert codec in CANDIDATES and codec in CODEC_TITLES and codec in SETTING_NAMES
+        assert candidate_settings(codec) and codec_title(codec) and CODECS[codec].setting.report_name
     assert check_codecs(["jpeg2000-db", "jpeg2000"]) == ["jpeg2000-db", "jpeg2000"]
     # the paper has one JPEG 2000 column: both of our JPEG 2000 modes are set against it
     assert paper_bd("ours", "jpeg2000-db") == paper_bd("ours", "jpeg2000") == -17.8

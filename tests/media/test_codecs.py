@@ -161,17 +161,17 @@ def test_smoothing_saves_bits_only_in_the_quality_driven_mode(images):
 def test_jpeg2000_db_errors_are_clear(image, monkeypatch):
     import PIL.features
 
-    from edgepipe.media import codecs
+    from edgepipe.media.codecs import jpeg2000
 
     with pytest.raises(EdgepipeError, match="target PSNR in dB"):
         encode_image("jpeg2000-db", image, 0)
     with pytest.raises(ValueError, match="undecodable jpeg2000-db"):
         decode_image("jpeg2000-db", b"garbage")
-    codecs._pillow_jpeg2000.cache_clear()
+    jpeg2000._pillow_jpeg2000.cache_clear()
     monkeypatch.setattr(PIL.features, "check", lambda name: False)
     try:
         with pytest.raises(EdgepipeError, match="without JPEG 2000 \\(OpenJPEG\\) support") as err:
             encode_image("jpeg2000-db", image, 30)
         assert "\n" not in str(err.value)
     finally:
-        codecs._pillow_jpeg2000.cache_clear()
+        jpeg2000._pillow_jpeg2000.cache_clear()

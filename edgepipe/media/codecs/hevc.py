@@ -1,51 +1,28 @@
-"""Real codecs: HEVC through PyAV (libx265, or hevc_nvenc on NVIDIA), JPEG and JPEG 2000 through OpenCV,
-and a quality-driven JPEG 2000 through Pillow (OpenJPEG).
+"""HEVC through PyAV: libx265 on the CPU, or hevc_nvenc on NVIDIA GPUs.
 
-Two JPEG 2000 modes, both OpenJPEG writing a .jp2 file with one quality layer:
-- "jpeg2000" is OpenCV's writer. It targets a *rate* (compression x1000), so the bits spent do not
-  depend on the content: a pre-transform cannot lower them, only change the distortion. OpenCV leaves
-  OpenJPEG's defaults: reversible 5/3 wavelet, no colour transform.
-- "jpeg2000-db" targets a *quality*: the layer stops at a PSNR in dB, so a smoother input reaches it
-  with fewer bits, as with a JPEG quality or an HEVC QP. Irreversible 9/7 wavelet and colour transform
-  (the usual lossy JPEG 2000).
-
-Every encoder reports the exact size in bytes of each encoded frame; bits per pixel are computed from
-those sizes and nothing else. Frames are uint8 RGB (H, W, 3).
+A low-latency stream encoder for the capture loop (one packet out per frame in, no B-frames, keyframes
+on demand), its decoder, and single intra-coded images for evaluation. Every encoder reports the exact size
+in bytes of each encoded frame; frames are uint8 RGB (H, W, 3), converted to 4:2:0 with OpenCV's BT.601.
 """
 from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
 from fractions import Fraction
 
 import cv2
 import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.media.codecs.base import Codec, EncodedFrame, QualitySetting, register_codec
 
 log = logging.getLogger(__name__)
 
 HEVC_ENCODERS = ("libx265", "hevc_nvenc")
-STILL_CODECS = ("jpeg", "jpeg2000", "jpeg2000-db", "hevc")
 X265_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                 "placebo")
-# What each codec's one number means and accepts: HEVC QP (and CRF), JPEG quality, OpenCV's
-# IMWRITE_JPEG2000_COMPRESSION_X1000 (OpenCV replaces anything outside 1..1000 by 1, with a warning each frame).
-SETTING_RANGES = {"hevc": ("QP", 0, 51), "jpeg": ("quality", 1, 100), "jpeg2000": ("compression x1000", 1, 1000),
-                  "jpeg2000-db": ("target dB", 1, 100)}  # stills only (eval, preview): not a stream codec
+SETTING = QualitySetting("QP", 0, 51, report_name="QP")
 CRF_RANGE = (0, 51)
-
-
-@dataclass(frozen=True)
-class EncodedFrame:
-    data: bytes
-    keyframe: bool
-    pts: int
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
 
 
 def _pad_even(frame: np.ndarray) -> np.ndarray:
@@ -109,13 +86,6 @@ def resolve_encoder(encoder: str) -> str:
     return "libx265"
 
 
-def check_setting(codec: str, value: float) -> None:
-    """One line naming the accepted range when a QP / quality / compression is out of it."""
-    meaning, low, high = SETTING_RANGES[codec]
-    if not low <= value <= high:
-        raise EdgepipeError(f"{codec} {meaning} must be {low}..{high}, got {value:g}")
-
-
 def check_hevc_options(preset: str, crf: float | None, encoder: str) -> None:
     if encoder == "libx265" and preset not in X265_PRESETS:
         raise EdgepipeError(f"unknown libx265 preset {preset!r}; choose one of {', '.join(X265_PRESETS)}")
@@ -139,7 +109,7 @@ class HevcEncoder:
         if (qp is None) == (crf is None):
             raise EdgepipeError("give exactly one of qp or crf")
         if qp is not None:
-            check_setting("hevc", qp)
+            SETTING.check("hevc", qp)
         check_hevc_options(preset, crf, encoder)
         self.width, self.height = width, height
         self.qp, self.crf, self.gop, self.encoder = qp, crf, gop, encoder
@@ -215,89 +185,27 @@ class HevcDecoder:
         return out
 
 
-# --- still images -------------------------------------------------------------------------------
+# --- single images (intra) ----------------------------------------------------------------------
 
-@functools.cache
-def _pillow_jpeg2000():
-    """Pillow's Image module, after checking it was built with OpenJPEG (one-line error otherwise)."""
-    try:
-        import PIL
-        from PIL import Image, features
-    except ImportError:
-        raise EdgepipeError("codec jpeg2000-db needs Pillow with OpenJPEG: pip install 'pillow>=10'") from None
-    if not features.check("jpg_2000"):
-        raise EdgepipeError(f"this Pillow ({PIL.__version__}) was built without JPEG 2000 (OpenJPEG) support, "
-                            "which codec jpeg2000-db needs: install a Pillow wheel from PyPI or rebuild with libopenjp2")
-    return Image
+def encode_still(image: np.ndarray, qp: float, threads: int | None = None) -> bytes:
+    """One intra frame at QP, preset medium (as evaluation has always coded it)."""
+    h, w = image.shape[:2]
+    enc = HevcEncoder(w, h, qp=int(qp), gop=0, preset="medium", threads=threads)
+    packets = enc.encode(image) + enc.flush()
+    return b"".join(p.data for p in packets)
 
 
-def _encode_jpeg2000_db(image: np.ndarray, psnr_db: float) -> bytes:
-    import io
-
-    if not psnr_db > 0:
-        raise EdgepipeError(f"jpeg2000-db setting is a target PSNR in dB and must be positive, got {psnr_db}")
-    Image = _pillow_jpeg2000()
-    buf = io.BytesIO()
-    # quality_mode dB: OpenJPEG truncates the code-blocks where its distortion estimate reaches this
-    # PSNR. mct=1: colour transform (Pillow's default is none, ~30 % more bytes for RGB).
-    Image.fromarray(np.ascontiguousarray(image)).save(
-        buf, "JPEG2000", quality_mode="dB", quality_layers=[float(psnr_db)], irreversible=True, mct=1)
-    return buf.getvalue()
+def decode_still(data: bytes, width: int | None = None, height: int | None = None) -> np.ndarray:
+    frames = HevcDecoder().decode(data, width, height)
+    if not frames:
+        raise ValueError(f"undecodable hevc payload ({len(data)} bytes)")
+    return frames[0]
 
 
-def _decode_jpeg2000_db(data: bytes) -> np.ndarray:
-    import io
-
-    Image = _pillow_jpeg2000()
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB")).copy()
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ValueError(f"undecodable jpeg2000-db payload ({len(data)} bytes): {exc}") from None
-
-
-def encode_image(codec: str, image: np.ndarray, quality: float, threads: int | None = None) -> bytes:
-    """Encode one RGB image. quality: JPEG quality 1..100; JPEG 2000 compression x1000 (OpenCV's
-    IMWRITE_JPEG2000_COMPRESSION_X1000, a target rate); jpeg2000-db: target PSNR in dB of the single
-    quality layer; HEVC intra QP 0..51. Higher = more bits for all but HEVC (lower QP = more bits)."""
-
-    if codec == "jpeg2000-db":
-        return _encode_jpeg2000_db(image, quality)
-    if codec in ("jpeg", "jpeg2000"):
-        check_setting(codec, quality)
-    if codec == "jpeg":
-        ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    elif codec == "jpeg2000":
-        ok, buf = cv2.imencode(".jp2", image[..., ::-1], [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, int(quality)])
-    elif codec == "hevc":
-        h, w = image.shape[:2]
-        enc = HevcEncoder(w, h, qp=int(quality), gop=0, preset="medium", threads=threads)
-        packets = enc.encode(image) + enc.flush()
-        return b"".join(p.data for p in packets)
-    else:
-        raise EdgepipeError(f"unknown codec {codec!r}; choose one of {', '.join(STILL_CODECS)}")
-    if not ok:
-        raise EdgepipeError(f"OpenCV could not encode {codec} (is it in this OpenCV build?)")
-    return buf.tobytes()
-
-
-def decode_image(codec: str, data: bytes, width: int | None = None, height: int | None = None) -> np.ndarray:
-
-    if codec == "jpeg2000-db":
-        return _decode_jpeg2000_db(data)
-    if codec in ("jpeg", "jpeg2000"):
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"undecodable {codec} payload ({len(data)} bytes)")
-        return np.ascontiguousarray(bgr[..., ::-1])
-    if codec == "hevc":
-        frames = HevcDecoder().decode(data, width, height)
-        if not frames:
-            raise ValueError(f"undecodable hevc payload ({len(data)} bytes)")
-        return frames[0]
-    raise EdgepipeError(f"unknown codec {codec!r}; choose one of {', '.join(STILL_CODECS)}")
-
-
-def bits_per_pixel(num_bytes: int, width: int, height: int) -> float:
-    """bpp = encoded bytes x 8 / pixels of the coded image."""
-    return num_bytes * 8.0 / (width * height)
+HEVC = register_codec(Codec(
+    name="hevc", title="HEVC intra", setting=SETTING, caption="HEVC QP {}", default_setting=37,
+    encode=encode_still, decode=decode_still, wire_id=1, stream_encoder=HevcEncoder, crf_range=CRF_RANGE,
+    check_available=check_hevc_support,
+    # libx265 intra QP, preset medium, at 224x224: QP 51 ~0.10 bpp, QP 30 ~1.4 bpp
+    candidates=(51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29),
+))
