@@ -13,6 +13,7 @@ from edgepipe.commands.options import (
     stop_on_signals,
     write_json,
 )
+from edgepipe.engines import describe_specs
 from edgepipe.media.codecs import CODECS, HEVC_ENCODERS, STREAM_CODECS, X265_PRESETS
 from edgepipe.ops.config import config_option
 
@@ -26,8 +27,7 @@ def _setting_help() -> str:
 @click.command()
 @config_option
 @click.option("--source", required=True, help="/dev/video0 or an index, rtsp://..., a video file, or folder:PATH.")
-@click.option("--engine", default="none", show_default=True,
-              help="Pre-transform: a .onnx, .pt or .plan file, a shipped model name (ours), or none.")
+@click.option("--engine", default="none", show_default=True, help=f"Pre-transform: {describe_specs()}.")
 @click.option("--publish", required=True, help="ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:5555.")
 @click.option("--control", default=None,
               help="Endpoint to bind for keyframe requests from monitors, e.g. tcp://0.0.0.0:5556.")

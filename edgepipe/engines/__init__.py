@@ -1,45 +1,27 @@
-"""Pre-transform engines, chosen by the model file's suffix (see `load_engine`)."""
+"""Runtime pre-transforms, one module per kind, each registered in `ENGINES` (registry.py):
+
+    base.py             the Engine interface and `none` (identity)
+    onnx_engine.py      `.onnx` files and shipped model names: ONNX Runtime
+    torch_engine.py     `.pt` / `.pth` ED checkpoints: PyTorch
+    tensorrt_engine.py  `.plan` / `.engine` files: TensorRT (built offline by edgepipe.tensorrt)
+    tvl1.py             `tvl1[:LAMBDA]`: the classical TV-L1 baseline
+
+`load_engine(spec)` is the one way in. A new kind is one module that calls `register_engine`, and its
+import below. Heavy packages (onnxruntime, torch, tensorrt) are imported only when an engine loads.
+"""
 from __future__ import annotations
 
-from pathlib import Path
-
-from edgepipe.core.errors import EdgepipeError
+from edgepipe.engines import onnx_engine, tensorrt_engine, torch_engine, tvl1  # noqa: F401  (they register)
 from edgepipe.engines.base import Engine, IdentityEngine
+from edgepipe.engines.registry import (
+    ENGINES,
+    EngineKind,
+    describe_specs,
+    load_engine,
+    parse_spec,
+    register_engine,
+    resolve_model,
+)
 
-__all__ = ["Engine", "IdentityEngine", "load_engine", "resolve_model"]
-
-
-def resolve_model(spec: str) -> Path:
-    """A model path, or the name of a model shipped in edgepipe/data/models (e.g. `ours`)."""
-    path = Path(spec)
-    if path.exists() or path.suffix:
-        return path
-    from importlib import resources
-
-    shipped = Path(str(resources.files("edgepipe.data"))) / "models" / f"{spec}.onnx"
-    if shipped.exists():
-        return shipped
-    raise EdgepipeError(f"model not found: {spec!r} is neither a file nor a shipped model name")
-
-
-def load_engine(spec: str | None) -> Engine:
-    """`none` -> no pre-transform; `.onnx` -> ONNX Runtime; `.pt`/`.pth` -> PyTorch; `.plan` -> TensorRT."""
-    if spec is None or spec == "none":
-        return IdentityEngine()
-    path = resolve_model(spec)
-    if not path.is_file():
-        raise EdgepipeError(f"model file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from edgepipe.engines.onnx_engine import OnnxEngine
-
-        return OnnxEngine(path)
-    if suffix in (".pt", ".pth"):
-        from edgepipe.engines.torch_engine import TorchEngine
-
-        return TorchEngine(path)
-    if suffix in (".plan", ".engine"):
-        from edgepipe.engines.tensorrt_engine import TensorRTEngine  # lazy: tensorrt is optional
-
-        return TensorRTEngine(path)
-    raise EdgepipeError(f"unknown model type {suffix!r} for {path}: use .onnx, .pt/.pth, .plan or 'none'")
+__all__ = ["ENGINES", "Engine", "EngineKind", "IdentityEngine", "describe_specs", "load_engine", "parse_spec",
+           "register_engine", "resolve_model"]

@@ -12,6 +12,9 @@ from typing import Protocol
 
 import numpy as np
 
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.engines.registry import EngineKind, register_engine
+
 
 class Engine(Protocol):
     model_id: str  # travels in the stream header, so the server knows what made the frames
@@ -63,3 +66,12 @@ class IdentityEngine:
 
     def close(self) -> None:
         pass
+
+
+def _load_identity(argument: str | None, threads: int | None) -> IdentityEngine:
+    if argument is not None:
+        raise EdgepipeError(f"engine none takes no parameters, got 'none:{argument}'")
+    return IdentityEngine()
+
+
+register_engine(EngineKind("none", _load_identity))

@@ -8,6 +8,7 @@ import numpy as np
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import sha256_file
 from edgepipe.engines.base import from_model_output, to_model_input, weights_id
+from edgepipe.engines.registry import EngineKind, register_engine
 
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -56,3 +57,6 @@ class OnnxEngine:
 
     def close(self) -> None:
         self._session = None
+
+
+register_engine(EngineKind("onnx", lambda path, threads: OnnxEngine(path, threads=threads), suffixes=(".onnx",)))

@@ -23,6 +23,7 @@ import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.engines.base import from_model_output, to_model_input
+from edgepipe.engines.registry import EngineKind, register_engine
 
 log = logging.getLogger(__name__)
 
@@ -260,3 +261,7 @@ class TensorRTEngine:
                 self.close()
         except Exception:
             pass
+
+
+# Importing this module needs no TensorRT: the engine imports it when a plan is loaded.
+register_engine(EngineKind("tensorrt", lambda path, threads: TensorRTEngine(path), suffixes=(".plan", ".engine")))

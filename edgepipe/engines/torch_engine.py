@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe.engines.base import from_model_output, to_model_input, weights_id
+from edgepipe.engines.registry import EngineKind, register_engine
 
 
 class TorchEngine:
@@ -31,3 +32,7 @@ class TorchEngine:
 
     def close(self) -> None:
         self._model = None
+
+
+# threads: PyTorch's own pool is set process-wide (torch.set_num_threads) by whoever owns the process.
+register_engine(EngineKind("torch", lambda path, threads: TorchEngine(path), suffixes=(".pt", ".pth")))

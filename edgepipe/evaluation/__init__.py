@@ -1,3 +1,4 @@
 """Offline evaluation (`edgepipe eval`): accuracy-vs-bpp curves and BD-Rate(accuracy) tables that
-reproduce Suzuki et al., ICIP 2019. bdrate: the BD metrics; points: operating points; tvl1: the
-TV-L1 baseline; runner: the cached, parallel computation; report: CSV, markdown and plot."""
+reproduce Suzuki et al., ICIP 2019. bdrate: the BD metrics; points: operating points; runner: the cached,
+parallel computation; report: CSV, markdown and plot; preview: one picture of one image. Pre-transforms
+(TV-L1 included) come from edgepipe.engines, codecs from edgepipe.media.codecs."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from edgepipe.engines import describe_specs
 from edgepipe.media.codecs import CODECS, STILL_CODECS
 from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, VIEWS
 
@@ -26,7 +27,7 @@ def _split(value: str) -> list[str]:
               help="Frozen recognizer (vgg16 needs --weights).")
 @click.option("--weights", default=None, type=click.Path(dir_okay=False), help="Recognizer weights (vgg16 needs them).")
 @click.option("--pre", "pre", default="none,tvl1", show_default=True,
-              help="Comma list: none, tvl1 (or tvl1:LAMBDA), model files or shipped model names (ours, palacio, ...).")
+              help=f"Comma list of pre-transforms, each {describe_specs()}.")
 @click.option("--codec", "codec", default="jpeg,jpeg2000,hevc", show_default=True,
               help="Comma list of " + ", ".join(f"{name} [{CODECS[name].title}]" for name in STILL_CODECS) + ".")
 @click.option("--points", default=4, show_default=True, type=int, help="Operating points per codec (paper: 4; 6 as a robustness check).")

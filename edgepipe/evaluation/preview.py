@@ -3,7 +3,7 @@
     original | ED output | ED output after the codec | original after the codec alone
 
 Every number comes from the code the evaluation uses: the engine from `runner.resolve_pres` /
-`runner.load_pre`, the codec round trip from `media.codecs.encode_image` / `decode_image` (intra,
+`engines.load_engine`, the codec round trip from `media.codecs.encode_image` / `decode_image` (intra,
 single-threaded as in `edgepipe eval`, so the bytes are the ones the evaluation counts), PSNR against
 the original from `runner.psnr`, top-5 from `recognition.Classifier` with the names in `labels`.
 Metrics are computed on the frames at their own size; only the picture scales them for display.
@@ -165,7 +165,8 @@ def top_k(logits: np.ndarray, k: int = TOP_K) -> list[tuple[int, str, float]]:
 def make_preview(source: str | Path, engine: str = "none", codec: str = "hevc", quality: int | None = None,
                  frame: int | None = None, recognizer: str | None = None, weights: str | None = None) -> Preview:
     """Validate everything (one-line EdgepipeError), then measure the four panels."""
-    from edgepipe.evaluation.runner import check_codecs, load_pre, resolve_pres
+    from edgepipe.engines import load_engine
+    from edgepipe.evaluation.runner import check_codecs, resolve_pres
     from edgepipe.media.codecs import bits_per_pixel
     from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, Classifier
 
@@ -185,7 +186,7 @@ def make_preview(source: str | Path, engine: str = "none", codec: str = "hevc", 
     pre = resolve_pres([engine or "none"])[-1]  # loads and probe-runs a model; 'none' comes first
     classifier = Classifier(recognizer, weights, batch_size=TOP_K, view="centre-crop")  # as the monitor sees it
 
-    ed = load_pre(pre.spec)
+    ed = load_engine(pre.spec)
     try:
         out = ed.run(image[None])
     finally:

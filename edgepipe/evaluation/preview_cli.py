@@ -5,6 +5,7 @@ import json
 
 import click
 
+from edgepipe.engines import describe_specs
 from edgepipe.media.codecs import CODECS, STILL_CODECS
 from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS
 
@@ -18,7 +19,7 @@ def _setting_help() -> str:
 @click.command("preview")
 @click.argument("source", metavar="IMAGE|VIDEO", type=click.Path(dir_okay=True))
 @click.option("--engine", default="none", show_default=True,
-              help="Pre-transform: a .onnx or .pt file, a shipped model name (ours, ours-fast, ...), tvl1, or none.")
+              help=f"Pre-transform: {describe_specs()}.")
 @click.option("-o", "--out", required=True, type=click.Path(), help="The PNG to write (its folder must exist).")
 @click.option("--codec", type=click.Choice(STILL_CODECS), default="hevc",
               show_default=True, help="The still codec, coded as `edgepipe eval` codes it.")

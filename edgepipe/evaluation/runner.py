@@ -31,6 +31,7 @@ from edgepipe.core.datasets import LabelledImage, list_labelled_images, read_rgb
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.fidelity import psnr
 from edgepipe.core.files import atomic_path, sha256_file
+from edgepipe.engines import load_engine, parse_spec
 from edgepipe.media.codecs import CODECS, STILL_CODECS, bits_per_pixel, decode_image, encode_image
 
 log = logging.getLogger(__name__)
@@ -52,68 +53,42 @@ class PreSpec:
     identity: str   # what makes its outputs what they are (for the cache key)
 
 
-def _parse_tvl1(spec: str) -> float:
-    from edgepipe.evaluation.tvl1 import DEFAULT_LAMBDA
-
-    if spec == "tvl1":
-        return DEFAULT_LAMBDA
+def _probe(spec: str, engine) -> None:
+    """A pre-transform must run on a small RGB frame and give one of the same shape back, before any work."""
     try:
-        lam = float(spec.split(":", 1)[1])
-    except ValueError:
-        raise EdgepipeError(f"bad TV-L1 weight in {spec!r}: use tvl1 or tvl1:LAMBDA, e.g. tvl1:1.0") from None
-    if not lam > 0:
-        raise EdgepipeError(f"TV-L1 weight must be positive, got {spec!r}")
-    return lam
-
-
-def load_pre(spec: str, threads: int | None = None):
-    """The engine for one --pre entry (none, tvl1[:LAMBDA], a model file or shipped model name)."""
-    if spec == "tvl1" or spec.startswith("tvl1:"):
-        from edgepipe.evaluation.tvl1 import TVL1Engine
-
-        return TVL1Engine(_parse_tvl1(spec))
-    if spec != "none" and spec.lower().endswith(".onnx") and threads:
-        from edgepipe.engines.onnx_engine import OnnxEngine
-
-        return OnnxEngine(spec, threads=threads)
-    from edgepipe.engines import load_engine
-
-    return load_engine(spec)
+        probe = np.full((1, 64, 64, 3), 128, np.uint8)
+        y = engine.run(probe)
+    except EdgepipeError:
+        raise
+    except Exception as exc:
+        raise EdgepipeError(f"{spec} loads but does not run on a 64x64 RGB frame: {str(exc).splitlines()[0][:200]}") from None
+    finally:
+        engine.close()
+    if not isinstance(y, np.ndarray) or y.shape != probe.shape or y.dtype != np.uint8:
+        raise EdgepipeError(f"{spec}: a pre-transform must return frames of the input's shape, "
+                            f"got {getattr(y, 'shape', None)} for {probe.shape}")
 
 
 def resolve_pres(specs: Iterable[str]) -> list[PreSpec]:
-    """Validate every --pre entry up front (a model that does not load or run fails here, in one line)."""
-    from edgepipe.engines import resolve_model
-    from edgepipe.evaluation.tvl1 import DEFAULT_ITERATIONS
+    """Validate every --pre entry (an engine spec, as `capture --engine` takes) up front: a model that does not
+    load or run fails here, in one line.
 
+    The cache identity of a model file is its suffix and content hash; a kind chosen by name (none, tvl1:1.5)
+    has no file, and its engine's model_id names its parameters (`tvl1-lam1.5-it100`)."""
     out: list[PreSpec] = []
     for spec in specs:
         spec = spec.strip()
         if not spec:
             continue
-        if spec == "none":
-            out.append(PreSpec("none", "none", "none"))
+        kind, argument = parse_spec(spec)
+        if not kind.suffixes:
+            engine = kind.load(argument, None)
+            identity = engine.model_id
+            _probe(spec, engine)
+            out.append(PreSpec(spec, spec, identity))
             continue
-        if spec == "tvl1" or spec.startswith("tvl1:"):
-            lam = _parse_tvl1(spec)
-            out.append(PreSpec(spec, spec, f"tvl1-lam{lam:g}-it{DEFAULT_ITERATIONS}"))
-            continue
-        path = resolve_model(spec)
-        if not path.is_file():
-            raise EdgepipeError(f"model file not found: {path}")
-        engine = load_pre(str(path))  # raises EdgepipeError for files that do not load
-        try:
-            probe = np.full((1, 64, 64, 3), 128, np.uint8)
-            y = engine.run(probe)
-        except EdgepipeError:
-            raise
-        except Exception as exc:
-            raise EdgepipeError(f"{path} loads but does not run on a 64x64 RGB frame: {str(exc).splitlines()[0][:200]}") from None
-        finally:
-            engine.close()
-        if not isinstance(y, np.ndarray) or y.shape != probe.shape or y.dtype != np.uint8:
-            raise EdgepipeError(f"{path}: a pre-transform must return frames of the input's shape, "
-                                f"got {getattr(y, 'shape', None)} for {probe.shape}")
+        path = Path(argument)
+        _probe(str(path), kind.load(str(path), None))  # raises EdgepipeError for files that do not load
         out.append(PreSpec(path.stem, str(path.resolve()), f"{path.suffix}:{sha256_file(path)}"))
     labels = [p.label for p in out]
     if len(set(labels)) != len(labels):
@@ -209,8 +184,13 @@ class _Worker:
 
     def engine(self, spec: str):
         if spec not in self.engines:
-            self.engines[spec] = load_pre(spec, self.threads)
+            self.engines[spec] = load_engine(spec, self.threads)
         return self.engines[spec]
+
+    @staticmethod
+    def batch_size(spec: str) -> int:
+        """Frames per run() call: what the engine's kind prefers (TV-L1: one, cache-sized; models: batches)."""
+        return parse_spec(spec)[0].preferred_batch
 
     def _by_shape(self, images: list[np.ndarray | None]) -> dict[tuple, list[int]]:
         groups: dict[tuple, list[int]] = {}
@@ -224,8 +204,7 @@ class _Worker:
             return images
         engine = self.engine(spec)
         out: list[np.ndarray | None] = [None] * len(images)
-        # TV-L1 is fastest one image at a time (cache-sized arrays); models like batches.
-        batch = 1 if spec.startswith("tvl1") else 16
+        batch = self.batch_size(spec)
         for shape, idx in self._by_shape(images).items():
             for s in range(0, len(idx), batch):
                 part = idx[s:s + batch]

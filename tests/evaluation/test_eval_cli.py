@@ -166,3 +166,35 @@ def test_interrupted_run_is_reported_on_its_complete_chunks(small_val_folder, tm
     key = ("tvl1", "jpeg", q)
     np.testing.assert_array_equal(again.results[key].correct, full.results[key].correct)
     np.testing.assert_allclose(again.results[key].bpp, full.results[key].bpp)
+
+
+def test_pre_transform_cache_identities_are_unchanged(tmp_path):
+    """Evaluation caches under runs/ are keyed with these: a model file by suffix and content, a kind chosen by
+    name by its engine's model id. Loading through the engine registry must give the same strings."""
+    import hashlib
+
+    from edgepipe.engines import resolve_model
+    from edgepipe.evaluation.runner import resolve_pres
+
+    ident = tmp_path / "ident.onnx"
+    _identity_onnx(ident)
+    ours = resolve_model("ours")
+    pres = resolve_pres(["none", "tvl1", "tvl1:1", "tvl1:0.5", "ours", str(ident)])
+    assert [(p.label, p.identity) for p in pres] == [
+        ("none", "none"), ("tvl1", "tvl1-lam2-it100"), ("tvl1:1", "tvl1-lam1-it100"),
+        ("tvl1:0.5", "tvl1-lam0.5-it100"), ("ours", ".onnx:" + hashlib.sha256(ours.read_bytes()).hexdigest()),
+        ("ident", ".onnx:" + hashlib.sha256(ident.read_bytes()).hexdigest())]
+    assert [p.spec for p in pres] == ["none", "tvl1", "tvl1:1", "tvl1:0.5", str(ours.resolve()), str(ident.resolve())]
+    assert resolve_pres(["tvl1"])[0] == pres[0]  # the anchor is added in front when not asked for
+
+
+def test_tvl1_with_a_weight_end_to_end(small_val_folder, tmp_path):
+    out = tmp_path / "out"
+    res = _eval("--data", str(small_val_folder), "--pre", "tvl1:1.5", "--codec", "jpeg", "--limit", "6",
+                "--points", "2", "--jobs", "1", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    rows = _rows(out / "results.csv")
+    assert [r["pre"] for r in rows] == ["none", "none", "tvl1:1.5", "tvl1:1.5"]
+    assert json.loads((out / "run.json").read_text())["pre"] == {"none": "none", "tvl1:1.5": "tvl1-lam1.5-it100"}
+    smoothed = {r["quality"]: float(r["psnr_db"]) for r in rows if r["pre"] == "tvl1:1.5"}
+    assert all(smoothed[r["quality"]] < float(r["psnr_db"]) for r in rows if r["pre"] == "none")  # it filtered

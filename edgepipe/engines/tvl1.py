@@ -1,4 +1,4 @@
-"""TV-L1 denoising, the classical baseline pre-filter of the reference paper.
+"""TV-L1 denoising, the classical baseline pre-filter of the reference paper: engine `tvl1` or `tvl1:LAMBDA`.
 
 Solves  min_u  TV(u) + lam * ||u - f||_1  per colour channel (Le Guen, "Cartoon + Texture Image
 Decomposition by the TV-L1 Model", IPOL 2014) with the Chambolle-Pock primal-dual algorithm
@@ -22,6 +22,9 @@ vectorised NumPy version (works on a whole batch at once).
 from __future__ import annotations
 
 import numpy as np
+
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.engines.registry import EngineKind, register_engine
 
 DEFAULT_LAMBDA = 2.0
 DEFAULT_ITERATIONS = 100
@@ -92,7 +95,7 @@ def tvl1_rgb(frames: np.ndarray, lam: float = DEFAULT_LAMBDA,
 
 
 class TVL1Engine:
-    """Engine interface (see edgepipe.engines.base) around tvl1_rgb."""
+    """Engine interface (see edgepipe.engines.base) around tvl1_rgb; its model_id names both parameters."""
 
     def __init__(self, lam: float = DEFAULT_LAMBDA, iterations: int = DEFAULT_ITERATIONS):
         self.lam, self.iterations = float(lam), int(iterations)
@@ -103,3 +106,20 @@ class TVL1Engine:
 
     def close(self) -> None:
         pass
+
+
+def parse_lambda(parameters: str | None) -> float:
+    """The weight of `tvl1:LAMBDA` (None: plain `tvl1`, the default weight)."""
+    if parameters is None:
+        return DEFAULT_LAMBDA
+    try:
+        lam = float(parameters)
+    except ValueError:
+        raise EdgepipeError(f"bad TV-L1 weight in 'tvl1:{parameters}': use tvl1 or tvl1:LAMBDA, e.g. tvl1:1.0") from None
+    if not lam > 0:
+        raise EdgepipeError(f"TV-L1 weight must be positive, got 'tvl1:{parameters}'")
+    return lam
+
+
+register_engine(EngineKind("tvl1", lambda parameters, threads: TVL1Engine(parse_lambda(parameters)),
+                           spec="tvl1[:LAMBDA]", preferred_batch=1))

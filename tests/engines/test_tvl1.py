@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgepipe.evaluation.tvl1 import TVL1Engine, total_variation, tvl1, tvl1_rgb
+from edgepipe.engines.tvl1 import TVL1Engine, total_variation, tvl1, tvl1_rgb
 
 
 def _disc(radius: float, size: int = 64) -> np.ndarray:

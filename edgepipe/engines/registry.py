@@ -1,0 +1,95 @@
+"""Engine kinds by name, and the one dispatcher from a spec (an `--engine` or `--pre` value) to a loaded engine.
+
+A spec is either a kind chosen by name, `NAME` or `NAME:PARAMETERS` (`none`, `tvl1`, `tvl1:1.5`), or a model
+file, or the name of a model shipped in edgepipe/data/models (`ours`), whose suffix picks the kind (`.onnx`:
+ONNX Runtime, `.pt`: PyTorch, `.plan`: TensorRT). Each engine module registers its kind; capture, the demo,
+preview and evaluation all load through `load_engine`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.registry import Registry
+
+if TYPE_CHECKING:
+    from edgepipe.engines.base import Engine
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    """How one kind of pre-transform is named and loaded.
+
+    A kind with `suffixes` runs model files; one without is chosen by its name and has no file to hash, so its
+    engines' `model_id` must name every parameter their output depends on (evaluation caches results under it).
+    """
+
+    name: str
+    # (argument, threads) -> engine. argument: the model file's path; for a kind chosen by name, the text
+    # after "NAME:" (None when the spec is just NAME). threads: a CPU thread budget the engine may ignore.
+    load: Callable[[str | None, int | None], Engine]
+    suffixes: tuple[str, ...] = ()  # model files it runs, lower case (".onnx")
+    spec: str = ""                  # how a user names it in help text: "tvl1[:LAMBDA]"; default: its name
+    preferred_batch: int = 16       # frames per run() call in offline work (TV-L1 is fastest one at a time)
+
+
+ENGINES: Registry[EngineKind] = Registry("engine")
+
+
+def register_engine(kind: EngineKind) -> EngineKind:
+    return ENGINES.register(kind.name, kind)
+
+
+def resolve_model(spec: str) -> Path:
+    """A model path, or the name of a model shipped in edgepipe/data/models (e.g. `ours`)."""
+    path = Path(spec)
+    if path.exists() or path.suffix:
+        return path
+    from importlib import resources
+
+    shipped = Path(str(resources.files("edgepipe.data"))) / "models" / f"{spec}.onnx"
+    if shipped.exists():
+        return shipped
+    raise EdgepipeError(f"model not found: {spec!r} is neither a file nor a shipped model name")
+
+
+def _named(name: str) -> EngineKind | None:
+    """The kind chosen by this name (one without model files), or None."""
+    if name not in ENGINES:
+        return None
+    kind = ENGINES[name]
+    return None if kind.suffixes else kind
+
+
+def parse_spec(spec: str | None) -> tuple[EngineKind, str | None]:
+    """(kind, argument) for a spec; see the module's docstring. One-line errors for what cannot be loaded."""
+    if spec is None:
+        spec = "none"
+    name, colon, parameters = spec.partition(":")
+    kind = _named(name)
+    if kind is not None:
+        return kind, parameters if colon else None
+    path = resolve_model(spec)
+    if not path.is_file():
+        raise EdgepipeError(f"model file not found: {path}")
+    suffix = path.suffix.lower()
+    for kind in ENGINES.values():
+        if suffix in kind.suffixes:
+            return kind, str(path)
+    raise EdgepipeError(f"unknown model type {suffix!r} for {path}: use {describe_specs()}")
+
+
+def load_engine(spec: str | None, threads: int | None = None) -> Engine:
+    """The engine a spec names, loaded (`none` or None: no pre-transform)."""
+    kind, argument = parse_spec(spec)
+    return kind.load(argument, threads)
+
+
+def describe_specs() -> str:
+    """Every way to name a pre-transform, for help texts and errors."""
+    named = [k.spec or k.name for k in ENGINES.values() if not k.suffixes]
+    suffixes = [s for k in ENGINES.values() for s in k.suffixes]
+    return f"a model file ({', '.join(suffixes)}) or shipped model name (ours), or one of {', '.join(named)}"
