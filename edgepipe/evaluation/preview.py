@@ -168,14 +168,13 @@ def make_preview(source: str | Path, engine: str = "none", codec: str = "hevc", 
     from edgepipe.engines import load_engine
     from edgepipe.evaluation.runner import check_codecs, resolve_pres
     from edgepipe.media.codecs import bits_per_pixel
-    from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, Classifier
+    from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZER_REGISTRY, Classifier
 
     t0 = time.time()
     recognizer = recognizer or DEFAULT_RECOGNIZER
     codec = codec.strip().lower()
     quality = check_codec_setting(codec, quality)
-    if recognizer not in RECOGNIZERS:
-        raise EdgepipeError(f"unknown recognizer {recognizer!r}; choose one of {', '.join(RECOGNIZERS)}")
+    RECOGNIZER_REGISTRY[recognizer]  # an unknown name: one line listing the recognizers
     if weights is not None and not Path(weights).is_file():
         raise EdgepipeError(f"weight file not found: {weights}")
     image, frame = read_frame(source, frame)

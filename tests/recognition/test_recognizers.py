@@ -131,3 +131,51 @@ def test_prepare_is_the_per_frame_part_of_the_view(batch):
     np.testing.assert_allclose(crop.logits(prepared)[1], crop.logits(tall[None])[0], atol=1e-5)
     native = Classifier("efficientnet-lite0", view="native")
     assert native.prepare(wide) is wide  # nothing to do per frame: frames batch by size
+
+
+# --- the registry -------------------------------------------------------------------------------------------
+
+def test_the_registry_lists_the_recognizers_every_command_offers():
+    from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZER_REGISTRY, RECOGNIZERS
+
+    assert RECOGNIZER_REGISTRY.names() == RECOGNIZERS == ("efficientnet-lite0", "vgg16")
+    assert DEFAULT_RECOGNIZER in RECOGNIZER_REGISTRY
+    assert RECOGNIZER_REGISTRY["vgg16"].packaged_weights is None  # its weights are the user's to give
+    with pytest.raises(EdgepipeError) as err:
+        build_recognizer("resnet-9000")
+    assert str(err.value) == "unknown recognizer 'resnet-9000'; choose one of efficientnet-lite0, vgg16"
+
+
+def test_a_second_recognizer_of_a_known_name_is_refused():
+    from edgepipe.recognition.registry import RECOGNIZER_REGISTRY, Recognizer, register_recognizer
+
+    vgg = RECOGNIZER_REGISTRY["vgg16"]
+    with pytest.raises(EdgepipeError, match="recognizer 'vgg16' is registered twice"):
+        register_recognizer(Recognizer("vgg16", VGG16, None, no_weights="give --weights"))
+    assert RECOGNIZER_REGISTRY["vgg16"] is vgg
+
+
+@pytest.mark.usefixtures("keep_signal_handlers")
+@pytest.mark.parametrize("command", [
+    ["train", "--data", "{images}", "--out", "{tmp}/ed.pt"],
+    ["eval", "--data", "{images}", "--out", "{tmp}/eval"],
+    ["monitor", "--connect", "tcp://127.0.0.1:5555"],
+    ["demo"],
+    ["preview", "{image}", "-o", "{tmp}/p.png"],
+    ["recognizer-repo", "--out", "{tmp}/repo"],
+], ids=lambda c: c[0])
+def test_a_wrong_recognizer_name_is_one_line_listing_the_known_ones_in_every_command(command, small_val_folder,
+                                                                                      tmp_path):
+    from click.testing import CliRunner
+
+    from edgepipe.cli import cli
+
+    image = str(list_labelled_images(small_val_folder)[0].path)
+    args = [a.replace("{images}", str(small_val_folder)).replace("{tmp}", str(tmp_path)).replace("{image}", image)
+            for a in command]
+    result = CliRunner().invoke(cli, [*args, "--recognizer", "resnet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: Invalid value for '--recognizer': 'resnet' is not one of 'efficientnet-lite0', "
+                      "'vgg16'."], result.output
+    assert not any(tmp_path.iterdir())  # refused before any work
