@@ -14,6 +14,7 @@ from pathlib import Path
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.edge.capture import CaptureLoop, CaptureSettings
 from edgepipe.engines import load_engine
+from edgepipe.server.classify import ClassifyOptions, Recognizer
 from edgepipe.server.monitor import Monitor
 from edgepipe.transport.sockets import Publisher, Subscriber, free_tcp_endpoint
 
@@ -45,7 +46,8 @@ def run_demo(data: Path | None = None, engines: list[str] | None = None, qps: tu
     endpoint = endpoint or free_tcp_endpoint()
     publisher = Publisher(endpoint)
     subscriber = Subscriber(endpoint)
-    monitor = Monitor(lambda image: int(classifier.top1(image[None])[0]), subscriber)
+    # every frame is classified (policy `all`): the table's top-1 is over every image, as the demo promises
+    monitor = Monitor(Recognizer.from_classifier(classifier), subscriber, classifying=ClassifyOptions(policy="all"))
     stop = threading.Event()
     thread = threading.Thread(target=monitor.run, args=(stop,), name="edgepipe-monitor", daemon=True)
     thread.start()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 from edgepipe.commands.options import (
     check_endpoint,
@@ -14,8 +15,54 @@ from edgepipe.commands.options import (
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.ops.config import config_option
 from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, VIEWS
+from edgepipe.server.classify import POLICIES, ClassifyOptions
 
 NOTHING_ARRIVED = 3  # the monitor's exit status when not a single message arrived
+DEFAULTS = ClassifyOptions(policy="keyframes-first")  # the command's: a live camera never waits for its recognizer
+CLASSIFY_FLAGS = ("classify_policy", "classify_every", "classify_queue", "classify_batch", "predictions")
+
+
+def classify_options(f):
+    """The flags that say how decoded frames reach the recognizer (docs/monitor.md)."""
+    f = click.option("--predictions", default=None, metavar="FILE.jsonl",
+                     help="Append one JSON line per classified frame to FILE: stream, epoch, seq, codec, QP, model, "
+                          "bytes, capture time, top-5 classes with names and probabilities, and the label when "
+                          "the frame carries one.")(f)
+    f = click.option("--classify-batch", type=click.IntRange(min=1), default=DEFAULTS.batch, show_default=True,
+                     metavar="N", help="Frames per recognizer call at most, across streams (frames waiting are "
+                                       "classified together; at most --classify-queue).")(f)
+    f = click.option("--classify-queue", type=click.IntRange(min=1), default=DEFAULTS.queue, show_default=True,
+                     metavar="N", help="Decoded frames that may wait for the recognizer (also at most 64 MiB of "
+                                       "pixels); beyond that the policy chooses.")(f)
+    f = click.option("--classify-every", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="With keyframes-first: every Nth frame of a stream (seq % N == 0) is kept before the "
+                          f"rest [default: {DEFAULTS.every}].")(f)
+    return click.option("--classify-policy", type=click.Choice(POLICIES), default=DEFAULTS.policy,
+                        show_default=True,
+                        help="What is classified when the recognizer cannot keep up with decoding. keyframes-first: "
+                             "keyframes, then every Nth frame, then the rest, as the queue has room; the others are "
+                             "counted unclassified (never lost), and bitrate and loss still count every frame. all: "
+                             "every frame; decoding waits for the recognizer, so a live capture that outruns it "
+                             "drops frames (counted lost): for labelled replays.")(f)
+
+
+def check_classify_flags(no_classify: bool, policy: str, every: int | None, queue: int, batch: int,
+                         predictions: str | None) -> ClassifyOptions:
+    """The classify flags as options, or one line saying which do not go together."""
+    ctx = click.get_current_context()
+    if no_classify:
+        given = [name for name in CLASSIFY_FLAGS if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
+        if given:
+            raise EdgepipeError(f"--no-classify and --{given[0].replace('_', '-')} are exclusive: with --no-classify "
+                                "nothing is classified")
+    if every is not None and policy != "keyframes-first":
+        raise EdgepipeError(f"--classify-every ranks frames for --classify-policy keyframes-first; with {policy} "
+                            "every frame is classified")
+    if predictions:
+        from edgepipe.server.predictions import parse_predictions_path
+
+        parse_predictions_path(predictions)
+    return ClassifyOptions(policy=policy, every=every or DEFAULTS.every, queue=queue, batch=batch)
 
 
 @click.command()
@@ -35,6 +82,7 @@ NOTHING_ARRIVED = 3  # the monitor's exit status when not a single message arriv
 @click.option("--recognizer-server", default=None, metavar="grpc://HOST:PORT",
               help="Classify on an NVIDIA Triton server (model: the --recognizer name); see docs/triton.md.")
 @click.option("--no-classify", is_flag=True, help="Account rate and loss only.")
+@classify_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
 @click.option("--frames", type=click.IntRange(min=1), default=None, help="Stop after N decoded frames.")
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -48,8 +96,9 @@ NOTHING_ARRIVED = 3  # the monitor's exit status when not a single message arriv
               help="With --save-frames: every Nth decoded frame of each stream [default: 1, every frame].")
 @status_options
 def monitor(connect, control, key, insecure, server_key, metrics, recognizer, weights, recognizer_view,
-            recognizer_server, no_classify, report_path, frames, idle_timeout, record, save_frames, save_every,
-            quiet, status_every, print_config):
+            recognizer_server, no_classify, classify_policy, classify_every, classify_queue, classify_batch,
+            predictions, report_path, frames, idle_timeout, record, save_frames, save_every, quiet, status_every,
+            print_config):
     """Server side: decode, classify and report accuracy against bitrate.
 
     Plain text only on loopback or with --insecure; otherwise give --key and --server-key (CURVE).
@@ -74,6 +123,8 @@ def monitor(connect, control, key, insecure, server_key, metrics, recognizer, we
     if save_every is not None and not save_frames:
         raise EdgepipeError("--save-every needs --save-frames DIR: it says which decoded frames to save there")
     mode, every = status_mode(quiet, status_every)
+    classifying = check_classify_flags(no_classify, classify_policy, classify_every, classify_queue, classify_batch,
+                                       predictions)
     if record or save_frames:  # before the recognizer loads and sockets open
         from edgepipe.server.sinks import parse_frames_dir, parse_record_target
 
@@ -85,7 +136,7 @@ def monitor(connect, control, key, insecure, server_key, metrics, recognizer, we
                              save_every=save_every or 1,
                              security=SecurityOptions(key=key, server_key=server_key, insecure=insecure))
     client_curve(options.security)  # key problems before the (slow) recognizer loads
-    classify = None
+    classify_with = None
     if not no_classify:
         if recognizer_server:  # one line, no start, when the URL, tritonclient, the server or the model is wrong
             from edgepipe.recognition.triton_client import TritonClassifier
@@ -95,10 +146,12 @@ def monitor(connect, control, key, insecure, server_key, metrics, recognizer, we
             from edgepipe.recognition import Classifier
 
             classifier = Classifier(recognizer, weights, view=recognizer_view)
-        classify = lambda image: int(classifier.top1(image[None])[0])  # noqa: E731
+        from edgepipe.server.classify import Recognizer
+
+        classify_with = Recognizer.from_classifier(classifier)  # batched top-5, its view's crop before batching
     from edgepipe.ops.status import StatusReporter, monitor_line, monitor_sample
 
-    service = MonitorService(connect, classify, options)
+    service = MonitorService(connect, classify_with, options, classifying=classifying, predictions=predictions)
     secure = "CURVE" if key else "plain text"
     if not quiet:
         click.echo(f"monitor: listening on {connect} ({secure}; Ctrl-C to stop)", err=True)

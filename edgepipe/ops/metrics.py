@@ -227,9 +227,10 @@ class MonitorCollector:
                 received_by_stream[sid] = received_by_stream.get(sid, 0) + state.received
                 epochs[sid] = epoch  # insertion order: the latest epoch wins
             rows = [(key, acc.frames, acc.bytes, acc.labelled, acc.correct, acc.latency_sum_s, acc.stream_bytes,
-                     acc.stream_s) for key, acc in m.rows.items()]
+                     acc.stream_s, acc.classified, acc.unclassified) for key, acc in m.rows.items()]
             timings = {k: tuple(v) for k, v in m.timings.items()}
             expired = dict(m.expired)
+            classified, unclassified = m.classified, dict(m.unclassified_by_cause)
         memory = m.memory()
         yield Counter_(p + "messages", "Messages received on the data socket.", value=messages)
         yield Counter_(p + "frames_decoded", "Frames decoded and shown.", value=decoded)
@@ -257,8 +258,15 @@ class MonitorCollector:
                                                   "8 * stream_bytes / this / 1000.", labels=labels)
         latency = Summary(p + "latency_seconds", "End-to-end latency, capture to decoded.", labels=labels)
         top1 = Gauge(p + "top1_ratio", "Top-1 accuracy against the labels carried in the stream.", labels=labels)
-        labelled = Counter_(p + "labelled_frames", "Decoded frames that carried a label.", labels=labels)
-        for (sid, model, qp, codec), n, b, lab, correct, lat, sb, ss in sorted(rows, key=lambda r: tuple(map(str, r[0]))):
+        labelled = Counter_(p + "labelled_frames", "Classified frames that carried a label (top-1 is over these).",
+                            labels=labels)
+        row_classified = Counter_(p + "classified_frames", "Decoded frames the recognizer classified, per operating "
+                                                          "point.", labels=labels)
+        row_unclassified = Counter_(p + "unclassified_frames", "Decoded frames not classified (shed under load, "
+                                                              "recognizer away, at stop), per operating point.",
+                                    labels=labels)
+        for (sid, model, qp, codec), n, b, lab, correct, lat, sb, ss, cls, uncls in sorted(
+                rows, key=lambda r: tuple(map(str, r[0]))):
             key = [sid, model, str(qp), codec]
             frames.add_metric(key, n)
             nbytes.add_metric(key, b)
@@ -267,9 +275,14 @@ class MonitorCollector:
             bits.add_metric(key, count_value=n, sum_value=b * 8)
             latency.add_metric(key, count_value=n, sum_value=lat)
             labelled.add_metric(key, lab)
+            row_classified.add_metric(key, cls)
+            row_unclassified.add_metric(key, uncls)
             if lab:
                 top1.add_metric(key, correct / lab)
-        yield from (frames, nbytes, stream_bytes, stream_s, bits, latency, top1, labelled)
+        yield from (frames, nbytes, stream_bytes, stream_s, bits, latency, top1, labelled, row_classified,
+                    row_unclassified)
+        if m.recognizer is not None:
+            yield from self._classify_metrics(classified, unclassified)
         held = Gauge(p + "held", "What the bounded per-sender structures hold now (docs/guarantees.md).",
                      labels=["structure"])
         for name, value in sorted(memory.items()):
@@ -315,6 +328,25 @@ class MonitorCollector:
             yield Counter_(p + "keyframe_requests_unsent", "Keyframe requests that could not be sent.",
                            value=self.control.unsent)
         yield from _auth_metrics(p, None, self.handshakes)
+
+
+    def _classify_metrics(self, classified: int, unclassified: dict) -> Iterator:
+        """The recognizer beside the decoding loop: frames classified or not, its queue and its batches."""
+        Counter_, Gauge, Summary = _families()
+        m, p = self.monitor, "edgepipe_monitor_"
+        yield Counter_(p + "frames_classified", "Decoded frames the recognizer classified.", value=classified)
+        not_classified = Counter_(p + "frames_unclassified", "Decoded frames not classified, by cause "
+                                                             "(never counted as lost).", labels=["cause"])
+        for cause, n in unclassified.items():  # every cause, from 0 (the monitor lists them all)
+            not_classified.add_metric([cause], n)
+        yield not_classified
+        yield Gauge(p + "classify_queue_depth", "Decoded frames waiting for the recognizer, the batch being "
+                                                "classified included.", value=m.pending_classifications())
+        yield Gauge(p + "classify_queue_capacity", "Frames the classify queue holds at most (--classify-queue).",
+                    value=m.classifying.queue)
+        r = m.recognizer
+        yield Summary(p + "classify_batch_frames", "Frames per recognizer call (mean batch = sum / count).",
+                      count_value=r.calls, sum_value=r.frames)
 
 
 def registry_for(*collectors):

@@ -1,16 +1,18 @@
 """The live status line of `capture` and `monitor`, every few seconds, like DeepStream's perf line.
 
     capture cam-1: 12.5 frames/s, 98.3 kbit/s, queues 0/0/1 of 4, dropped 0, latency p50 35 ms, monitors 1, sent 250
-    monitor: 12.5 frames/s, 98.3 kbit/s, queue 0, lost 0, rejected 0, top-1 74.0%, latency p50 45 ms, decoded 250
+    monitor: 12.5 frames/s, 98.3 kbit/s, queue 0, classify queue 3, lost 0, rejected 0, top-1 74.0%, latency p50 45 ms, decoded 250, classified 240, unclassified 7
 
 Over the last interval: frames/s is how many frames went through per second of wall clock (the
 processing rate); kbit/s is on the stream's own clock, as in the report (bits over the stream time
 those frames stand for; `kbit/s*` when only an older capture's frames came, which carry none: then
 it is per wall second). Totals (dropped, lost, rejected, top-1 over every labelled frame so far)
 and the median latency of the last frames (capture: read -> handed to ZeroMQ; monitor: capture ->
-decoded and classified) come from the counters the loops keep anyway (CaptureStats, Monitor): a
+received) come from the counters the loops keep anyway (CaptureStats, Monitor): a
 sample copies a few numbers under their lock, the line is made and written in this module's own
-thread, so the frame path never waits for it.
+thread, so the frame path never waits for it. With a recognizer, the monitor's line also has the
+frames waiting for it (`classify queue`, those in the batch being classified included) and the
+decoded frames classified and unclassified so far (top-1 is over the classified labelled ones).
 
 Where it goes (`choose_mode`): on a terminal, stderr, rewritten in place (a log message clears it
 first, so the two never mix); as a plain log line every S seconds with `edgepipe -v`, or when
@@ -78,7 +80,9 @@ def monitor_sample(monitor) -> dict:
                   + sum(e.folded_lost for e in m._ids.values()) + m.expired["lost"],
                   "rejected": sum(m.rejects.values()), "messages": m.messages,
                   "latency": m.recent_latency.values(), "queue": len(m.backlog),
-                  "last_message_at": m.last_message_at}
+                  "last_message_at": m.last_message_at, "classifying": m.recognizer is not None,
+                  "classified": m.classified, "unclassified": m.unclassified}
+    sample["classify_queue"] = m.pending_classifications()
     sub = m.subscriber
     sample["connected"] = sub.connected if sub is not None else None
     return sample
@@ -114,8 +118,13 @@ def capture_line(prev: dict, cur: dict) -> str:
 
 def monitor_line(prev: dict, cur: dict) -> str:
     top1 = f", top-1 {100 * cur['correct'] / cur['labelled']:.1f}%" if cur["labelled"] else ""
-    line = (f"monitor: {_rate(prev, cur)}, {_kbit(prev, cur, 'stream_bytes')}, queue {cur['queue']}, "
+    classifying = cur.get("classifying")
+    waiting = f", classify queue {cur['classify_queue']}" if classifying else ""
+    line = (f"monitor: {_rate(prev, cur)}, {_kbit(prev, cur, 'stream_bytes')}, queue {cur['queue']}{waiting}, "
             f"lost {cur['lost']}, rejected {cur['rejected']}{top1}{_latency(cur['latency'])}, decoded {cur['frames']}")
+    if classifying:
+        line += f", classified {cur['classified']}" + (f", unclassified {cur['unclassified']}"
+                                                        if cur["unclassified"] else "")
     if cur["messages"] == prev["messages"]:
         link = "" if cur["connected"] is None else (", connected" if cur["connected"] else ", not connected")
         idle = ("no message yet" if cur["last_message_at"] is None

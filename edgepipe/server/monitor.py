@@ -26,6 +26,13 @@ or a live camera's clock), so the same bytes give the same kbit/s however fast t
 How fast they ran is `processed_fps` (decoded frames over the span of their capture times). A
 frame of a capture older than version 3 carries no stream clock: its row's kbit/s falls back to
 the span of capture times, and says so (`kbit_s_clock` "capture": a processing rate).
+
+Classification is off the decoding path (server/classify.py): `run` decodes and accounts each frame
+(bitrate, loss, its row) at once, then offers it to a bounded queue that one worker thread empties
+in batches, across frames and streams. When the recognizer cannot keep up, the declared policy
+chooses what is classified; every decoded frame ends `classified` or `unclassified` (by cause), never
+lost, and top-1 is over the classified labelled frames. `handle` called on its own (no `run`)
+classifies in the calling thread, a batch of one.
 """
 from __future__ import annotations
 
@@ -46,6 +53,17 @@ from edgepipe.core.files import atomic_write
 from edgepipe.core.latency import LatencyWindow
 from edgepipe.media.codecs import HevcDecoder, decode_image
 from edgepipe.media.frames import DEFAULT_FPS
+from edgepipe.recognition import TopK
+from edgepipe.server.classify import (
+    CAUSES,
+    ClassifyOptions,
+    ClassifyQueue,
+    ClassifyWorker,
+    Pending,
+    Recognizer,
+    as_recognizer,
+)
+from edgepipe.server.predictions import prediction_record
 from edgepipe.transport.protocol import FrameHeader, ProtocolError, parse_message
 from edgepipe.transport.sockets import Subscriber
 
@@ -110,8 +128,10 @@ class RateAccount:
     frames: int = 0
     bytes: int = 0
     pixels: int = 0
-    labelled: int = 0
+    labelled: int = 0  # classified frames that carried a label: top-1 is over these
     correct: int = 0
+    classified: int = 0  # frames the recognizer classified (the rest of `frames` is unclassified or pending)
+    unclassified: int = 0
     first_capture: float = float("inf")
     last_capture: float = float("-inf")
     latency_s: LatencyWindow = field(default_factory=lambda: LatencyWindow(DEFAULT_LIMITS.latency_window))  # recent frames
@@ -136,9 +156,15 @@ class RateAccount:
             self.stream_bytes += nbytes
             self.stream_s += header.duration or 0.0
             self.clock = header.clock
-        if header.label >= 0 and prediction is not None:
+        if prediction is not None:
+            self.add_prediction(header.label, prediction)
+
+    def add_prediction(self, label: int, prediction: int) -> None:
+        """A frame of this row classified (it was counted by `add` when it was decoded)."""
+        self.classified += 1
+        if label >= 0:
             self.labelled += 1
-            self.correct += int(prediction == header.label)
+            self.correct += int(prediction == label)
 
     def summary(self) -> dict:
         span = self.last_capture - self.first_capture
@@ -163,6 +189,9 @@ class RateAccount:
             "processed_fps": round(self.frames / duration, 2) if processed else None,
             "top1": round(self.correct / self.labelled, 5) if self.labelled else None,
             "labelled": self.labelled,
+            "classified": self.classified,
+            "unclassified": self.unclassified,
+            "share_classified": share(self.classified, self.classified + self.unclassified),
             "latency_ms_p50": round(self.latency_s.median() * 1000, 2) if len(self.latency_s) else None,
         }
 
@@ -256,16 +285,32 @@ class _Backlog:
         return len(self._items)
 
 
+def share(part: int, whole: int) -> float | None:
+    return round(part / whole, 5) if whole else None
+
+
 class Monitor:
-    def __init__(self, classify: Callable[[np.ndarray], int] | None, subscriber: Subscriber | None = None,
+    def __init__(self, classify: Recognizer | Callable[[np.ndarray], int] | None, subscriber: Subscriber | None = None,
                  on_loss: Callable[[str], None] | None = None, max_streams: int | None = None,
-                 limits: MonitorLimits | None = None, **limit_overrides):
+                 limits: MonitorLimits | None = None, classifying: ClassifyOptions | None = None,
+                 **limit_overrides):
         limits = limits or DEFAULT_LIMITS
         if max_streams is not None:
             limit_overrides["max_streams"] = max_streams
         self.limits = replace(limits, **limit_overrides) if limit_overrides else limits
         self.max_streams = self.limits.max_streams
-        self.classify = classify  # one RGB frame -> ImageNet index; None: accounting only
+        # a Recognizer (batches), a Classifier, or a function of one RGB frame -> ImageNet index; None: accounting only
+        self.recognizer = as_recognizer(classify)
+        self.classifying = classifying or ClassifyOptions()
+        self.classify_queue = ClassifyQueue(self.classifying.queue, self.classifying.queue_bytes)
+        self._classifier: ClassifyWorker | None = None  # running while run() runs; else handle() classifies itself
+        self._stopping: threading.Event | None = None  # run()'s stop: ends a wait for room in the classify queue
+        self.classified = 0
+        # decoded frames not classified, by cause: every cause from 0, so metrics show each series from the start
+        self.unclassified_by_cause: Counter = Counter({cause: 0 for cause in CAUSES})
+        self.classify_latency = LatencyWindow(1024)  # capture -> classified, of the last classified frames
+        self.predictions = None  # predictions.PredictionWriter: --predictions FILE.jsonl
+        self._last_classify_log = float("-inf")
         self.subscriber = subscriber
         self.on_loss = on_loss  # hook for the keyframe back channel
         self.ticks = 0  # decoding-loop iterations
@@ -275,7 +320,6 @@ class Monitor:
         self.alive = 0
         self.last_message_at: float | None = None  # monitor clock of the last message (None: none yet)
         self.timings = {"decode": [0, 0.0], "classify": [0, 0.0]}  # stage -> [frames, seconds]
-        self.unclassified = 0  # decoded frames a recognizer server could not classify (it was away)
         self.durations_capped = 0  # frames whose stream-clock duration counted only up to its plausible cap
         self.streams: dict[tuple[str, int], StreamState] = {}  # every (stream, epoch) kept, flat
         self._ids: dict[str, _Stream] = {}
@@ -296,6 +340,11 @@ class Monitor:
         self._last_reject_log = 0.0
         self._last_epoch_log = 0.0
         self._lock = threading.Lock()
+
+    @property
+    def unclassified(self) -> int:
+        """Decoded frames not classified, all causes (a recognizer server away, shed under load, at stop)."""
+        return sum(self.unclassified_by_cause.values())
 
     # --- one message ----------------------------------------------------------------------------
 
@@ -353,46 +402,122 @@ class Monitor:
             self._prove(header.stream_id)
             self._learn_stream(header, received_at)
             self.decoded += 1
-        t0 = time.perf_counter()
-        prediction, unclassified = None, False
-        if self.classify:
-            try:
-                prediction = self.classify(image)
-            except RecognizerUnavailable:  # server away: counted, not lost, not in top-1; the client reconnects
-                unclassified = True
-        with self._lock:
-            if unclassified:
-                self.unclassified += 1
-            elif self.classify:
-                self._timed("classify", time.perf_counter() - t0)
-            row = self.rows.get(key)
-            if row is None:
-                row = self.rows[key] = RateAccount(latency_s=LatencyWindow(self.limits.latency_window))
-            self.rows.move_to_end(key)
-            entry = self._ids.get(header.stream_id)
-            if entry is not None:
-                entry.rows[key] = None
-                entry.rows.move_to_end(key)
-            row.last_seen = received_at
-            header = self._counted_duration(header)
-            latency = received_at - header.capture_time
-            row.add(header, len(payload), prediction, latency)
-            self._totals(header, len(payload), prediction, latency)
+            header = self._account(header, key, len(payload), received_at)
         if self.sinks is not None:  # non-blocking: a full or failing sink counts, never stalls this loop
             self.sinks.offer(header, payload, image)
+        if self.recognizer is not None:
+            self._submit(Pending(header, len(payload), key, image, self.classifying.rank(header)))
         return image
 
-    def _totals(self, header: FrameHeader, nbytes: int, prediction: int | None, latency: float) -> None:
-        """Running totals over every row (folded ones included), for the status line."""
+    def _account(self, header: FrameHeader, key: tuple, nbytes: int, received_at: float) -> FrameHeader:
+        """Under the lock: a decoded frame into its row and the totals (bitrate, latency), classified or not.
+        Returns the header with the duration that counted."""
+        row = self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = RateAccount(latency_s=LatencyWindow(self.limits.latency_window))
+        self.rows.move_to_end(key)
+        entry = self._ids.get(header.stream_id)
+        if entry is not None:
+            entry.rows[key] = None
+            entry.rows.move_to_end(key)
+        row.last_seen = received_at
+        header = self._counted_duration(header)
+        latency = received_at - header.capture_time
+        row.add(header, nbytes, None, latency)
+        self._totals(header, nbytes, latency)
+        return header
+
+    # --- classification (server/classify.py) -----------------------------------------------------
+
+    def _submit(self, item: Pending) -> None:
+        """A decoded frame to the recognizer: queued for the worker while run() runs (never waiting, except
+        under the `all` policy), else classified here and now."""
+        if self._classifier is None:
+            self._classify_items([item])
+            return
+        queued, shed = self.classify_queue.offer(item, self.classifying.waits, self._stopping)
+        self._settle_unclassified(shed, "skipped_under_load")
+        if not queued:
+            self._settle_unclassified([item], "at_stop" if self.classifying.waits else "skipped_under_load")
+
+    def _classify_items(self, items: list[Pending]) -> None:
+        """One batch: classified, or counted unclassified by cause. Runs in the worker (or in handle())."""
+        t0 = time.perf_counter()
+        try:
+            topk = self.recognizer.classify([item.image for item in items])
+        except RecognizerUnavailable:  # a server away: counted, not lost, not in top-1; the client reconnects
+            self._settle_unclassified(items, "recognizer_unavailable")
+            return
+        except Exception as exc:  # one bad batch never ends the monitor: counted, and said
+            self._settle_unclassified(items, "recognizer_error")
+            self._log_classify_error(exc, len(items))
+            return
+        self._settle_classified(items, topk, time.perf_counter() - t0)
+
+    def _settle_classified(self, items: list[Pending], topk: TopK, seconds: float) -> None:
+        now = time.time()
+        done = []
+        with self._lock:
+            for i, item in enumerate(items):
+                if item.settled:  # counted at stop while its batch ran: the late answer is not counted twice
+                    continue
+                item.settled = True
+                item.image = None  # its pixels are no longer needed
+                prediction = int(topk.classes[i, 0])
+                row = self.rows.get(item.key)
+                if row is not None:  # else folded while it waited: the totals still count it
+                    row.add_prediction(item.header.label, prediction)
+                self.classified += 1
+                if item.header.label >= 0:
+                    self.totals["labelled"] += 1
+                    self.totals["correct"] += int(prediction == item.header.label)
+                self.classify_latency.append(now - item.header.capture_time)
+                done.append(i)
+            if done:
+                self._timed("classify", seconds, len(done))
+        if self.predictions is not None:  # non-blocking: a slow or failing disk counts, never stalls the recognizer
+            name = self.recognizer.name
+            for i in done:
+                item = items[i]
+                self.predictions.offer(prediction_record(item.header, item.nbytes, name, topk.classes[i],
+                                                         None if topk.probs is None else topk.probs[i]))
+
+    def _settle_unclassified(self, items: list[Pending], cause: str) -> None:
+        if not items:
+            return
+        with self._lock:
+            for item in items:
+                if item.settled:
+                    continue
+                item.settled = True
+                item.image = None
+                self.unclassified_by_cause[cause] += 1
+                row = self.rows.get(item.key)
+                if row is not None:
+                    row.unclassified += 1
+
+    def _log_classify_error(self, exc: Exception, n: int) -> None:
+        now = time.monotonic()
+        if now - self._last_classify_log > 10.0:  # at most one line every 10 s
+            self._last_classify_log = now
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            log.warning("the recognizer failed on a batch of %d frame(s): %s; counted unclassified "
+                        "(recognizer_error), the monitor goes on", n, first)
+
+    def pending_classifications(self) -> int:
+        """Decoded frames queued for the recognizer or in the batch it is classifying."""
+        worker = self._classifier
+        return len(self.classify_queue) + (worker.in_flight if worker is not None else 0)
+
+    def _totals(self, header: FrameHeader, nbytes: int, latency: float) -> None:
+        """Running totals over every row (folded ones included), for the status line; `labelled` and
+        `correct` are added when a frame is classified."""
         t = self.totals
         t["bytes"] += nbytes
         if header.media_time is not None:
             t["stream_frames"] += 1
             t["stream_bytes"] += nbytes
             t["stream_s"] += header.duration or 0.0
-        if header.label >= 0 and prediction is not None:
-            t["labelled"] += 1
-            t["correct"] += int(prediction == header.label)
         self.recent_latency.append(latency)
 
     def count_unhandled(self, parts: list[bytes], cause: str, received_at: float | None = None) -> None:
@@ -458,9 +583,9 @@ class Monitor:
     def _plausible_gap(self, state: StreamState, now: float) -> float:
         return self.limits.max_gap_slack + self.limits.max_gap_rate * max(0.0, now - state.last_accepted_at)
 
-    def _timed(self, stage: str, seconds: float) -> None:
+    def _timed(self, stage: str, seconds: float, frames: int = 1) -> None:
         t = self.timings[stage]
-        t[0] += 1
+        t[0] += frames
         t[1] += seconds
 
     # --- sequencing and the bounded per-sender state ----------------------------------------------
@@ -657,7 +782,8 @@ class Monitor:
         with self._lock:
             return {"streams": len(self._ids), "epochs": len(self.streams), "decoders": len(self._decoders),
                     "rows": len(self.rows), "queue_messages": len(self.backlog), "queue_bytes": self.backlog.bytes,
-                    "queue_peak_bytes": self.backlog.peak_bytes}
+                    "queue_peak_bytes": self.backlog.peak_bytes, "classify_queue_frames": len(self.classify_queue),
+                    "classify_queue_bytes": self.classify_queue.bytes}
 
     # --- driver ---------------------------------------------------------------------------------
 
@@ -665,10 +791,13 @@ class Monitor:
             idle_timeout: float | None = None) -> None:
         """Receive until `stop`, `max_frames` decoded frames, or `idle_timeout` seconds without a message.
 
-        A thread reads the socket into the receive queue (bounded in bytes and messages; what does
-        not fit is counted as `backlog_full`) while this one decodes. At the end, whatever was
-        received but not decoded is counted as `unprocessed_at_stop`: nothing received goes uncounted."""
+        A thread reads the socket into the receive queue (bounded in bytes and messages; when it is
+        full the socket thread waits) while this one decodes, and a third classifies. At the end,
+        whatever was received but not decoded is counted as `unprocessed_at_stop`, and decoded frames
+        still waiting for the recognizer are classified for at most `stop_timeout_s`, the rest counted
+        unclassified (`at_stop`): nothing received goes uncounted."""
         stop = stop or threading.Event()
+        self._start_classifying(stop)
         rx_stop = threading.Event()
         errors: list[BaseException] = []
         overflow: list = []  # received while stopping with the queue full
@@ -711,8 +840,31 @@ class Monitor:
             if unprocessed:
                 log.warning("stopping with %d received message(s) not decoded: counted as unprocessed_at_stop",
                             unprocessed)
+            self._stop_classifying()
         if errors:
             raise errors[0]
+
+    def _start_classifying(self, stop: threading.Event) -> None:
+        if self.recognizer is not None and self._classifier is None:
+            self._stopping = stop
+            self._classifier = ClassifyWorker(self.classify_queue, self._classify_items, self.classifying.batch)
+
+    def _stop_classifying(self) -> None:
+        """Classify what is queued (at most stop_timeout_s); count the rest unclassified (`at_stop`)."""
+        worker, self._classifier = self._classifier, None
+        if worker is None:
+            return
+        left: list[Pending] = []
+        try:
+            left = worker.stop(self.classifying.stop_timeout_s)
+        finally:  # a second Ctrl-C during the wait still leaves every frame counted
+            left = left or self.classify_queue.drain(worker.inflight)
+            before = self.unclassified_by_cause["at_stop"]
+            self._settle_unclassified(left, "at_stop")
+            if self.unclassified_by_cause["at_stop"] > before:
+                log.warning("stopping with %d decoded frame(s) not classified within %.0f s: counted unclassified "
+                            "(at_stop)", self.unclassified_by_cause["at_stop"] - before,
+                            self.classifying.stop_timeout_s)
 
     def _receive(self, stop: threading.Event, errors: list, overflow: list) -> None:
         """Socket -> receive queue; owns the subscriber's socket while run() runs."""
@@ -749,7 +901,11 @@ class Monitor:
             out = {
                 "messages": self.messages,
                 "decoded": self.decoded,
+                "classified": self.classified,
                 "unclassified": self.unclassified,
+                "unclassified_by_cause": {c: self.unclassified_by_cause[c] for c in CAUSES
+                                          if self.unclassified_by_cause[c]},
+                "share_classified": share(self.classified, self.decoded) if self.recognizer is not None else None,
                 "durations_capped": self.durations_capped,
                 "lost": sum(st.lost for st in self.streams.values()) + folded_lost,
                 "rejects": dict(self.rejects),
@@ -762,6 +918,10 @@ class Monitor:
                 sub = self.subscriber
                 out["transport"] = {"connected": sub.connected, "connections": sub.connections,
                                     "disconnects": sub.disconnects, "drops": sub.drops, "repairs": sub.repairs}
+            if self.recognizer is not None:
+                out["classify"] = self._classify_report()
+            if self.predictions is not None:
+                out["predictions"] = self.predictions.report()
             if self.sinks is not None:
                 out["sinks"] = self.sinks.report()
             if self.expired or folded_received or folded_lost:
@@ -773,10 +933,23 @@ class Monitor:
             return out
 
 
+    def _classify_report(self) -> dict:
+        """How the recognizer kept up: the policy, the queue, the batches it ran and its latency."""
+        o, r = self.classifying, self.recognizer
+        return {"policy": o.policy, "every": o.every, "queue": o.queue, "batch": o.batch,
+                "pending": self.pending_classifications(), "queue_peak": self.classify_queue.peak,
+                "batches": r.calls, "batch_mean": round(r.frames / r.calls, 2) if r.calls else None,
+                "batch_max": r.largest,
+                "latency_ms_p50": round(self.classify_latency.median() * 1000, 2) if len(self.classify_latency)
+                else None}
+
+
 def format_table(report: dict) -> str:
     """The accuracy/bitrate table for the terminal, with what kbit/s was measured on under it."""
+    # the share of frames classified, shown once some frame went unclassified: top-1 is over that share
+    partial = any(r.get("unclassified") for r in report["rows"])
     head = (f"{'stream':<14} {'model':<20} {'codec':<8} {'QP':>4} {'frames':>6} {'bpp':>8} {'kbit/s':>9} "
-            f"{'B/frame':>9} {'top-1':>7} {'proc fps':>8}")
+            f"{'B/frame':>9} {'top-1':>7} {'proc fps':>8}" + (f" {'classified':>10}" if partial else ""))
     lines = [head, "-" * len(head)]
     clocks: dict[str, list[float]] = {}
     for r in report["rows"]:
@@ -786,12 +959,13 @@ def format_table(report: dict) -> str:
         kbps = f"{r['kbit_s']:8.1f}{mark}" if r["kbit_s"] is not None else "     n/a "
         proc = f"{r['processed_fps']:8.1f}" if r.get("processed_fps") is not None else "     n/a"
         clocks.setdefault(clock, []).append(r.get("stream_fps") or 0.0)
+        shared = r.get("share_classified")
+        cls = (f" {100 * shared:9.1f}%" if shared is not None else "        n/a") if partial else ""
         lines.append(f"{r['stream'][:14]:<14} {r['model'][:20]:<20} {r['codec']:<8} {r['qp']:>4} {r['frames']:>6} "
-                     f"{r['bpp']:>8.4f} {kbps} {r['bytes_per_frame']:>9.0f} {top1} {proc}")
+                     f"{r['bpp']:>8.4f} {kbps} {r['bytes_per_frame']:>9.0f} {top1} {proc}{cls}")
     rejects = ", ".join(f"{k}={v}" for k, v in sorted(report["rejects"].items())) or "none"
-    unclassified = f", unclassified {report['unclassified']}" if report.get("unclassified") else ""
-    lines.append(f"messages {report['messages']}, decoded {report['decoded']}{unclassified}, lost {report['lost']}, "
-                 f"rejected: {rejects}")
+    lines.append(f"messages {report['messages']}, decoded {report['decoded']}{classified_words(report)}, "
+                 f"lost {report['lost']}, rejected: {rejects}")
     if report["rejects"].get("bad_version"):
         lines.append(f"{report['rejects']['bad_version']} message(s) of a wire version this monitor does not speak: "
                      "a newer capture? upgrade monitors before captures (docs/wire.md)")
@@ -800,12 +974,31 @@ def format_table(report: dict) -> str:
         lines.append(f"streams ended by their capture: {ended} (frames missing at their tail are counted as lost)")
     if report["rows"]:
         lines.extend(clock_legend(clocks))
+    if report.get("unclassified"):
+        lines.append("classified: top-1 is over the classified labelled frames only; kbit/s and loss count every "
+                     "frame (see docs/monitor.md)")
+    predictions = report.get("predictions")
+    if predictions:
+        from edgepipe.server.predictions import describe as describe_predictions
+
+        lines.append(describe_predictions(predictions))
     sinks = report.get("sinks")
     if sinks:
         from edgepipe.server.sinks import describe
 
         lines.extend(describe(sinks))
     return "\n".join(lines)
+
+
+def classified_words(report: dict) -> str:
+    """', classified N (P%), unclassified M (cause=n, ...)' for the summary line; '' with classification off."""
+    words = ""
+    if report.get("share_classified") is not None:
+        words += f", classified {report['classified']} ({100 * report['share_classified']:.1f}%)"
+    if report.get("unclassified"):
+        causes = ", ".join(f"{k}={v}" for k, v in report.get("unclassified_by_cause", {}).items())
+        words += f", unclassified {report['unclassified']}" + (f" ({causes})" if causes else "")
+    return words
 
 
 def clock_legend(clocks: dict[str, list[float]]) -> list[str]:

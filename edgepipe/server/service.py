@@ -5,20 +5,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from edgepipe.ops.service import ServiceOptions, client_curve, close_in_order
 
+if TYPE_CHECKING:
+    from edgepipe.server.classify import ClassifyOptions, Recognizer
+
 log = logging.getLogger(__name__)
 
 
 class MonitorService:
-    """Monitor + data socket + keyframe back channel + metrics + sd_notify."""
+    """Monitor + data socket + keyframe back channel + metrics + sd_notify; `classifying` says how frames reach
+    the recognizer (server/classify.py), `predictions` is a JSONL file for every classified frame."""
 
-    def __init__(self, connect: str, classify: Callable[[np.ndarray], int] | None,
-                 options: ServiceOptions | None = None, max_streams: int = 256):
+    def __init__(self, connect: str, classify: Recognizer | Callable[[np.ndarray], int] | None,
+                 options: ServiceOptions | None = None, max_streams: int = 256,
+                 classifying: ClassifyOptions | None = None, predictions: str | None = None):
         import zmq
 
         from edgepipe.server.monitor import Monitor
@@ -34,12 +39,16 @@ class MonitorService:
         self.connect, self.curve = connect, curve
         self.started = time.monotonic()
         self.context = zmq.Context()
-        self.subscriber = self.control = self.handshakes = self.metrics = self.sinks = None
+        self.subscriber = self.control = self.handshakes = self.metrics = self.sinks = self.predictions = None
         try:
             if options.record or options.save_frames:  # files first: a bad path fails before any socket
                 from edgepipe.server.sinks import FrameSinks
 
                 self.sinks = FrameSinks(options.record, options.save_frames, options.save_every)
+            if predictions:
+                from edgepipe.server.predictions import PredictionWriter
+
+                self.predictions = PredictionWriter(predictions)
             self.subscriber = Subscriber(connect, context=self.context, curve=curve)
             if options.control:
                 from edgepipe.transport.control import ControlClient
@@ -52,8 +61,9 @@ class MonitorService:
                     self.handshakes.watch(self.control.sock, "monitor control")
             self.monitor = Monitor(classify, self.subscriber,
                                    on_loss=self.control.request_keyframe if self.control else None,
-                                   max_streams=max_streams)
+                                   max_streams=max_streams, classifying=classifying)
             self.monitor.sinks = self.sinks
+            self.monitor.predictions = self.predictions
             if options.metrics:
                 from edgepipe.ops.metrics import MetricsServer, MonitorCollector, registry_for
 
@@ -130,6 +140,8 @@ class MonitorService:
         return self.monitor.report()
 
     def close(self) -> None:
-        """Idempotent. The sinks finish writing (bounded) after the monitor stopped, before the report."""
+        """Idempotent. The sinks and the predictions file finish writing (bounded) after the monitor stopped,
+        before the report."""
         close_in_order(self, [("metrics", "close"), ("handshakes", "stop"), ("control", "close"),
-                               ("sinks", "close"), ("subscriber", "close"), ("context", "term")])
+                               ("sinks", "close"), ("predictions", "close"), ("subscriber", "close"),
+                               ("context", "term")])

@@ -45,7 +45,7 @@ def test_capture_and_monitor_endpoints_match_stats_and_report(small_val_folder):
     cap = CaptureService(settings, ServiceOptions(metrics="127.0.0.1:0", control=free_tcp_endpoint()))
     try:
         stats = cap.run()
-        assert wait_for(lambda: mon.monitor.decoded >= 12, 10)
+        assert wait_for(lambda: mon.monitor.decoded >= 12 and mon.monitor.classified >= 12, 10)
         c, m = scrape(cap.metrics.port), scrape(mon.metrics.port)
         epoch = cap.loop.epoch
     finally:
@@ -95,6 +95,16 @@ def test_capture_and_monitor_endpoints_match_stats_and_report(small_val_folder):
     assert m["edgepipe_monitor_stage_seconds_count{stage=classify}"] == 12
     assert m["edgepipe_monitor_stage_seconds_count{stage=decode}"] == 12
     assert m["edgepipe_monitor_epoch{stream=lab}"] == epoch
+    # classification beside the decoding loop: every frame classified (the library's policy `all`), in batches
+    assert m["edgepipe_monitor_frames_classified_total"] == rep["classified"] == 12
+    assert m[f"edgepipe_monitor_classified_frames_total{key}"] == row["classified"] == 12
+    assert m[f"edgepipe_monitor_unclassified_frames_total{key}"] == 0
+    assert {k: v for k, v in m.items() if k.startswith("edgepipe_monitor_frames_unclassified_total")} == {
+        f"edgepipe_monitor_frames_unclassified_total{{cause={c}}}": 0
+        for c in ("skipped_under_load", "recognizer_unavailable", "recognizer_error", "at_stop")}
+    assert m["edgepipe_monitor_classify_queue_depth"] == 0 and m["edgepipe_monitor_classify_queue_capacity"] == 32
+    assert m["edgepipe_monitor_classify_batch_frames_sum"] == 12
+    assert 1 <= m["edgepipe_monitor_classify_batch_frames_count"] <= 12
 
 
 def test_monitor_metrics_count_loss_and_rejects(video_clip):

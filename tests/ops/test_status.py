@@ -16,6 +16,7 @@ import pytest
 
 from edgepipe.edge.capture import CaptureLoop, CaptureSettings
 from edgepipe.ops.status import StatusReporter, capture_line, capture_sample, choose_mode, monitor_line, monitor_sample
+from edgepipe.server.classify import Recognizer
 from edgepipe.server.monitor import Monitor
 from edgepipe.transport.sockets import Subscriber, free_tcp_endpoint
 
@@ -55,7 +56,7 @@ def test_lines_from_a_real_capture_and_monitor(small_val_folder):
     classifier = Classifier("efficientnet-lite0")
     endpoint = free_tcp_endpoint()
     sub = Subscriber(endpoint)
-    mon = Monitor(lambda image: int(classifier.top1(image[None])[0]), sub)
+    mon = Monitor(Recognizer.from_classifier(classifier), sub)
     stop = threading.Event()
     thread = threading.Thread(target=mon.run, args=(stop,), daemon=True)
     thread.start()
@@ -64,7 +65,8 @@ def test_lines_from_a_real_capture_and_monitor(small_val_folder):
     try:
         cap0, mon0 = capture_sample(loop), monitor_sample(mon)
         stats = loop.run()
-        assert wait_for(lambda: mon.settled >= 13, 30)  # 12 frames and the end of stream, fully accounted
+        # 12 frames and the end of stream, fully accounted, and the 12 frames classified beside the decoding loop
+        assert wait_for(lambda: mon.settled >= 13 and mon.classified >= 12, 30)
         cap1, mon1 = capture_sample(loop), monitor_sample(mon)
     finally:
         stop.set()
@@ -79,8 +81,8 @@ def test_lines_from_a_real_capture_and_monitor(small_val_folder):
     assert re.fullmatch(r"capture lab: [\d.]+ frames/s, ([\d.]+) kbit/s, queues 0/0/0 of 4, dropped 0, "
                         r"latency p50 \d+ ms, monitors 1, sent 12", cline), cline
     assert float(re.search(r"([\d.]+) kbit/s", cline).group(1)) == pytest.approx(kbit, abs=0.1)
-    m = re.fullmatch(r"monitor: [\d.]+ frames/s, ([\d.]+) kbit/s, queue \d+, lost 0, rejected 0, "
-                     r"top-1 ([\d.]+)%, latency p50 \d+ ms, decoded 12", mline)
+    m = re.fullmatch(r"monitor: [\d.]+ frames/s, ([\d.]+) kbit/s, queue \d+, classify queue 0, lost 0, rejected 0, "
+                     r"top-1 ([\d.]+)%, latency p50 \d+ ms, decoded 12, classified 12", mline)
     assert m, mline
     assert float(m.group(1)) == pytest.approx(row["kbit_s"], abs=0.1)
     assert float(m.group(2)) == pytest.approx(100 * row["top1"], abs=0.05)

@@ -277,6 +277,24 @@ def test_client_batches_by_the_servers_max_batch_size(fake_server):
         client.logits(np.zeros((1, 8, 8, 3), np.float32))
 
 
+def test_client_gives_top5_with_probabilities_in_batches(fake_server):
+    """Top-5 from the server's logits, computed as in process; frames of any size batch together once the
+    centre crop has made them 224x224 (what the monitor does with `prepare`)."""
+    from edgepipe.server.classify import Recognizer
+
+    client = TritonClassifier("grpc://triton:8001", MODEL)
+    top = client.topk(_frames_of_classes([3, 9, 1, 4, 1, 5]), 5)
+    assert top.top1.tolist() == [3, 9, 1, 4, 1, 5] and fake_server.batches == [4, 2]
+    e = np.e
+    assert top.probs[:, 0] == pytest.approx(e / (e + 999))  # one logit of 1 among 1000 zeros
+    assert top.classes[0].tolist() == [3, 0, 1, 2, 4]  # then the tied zeros, lowest index first
+    cropped = TritonClassifier("grpc://triton:8001", MODEL, view="centre-crop")
+    frames = [np.zeros((120, 240, 3), np.uint8), np.zeros((300, 200, 3), np.uint8)]
+    fake_server.shapes.clear()
+    Recognizer.from_classifier(cropped).classify(frames)
+    assert fake_server.shapes == [(2, 224, 224, 3)]  # two sizes, one request
+
+
 def test_client_sees_frames_through_the_classifiers_view(fake_server):
     wide = np.zeros((2, 120, 240, 3), np.uint8)
     wide[0, 60, 60, 0], wide[1, 60, 180, 0] = 5, 7  # a mark in the left tile of frame 0, the right tile of 1
@@ -429,6 +447,11 @@ def test_real_triton_server_matches_in_process_top1(triton_server, frames, in_pr
     assert (logits.argmax(1) == in_process.argmax(1)).all()
     assert np.abs(logits - in_process).max() < 1e-3
     assert (logits.argmax(1) == labels).mean() >= 0.75
+    from edgepipe.recognition import top_k
+
+    remote, local = client.topk(images, 5), top_k(in_process, 5)
+    np.testing.assert_array_equal(remote.classes, local.classes)  # top-5 as in process, probabilities too
+    np.testing.assert_allclose(remote.probs, local.probs, atol=1e-4)
 
     def timed(batch, n=5):
         times = []

@@ -133,4 +133,25 @@ def test_recognizer_server_away_counts_unclassified_not_lost(images):
     assert report["decoded"] == 12 and report["lost"] == 0 and report["unclassified"] == 8
     assert row["frames"] == 12 and row["bytes"] == sum(len(m[1]) for m in msgs)
     assert row["labelled"] == 4  # top-1 is over the classified frames only
-    assert "unclassified 8" in format_table(report)
+    assert report["unclassified_by_cause"] == {"recognizer_unavailable": 8} and report["classified"] == 4
+    assert row["classified"] == 4 and row["unclassified"] == 8 and row["share_classified"] == pytest.approx(1 / 3,
+                                                                                                            abs=1e-5)
+    table = format_table(report)
+    assert "classified 4 (33.3%), unclassified 8 (recognizer_unavailable=8)" in table
+    assert table.splitlines()[0].endswith("classified") and table.splitlines()[2].endswith("33.3%")
+
+
+def test_a_table_with_every_frame_classified_has_no_classified_column(images):
+    mon = Monitor(lambda img: 0)
+    for m in hevc_stream(images, gop=4):
+        mon.handle(m)
+    report = mon.report()
+    assert report["classified"] == report["decoded"] == 12 and report["share_classified"] == 1.0
+    table = format_table(report)
+    assert not table.splitlines()[0].endswith("classified")  # the accuracy table as before
+    assert "decoded 12, classified 12 (100.0%), lost 0" in table
+    off = Monitor(None)  # classification off: nothing classified, nothing "unclassified"
+    for m in hevc_stream(images, gop=4):
+        off.handle(m)
+    assert off.report()["share_classified"] is None and off.report()["unclassified"] == 0
+    assert "classified" not in format_table(off.report())

@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 import zmq
 
+from edgepipe.server.classify import ClassifyOptions
 from edgepipe.server.monitor import Monitor, write_report
 from edgepipe.transport.protocol import FrameHeader
 from edgepipe.transport.sockets import DEFAULTS, SocketDefaults, Subscriber
@@ -459,7 +460,8 @@ def test_g_a_stopped_monitor_counts_what_it_received_but_did_not_decode(real_str
 
     feeder = Feeder()
     sub = Subscriber(feeder.endpoint)
-    mon = Monitor(slow, sub)
+    # every frame classified, one at a time: decoding waits for the slow recognizer, so the receive queue fills
+    mon = Monitor(slow, sub, classifying=ClassifyOptions(policy="all", queue=1, batch=1))
     run = Running(mon.run)
     try:
         feeder.wait_subscriber()
@@ -474,6 +476,7 @@ def test_g_a_stopped_monitor_counts_what_it_received_but_did_not_decode(real_str
     rep = mon.report()
     assert rep["rejects"].get("unprocessed_at_stop", 0) > 0
     assert rep["messages"] == len(real_stream) == rep["decoded"] + sum(rep["rejects"].values())
+    assert rep["classified"] == rep["decoded"]  # what was decoded was classified before the monitor stopped
 
 
 def test_g_a_joining_monitor_asks_for_a_keyframe(clip):
