@@ -48,7 +48,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgepipe.core.errors import RecognizerUnavailable
+from edgepipe.core.errors import EdgepipeError, RecognizerUnavailable
 from edgepipe.core.files import atomic_write
 from edgepipe.core.latency import LatencyWindow
 from edgepipe.media.codecs import HevcDecoder, decode_image
@@ -310,6 +310,7 @@ class Monitor:
         self.unclassified_by_cause: Counter = Counter({cause: 0 for cause in CAUSES})
         self.classify_latency = LatencyWindow(1024)  # capture -> classified, of the last classified frames
         self.predictions = None  # predictions.PredictionWriter: --predictions FILE.jsonl
+        self.recognizer_failure: EdgepipeError | None = None  # set by the classify thread: run() stops with it
         self._last_classify_log = float("-inf")
         self.subscriber = subscriber
         self.on_loss = on_loss  # hook for the keyframe back channel
@@ -447,6 +448,12 @@ class Monitor:
             topk = self.recognizer.classify([item.image for item in items])
         except RecognizerUnavailable:  # a server away: counted, not lost, not in top-1; the client reconnects
             self._settle_unclassified(items, "recognizer_unavailable")
+            return
+        except EdgepipeError as exc:  # a misconfiguration (a model that takes one frame size): stop, in one line
+            self._settle_unclassified(items, "recognizer_error")
+            if self._classifier is None:
+                raise
+            self.recognizer_failure = exc  # run() stops on it and raises it
             return
         except Exception as exc:  # one bad batch never ends the monitor: counted, and said
             self._settle_unclassified(items, "recognizer_error")
@@ -808,7 +815,7 @@ class Monitor:
         next_sweep = last_message + 1.0
         poll_s = self.subscriber.poll_ms / 1000 if self.subscriber is not None else 0.1
         try:
-            while not stop.is_set():
+            while not stop.is_set() and self.recognizer_failure is None:
                 self.ticks += 1
                 now = time.monotonic()
                 if now >= next_sweep:
@@ -843,6 +850,8 @@ class Monitor:
             self._stop_classifying()
         if errors:
             raise errors[0]
+        if self.recognizer_failure is not None:
+            raise self.recognizer_failure
 
     def _start_classifying(self, stop: threading.Event) -> None:
         if self.recognizer is not None and self._classifier is None:

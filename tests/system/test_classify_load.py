@@ -258,3 +258,24 @@ def test_batches_join_streams_and_sizes_when_the_view_makes_them_one_size(two_si
             assert got[0]["class"] == int(alone.classes[0, 0]), (stream, seq)
             assert got[0]["p"] == pytest.approx(float(alone.probs[0, 0]), abs=1e-3)
     assert len({r["top5"][0]["class"] for r in lines.values()}) > 2  # different photos, different answers
+
+
+def test_a_misconfigured_recognizer_stops_the_monitor_in_one_line_with_every_frame_counted(clip):
+    """An EdgepipeError from the recognizer (a Triton model that takes another frame size) is a setting to fix,
+    not an outage: run() stops and raises it, as it did when classification was in the decoding loop."""
+    from edgepipe.core.errors import EdgepipeError
+
+    def fixed_size(frames):
+        raise EdgepipeError("model 'm' on Triton at grpc://x:8001 takes 224x224 frames only, got 192x108")
+
+    msgs = hevc_messages(clip[:10], "cam", 1, gop=5)
+    live = Live(Recognizer(fixed_size), ClassifyOptions(policy="keyframes-first"))
+    live.send(msgs)
+    assert wait_for(lambda: not live.run.thread.is_alive(), 30)
+    with pytest.raises(EdgepipeError, match="takes 224x224 frames only"):
+        live.stop()
+    rep = live.mon.report()
+    assert rep["decoded"] >= 1 and rep["classified"] == 0
+    assert rep["unclassified"] == rep["decoded"] and rep["unclassified_by_cause"]["recognizer_error"] >= 1
+    with pytest.raises(EdgepipeError, match="takes 224x224"):  # handle() alone: raised where it is called
+        Monitor(Recognizer(fixed_size)).handle(msgs[0])
