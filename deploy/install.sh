@@ -99,7 +99,7 @@ else
         if [ "$CPU_TORCH" = 1 ]; then
             run "$VENV/bin/python" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
         fi
-        run "$VENV/bin/python" -m pip install -q "$SRC[$EXTRAS]"
+        run "$VENV/bin/python" -m pip install -q "${SRC}[${EXTRAS}]"
     fi
 fi
 EDGEPIPE="$VENV/bin/edgepipe"
