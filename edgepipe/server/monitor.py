@@ -434,15 +434,16 @@ class Monitor:
         """A decoded frame to the recognizer: queued for the worker while run() runs (never waiting, except
         under the `all` policy), else classified here and now."""
         if self._classifier is None:
-            self._classify_items([item])
+            self._classify_items([item], raise_failure=True)
             return
         queued, shed = self.classify_queue.offer(item, self.classifying.waits, self._stopping)
         self._settle_unclassified(shed, "skipped_under_load")
         if not queued:
             self._settle_unclassified([item], "at_stop" if self.classifying.waits else "skipped_under_load")
 
-    def _classify_items(self, items: list[Pending]) -> None:
-        """One batch: classified, or counted unclassified by cause. Runs in the worker (or in handle())."""
+    def _classify_items(self, items: list[Pending], raise_failure: bool = False) -> None:
+        """One batch: classified, or counted unclassified by cause. Runs in the classify thread, or in handle()'s
+        thread (`raise_failure`: a misconfiguration is raised there; the thread leaves it for run() to raise)."""
         t0 = time.perf_counter()
         try:
             topk = self.recognizer.classify([item.image for item in items])
@@ -451,7 +452,7 @@ class Monitor:
             return
         except EdgepipeError as exc:  # a misconfiguration (a model that takes one frame size): stop, in one line
             self._settle_unclassified(items, "recognizer_error")
-            if self._classifier is None:
+            if raise_failure:
                 raise
             self.recognizer_failure = exc  # run() stops on it and raises it
             return

@@ -1,5 +1,5 @@
 """`monitor --predictions FILE.jsonl` (issue 14 item 2): the writer beside the monitor, with real frames and real
-HEVC, and failing disks (/dev/full, a file size limit). End to end over loopback: tests/system/test_predictions.py."""
+HEVC, and failing disks (/dev/full, a file size limit). End to end over loopback: tests/system/test_predictions_e2e.py."""
 from __future__ import annotations
 
 import json
