@@ -6,7 +6,7 @@
     tensorrt_engine.py  `.plan` / `.engine` files: TensorRT (built offline by edgepipe.tensorrt)
     tvl1.py             `tvl1[:LAMBDA]`: the classical TV-L1 baseline
 
-`load_engine(spec)` is the one way in. A new kind is one module that calls `register_engine`, and its
+`load_engine(spec, threads)` is the one way in (threads: an `EngineThreads` budget, or a count). A new kind is one module that calls `register_engine`, and its
 import below. Heavy packages (onnxruntime, torch, tensorrt) are imported only when an engine loads.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from edgepipe.engines.base import Engine, IdentityEngine
 from edgepipe.engines.registry import (
     ENGINES,
     EngineKind,
+    EngineThreads,
     describe_specs,
     load_engine,
     parse_spec,
@@ -23,5 +24,5 @@ from edgepipe.engines.registry import (
     resolve_model,
 )
 
-__all__ = ["ENGINES", "Engine", "EngineKind", "IdentityEngine", "describe_specs", "load_engine", "parse_spec",
-           "register_engine", "resolve_model"]
+__all__ = ["ENGINES", "Engine", "EngineKind", "EngineThreads", "IdentityEngine", "describe_specs", "load_engine",
+           "parse_spec", "register_engine", "resolve_model"]

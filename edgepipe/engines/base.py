@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.engines.registry import EngineKind, register_engine
+from edgepipe.engines.registry import EngineKind, EngineThreads, register_engine
 
 
 class Engine(Protocol):
@@ -51,9 +51,19 @@ def to_model_input(frames: np.ndarray, out: np.ndarray | None = None) -> np.ndar
 
 
 def from_model_output(x: np.ndarray) -> np.ndarray:
-    """float NCHW in [0, 1] -> uint8 NHWC RGB, rounded and clamped to valid pixels."""
-    y = np.clip(x.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255)
-    return np.ascontiguousarray(y.astype(np.uint8))
+    """float NCHW in [0, 1] -> uint8 NHWC RGB, rounded and clamped to valid pixels.
+
+    Two buffers, four passes: scale into one float temporary, round and clamp it in place, then one strided
+    copy both casts and transposes into the contiguous frame the encoder takes. (It was five passes and five
+    buffers; the values are the same: the same float operations in the same precision as x.)
+    """
+    y = np.multiply(x, 255.0)
+    y += 0.5
+    np.clip(y, 0, 255, out=y)
+    n, c, h, w = x.shape
+    out = np.empty((n, h, w, c), np.uint8)
+    np.copyto(out, y.transpose(0, 2, 3, 1), casting="unsafe")  # truncation, as astype: y >= 0, so rounding
+    return out
 
 
 class IdentityEngine:
@@ -68,10 +78,14 @@ class IdentityEngine:
         pass
 
 
-def _load_identity(argument: str | None, threads: int | None) -> IdentityEngine:
+def _load_identity(argument: str | None, threads: EngineThreads) -> IdentityEngine:
     if argument is not None:
         raise EdgepipeError(f"engine none takes no parameters, got 'none:{argument}'")
     return IdentityEngine()
 
 
-register_engine(EngineKind("none", _load_identity))
+def _no_cpu_work() -> bool:
+    return False
+
+
+register_engine(EngineKind("none", _load_identity, computes_on_cpu=_no_cpu_work))

@@ -8,9 +8,10 @@ import numpy as np
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import sha256_file
 from edgepipe.engines.base import from_model_output, to_model_input, weights_id
-from edgepipe.engines.registry import EngineKind, register_engine
+from edgepipe.engines.registry import EngineKind, EngineThreads, register_engine
 
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_GPU_PROVIDERS = _PREFERRED[:2]
 
 
 def onnx_weights_id(path: Path) -> str:
@@ -27,7 +28,8 @@ def onnx_weights_id(path: Path) -> str:
 
 
 class OnnxEngine:
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, path: str | Path, providers: list[str] | None = None,
+                 threads: int | EngineThreads | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -37,9 +39,7 @@ class OnnxEngine:
             raise EdgepipeError(f"model file not found: {path}")
         available = ort.get_available_providers()
         providers = providers or [p for p in _PREFERRED if p in available]
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        options = session_options(ort, EngineThreads.of(threads))
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types
@@ -59,4 +59,28 @@ class OnnxEngine:
         self._session = None
 
 
-register_engine(EngineKind("onnx", lambda path, threads: OnnxEngine(path, threads=threads), suffixes=(".onnx",)))
+def session_options(ort, threads: EngineThreads):
+    """ONNX Runtime's session options for a thread budget (None fields: ORT's own defaults)."""
+    options = ort.SessionOptions()
+    if threads.count:
+        options.intra_op_num_threads = threads.count
+        # the ED is one chain of operators: run them in order, with no second (inter-op) pool beside the first
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+    if threads.spin is not None:
+        # a spinning idle thread holds its core between operators, which the encoder may need meanwhile
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads.spin else "0")
+    return options
+
+
+def _computes_on_cpu() -> bool:
+    """No GPU provider here: ONNX Runtime runs the model on the CPU."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return True  # loading will say what is missing
+    return not set(_GPU_PROVIDERS) & set(ort.get_available_providers())
+
+
+register_engine(EngineKind("onnx", lambda path, threads: OnnxEngine(path, threads=threads), suffixes=(".onnx",),
+                           computes_on_cpu=_computes_on_cpu))

@@ -20,6 +20,26 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class EngineThreads:
+    """The CPU threads a caller budgets for an engine (edge/threads.py plans them for the capture loop).
+
+    An engine that computes elsewhere (TensorRT, `none`) ignores them; so does TV-L1 (OpenCV's pool).
+    """
+
+    count: int | None = None  # threads for its operators; None: the library's own default (every core)
+    spin: bool | None = None  # whether idle threads spin-wait for the next operator; None: the library's default
+
+    @classmethod
+    def of(cls, threads: int | EngineThreads | None) -> EngineThreads:
+        """A plain count (what evaluation and training pass) as a budget; None: the libraries' defaults."""
+        return threads if isinstance(threads, EngineThreads) else cls(count=threads or None)
+
+
+def _on_cpu() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
 class EngineKind:
     """How one kind of pre-transform is named and loaded.
 
@@ -30,10 +50,13 @@ class EngineKind:
     name: str
     # (argument, threads) -> engine. argument: the model file's path; for a kind chosen by name, the text
     # after "NAME:" (None when the spec is just NAME). threads: a CPU thread budget the engine may ignore.
-    load: Callable[[str | None, int | None], Engine]
+    load: Callable[[str | None, EngineThreads], Engine]
     suffixes: tuple[str, ...] = ()  # model files it runs, lower case (".onnx")
     spec: str = ""                  # how a user names it in help text: "tvl1[:LAMBDA]"; default: its name
     preferred_batch: int = 16       # frames per run() call in offline work (TV-L1 is fastest one at a time)
+    # whether its engines would compute on this machine's CPU, asked before one loads: the capture's thread
+    # budget gives most of the cores to the engine only then (else to the encoder)
+    computes_on_cpu: Callable[[], bool] = _on_cpu
 
 
 ENGINES: Registry[EngineKind] = Registry("engine")
@@ -82,10 +105,10 @@ def parse_spec(spec: str | None) -> tuple[EngineKind, str | None]:
     raise EdgepipeError(f"unknown model type {suffix!r} for {path}: use {describe_specs()}")
 
 
-def load_engine(spec: str | None, threads: int | None = None) -> Engine:
-    """The engine a spec names, loaded (`none` or None: no pre-transform)."""
+def load_engine(spec: str | None, threads: int | EngineThreads | None = None) -> Engine:
+    """The engine a spec names, loaded (`none` or None: no pre-transform); `threads`: its CPU thread budget."""
     kind, argument = parse_spec(spec)
-    return kind.load(argument, threads)
+    return kind.load(argument, EngineThreads.of(threads))
 
 
 def describe_specs() -> str:

@@ -264,4 +264,9 @@ class TensorRTEngine:
 
 
 # Importing this module needs no TensorRT: the engine imports it when a plan is loaded.
-register_engine(EngineKind("tensorrt", lambda path, threads: TensorRTEngine(path), suffixes=(".plan", ".engine")))
+def _computes_on_cpu() -> bool:
+    return False  # a plan runs on the GPU; the CPU only copies frames in and out
+
+
+register_engine(EngineKind("tensorrt", lambda path, threads: TensorRTEngine(path), suffixes=(".plan", ".engine"),
+                           computes_on_cpu=_computes_on_cpu))

@@ -11,7 +11,7 @@ from edgepipe.engines.registry import EngineKind, register_engine
 
 
 class TorchEngine:
-    def __init__(self, path: str | Path, device: str | None = None):
+    def __init__(self, path: str | Path, device: str | None = None, threads: int | None = None):
         import torch
 
         from edgepipe.models.ed import load_ed  # raises EdgepipeError for bad files
@@ -19,6 +19,8 @@ class TorchEngine:
         path = Path(path)
         self._torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if threads and self.device == "cpu":
+            torch.set_num_threads(threads)  # PyTorch's pool is process-wide: the budget holds for the whole process
         self._model = load_ed(path).to(self.device).eval()
         tensors = ((k, v.detach().cpu().float().numpy()) for k, v in self._model.state_dict().items())
         self.model_id = f"{path.stem}-{weights_id(tensors)}"  # the same id as its ONNX export
@@ -34,5 +36,14 @@ class TorchEngine:
         self._model = None
 
 
-# threads: PyTorch's own pool is set process-wide (torch.set_num_threads) by whoever owns the process.
-register_engine(EngineKind("torch", lambda path, threads: TorchEngine(path), suffixes=(".pt", ".pth")))
+def _computes_on_cpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return True  # loading will say what is missing
+    return not torch.cuda.is_available()
+
+
+# threads.spin: PyTorch's pool has no such setting
+register_engine(EngineKind("torch", lambda path, threads: TorchEngine(path, threads=threads.count),
+                           suffixes=(".pt", ".pth"), computes_on_cpu=_computes_on_cpu))
