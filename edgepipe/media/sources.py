@@ -63,6 +63,25 @@ class FrameShaper:
         return cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
 
 
+def bgr_to_rgb(image: np.ndarray) -> np.ndarray:
+    """A new contiguous RGB frame. Cameras give BGR: shaping first and swapping after swaps the frame at its
+    final size, once (resizing treats each channel alike, so the pixels are the same either way)."""
+    import cv2
+
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def set_opencv_threads(threads: int | None) -> int:
+    """Set OpenCV's pool (process-wide: resizing here, the encoder's colour conversion) to `threads`;
+    None leaves it. Returns the count before, to put back."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    if threads is not None:
+        cv2.setNumThreads(threads)
+    return before
+
+
 class FolderSource:
     """Replays a labelled image folder as a camera; each frame carries its ImageNet label.
     Unreadable images are skipped, counted and logged."""
@@ -106,7 +125,7 @@ class VideoFileSource:
 
     live = False
 
-    def __init__(self, path: str | Path, shaper: FrameShaper, loop: bool = False):
+    def __init__(self, path: str | Path, shaper: FrameShaper, loop: bool = False, threads: int | None = None):
         import av
 
         self.name, self._path, self._shaper, self._loop = str(path), str(path), shaper, loop
@@ -121,6 +140,8 @@ class VideoFileSource:
             raise EdgepipeError(f"{path} has no video stream")
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"  # only before the codec opens: a loop's rewind reuses the open decoder
+        if threads:
+            stream.codec_context.thread_count = threads  # FFmpeg's default: one per core
         fmt = self._container.format.name
         self.timestamps = not (fmt == "image2" or fmt.endswith("_pipe"))  # a still image has no clock
         self.fps = float(stream.average_rate) if stream.average_rate and self.timestamps else None
@@ -184,9 +205,10 @@ class LiveSource:
     live = True
     timestamps = False
 
-    def __init__(self, target: str | int, shaper: FrameShaper, backoff: tuple[float, float] = (0.5, 10.0)):
+    def __init__(self, target: str | int, shaper: FrameShaper, backoff: tuple[float, float] = (0.5, 10.0),
+                 threads: int | None = None):
         self.name = str(target)
-        self._target, self._shaper = target, shaper
+        self._target, self._shaper, self._threads = target, shaper, threads
         self._backoff_min, self._backoff_max = backoff
         self._backoff = self._backoff_min
         self._next_try = 0.0
@@ -204,9 +226,12 @@ class LiveSource:
     def _open(self):
         import cv2
 
-        backend = cv2.CAP_V4L2 if _is_camera(self._target) else cv2.CAP_FFMPEG
+        camera = _is_camera(self._target)
+        backend = cv2.CAP_V4L2 if camera else cv2.CAP_FFMPEG
+        # decoder threads: for the FFmpeg back end (streams); a V4L2 camera has no decoder pool to size
+        params = [cv2.CAP_PROP_N_THREADS, self._threads] if self._threads and not camera else []
         with _quiet_opencv():
-            cap = cv2.VideoCapture(self._target, backend)
+            cap = cv2.VideoCapture(self._target, backend, params)
         if not cap.isOpened():
             cap.release()
             return None
@@ -235,7 +260,7 @@ class LiveSource:
             self._cap = None
             self._schedule_retry()
             return ReadStatus.TIMEOUT, None
-        frame = Frame(self._shaper(np.ascontiguousarray(bgr[..., ::-1])), self._index, time.time())
+        frame = Frame(bgr_to_rgb(self._shaper(bgr)), self._index, time.time())
         self._index += 1
         return ReadStatus.OK, frame
 
@@ -280,8 +305,12 @@ def _open_failure(target: str | int) -> str:
     return f"cannot open stream {target}: check the address, the credentials and that the camera is reachable"
 
 
-def open_source(spec: str, size: tuple[int, int] | None = None, crop: bool = False, loop: bool = False) -> Source:
-    """Pick the source from one string; unknown or missing ones are a one-line error."""
+def open_source(spec: str, size: tuple[int, int] | None = None, crop: bool = False, loop: bool = False,
+                threads: int | None = None) -> Source:
+    """Pick the source from one string; unknown or missing ones are a one-line error.
+
+    threads: the decoder's (video files and streams; None: FFmpeg's default, one per core). Resizing runs
+    on OpenCV's process-wide pool: set_opencv_threads."""
     shaper = FrameShaper(size, crop)
     if spec.startswith("folder:"):
         return FolderSource(spec[len("folder:"):], shaper, loop)
@@ -289,15 +318,15 @@ def open_source(spec: str, size: tuple[int, int] | None = None, crop: bool = Fal
         device = f"/dev/video{spec}" if spec.isdigit() else spec
         if not os.path.exists(device):
             raise EdgepipeError(f"camera {spec} does not exist: no {device} on this machine")
-        return LiveSource(int(spec) if spec.isdigit() else spec, shaper)
+        return LiveSource(int(spec) if spec.isdigit() else spec, shaper, threads=threads)
     if spec.startswith(LIVE_SCHEMES):
-        return LiveSource(spec, shaper)
+        return LiveSource(spec, shaper, threads=threads)
     if re.match(r"[a-z][a-z0-9+.-]+:", spec, re.IGNORECASE) and not spec.startswith("file://"):
         raise EdgepipeError(f"unknown source {spec!r}: streams are {', '.join(LIVE_SCHEMES)}; "
                             "otherwise use /dev/videoN or an index, a video file, or folder:PATH")
     path = Path(spec[len("file://"):] if spec.startswith("file://") else spec)
     if path.is_file():
-        return VideoFileSource(path, shaper, loop)
+        return VideoFileSource(path, shaper, loop, threads)
     if path.is_dir():
         raise EdgepipeError(f"{spec} is a folder: use folder:{spec} to replay labelled images")
     if "/" in spec or path.suffix:  # meant as a file

@@ -9,7 +9,15 @@ from edgepipe.core.datasets import read_rgb
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.labels import synset_to_index
 from edgepipe.media.frames import ReadStatus
-from edgepipe.media.sources import FolderSource, FrameShaper, LiveSource, open_source, parse_size
+from edgepipe.media.sources import (
+    FolderSource,
+    FrameShaper,
+    LiveSource,
+    bgr_to_rgb,
+    open_source,
+    parse_size,
+    set_opencv_threads,
+)
 
 
 def drain(source, limit=10_000):
@@ -154,3 +162,50 @@ def test_parse_size():
     for text in ("99999x99999", "8193x720", "15x720"):
         with pytest.raises(EdgepipeError, match="each side must be 16..8192"):
             parse_size(text)
+
+
+# --- thread budgets and copies (issue 13) -------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_video_file_decoder_takes_its_threads(video_clip, threads):
+    source = open_source(str(video_clip), size=(128, 72), threads=threads)
+    try:
+        assert source._container.streams.video[0].codec_context.thread_count == threads
+        assert source.read()[0] is ReadStatus.OK
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_stream_decoder_takes_its_threads(video_clip, threads):
+    import cv2
+
+    source = LiveSource(str(video_clip), FrameShaper((128, 72)), threads=threads)  # FFmpeg back end, as rtsp://
+    try:
+        assert source._cap.get(cv2.CAP_PROP_N_THREADS) == threads
+        assert source.read()[0] is ReadStatus.OK
+    finally:
+        source.close()
+
+
+def test_opencv_threads_are_set_and_put_back():
+    import cv2
+
+    before = set_opencv_threads(1)
+    try:
+        assert cv2.getNumThreads() == 1
+        assert set_opencv_threads(None) == 1 and cv2.getNumThreads() == 1  # None leaves it
+    finally:
+        set_opencv_threads(before)
+    assert cv2.getNumThreads() == before
+
+
+@pytest.mark.parametrize("size, crop", [((224, 224), True), ((640, 360), False), ((300, 200), False), (None, False)])
+def test_camera_frames_are_swapped_after_shaping_with_the_same_pixels(small_val_folder, size, crop):
+    """A camera's BGR frame: shaped, then swapped once at its final size, equals swapping first (as before)."""
+    rgb = read_rgb(next(p for p in sorted(Path(small_val_folder).rglob("*")) if p.is_file()))
+    bgr = np.ascontiguousarray(rgb[:-1, :-3, ::-1])  # odd sizes: the shaper trims them
+    shaper = FrameShaper(size, crop)
+    out = bgr_to_rgb(shaper(bgr))
+    assert out.flags.c_contiguous
+    assert np.array_equal(out, shaper(np.ascontiguousarray(bgr[..., ::-1])))

@@ -93,16 +93,54 @@ def check_hevc_options(preset: str, crf: float | None, encoder: str) -> None:
         raise EdgepipeError(f"hevc CRF must be {CRF_RANGE[0]}..{CRF_RANGE[1]}, got {crf:g}")
 
 
+def x265_params(qp: int | None, crf: float | None, keyint: int, threads: int | None = None,
+                pool_threads: int | None = None) -> str:
+    """libx265's parameter string for a low-latency stream (with tune zerolatency: one frame thread).
+
+    threads=1: no thread pool, so no wavefronts (WPP): evaluation's single-threaded stills, a bitstream of
+    their own. pool_threads=N: the capture's budget, N worker threads for the wavefront rows; WPP stays on,
+    so the bitstream is the same for any N (x265's default pool has one thread per core).
+    """
+    if threads is not None and pool_threads is not None:
+        raise ValueError("give threads (1: single-threaded, no WPP) or pool_threads, not both")
+    rate = f"qp={qp}" if qp is not None else f"crf={crf}"
+    params = f"{rate}:keyint={keyint}:min-keyint={keyint}:scenecut=0:repeat-headers=1:info=0:log-level=error"
+    if threads == 1:
+        # No thread pool (so no WPP) and one frame thread: on a loaded CPU, x265's per-CTU-row
+        # handoffs made a 224x224 still take ~0.5 s wall for ~25 ms of CPU. Offline evaluation
+        # runs one encoder per core instead.
+        params += ":pools=none:frame-threads=1"
+    elif pool_threads is not None:
+        if pool_threads < 1:
+            raise ValueError(f"pool_threads must be at least 1, got {pool_threads}")
+        params += f":pools={pool_threads}:frame-threads=1"
+    return params
+
+
+def _video_frame(yuv: np.ndarray):
+    """A yuv420p VideoFrame of an I420 array (height * 3 / 2, width), without copying it where PyAV can.
+
+    from_numpy_buffer wraps the array's buffer (and holds a reference to it) where from_ndarray copies it
+    once more; PyAV 18 derives the height as rows // 6 * 4, which is only right for heights divisible by 4.
+    """
+    import av
+
+    if (yuv.shape[0] * 2 // 3) % 4 == 0:
+        return av.VideoFrame.from_numpy_buffer(yuv, format="yuv420p")
+    return av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+
+
 class HevcEncoder:
     """Low-latency HEVC: one packet out per frame in, no B-frames, no lookahead.
 
     gop=0 means intra-only. Parameter sets are repeated at every keyframe, so a decoder that joins
     mid-stream can start at the next keyframe. `force_keyframe` asks for an IDR frame now.
+    Threads (libx265): see x265_params; hevc_nvenc ignores them.
     """
 
     def __init__(self, width: int, height: int, qp: int | None = 32, crf: float | None = None,
                  gop: int = 30, preset: str = "ultrafast", encoder: str = "libx265", fps: float = 30.0,
-                 threads: int | None = None):
+                 threads: int | None = None, pool_threads: int | None = None):
         import av
 
         encoder = resolve_encoder(encoder)
@@ -121,20 +159,15 @@ class HevcEncoder:
         ctx.framerate = Fraction(fps).limit_denominator(1001)
         keyint = 1 if gop <= 0 else gop
         if encoder == "libx265":
-            rate = f"qp={qp}" if qp is not None else f"crf={crf}"
-            params = f"{rate}:keyint={keyint}:min-keyint={keyint}:scenecut=0:repeat-headers=1:info=0:log-level=error"
-            if threads == 1:
-                # No thread pool (so no WPP) and one frame thread: on a loaded CPU, x265's per-CTU-row
-                # handoffs made a 224x224 still take ~0.5 s wall for ~25 ms of CPU. Offline evaluation
-                # runs one encoder per core instead.
-                params += ":pools=none:frame-threads=1"
-            ctx.options = {"preset": preset, "tune": "zerolatency", "x265-params": params, "forced-idr": "1"}
+            params = x265_params(qp, crf, keyint, threads, pool_threads)
+            self.options = {"preset": preset, "tune": "zerolatency", "x265-params": params, "forced-idr": "1"}
         else:  # hevc_nvenc: constant QP, low-latency tuning, no B-frames
             ctx.gop_size = keyint
             ctx.max_b_frames = 0
             opts = {"preset": "p1", "tune": "ll", "forced-idr": "1", "zerolatency": "1"}
             opts.update({"rc": "constqp", "qp": str(qp)} if qp is not None else {"rc": "vbr", "cq": str(int(crf))})
-            ctx.options = opts
+            self.options = opts
+        ctx.options = dict(self.options)  # what the encoder was opened with, kept readable
         ctx.open()
         self._ctx = ctx
 
@@ -145,7 +178,7 @@ class HevcEncoder:
             raise ValueError(f"frame is {frame.shape[1]}x{frame.shape[0]}, encoder is {self.width}x{self.height}")
         # OpenCV's SIMD BT.601 conversion: ~12x faster than swscale at 720p, and it releases the GIL
         yuv = cv2.cvtColor(_pad_even(frame), cv2.COLOR_RGB2YUV_I420)
-        vf = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        vf = _video_frame(yuv)
         vf.pts = self._pts
         self._pts += 1
         if force_keyframe or self.gop <= 0:
