@@ -108,6 +108,13 @@ CASES = [
     (capture("--status-every", "soon"), "'soon' is not a valid float"),
     (capture("-q", "--status-every", "5"), "--quiet and --status-every are exclusive"),
     (capture("--fps", "0"), "0 is not in the range x>0"),
+    # capture: thread budgets (issue 13)
+    (capture("--threads", "engine=0"), "--threads 'engine=0': engine's threads must be a whole number 1..256"),
+    (capture("--threads", "gpu=2"), "--threads 'gpu=2': unknown item 'gpu=2'"),
+    (capture("--threads", "auto,4"), "give one of auto, defaults or a core count, not two"),
+    (capture("--threads", "0"), "a core count must be a whole number 1..256"),
+    (capture("--threads", "spin=maybe"), "spin is on or off"),
+    (capture("--threads", ""), "an empty item"),
     # monitor: sinks and status line (issue 12)
     (["monitor", "--connect", "tcp://127.0.0.1:5555", "--record", "{tmp}/out.avi"], "the file must end in .mkv"),
     (["monitor", "--connect", "tcp://127.0.0.1:5555", "--record", "rtsp://camera/x.mkv"], "only files are supported"),

@@ -13,6 +13,7 @@ from edgepipe.commands.options import (
     stop_on_signals,
     write_json,
 )
+from edgepipe.edge.threads import THREADS_HELP
 from edgepipe.engines import describe_specs
 from edgepipe.media.codecs import CODECS, HEVC_ENCODERS, STREAM_CODECS, X265_PRESETS
 from edgepipe.ops.config import config_option
@@ -59,11 +60,12 @@ def _setting_help() -> str:
 @click.option("--wait-subscriber", type=click.FloatRange(min=0), default=None,
               help="Wait up to S seconds for a monitor to join before sending; 0 = do not wait "
                    "[default: 10 for files and folders without --loop, 0 for live sources].")
+@click.option("--threads", default="auto", show_default=True, metavar="POLICY", help=THREADS_HELP)
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), default=None, help="Write loop statistics as JSON.")
 @status_options
 def capture(source, engine, publish, control, key, insecure, allow, metrics, codec, qp, crf, gop, preset, encoder,
-            frames, size, crop, realtime, fps, loop_source, stream_id, wait_subscriber, stats_path, quiet, status_every,
-            print_config):
+            frames, size, crop, realtime, fps, loop_source, stream_id, wait_subscriber, threads, stats_path, quiet,
+            status_every, print_config):
     """Edge loop: source -> pre-transform -> encoder -> ZeroMQ PUB.
 
     Stages run concurrently with bounded queues; SIGINT/SIGTERM stop cleanly, flushing the encoder.
@@ -81,14 +83,14 @@ def capture(source, engine, publish, control, key, insecure, allow, metrics, cod
     from edgepipe.ops.service import SecurityOptions, ServiceOptions
 
     # Flags first, then keys, source and model: sockets bind only once all of them are good.
-    _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf)
+    _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf, threads)
     mode, every = status_mode(quiet, status_every)
     if codec == "hevc":
         encoder = resolve_encoder(encoder)
     settings = CaptureSettings(source=source, publish=publish, engine=engine, codec=codec, qp=qp, crf=crf, gop=gop,
                                preset=preset, encoder=encoder, frames=frames, size=parse_size(size), crop=crop,
                                realtime=realtime, fps=fps, loop=loop_source, stream_id=stream_id,
-                               wait_subscriber_s=wait_subscriber)
+                               wait_subscriber_s=wait_subscriber, threads=threads)
     options = ServiceOptions(control=control, metrics=metrics,
                              security=SecurityOptions(key=key, allow=tuple(allow), insecure=insecure))
     service = _capture_service(settings, options)
@@ -98,7 +100,7 @@ def capture(source, engine, publish, control, key, insecure, allow, metrics, cod
     secure = "CURVE" if service.curve else "plain text"
     if not quiet:
         click.echo(f"capture: {loop.source.name} -> {loop.engine.model_id} -> {codec} -> {publish} ({secure}); "
-                   f"stream clock: {_clock_words(loop)}", err=True)
+                   f"stream clock: {_clock_words(loop)}; threads: {loop.budget.describe()}", err=True)
     status = StatusReporter(lambda: capture_sample(loop), capture_line, mode, every)
     try:
         with status:
@@ -108,6 +110,7 @@ def capture(source, engine, publish, control, key, insecure, allow, metrics, cod
     summary = stats.as_dict()
     summary["epoch"] = loop.epoch
     summary["stream_clock"] = loop.clock
+    summary["threads"] = loop.budget.as_dict()  # what each stage's library was given
     write_json(summary, stats_path)  # atomic: whole or not at all
     drops = ", ".join(f"{k}={v}" for k, v in summary["drops"].items()) or "none"
     unsubscribed = summary.get("frames_unsubscribed", 0)
@@ -126,8 +129,9 @@ def _clock_words(loop) -> str:
             "default-fps": f"{loop.rate:g} frames/s (default; --fps sets it)"}.get(loop.clock, loop.clock)
 
 
-def _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf) -> None:
+def _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf, threads) -> None:
     """Every capture flag that can be judged without opening anything."""
+    from edgepipe.edge.threads import parse_threads
     from edgepipe.ops.metrics import parse_listen
 
     for flag, endpoint in (("--publish", publish), ("--control", control)):
@@ -137,11 +141,13 @@ def _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf) -
         parse_listen(metrics)
     check_stream_id(stream_id)
     check_codec_settings(codec, qp, crf)
+    parse_threads(threads)
 
 
 def _capture_service(settings, options):
     """Keys, source and model before the service binds its sockets (it would find their problems after)."""
     from edgepipe.edge.service import CaptureService
+    from edgepipe.edge.threads import capture_budget
     from edgepipe.engines import load_engine
     from edgepipe.media.sources import open_source
     from edgepipe.ops.service import server_curve
@@ -150,10 +156,11 @@ def _capture_service(settings, options):
     if server_curve(options.security) is None and not options.security.insecure:
         for endpoint in filter(None, (settings.publish, options.control)):
             check_plaintext_allowed(endpoint.replace("://*:", "://0.0.0.0:"), False, "capture")  # as bound
-    source = open_source(settings.source, settings.size, settings.crop, settings.loop)
+    budget = capture_budget(settings.threads, settings.engine, settings.codec, settings.encoder)  # as the loop's
+    source = open_source(settings.source, settings.size, settings.crop, settings.loop, threads=budget.source)
     engine = None
     try:
-        engine = load_engine(settings.engine)
+        engine = load_engine(settings.engine, budget.engine_threads())
         return CaptureService(settings, options, source=source, engine=engine)
     except BaseException:
         source.close()  # closing twice is harmless where the service's loop closed them already

@@ -18,6 +18,10 @@ monitor measures kbit/s per second of *video*, not per second of processing: a v
 timestamps; for folders and still images frame index / rate, the rate being --fps or
 frames.DEFAULT_FPS; for a live camera the capture clock. Each frame also carries the stream time
 since the previous frame sent, so frames dropped on the way count as time, not as bits.
+
+Threads: each stage's library gets the thread count of one budget (`--threads`, edge/threads.py), so the
+stages' own pools do not fight for the cores: the source's decoder and OpenCV's pool, the engine's intra-op
+threads, x265's workers. `budget` is what was applied.
 """
 from __future__ import annotations
 
@@ -30,10 +34,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgepipe.edge.stats import CaptureStats
+from edgepipe.edge.threads import capture_budget
 from edgepipe.engines import Engine, load_engine
 from edgepipe.media.codecs import CODECS, StreamEncoder
 from edgepipe.media.frames import DEFAULT_FPS, Frame, ReadStatus
-from edgepipe.media.sources import Source, open_source
+from edgepipe.media.sources import Source, open_source, set_opencv_threads
 from edgepipe.transport.protocol import FrameHeader
 from edgepipe.transport.sockets import Publisher
 
@@ -69,7 +74,7 @@ class CaptureSettings:
     wait_subscriber_s: float | None = None
     send_stall_s: float = 0.5  # live sources: longest wait on a full subscriber before dropping
     keyframe_min_interval_s: float = 0.5  # forced IDRs at most this often, however many requests come
-
+    threads: str = "auto"  # the thread budget per stage (--threads; edge/threads.py)
 
     def __post_init__(self) -> None:
         if not self.stream_id:
@@ -100,8 +105,10 @@ class CaptureLoop:
         self.settings = settings
         self.stats = CaptureStats()
         # Open everything before any thread starts, so bad input fails here with one clear line.
-        self.source = source or open_source(settings.source, settings.size, settings.crop, settings.loop)
-        self.engine = engine or load_engine(settings.engine)
+        self.budget = capture_budget(settings.threads, settings.engine, settings.codec, settings.encoder)
+        self.source = source or open_source(settings.source, settings.size, settings.crop, settings.loop,
+                                            threads=self.budget.source)
+        self.engine = engine or load_engine(settings.engine, self.budget.engine_threads())
         self._own_publisher = publisher is None
         self.publisher = publisher or Publisher(settings.publish)
         self.epoch = int(time.time() * 1000) & 0xFFFFFFFF  # a restart starts a new accounting period
@@ -114,6 +121,8 @@ class CaptureLoop:
         self.forced_keyframes = 0
         self.rate, self.clock = stream_clock(self.source, settings.fps)
         self._threads: list[threading.Thread] = []  # the stage threads of run(), joined by close()
+        # OpenCV's pool is process-wide: set for the loop's life, put back by close()
+        self._opencv_before = set_opencv_threads(self.budget.opencv)
 
     def request_keyframe(self) -> None:
         """Thread-safe: the next encoded frame will be an IDR frame (e.g. after loss at the monitor)."""
@@ -198,7 +207,8 @@ class CaptureLoop:
             if codec.stream_encoder is not None:  # a video codec: inter coding, a GOP, keyframes on request
                 if encoder is None or (encoder.width, encoder.height) != (w, h):
                     encoder = codec.stream_encoder(w, h, qp=s.qp if s.crf is None else None, crf=s.crf,
-                                                   gop=s.gop, preset=s.preset, encoder=s.encoder, fps=self.rate)
+                                                   gop=s.gop, preset=s.preset, encoder=s.encoder, fps=self.rate,
+                                                   pool_threads=self.budget.encoder)
                 force = self._keyframe_wanted.is_set() and t0 - last_forced >= s.keyframe_min_interval_s
                 if force:
                     self._keyframe_wanted.clear()
@@ -352,6 +362,7 @@ class CaptureLoop:
         self.engine.close()
         if self._own_publisher:
             self.publisher.close()
+        set_opencv_threads(self._opencv_before)
 
 
 class _Cancel:

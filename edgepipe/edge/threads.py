@@ -1,0 +1,209 @@
+"""Thread budgets: how many threads each capture stage's library may use, out of the cores this process has.
+
+Alone, each heavy stage takes every core (ONNX Runtime's intra-op pool, x265's worker pool, FFmpeg's
+decoder threads, OpenCV's pool), so the four stages at once fought for them and the overlapped loop ran
+slower than the stages one after another (docs/benchmarks.md). One budget, planned here, caps each.
+
+Policy `auto`, over C usable cores (the CPU affinity mask, capped by a cgroup CPU quota):
+  - the heavy stage (the engine when it computes on the CPU, else the encoder) gets C threads up to 2
+    cores, C - 1 from 3 on: on 2 cores, 1 thread would halve it for stages that need a fraction of the
+    other core; from 3 on, one core is left to the others, so the heavy stage never waits for them;
+  - each other stage gets 1 thread (source: decoder threads and OpenCV's pool; encoder: x265 workers);
+  - where the engine's and the encoder's threads together outnumber the cores, ONNX Runtime's idle
+    threads sleep instead of spin-waiting for the next operator (a spinning thread holds a core the
+    encoder needs).
+Overrides (`--threads`, comma-separated items): `N` plans the same over N cores; `STAGE=N` sets one stage
+(source, engine, encoder); `spin=on|off` ONNX Runtime's spinning; `defaults` leaves every stage not named
+to its library's own default (the capture before budgets).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.engines import EngineThreads, parse_spec
+
+STAGES = ("source", "engine", "encoder")
+MAX_THREADS = 256  # per stage, and cores for `N`: far above any edge box, low enough to catch a typo
+CGROUP = Path("/sys/fs/cgroup")
+
+THREADS_HELP = ("CPU threads per stage, so the stages do not fight for the cores. auto: the heavy stage (the engine "
+                "when it runs on the CPU, else the encoder) gets every core (all but one from 3 cores on), the "
+                "others 1 each; N: the same over N cores; STAGE=N sets source, engine or encoder; spin=on|off: "
+                "ONNX Runtime's idle threads; defaults: each library's own. Items combine: auto,encoder=2.")
+
+
+# --- the cores --------------------------------------------------------------------------------------
+
+def parse_cpu_max(text: str) -> float | None:
+    """Cores a cgroup v2 `cpu.max` allows ("QUOTA PERIOD"; "max ..." is no limit)."""
+    parts = text.split()
+    if not parts or parts[0] == "max":
+        return None
+    quota, period = float(parts[0]), float(parts[1]) if len(parts) > 1 else 100000.0
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def cgroup_cpu_limit(root: Path = CGROUP) -> float | None:
+    """Cores this process's cgroup may use (v2 cpu.max, else v1 cfs quota / period); None: no quota or
+    nothing readable (not Linux, no cgroup mounted)."""
+    try:
+        return parse_cpu_max((root / "cpu.max").read_text())
+    except (OSError, ValueError, IndexError):
+        pass
+    for v1 in (root / "cpu", root / "cpu,cpuacct"):
+        try:
+            quota = float((v1 / "cpu.cfs_quota_us").read_text())
+            period = float((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota / period if quota > 0 and period > 0 else None
+    return None
+
+
+@dataclass(frozen=True)
+class Cores:
+    count: int
+    found: str  # how: "affinity 2", "affinity 16, cgroup quota 4.0", "--threads 4"
+
+
+def usable_cores(root: Path = CGROUP) -> Cores:
+    """The cores this process may run on: its affinity mask, capped by a cgroup quota (rounded down, at least
+    1: threads above a quota are throttled)."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_limit(root)
+    if quota is None or quota >= affinity:
+        return Cores(affinity, f"affinity {affinity}")
+    return Cores(max(1, math.floor(quota)), f"affinity {affinity}, cgroup quota {quota:g}")
+
+
+# --- what --threads asks for ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ThreadRequest:
+    text: str = "auto"
+    cores: int | None = None  # N: plan over N cores rather than the machine's
+    defaults: bool = False    # stages not named keep their libraries' defaults
+    stages: dict[str, int] = field(default_factory=dict)
+    spin: bool | None = None
+
+
+def parse_threads(text: str) -> ThreadRequest:
+    """A --threads value; a one-line EdgepipeError for anything else."""
+    cores, defaults, spin, stages = None, False, None, {}
+    base_given = False
+    for item in (part.strip() for part in text.split(",")):
+        name, eq, value = (part.strip().lower() for part in item.partition("="))
+        if not name:
+            raise EdgepipeError(f"--threads {text!r}: an empty item; e.g. auto, 2 or engine=2,encoder=1")
+        if not eq:
+            if base_given:
+                raise EdgepipeError(f"--threads {text!r}: give one of auto, defaults or a core count, not two")
+            base_given = True
+            if name == "defaults":
+                defaults = True
+            elif name.isdigit():
+                cores = _count(text, "a core count", name)
+            elif name != "auto":
+                raise _unknown(text, item)
+        elif name == "spin":
+            if value not in ("on", "off"):
+                raise EdgepipeError(f"--threads {text!r}: spin is on or off, got {value!r}")
+            spin = value == "on"
+        elif name in STAGES:
+            if name in stages:
+                raise EdgepipeError(f"--threads {text!r}: {name} is given twice")
+            stages[name] = _count(text, f"{name}'s threads", value)
+        else:
+            raise _unknown(text, item)
+    return ThreadRequest(text, cores, defaults, stages, spin)
+
+
+def _unknown(text: str, item: str) -> EdgepipeError:
+    return EdgepipeError(f"--threads {text!r}: unknown item {item!r}; use auto, defaults, a core count N, "
+                         f"spin=on|off or STAGE=N with STAGE one of {', '.join(STAGES)}")
+
+
+def _count(text: str, what: str, value: str) -> int:
+    n = int(value) if value.isdigit() else None
+    if n is None or not 1 <= n <= MAX_THREADS:
+        raise EdgepipeError(f"--threads {text!r}: {what} must be a whole number 1..{MAX_THREADS}, got {value!r}")
+    return n
+
+
+# --- the plan ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    """Threads per stage; None: the library's own default."""
+
+    policy: str        # the --threads text
+    cores: int         # the cores divided
+    cores_found: str   # how they were counted
+    heavy: str         # the stage that got the most
+    source: int | None = None   # decoder threads; OpenCV's process-wide pool takes the same
+    engine: int | None = None   # ONNX Runtime intra-op threads, or PyTorch's
+    encoder: int | None = None  # x265 worker (pool) threads; frame threads stay 1 (tune zerolatency)
+    engine_spin: bool | None = None
+
+    @property
+    def opencv(self) -> int | None:
+        """OpenCV's one pool serves the source's resize and the encoder's colour conversion."""
+        return self.source
+
+    def engine_threads(self) -> EngineThreads:
+        return EngineThreads(self.engine, self.engine_spin)
+
+    def as_dict(self) -> dict:
+        return {"policy": self.policy, "cores": self.cores, "cores_found": self.cores_found, "heavy": self.heavy,
+                "source": self.source, "engine": self.engine, "encoder": self.encoder, "opencv": self.opencv,
+                "engine_spin": self.engine_spin}
+
+    def describe(self) -> str:
+        """One line for the start-up message: "engine 2 (idle threads sleep), encoder 1, source 1 of 2 cores (auto)"."""
+        def one(stage: str) -> str:
+            n = getattr(self, stage)
+            text = f"{stage} {'default' if n is None else n}"
+            if stage == "engine" and self.engine_spin is not None and n != 1:  # 1 thread: no pool to idle
+                text += " (idle threads spin)" if self.engine_spin else " (idle threads sleep)"
+            return text
+
+        return f"{', '.join(one(s) for s in ('engine', 'encoder', 'source'))} of {self.cores} cores ({self.policy})"
+
+
+def plan_threads(request: ThreadRequest, cores: Cores, heavy: str) -> ThreadBudget:
+    """The budget a request gives on these cores, `heavy` being the stage that does the most work."""
+    if request.cores is not None:
+        cores = Cores(request.cores, f"--threads {request.cores} ({cores.found} here)")
+    c = cores.count
+    if request.defaults:
+        counts: dict[str, int | None] = dict.fromkeys(STAGES)
+    else:
+        counts = {stage: 1 for stage in STAGES}
+        counts[heavy] = c if c <= 2 else c - 1
+    counts.update(request.stages)
+    spin = request.spin
+    if spin is None and counts["engine"] is not None and not request.defaults:
+        spin = counts["engine"] + (counts["encoder"] or c) <= c
+    return ThreadBudget(request.text, c, cores.found, heavy, counts["source"], counts["engine"], counts["encoder"],
+                        spin)
+
+
+def heavy_stage(engine_spec: str | None, codec: str, encoder: str) -> str:
+    """The stage that does the most CPU work: the engine when it computes on the CPU, else a CPU encoder."""
+    try:
+        engine_on_cpu = parse_spec(engine_spec)[0].computes_on_cpu()
+    except EdgepipeError:
+        engine_on_cpu = True  # a bad spec fails with its own line when the engine loads
+    if engine_on_cpu:
+        return "engine"
+    return "encoder" if codec != "hevc" or encoder != "hevc_nvenc" else "source"
+
+
+def capture_budget(threads: str, engine_spec: str | None, codec: str = "hevc", encoder: str = "libx265",
+                   root: Path = CGROUP) -> ThreadBudget:
+    """The capture's budget from its settings (`--threads`, `--engine`, `--codec`, `--encoder`)."""
+    return plan_threads(parse_threads(threads), usable_cores(root), heavy_stage(engine_spec, codec, encoder))

@@ -1,0 +1,147 @@
+"""The thread budget: the cores (affinity, cgroup quota), the split per policy, the overrides, one-line errors."""
+from __future__ import annotations
+
+import pytest
+
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.edge import threads
+from edgepipe.edge.threads import (
+    Cores,
+    ThreadBudget,
+    capture_budget,
+    cgroup_cpu_limit,
+    heavy_stage,
+    parse_cpu_max,
+    parse_threads,
+    plan_threads,
+    usable_cores,
+)
+
+
+def plan(text: str, cores: int, heavy: str = "engine") -> tuple:
+    b = plan_threads(parse_threads(text), Cores(cores, f"affinity {cores}"), heavy)
+    return b.source, b.engine, b.encoder, b.engine_spin
+
+
+@pytest.mark.parametrize("text, cores, heavy, expected", [
+    # auto: the heavy stage every core up to 2, all but one from 3; the others 1; ORT sleeps where it shares
+    ("auto", 1, "engine", (1, 1, 1, False)),
+    ("auto", 2, "engine", (1, 2, 1, False)),
+    ("auto", 3, "engine", (1, 2, 1, True)),
+    ("auto", 8, "engine", (1, 7, 1, True)),
+    ("auto", 2, "encoder", (1, 1, 2, False)),
+    ("auto", 8, "encoder", (1, 1, 7, True)),
+    ("auto", 4, "source", (3, 1, 1, True)),
+    # N: the same policy over N cores, whatever the machine has
+    ("4", 2, "engine", (1, 3, 1, True)),
+    ("1", 16, "engine", (1, 1, 1, False)),
+    # STAGE=N overrides one stage; the spin rule follows the counts
+    ("auto,encoder=2", 2, "engine", (1, 2, 2, False)),
+    ("engine=1", 2, "engine", (1, 1, 1, True)),
+    ("engine=1,encoder=1,source=2", 2, "engine", (2, 1, 1, True)),
+    ("spin=on", 2, "engine", (1, 2, 1, True)),
+    ("4,spin=off", 4, "engine", (1, 3, 1, False)),
+    # defaults: the libraries' own, as the capture was before budgets
+    ("defaults", 2, "engine", (None, None, None, None)),
+    ("defaults,engine=1", 2, "engine", (None, 1, None, None)),
+    ("defaults,spin=off", 2, "engine", (None, None, None, False)),
+    (" Auto , ENCODER = 2 ", 2, "engine", (1, 2, 2, False)),
+])
+def test_split_per_policy(text, cores, heavy, expected):
+    assert plan(text, cores, heavy) == expected
+
+
+def test_a_core_count_is_said_against_what_the_machine_has():
+    b = plan_threads(parse_threads("4"), Cores(2, "affinity 2"), "engine")
+    assert b.cores == 4 and b.cores_found == "--threads 4 (affinity 2 here)"
+
+
+@pytest.mark.parametrize("text, phrase", [
+    ("", "an empty item"),
+    ("auto,", "an empty item"),
+    ("fast", "unknown item 'fast'"),
+    ("gpu=2", "unknown item 'gpu=2'; use auto, defaults, a core count N, spin=on|off or STAGE=N"),
+    ("auto,4", "give one of auto, defaults or a core count, not two"),
+    ("defaults,auto", "not two"),
+    ("0", "a core count must be a whole number 1..256, got '0'"),
+    ("999", "a core count must be a whole number 1..256"),
+    ("-1", "unknown item '-1'"),
+    ("engine=0", "engine's threads must be a whole number 1..256, got '0'"),
+    ("encoder=two", "encoder's threads must be a whole number 1..256, got 'two'"),
+    ("source=", "source's threads must be a whole number 1..256, got ''"),
+    ("engine=1,engine=2", "engine is given twice"),
+    ("spin=maybe", "spin is on or off, got 'maybe'"),
+])
+def test_bad_specs_are_one_line(text, phrase):
+    with pytest.raises(EdgepipeError) as err:
+        parse_threads(text)
+    message = str(err.value)
+    assert phrase in message and "\n" not in message
+    assert message.startswith(f"--threads {text!r}: ")
+
+
+@pytest.mark.parametrize("text, cores", [("max 100000", None), ("200000 100000", 2.0), ("150000 100000", 1.5),
+                                         ("50000 100000", 0.5), ("max", None), ("", None)])
+def test_cgroup_v2_cpu_max(text, cores):
+    assert parse_cpu_max(text) == cores
+
+
+@pytest.fixture
+def eight_cores(monkeypatch):
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+
+
+@pytest.mark.parametrize("cpu_max, expected", [
+    (None, Cores(8, "affinity 8")),                                  # no cgroup file: the affinity mask
+    ("max 100000\n", Cores(8, "affinity 8")),                        # no quota
+    ("400000 100000\n", Cores(4, "affinity 8, cgroup quota 4")),     # a quota below the mask
+    ("250000 100000\n", Cores(2, "affinity 8, cgroup quota 2.5")),   # rounded down: threads above it are throttled
+    ("50000 100000\n", Cores(1, "affinity 8, cgroup quota 0.5")),    # at least one
+    ("1600000 100000\n", Cores(8, "affinity 8")),                    # a quota above the mask: the mask
+    ("garbage\n", Cores(8, "affinity 8")),                           # unreadable: no quota
+])
+def test_usable_cores_from_a_fake_cgroup_v2(tmp_path, eight_cores, cpu_max, expected):
+    if cpu_max is not None:
+        (tmp_path / "cpu.max").write_text(cpu_max)
+    assert usable_cores(tmp_path) == expected
+
+
+def test_usable_cores_from_a_fake_cgroup_v1(tmp_path, eight_cores):
+    v1 = tmp_path / "cpu,cpuacct"
+    v1.mkdir()
+    (v1 / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 3.0
+    assert usable_cores(tmp_path) == Cores(3, "affinity 8, cgroup quota 3")
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "no quota"
+    assert usable_cores(tmp_path) == Cores(8, "affinity 8")
+
+
+def test_this_machine_is_counted(tmp_path):
+    import os
+
+    assert usable_cores(tmp_path).count == len(os.sched_getaffinity(0))
+
+
+def test_the_heavy_stage(tmp_path):
+    from edgepipe.engines import ENGINES
+
+    plan_file = tmp_path / "ed.plan"
+    plan_file.write_bytes(b"")  # a TensorRT plan runs on the GPU: the encoder is the CPU's heavy stage
+    assert heavy_stage(str(plan_file), "hevc", "libx265") == "encoder"
+    assert heavy_stage("none", "hevc", "libx265") == "encoder"
+    assert heavy_stage("none", "hevc", "hevc_nvenc") == "source"
+    assert heavy_stage("none", "jpeg", "libx265") == "encoder"
+    assert heavy_stage("tvl1", "hevc", "libx265") == "engine"
+    assert heavy_stage("ours", "hevc", "libx265") == ("engine" if ENGINES["onnx"].computes_on_cpu() else "encoder")
+
+
+def test_the_budget_reads_as_one_line_and_as_json(tmp_path, eight_cores):
+    b = capture_budget("auto", "tvl1", root=tmp_path)
+    assert b.describe() == "engine 7 (idle threads spin), encoder 1, source 1 of 8 cores (auto)"
+    assert b.as_dict() == {"policy": "auto", "cores": 8, "cores_found": "affinity 8", "heavy": "engine",
+                           "source": 1, "engine": 7, "encoder": 1, "opencv": 1, "engine_spin": True}
+    default = ThreadBudget("defaults", 2, "affinity 2", "engine")
+    assert default.describe() == "engine default, encoder default, source default of 2 cores (defaults)"
+    assert plan_threads(parse_threads("engine=1"), Cores(2, "affinity 2"), "engine").describe().startswith(
+        "engine 1, ")  # one thread: no pool, nothing to spin
