@@ -1,1 +1,2 @@
-"""The server: the monitor (decode, classify, account), its sinks and its service."""
+"""The server: the monitor (decode, account), its classify queue and worker (classify.py), its sinks, the
+predictions file and its service."""
