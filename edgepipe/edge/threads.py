@@ -29,6 +29,7 @@ from edgepipe.engines import EngineThreads, parse_spec
 STAGES = ("source", "engine", "encoder")
 MAX_THREADS = 256  # per stage, and cores for `N`: far above any edge box, low enough to catch a typo
 CGROUP = Path("/sys/fs/cgroup")
+MEMBERSHIP = Path("/proc/self/cgroup")
 
 THREADS_HELP = ("CPU threads per stage, so the stages do not fight for the cores. auto: the heavy stage (the engine "
                 "when it runs on the CPU, else the encoder) gets every core (all but one from 3 cores on), the "
@@ -47,21 +48,51 @@ def parse_cpu_max(text: str) -> float | None:
     return quota / period if quota > 0 and period > 0 else None
 
 
-def cgroup_cpu_limit(root: Path = CGROUP) -> float | None:
-    """Cores this process's cgroup may use (v2 cpu.max, else v1 cfs quota / period); None: no quota or
+def cgroup_cpu_limit(root: Path = CGROUP, membership: Path = MEMBERSHIP) -> float | None:
+    """Cores this process may use by its cgroups' CPU quotas: the tightest over its own cgroup and those above it
+    (a systemd unit's CPUQuota=, a container's --cpus); v2 cpu.max, v1 cfs quota / period. None: no quota, or
     nothing readable (not Linux, no cgroup mounted)."""
+    limits = [limit for d in _cgroup_dirs(root, membership) if (limit := _quota_in(d)) is not None]
+    return min(limits) if limits else None
+
+
+def _cgroup_dirs(root: Path, membership: Path) -> list[Path]:
+    """This process's cgroup folders that can hold a CPU quota, each with its ancestors (from /proc/self/cgroup:
+    `0::/PATH` for v2, `N:cpu,cpuacct:/PATH` for v1's cpu controller)."""
     try:
-        return parse_cpu_max((root / "cpu.max").read_text())
+        lines = membership.read_text().splitlines()
+    except OSError:
+        lines = []
+    dirs: list[Path] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            base = root
+        elif "cpu" in controllers.split(","):
+            base = root / controllers
+        else:
+            continue
+        d = base.joinpath(*[part for part in path.split("/") if part not in ("", "..")])
+        while True:
+            dirs.append(d)
+            if d == base:
+                break
+            d = d.parent
+    return dirs or [root, root / "cpu", root / "cpu,cpuacct"]  # no membership to read: the mounts' own roots
+
+
+def _quota_in(folder: Path) -> float | None:
+    try:
+        return parse_cpu_max((folder / "cpu.max").read_text())
     except (OSError, ValueError, IndexError):
         pass
-    for v1 in (root / "cpu", root / "cpu,cpuacct"):
-        try:
-            quota = float((v1 / "cpu.cfs_quota_us").read_text())
-            period = float((v1 / "cpu.cfs_period_us").read_text())
-        except (OSError, ValueError):
-            continue
-        return quota / period if quota > 0 and period > 0 else None
-    return None
+    try:
+        quota = float((folder / "cpu.cfs_quota_us").read_text())
+        period = float((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None  # v1: -1 is no quota
 
 
 @dataclass(frozen=True)
@@ -70,11 +101,11 @@ class Cores:
     found: str  # how: "affinity 2", "affinity 16, cgroup quota 4.0", "--threads 4"
 
 
-def usable_cores(root: Path = CGROUP) -> Cores:
+def usable_cores(root: Path = CGROUP, membership: Path = MEMBERSHIP) -> Cores:
     """The cores this process may run on: its affinity mask, capped by a cgroup quota (rounded down, at least
     1: threads above a quota are throttled)."""
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = cgroup_cpu_limit(root)
+    quota = cgroup_cpu_limit(root, membership)
     if quota is None or quota >= affinity:
         return Cores(affinity, f"affinity {affinity}")
     return Cores(max(1, math.floor(quota)), f"affinity {affinity}, cgroup quota {quota:g}")
@@ -204,6 +235,6 @@ def heavy_stage(engine_spec: str | None, codec: str, encoder: str) -> str:
 
 
 def capture_budget(threads: str, engine_spec: str | None, codec: str = "hevc", encoder: str = "libx265",
-                   root: Path = CGROUP) -> ThreadBudget:
+                   root: Path = CGROUP, membership: Path = MEMBERSHIP) -> ThreadBudget:
     """The capture's budget from its settings (`--threads`, `--engine`, `--codec`, `--encoder`)."""
-    return plan_threads(parse_threads(threads), usable_cores(root), heavy_stage(engine_spec, codec, encoder))
+    return plan_threads(parse_threads(threads), usable_cores(root, membership), heavy_stage(engine_spec, codec, encoder))

@@ -91,6 +91,19 @@ def eight_cores(monkeypatch):
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
 
 
+def fake_cgroup(tmp_path, membership: str | None, files: dict[str, str]):
+    """A cgroup tree under tmp_path/sys and a /proc/self/cgroup: (root, membership path)."""
+    root = tmp_path / "sys"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    root.mkdir(exist_ok=True)
+    proc = tmp_path / "proc-self-cgroup"
+    if membership is not None:
+        proc.write_text(membership)
+    return root, proc
+
+
 @pytest.mark.parametrize("cpu_max, expected", [
     (None, Cores(8, "affinity 8")),                                  # no cgroup file: the affinity mask
     ("max 100000\n", Cores(8, "affinity 8")),                        # no quota
@@ -100,27 +113,44 @@ def eight_cores(monkeypatch):
     ("1600000 100000\n", Cores(8, "affinity 8")),                    # a quota above the mask: the mask
     ("garbage\n", Cores(8, "affinity 8")),                           # unreadable: no quota
 ])
-def test_usable_cores_from_a_fake_cgroup_v2(tmp_path, eight_cores, cpu_max, expected):
-    if cpu_max is not None:
-        (tmp_path / "cpu.max").write_text(cpu_max)
-    assert usable_cores(tmp_path) == expected
+def test_usable_cores_in_a_container_cgroup_v2(tmp_path, eight_cores, cpu_max, expected):
+    """In a container's cgroup namespace the process sees its own cgroup as the root."""
+    root, proc = fake_cgroup(tmp_path, "0::/\n", {} if cpu_max is None else {"cpu.max": cpu_max})
+    assert usable_cores(root, proc) == expected
+
+
+def test_a_systemd_unit_quota_and_the_tighter_one_above_it(tmp_path, eight_cores):
+    unit = "system.slice/edgepipe-capture.service"
+    root, proc = fake_cgroup(tmp_path, f"0::/{unit}\n", {f"{unit}/cpu.max": "300000 100000\n",
+                                                          "system.slice/cpu.max": "max 100000\n"})
+    assert cgroup_cpu_limit(root, proc) == 3.0  # CPUQuota=300%
+    (root / "system.slice" / "cpu.max").write_text("150000 100000\n")
+    assert usable_cores(root, proc) == Cores(1, "affinity 8, cgroup quota 1.5")
+    root.joinpath("cpu.max").write_text("100000 100000\n")  # the root's own (absent on a host): tighter still
+    assert cgroup_cpu_limit(root, proc) == 1.0
 
 
 def test_usable_cores_from_a_fake_cgroup_v1(tmp_path, eight_cores):
-    v1 = tmp_path / "cpu,cpuacct"
-    v1.mkdir()
-    (v1 / "cpu.cfs_quota_us").write_text("300000\n")
-    (v1 / "cpu.cfs_period_us").write_text("100000\n")
-    assert cgroup_cpu_limit(tmp_path) == 3.0
-    assert usable_cores(tmp_path) == Cores(3, "affinity 8, cgroup quota 3")
-    (v1 / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "no quota"
-    assert usable_cores(tmp_path) == Cores(8, "affinity 8")
+    quota = "cpu,cpuacct/docker/abc/cpu.cfs_quota_us"
+    root, proc = fake_cgroup(tmp_path, "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n",
+                             {quota: "300000\n", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n"})
+    assert cgroup_cpu_limit(root, proc) == 3.0
+    assert usable_cores(root, proc) == Cores(3, "affinity 8, cgroup quota 3")
+    (root / quota).write_text("-1\n")  # v1's "no quota"
+    assert usable_cores(root, proc) == Cores(8, "affinity 8")
 
 
-def test_this_machine_is_counted(tmp_path):
+def test_without_a_membership_file_the_mounts_roots_are_read(tmp_path, eight_cores):
+    root, proc = fake_cgroup(tmp_path, None, {"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"})
+    assert not proc.exists()
+    assert usable_cores(root, proc) == Cores(2, "affinity 8, cgroup quota 2")
+
+
+def test_this_machine_is_counted():
     import os
 
-    assert usable_cores(tmp_path).count == len(os.sched_getaffinity(0))
+    cores = usable_cores()
+    assert 1 <= cores.count <= len(os.sched_getaffinity(0)) and cores.found.startswith("affinity ")
 
 
 def test_the_heavy_stage(tmp_path):
@@ -137,7 +167,7 @@ def test_the_heavy_stage(tmp_path):
 
 
 def test_the_budget_reads_as_one_line_and_as_json(tmp_path, eight_cores):
-    b = capture_budget("auto", "tvl1", root=tmp_path)
+    b = capture_budget("auto", "tvl1", root=tmp_path, membership=tmp_path / "none")
     assert b.describe() == "engine 7 (idle threads spin), encoder 1, source 1 of 8 cores (auto)"
     assert b.as_dict() == {"policy": "auto", "cores": 8, "cores_found": "affinity 8", "heavy": "engine",
                            "source": 1, "engine": 7, "encoder": 1, "opencv": 1, "engine_spin": True}
