@@ -16,10 +16,11 @@ from edgepipe.core.errors import EdgepipeError
 COMMANDS = {
     "capture": "edgepipe.commands.capture:capture",
     "monitor": "edgepipe.commands.monitor:monitor",
+    "relay": "edgepipe.commands.relay:relay",
     "demo": "edgepipe.commands.demo:demo",
-    "train": "edgepipe.train.cli:train",
-    "export": "edgepipe.train.cli:export",
-    "holdout": "edgepipe.train.cli:holdout",
+    "train": "edgepipe.commands.train:train",
+    "export": "edgepipe.commands.train:export",
+    "holdout": "edgepipe.commands.train:holdout",
     "eval": "edgepipe.evaluation.cli:evaluate",
     "preview": "edgepipe.evaluation.preview_cli:preview",
     "build-engine": "edgepipe.tensorrt.cli:build_engine",
@@ -31,6 +32,7 @@ COMMANDS = {
 HELP = {
     "capture": "Edge loop: source -> pre-transform -> HEVC -> ZeroMQ.",
     "monitor": "Server side: decode, classify, report accuracy against bitrate.",
+    "relay": "Many captures in, many (sharded) monitors out, through ZeroMQ's proxy.",
     "demo": "Whole pipeline on loopback with bundled images; prints the table.",
     "train": "Train an ED pre-transform against a frozen recognizer.",
     "export": "Export a trained ED (.pt) to ONNX with dynamic H and W.",

@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
+from edgepipe.core.options import flag_name
 from edgepipe.models.ed import flops_per_pixel, model_from_checkpoint, read_checkpoint
-from edgepipe.train.loop import TrainConfig
+from edgepipe.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 _DEFAULTS = TrainConfig(data="", out="").args()
-_FLAGS = {"lambda_tv": "--lambda-tv", "tv_kind": "--tv", "batch_size": "--batch-size",
-          "recon_warmup": "--recon-warmup", "max_minutes": "--max-minutes", "max_steps": "--max-steps",
-          "val_data": "--val-data", "val_limit": "--val-limit", "bpp_limit": "--bpp-limit",
-          "checkpoint_every": "--checkpoint-every", "n_blocks": "--blocks"}
+_FLAGS = {f.name: flag_name(f) for f in dataclasses.fields(TrainConfig)}  # declared once, in config.py
 _SKIP = {"out", "resume", "progress", "log", "device", "threads", "data", "bypass", "codec_workers", "weights"}
 
 
@@ -37,7 +36,7 @@ def command_of(args: dict[str, Any], out: str) -> str:
         if key in _SKIP or value is None or value == _DEFAULTS.get(key):
             continue
         text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-        parts += [_FLAGS.get(key, "--" + key.replace("_", "-")), text]
+        parts += [_FLAGS[key], text]
     if not args.get("bypass", True):
         parts.append("--no-bypass")
     parts += ["--out", out]

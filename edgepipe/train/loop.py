@@ -21,93 +21,13 @@ from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import atomic_path
 from edgepipe.engines.base import from_model_output, to_model_input
 from edgepipe.models.ed import EDConfig, EncoderDecoder, model_from_checkpoint, read_checkpoint, save_checkpoint
-from edgepipe.train.codec_loop import BACKWARD, CodecRoundTrip, codec_proxy, parse_ranges, qstep, straight_through
+from edgepipe.train.codec_loop import CodecRoundTrip, codec_proxy, parse_ranges, qstep, straight_through
+from edgepipe.train.config import IDENTITY_ARGS, TrainConfig
 from edgepipe.train.data import CropBatches, validation_set
-from edgepipe.train.losses import TV_KINDS, RateCalibration, RecognitionAwareLoss, dct_rate, per_image_tv
+from edgepipe.train.losses import RateCalibration, RecognitionAwareLoss, dct_rate, per_image_tv
 from edgepipe.train.validate import Validator
 
 log = logging.getLogger(__name__)
-
-# Arguments that define *what* is trained; a resumed run must not change them.
-_IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
-                  "n_blocks", "stem_stride", "recon_warmup", "codec", "backward", "lambda_rate", "lambda_mse", "distill", "clean_weight",
-                  "rescale_min", "holdout", "init")
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: str
-    recognizer: str = "efficientnet-lite0"
-    weights: str | None = None
-    lambda_tv: float = 1.0
-    tv_kind: str = "anisotropic"
-    bypass: bool = True
-    widths: tuple[int, int, int] = (16, 32, 64)
-    n_blocks: int = 1
-    stem_stride: int = 1           # 2: the cheap variant (half resolution after the first conv)
-    epochs: int = 1
-    crop: int = 128
-    batch_size: int = 16
-    lr: float = 1e-3
-    recon_warmup: int = 0          # steps of MSE(ED(x), x) first: Palacio et al. pre-train the AE to reconstruct
-    codec: str | None = None       # codec in the loop, e.g. "hevc:31-47,jpeg:5-40" (codec_loop.py); None: off
-    codec_workers: int | None = None
-    codec_preset: str = "medium"
-    backward: str = "dct"          # gradient through the codec: "dct" (soft-quantisation proxy) or "identity"
-    clean_weight: float = 0.5      # weight of the task loss on the uncoded output when a codec is in the loop
-    lambda_rate: float = 0.0       # weight of the calibrated block-DCT rate term (loss per real bit per pixel)
-    lambda_mse: float = 0.0        # fidelity anchor: MSE(ED(x), x)
-    distill: float | None = None   # temperature: match the recognizer's output on x instead of the labels
-    rescale_min: float = 1.0       # random area downscale in [rescale_min, 1] before cropping (hides q75 JPEG)
-    holdout: float = 0.0           # fraction of --data kept out for choosing models (edgepipe holdout)
-    finetune_lr: float | None = None  # learning rate once the warm-up ends (default: lr)
-    init: str | None = None        # start from this checkpoint's weights (fine-tune): fresh optimiser, fresh run
-    max_minutes: float | None = None
-    max_steps: int | None = None   # stop after this many steps in total (tests, quick looks)
-    val_data: str | None = None
-    val_limit: int = 200
-    bpp_limit: int = 48
-    qp: int = 32
-    seed: int = 0
-    resume: bool = False
-    log: str | None = None
-    checkpoint_every: int = 200
-    device: str | None = None
-    threads: int | None = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.widths = tuple(int(w) for w in self.widths)  # type: ignore[assignment]
-        if self.tv_kind not in TV_KINDS:
-            raise EdgepipeError(f"unknown TV kind {self.tv_kind!r}; choose one of {', '.join(TV_KINDS)}")
-        if self.lambda_tv < 0:
-            raise EdgepipeError(f"--lambda-tv must be >= 0, got {self.lambda_tv}")
-        if not 0 <= self.qp <= 51:
-            raise EdgepipeError(f"--qp must be in 0..51, got {self.qp}")
-        if self.stem_stride not in (1, 2):
-            raise EdgepipeError(f"--stem-stride must be 1 or 2, got {self.stem_stride}")
-        if len(self.widths) != 3 or min(self.widths) < 1:
-            raise EdgepipeError(f"--widths needs three positive channel counts, got {self.widths}")
-        if self.epochs < 1:
-            raise EdgepipeError(f"--epochs must be >= 1, got {self.epochs}")
-        for name in ("lambda_rate", "lambda_mse", "clean_weight"):
-            if getattr(self, name) < 0:
-                raise EdgepipeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.distill is not None and not self.distill > 0:
-            raise EdgepipeError(f"--distill (a temperature) must be > 0, got {self.distill}")
-        if not 0 <= self.holdout < 1:
-            raise EdgepipeError(f"--holdout must be in [0, 1), got {self.holdout}")
-        if self.backward not in BACKWARD:
-            raise EdgepipeError(f"--backward must be one of {', '.join(BACKWARD)}, got {self.backward!r}")
-        if self.lambda_rate and not parse_ranges(self.codec):
-            raise EdgepipeError("--lambda-rate needs --codec: the rate term is calibrated to the bytes it measures")
-
-    def args(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["widths"] = list(self.widths)
-        return d
-
 
 @dataclass
 class _Running:
@@ -205,7 +125,7 @@ def _adopt_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any], path: str) 
 
 def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, out: Path) -> None:
     old = ckpt.get("args", {})
-    changed = [k for k in _IDENTITY_ARGS if k in old and old[k] != cfg.args()[k]]
+    changed = [k for k in IDENTITY_ARGS if k in old and old[k] != cfg.args()[k]]
     if changed:
         pairs = ", ".join(f"{k}: {old[k]} -> {cfg.args()[k]}" for k in changed)
         raise EdgepipeError(f"cannot resume {out}: it was trained with other settings ({pairs})")

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgepipe.train.config import TV_KINDS  # one list, in the settings
 from edgepipe.train.dct import blocks, to_ycbcr
 
-TV_KINDS = ("anisotropic", "isotropic")
 _ISO_EPS = 1e-6
 
 

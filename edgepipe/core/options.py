@@ -1,0 +1,38 @@
+"""A command's settings declared once: a dataclass whose fields carry their command-line flag.
+
+    @dataclass
+    class TrainConfig:
+        lambda_tv: float = field(default=1.0, metadata=flag(help="Weight of the TV term."))
+        bypass: bool = field(default=True, metadata=flag("--no-bypass", invert=True, help="..."))
+
+`edgepipe.commands.from_dataclass.options_from(TrainConfig)` turns the fields into click options and
+`build(TrainConfig, params)` the parsed flags back into the dataclass, so a new setting is one field, not a
+click option, a keyword copy and a card entry. Plain metadata here (no click): the layers below commands
+stay free of the CLI library.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+KEY = "edgepipe.flag"
+
+
+def flag(name: str | None = None, *, help: str = "", invert: bool = False, choices: tuple | None = None,
+         path: bool = False, metavar: str | None = None, type: Any = None) -> dict:
+    """Field metadata: the flag NAME (default --field-name), its help, and how to read it.
+
+    invert: a boolean field set False by the flag (--no-bypass for bypass=True); choices: the values allowed
+    (shown in --help); path: a file or folder name; type: what the flag parses when it differs from the field's
+    (e.g. str for a comma list the dataclass splits itself)."""
+    return {KEY: {"name": name, "help": help, "invert": invert, "choices": choices, "path": path,
+                  "metavar": metavar, "type": type}}
+
+
+def flag_of(field: dataclasses.Field) -> dict | None:
+    return field.metadata.get(KEY)
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    spec = flag_of(field) or {}
+    return spec.get("name") or "--" + field.name.replace("_", "-")
