@@ -1,6 +1,7 @@
 """ZeroMQ transport: a versioned two-part message, [header, payload] (docs/wire.md).
 
-Header layout (little-endian), protocol versions 1, 2 and 3:
+Header layout (little-endian), protocol versions 1, 2 and 3 (version 4, what this capture sends, is the
+same fields with the stream's topic first: see TOPIC_VERSION below):
 
     magic  b"EP"     2 bytes
     version u8       1: frames without a stream clock; 2: the end-of-stream message; 3: frames with one
@@ -21,10 +22,23 @@ Header layout (little-endian), protocol versions 1, 2 and 3:
                      timestamps, 2 the --fps rate, 3 the default rate (folders and images)
     stream_id, model_id: u8 length + UTF-8 bytes each
 
-A message carries the lowest version that can express it: frames that carry a stream clock are
-version 3 (every frame this capture sends), the end-of-stream message is version 2, and version 1
-is what earlier captures sent. This monitor accepts all three and rejects others (`bad_version`);
-for version 1 frames it can only measure kbit/s on the capture clock, and says so.
+`pack()` writes the lowest of versions 1-3 that can express a header (frames with a stream clock:
+version 3; the end of stream: version 2; version 1 is what the oldest captures sent). `pack(TOPIC_VERSION)`
+writes version 4, every message this release's capture sends: the stream's topic (bucket, stream id) comes
+first, so ZeroMQ can route it by prefix (a monitor takes a shard, or some streams: transport/topics.py).
+This monitor accepts all four and rejects others (`bad_version`); for version 1 frames it can only measure
+kbit/s on the capture clock, and says so.
+
+Version 4 layout:
+
+    magic  b"EP", version u8 = 4, bucket u8 = crc32(stream_id) % 256, stream_id (u8 length + UTF-8)
+        -- the stream's topic ends here: b"EP\x04" + bucket is its shard's prefix --
+    flags, codec, qp, width, height, label, epoch, seq, capture_time, media_time, duration, clock
+        (as above; clock 255: the frame carries no stream clock, media_time and duration are 0)
+    model_id (u8 length + UTF-8)
+
+A bucket that is not its stream id's is rejected (`bad_topic`): a sharded monitor must never get a
+stream it did not subscribe to under another stream's name.
 
 End of stream (version 2, flag bit 1, empty payload): the capture's last message of an epoch;
 `seq` is the number of frames it numbered in that epoch, so the monitor counts the frames missing
@@ -34,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import zlib
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -41,11 +56,17 @@ log = logging.getLogger(__name__)
 MAGIC = b"EP"
 PROTOCOL_VERSION = 1  # of frames without a stream clock (what captures before version 3 sent)
 END_OF_STREAM_VERSION = 2  # of the end-of-stream message
-CLOCK_VERSION = 3  # of frames with a stream clock: every frame this capture sends
-SUPPORTED_VERSIONS = (1, 2, 3)
+CLOCK_VERSION = 3  # of frames with a stream clock (what captures of issue 12 to 14 sent)
+TOPIC_VERSION = 4  # the topic first: every message this capture sends, frames and the end of stream
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 FLAG_KEYFRAME, FLAG_END_OF_STREAM = 1, 2
 _FIXED = struct.Struct("<2sBBBbHHiIQd")
 _CLOCK = struct.Struct("<ddB")  # version 3: media_time, duration, clock
+# version 4: after the topic, every field but the stream id, in the order of versions 1-3
+_TOPIC_HEAD = struct.Struct("<2sBBB")  # magic, version, bucket, stream id length
+_TOPIC_BODY = struct.Struct("<BBbHHiIQdddB")
+NO_CLOCK = 255  # version 4's clock byte for a header without a stream clock (an end of stream)
+BUCKETS = 256  # topic buckets: a stream's is crc32(stream id) % 256, one byte
 # Where a frame's stream clock comes from (wire value = index). "live": a camera's capture clock;
 # "timestamps": the video file's own; "fps": the rate given to the capture (--fps); "default-fps":
 # the default rate of folders and images (frames.DEFAULT_FPS).
@@ -59,6 +80,45 @@ CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
 MAX_PAYLOAD = 64 * 1024 * 1024  # larger parts are rejected unread
 MAX_DIMENSION = 16384  # wider or taller frames are not ours: reject before any decoder allocates
 MAX_CAPTURE_TIME = 2.0**32  # unix seconds (year 2106); a capture time must be finite and in [0, this)
+
+
+def stream_bucket(stream_id: str | bytes) -> int:
+    """The stream's topic bucket, 0..255: crc32 of its UTF-8 bytes, the same on every machine."""
+    raw = stream_id.encode() if isinstance(stream_id, str) else stream_id
+    return zlib.crc32(raw) % BUCKETS
+
+
+def stream_topic(stream_id: str) -> bytes:
+    """The prefix every version 4 message of this stream starts with (and no other stream's: the
+    length byte ends it, so cam1's topic is no prefix of cam10's)."""
+    raw = stream_id.encode()
+    return MAGIC + bytes((TOPIC_VERSION, stream_bucket(raw), len(raw))) + raw
+
+
+def bucket_topic(bucket: int) -> bytes:
+    """The prefix of every version 4 message of the streams in `bucket`."""
+    return MAGIC + bytes((TOPIC_VERSION, bucket))
+
+
+def peek(first: bytes) -> tuple[str, bool] | None:
+    """(stream id, end of stream) of a message's first part, reading nothing else (the relay counts per
+    stream with it); None when that part is not a header of a known version, or too short to tell.
+    Nothing else is checked: the monitor does that."""
+    if first[:2] != MAGIC or len(first) < 5:
+        return None
+    version = first[2]
+    if version == TOPIC_VERSION:
+        pos = 4
+        flags_at = pos + 1 + first[pos]
+    elif version in (1, 2, CLOCK_VERSION):
+        pos = _FIXED.size + (_CLOCK.size if version == CLOCK_VERSION else 0)
+        flags_at = 3
+    else:
+        return None
+    if flags_at >= len(first) or pos >= len(first):
+        return None
+    raw = first[pos + 1:pos + 1 + first[pos]]
+    return raw.decode(errors="replace"), bool(first[flags_at] & FLAG_END_OF_STREAM)
 
 
 class ProtocolError(ValueError):
@@ -94,12 +154,17 @@ class FrameHeader:
             return END_OF_STREAM_VERSION
         return CLOCK_VERSION if self.media_time is not None else PROTOCOL_VERSION
 
-    def pack(self) -> bytes:
+    def pack(self, version: int | None = None) -> bytes:
+        """Versions 1-3: the lowest that can express this header (None); TOPIC_VERSION: the topic first."""
         sid, mid = self.stream_id.encode(), self.model_id.encode()
         if len(sid) > 255 or len(mid) > 255:
             raise ValueError("stream_id and model_id must each fit in 255 UTF-8 bytes")
-        version = self.version
         flags = (FLAG_KEYFRAME if self.keyframe else 0) | (FLAG_END_OF_STREAM if self.end_of_stream else 0)
+        if version == TOPIC_VERSION:
+            return self._pack_topic_first(sid, mid, flags)
+        if version is not None:
+            raise ValueError(f"pack() writes the lowest of versions 1-3, or version {TOPIC_VERSION}")
+        version = self.version
         fixed = _FIXED.pack(MAGIC, version, flags, CODEC_IDS[self.codec], self.qp,
                             self.width, self.height, self.label, self.epoch, self.seq, self.capture_time)
         if version == CLOCK_VERSION:
@@ -107,8 +172,19 @@ class FrameHeader:
                                  CLOCKS.index(self.clock or "live"))
         return b"".join((fixed, bytes((len(sid),)), sid, bytes((len(mid),)), mid))
 
+    def _pack_topic_first(self, sid: bytes, mid: bytes, flags: int) -> bytes:
+        timed = self.media_time is not None and not self.end_of_stream
+        body = _TOPIC_BODY.pack(flags, CODEC_IDS[self.codec], self.qp, self.width, self.height, self.label,
+                                self.epoch, self.seq, self.capture_time, self.media_time if timed else 0.0,
+                                (self.duration or 0.0) if timed else 0.0,
+                                CLOCKS.index(self.clock or "live") if timed else NO_CLOCK)
+        head = _TOPIC_HEAD.pack(MAGIC, TOPIC_VERSION, stream_bucket(sid), len(sid))
+        return b"".join((head, sid, body, bytes((len(mid),)), mid))
+
     @classmethod
     def unpack(cls, data: bytes) -> FrameHeader:
+        if data[:2] == MAGIC and data[2:3] == bytes((TOPIC_VERSION,)):
+            return cls._unpack_topic_first(data)
         if len(data) < _FIXED.size + 2:
             raise ProtocolError("bad_header", f"header of {len(data)} bytes is too short")
         magic, version, flags, codec, qp, width, height, label, epoch, seq, ctime = _FIXED.unpack_from(data)
@@ -119,12 +195,7 @@ class FrameHeader:
                                                f"{', '.join(map(str, SUPPORTED_VERSIONS))}")
         if flags & FLAG_END_OF_STREAM and version < END_OF_STREAM_VERSION:
             raise ProtocolError("bad_header", f"end-of-stream flag in a version {version} header")
-        if codec not in CODEC_NAMES:
-            raise ProtocolError("bad_header", f"unknown codec id {codec}")
-        if width == 0 or height == 0 or width > MAX_DIMENSION or height > MAX_DIMENSION:
-            raise ProtocolError("bad_header", f"frame size {width}x{height}")
-        if not 0.0 <= ctime < MAX_CAPTURE_TIME:  # also false for NaN; +-inf are out of range
-            raise ProtocolError("bad_time", f"capture time {ctime!r} is not a plausible unix time")
+        _check_fields(codec, width, height, ctime)
         pos = _FIXED.size
         media_time = duration = clock = None
         if version == CLOCK_VERSION:
@@ -132,32 +203,75 @@ class FrameHeader:
                 raise ProtocolError("bad_header", f"version 3 header of {len(data)} bytes is too short")
             media_time, duration, clock_id = _CLOCK.unpack_from(data, pos)
             pos += _CLOCK.size
-            if not 0.0 <= media_time < MAX_CAPTURE_TIME:
-                raise ProtocolError("bad_time", f"media time {media_time!r} is not a stream time")
-            if not 0.0 <= duration <= MAX_FRAME_DURATION:
-                raise ProtocolError("bad_time", f"frame duration {duration!r} s is not plausible")
-            if clock_id >= len(CLOCKS):
-                raise ProtocolError("bad_header", f"unknown stream clock {clock_id}")
-            clock = CLOCKS[clock_id]
+            media_time, duration, clock = _stream_clock(media_time, duration, clock_id)
             if flags & FLAG_END_OF_STREAM:  # the end of stream has no time of its own: read as version 2
                 media_time = duration = clock = None
-        strings = []
-        for _ in range(2):
-            if pos >= len(data):
-                raise ProtocolError("bad_header", "truncated header")
-            n = data[pos]
-            raw = data[pos + 1:pos + 1 + n]
-            if len(raw) != n:
-                raise ProtocolError("bad_header", "truncated header")
-            try:
-                strings.append(raw.decode())
-            except UnicodeDecodeError:
-                raise ProtocolError("bad_header", "stream or model id is not UTF-8") from None
-            pos += 1 + n
+        sid, pos = _string(data, pos)
+        mid, pos = _string(data, pos)
         if pos != len(data):
             raise ProtocolError("bad_header", f"{len(data) - pos} trailing bytes after header")
-        return cls(strings[0], seq, ctime, CODEC_NAMES[codec], width, height, qp, bool(flags & FLAG_KEYFRAME),
-                   label, strings[1], epoch, bool(flags & FLAG_END_OF_STREAM), media_time, duration, clock)
+        return cls(sid, seq, ctime, CODEC_NAMES[codec], width, height, qp, bool(flags & FLAG_KEYFRAME),
+                   label, mid, epoch, bool(flags & FLAG_END_OF_STREAM), media_time, duration, clock)
+
+    @classmethod
+    def _unpack_topic_first(cls, data: bytes) -> FrameHeader:
+        """Version 4: the topic (bucket, stream id), then the fields, then the model id."""
+        if len(data) < _TOPIC_HEAD.size:
+            raise ProtocolError("bad_header", f"header of {len(data)} bytes is too short")
+        _, _, bucket, _ = _TOPIC_HEAD.unpack_from(data)
+        sid, pos = _string(data, _TOPIC_HEAD.size - 1)
+        if bucket != stream_bucket(sid):
+            raise ProtocolError("bad_topic", f"bucket {bucket} is not stream {sid[:64]!r}'s "
+                                             f"({stream_bucket(sid)})")
+        if len(data) < pos + _TOPIC_BODY.size + 1:
+            raise ProtocolError("bad_header", f"version 4 header of {len(data)} bytes is too short")
+        (flags, codec, qp, width, height, label, epoch, seq, ctime, media_time, duration,
+         clock_id) = _TOPIC_BODY.unpack_from(data, pos)
+        pos += _TOPIC_BODY.size
+        _check_fields(codec, width, height, ctime)
+        if clock_id == NO_CLOCK or flags & FLAG_END_OF_STREAM:  # an end of stream has no time of its own
+            media_time = duration = clock = None
+        else:
+            media_time, duration, clock = _stream_clock(media_time, duration, clock_id)
+        mid, pos = _string(data, pos)
+        if pos != len(data):
+            raise ProtocolError("bad_header", f"{len(data) - pos} trailing bytes after header")
+        return cls(sid, seq, ctime, CODEC_NAMES[codec], width, height, qp, bool(flags & FLAG_KEYFRAME),
+                   label, mid, epoch, bool(flags & FLAG_END_OF_STREAM), media_time, duration, clock)
+
+
+def _check_fields(codec: int, width: int, height: int, ctime: float) -> None:
+    """The fields every version has, in the order they were always checked."""
+    if codec not in CODEC_NAMES:
+        raise ProtocolError("bad_header", f"unknown codec id {codec}")
+    if width == 0 or height == 0 or width > MAX_DIMENSION or height > MAX_DIMENSION:
+        raise ProtocolError("bad_header", f"frame size {width}x{height}")
+    if not 0.0 <= ctime < MAX_CAPTURE_TIME:  # also false for NaN; +-inf are out of range
+        raise ProtocolError("bad_time", f"capture time {ctime!r} is not a plausible unix time")
+
+
+def _stream_clock(media_time: float, duration: float, clock_id: int) -> tuple[float, float, str]:
+    if not 0.0 <= media_time < MAX_CAPTURE_TIME:
+        raise ProtocolError("bad_time", f"media time {media_time!r} is not a stream time")
+    if not 0.0 <= duration <= MAX_FRAME_DURATION:
+        raise ProtocolError("bad_time", f"frame duration {duration!r} s is not plausible")
+    if clock_id >= len(CLOCKS):
+        raise ProtocolError("bad_header", f"unknown stream clock {clock_id}")
+    return media_time, duration, CLOCKS[clock_id]
+
+
+def _string(data: bytes, pos: int) -> tuple[str, int]:
+    """A u8-length-prefixed UTF-8 string at `pos`, and the position after it."""
+    if pos >= len(data):
+        raise ProtocolError("bad_header", "truncated header")
+    n = data[pos]
+    raw = data[pos + 1:pos + 1 + n]
+    if len(raw) != n:
+        raise ProtocolError("bad_header", "truncated header")
+    try:
+        return raw.decode(), pos + 1 + n
+    except UnicodeDecodeError:
+        raise ProtocolError("bad_header", "stream or model id is not UTF-8") from None
 
 
 def parse_message(parts: list[bytes]) -> tuple[FrameHeader, bytes]:

@@ -14,7 +14,7 @@ import zmq
 
 from edgepipe.media.codecs import HevcEncoder
 from edgepipe.server.monitor import Monitor
-from edgepipe.transport.protocol import MAX_DIMENSION, FrameHeader
+from edgepipe.transport.protocol import MAX_DIMENSION, TOPIC_VERSION, FrameHeader
 from edgepipe.transport.sockets import SocketDefaults, Subscriber, free_tcp_endpoint
 
 from field_helpers import Running, decode_frames, wait_for
@@ -26,14 +26,14 @@ MAX_STREAMS = 16
 
 @pytest.fixture(scope="module")
 def real_stream(video_clip):
-    """60 real HEVC frames (384x216, GOP 10) as wire messages."""
+    """60 real HEVC frames (384x216, GOP 10) as wire messages of this release (version 4, the topic first)."""
     frames = decode_frames(video_clip, 60, (384, 216))
     enc = HevcEncoder(384, 216, qp=30, gop=GOP)
     msgs = []
     for seq, image in enumerate(frames):
         (packet,) = enc.encode(image)
         h = FrameHeader(REAL, seq, time.time(), "hevc", 384, 216, 30, packet.keyframe, -1, "none", EPOCH)
-        msgs.append([h.pack(), packet.data])
+        msgs.append([h.pack(TOPIC_VERSION), packet.data])
     return msgs
 
 
@@ -50,7 +50,7 @@ class Fuzzer:
         self.kinds = [self.random_single, self.too_many_parts, self.random_header, self.truncated_header,
                       self.trailing_bytes, self.bad_version, self.bad_codec, self.bad_size, self.bad_utf8,
                       self.empty_payload, self.oversized, self.waiting, self.hevc_garbage, self.jpeg_garbage,
-                      self.replay, self.new_stream]
+                      self.replay, self.new_stream, self.bad_topic, self.truncated_v4, self.trailing_v4]
 
     def header(self, stream="fz-hdr", codec="hevc", keyframe=True, w=64, h=64, seq=None) -> bytes:
         if seq is None:
@@ -84,7 +84,7 @@ class Fuzzer:
 
     def bad_version(self, sent):
         h = bytearray(FrameHeader("t", 0, 0.0, "hevc", 64, 64, 30, True).pack())
-        h[2] = int(self.rng.integers(4, 256))  # 1, 2 and 3 are spoken
+        h[2] = int(self.rng.integers(5, 256))  # 1 to 4 are spoken
         return [bytes(h), self.rand(1, 100)], {"bad_version"}
 
     def bad_codec(self, sent):
@@ -136,6 +136,19 @@ class Fuzzer:
         self.new_ids += 1         # recently seen id that never decoded a frame (never the real stream's)
         stream = f"fz-new-{self.new_ids}"
         return [self.header(stream, keyframe=False), self.rand(1, 100)], {"waiting_for_keyframe"}
+
+    def bad_topic(self, sent):  # a version 4 topic whose bucket is another stream's: never routed under it
+        h = bytearray(FrameHeader(REAL, 0, 0.0, "hevc", 64, 64, 30, True).pack(TOPIC_VERSION))
+        h[3] = (h[3] + int(self.rng.integers(1, 256))) % 256
+        return [bytes(h), self.rand(1, 100)], {"bad_topic"}
+
+    def truncated_v4(self, sent):
+        h = FrameHeader("t4", 0, 0.0, "hevc", 64, 64, 30, True).pack(TOPIC_VERSION)
+        return [h[:int(self.rng.integers(0, len(h)))], self.rand(1, 100)], {"bad_header"}
+
+    def trailing_v4(self, sent):
+        h = FrameHeader("t4", 0, 0.0, "hevc", 64, 64, 30, True).pack(TOPIC_VERSION)
+        return [h + self.rand(1, 40), self.rand(1, 100)], {"bad_header"}
 
     def next(self, sent: int):
         kind = self.kinds[int(self.rng.integers(0, len(self.kinds)))]
@@ -197,7 +210,7 @@ def test_fuzz_interleaved_with_a_real_stream(real_stream):
     for cause, n in exact.items():
         if cause != "undecodable":
             assert got[cause] == n, (cause, got[cause], n)
-    assert exact["out_of_order"] > 0 and exact["oversized"] > 0
+    assert exact["out_of_order"] > 0 and exact["oversized"] > 0 and exact["bad_topic"] > 0
     assert rep["expired"]["streams"] >= fuzz.new_ids - MAX_STREAMS  # invented ids were folded, not kept
 
     # the real stream is untouched: every frame decoded, no loss, no duplicate counted
