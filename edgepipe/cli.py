@@ -21,12 +21,12 @@ COMMANDS = {
     "train": "edgepipe.commands.train:train",
     "export": "edgepipe.commands.train:export",
     "holdout": "edgepipe.commands.train:holdout",
-    "eval": "edgepipe.evaluation.cli:evaluate",
-    "preview": "edgepipe.evaluation.preview_cli:preview",
-    "build-engine": "edgepipe.tensorrt.cli:build_engine",
-    "calibrate": "edgepipe.tensorrt.calibration.cli:calibrate",
+    "eval": "edgepipe.commands.eval:evaluate",
+    "preview": "edgepipe.commands.preview:preview",
+    "build-engine": "edgepipe.commands.build_engine:build_engine",
+    "calibrate": "edgepipe.commands.calibrate:calibrate",
     "keys": "edgepipe.commands.keys:keys",
-    "recognizer-repo": "edgepipe.recognition.triton_repo:recognizer_repo",
+    "recognizer-repo": "edgepipe.commands.recognizer_repo:recognizer_repo",
 }
 
 HELP = {

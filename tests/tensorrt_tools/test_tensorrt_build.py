@@ -241,7 +241,7 @@ def test_importing_engines_loads_no_gpu_package():
     import sys
 
     code = ("import sys, edgepipe.engines, edgepipe.engines.tensorrt_engine, edgepipe.tensorrt.build, "
-            "edgepipe.engines.cuda_memory, edgepipe.tensorrt.calibration.cli, edgepipe.tensorrt.cli\n"
+            "edgepipe.engines.cuda_memory, edgepipe.commands.calibrate, edgepipe.commands.build_engine\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'pycuda', 'cuda', 'modelopt')]\n"
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
