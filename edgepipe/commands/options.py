@@ -38,11 +38,29 @@ def security_options(f):
                         help="This side's CURVE secret key: a .key_secret file or credential:NAME (systemd).")(f)
 
 
+# Flags whose endpoint may say its role (transport/endpoints.py): the capture's data socket binds by default,
+# or dials out to a relay with pub+connect:ADDRESS.
+ROLE_FLAGS = ("--publish",)
+
+
 def check_endpoint(flag: str, endpoint: str, bind: bool) -> None:
-    """tcp://HOST:PORT or ipc://PATH, checked before any socket exists; a bind also needs a local host."""
+    """tcp://HOST:PORT or ipc://PATH, checked before any socket exists; a bind also needs a local host.
+    --publish may say its role: pub+bind:ADDRESS (the default) or pub+connect:ADDRESS (dial out)."""
+    from edgepipe.transport.endpoints import parse_publish, split_role
+
+    if flag in ROLE_FLAGS:
+        try:
+            target = parse_publish(endpoint)
+        except EdgepipeError as exc:
+            raise EdgepipeError(f"{flag}: {exc}") from None
+        endpoint, bind = target.address, not target.connect
+    elif split_role(endpoint)[0] is not None and "://" in endpoint:
+        raise EdgepipeError(f"{flag}: {endpoint}: only --publish says a role (pub+bind: or pub+connect:); "
+                            f"{flag} takes a plain endpoint, e.g. tcp://0.0.0.0:5556")
     scheme, sep, rest = endpoint.partition("://")
     problem = f"{flag}: cannot {'bind' if bind else 'connect to'} {endpoint}"
-    example = "tcp://0.0.0.0:5555" if bind else "tcp://camera:5555"
+    example = "tcp://0.0.0.0:5555" if bind else "pub+connect:tcp://relay:5555" if flag in ROLE_FLAGS \
+        else "tcp://camera:5555"
     if not sep or scheme not in ("tcp", "ipc") or not rest:
         raise EdgepipeError(f"{problem}: an endpoint is tcp://HOST:PORT or ipc://PATH, e.g. {example}")
     if scheme == "ipc":

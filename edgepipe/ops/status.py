@@ -65,9 +65,18 @@ def capture_sample(loop) -> dict:
     sample["queues"] = [q.qsize() for q in list(loop.queues.values())]
     sample["capacity"] = loop.settings.queue_size
     topics = getattr(loop.publisher, "topics", {})
-    sample["monitors"] = topics.get(b"", 0) if isinstance(topics, dict) else 0
+    sample["monitors"] = subscriptions_taking(topics, loop.settings.stream_id) if isinstance(topics, dict) else 0
     sample["stream"] = loop.settings.stream_id
     return sample
+
+
+def subscriptions_taking(topics: dict[bytes, int], stream_id: str) -> int:
+    """Live subscriptions that take this stream: monitors subscribed to everything, to its shard or to it by
+    name (through a relay: one per distinct topic, however many monitors share it)."""
+    from edgepipe.transport.protocol import stream_topic
+
+    topic = stream_topic(stream_id)
+    return sum(n for t, n in topics.items() if n > 0 and topic.startswith(t))
 
 
 def monitor_sample(monitor) -> dict:
@@ -131,6 +140,13 @@ def monitor_line(prev: dict, cur: dict) -> str:
                 else f"no message for {time.time() - cur['last_message_at']:.0f} s")
         line += f" (idle: {idle}{link})"
     return line
+
+
+def relay_line(prev: dict, cur: dict) -> str:
+    dt = max(cur["t"] - prev["t"], 1e-9)
+    mbit = (cur["bytes"] - prev["bytes"]) * 8 / 1e6 / dt
+    return (f"relay: {_rate(prev, cur)} in, {mbit:.2f} Mbit/s, streams {cur['streams']}, cameras {cur['cameras']}, "
+            f"monitors {cur['monitors']}, topics {cur['topics']}, forwarded {cur['frames']}")
 
 
 # --- the reporter thread --------------------------------------------------------------------------

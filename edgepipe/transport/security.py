@@ -3,6 +3,9 @@
 Roles: the side that *binds* is the CURVE server. Capture binds both its sockets (data XPUB and
 control ROUTER), so capture is the server: it holds its own key pair and an allow-list of monitor
 public keys. A monitor is a client: it holds its own key pair and the capture's public key.
+Through a relay (edgepipe relay) the relay binds both its sockets and is the server on both, with
+an allow-list of camera keys and one of monitor keys (one ZAP domain each); a capture that dials out
+(`pub+connect:`) is then a client, and the one key of its allow-list is the relay's public key.
 
 Key sources (the same syntax wherever a key is asked for):
 
@@ -33,6 +36,7 @@ from typing import Iterable
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import atomic_write
+from edgepipe.transport.endpoints import address_of
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +200,9 @@ def write_keypair(directory: str | Path, name: str, force: bool = False) -> tupl
 # --- policy -------------------------------------------------------------------------------------
 
 def is_local_endpoint(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// on a loopback address: no network can see the traffic."""
+    """True for ipc://, inproc:// and tcp:// on a loopback address: no network can see the traffic.
+    A role (pub+connect:ADDRESS) is left out: the address decides."""
+    endpoint = address_of(endpoint)
     if endpoint.startswith(("ipc://", "inproc://")):
         return True
     if not endpoint.startswith("tcp://"):
@@ -222,21 +228,23 @@ def check_plaintext_allowed(endpoint: str, insecure: bool, role: str) -> None:
             log.warning("%s: plain text on %s (--insecure): anyone on the network can read and inject frames",
                         role, endpoint)
         return
-    hint = "key and allow" if role == "capture" else "key and server-key"
+    hint = {"capture": "key and allow", "relay": "key, allow-cameras and allow-monitors"}.get(role,
+                                                                                          "key and server-key")
     raise EdgepipeError(f"{role}: refusing plain text on {endpoint}; configure CURVE ({hint}, see "
                         "`edgepipe keys generate`) or pass --insecure")
 
 
 # --- socket configuration -----------------------------------------------------------------------
 
-def configure_server(sock, curve: CurveServer) -> None:
-    """Before bind: CURVE server, and a ZAP domain that must be answered (no handler = refused)."""
+def configure_server(sock, curve: CurveServer, domain: bytes = ZAP_DOMAIN) -> None:
+    """Before bind: CURVE server, and a ZAP domain that must be answered (no handler = refused). The
+    relay gives each of its sockets its own domain, so each has its own allow-list."""
     import zmq
 
     sock.curve_secretkey = curve.keys.secret
     sock.curve_publickey = curve.keys.public
     sock.curve_server = True
-    sock.zap_domain = ZAP_DOMAIN
+    sock.zap_domain = domain
     sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # if the ZAP thread is gone, refuse rather than let anyone in
 
 
@@ -247,24 +255,41 @@ def configure_client(sock, curve: CurveClient) -> None:
     sock.curve_serverkey = curve.server_public
 
 
+def dial_out_curve(curve: CurveServer | CurveClient) -> CurveClient:
+    """A capture that dials out to a relay is a CURVE client: its allow-list holds one key, the relay's."""
+    if isinstance(curve, CurveClient):
+        return curve
+    if len(curve.allowed) != 1:
+        raise EdgepipeError(f"a capture that dials out (pub+connect:) talks to one relay: its allow-list must hold "
+                            f"exactly one key, the relay's public key (relay.key), not {len(curve.allowed)}")
+    return CurveClient(curve.keys, next(iter(curve.allowed)))
+
+
 class ZapHandler:
     """The allow-list: answers libzmq's ZAP requests for every CURVE server socket in `context`.
 
     One per context (libzmq looks it up at inproc://zeromq.zap.01). Refusals are counted in
-    `denied` by cause and logged, at most once per client key every 30 s. `allowed=None`: plain
-    text (NULL mechanism), everyone is let in but banned peers. `ban(identity, seconds)` refuses a
-    client key (`user-id:HEX`) or an address (`peer-address:IP`) for a while (a subscription flood)."""
+    `denied` by cause (and in `denied_by_domain` by (domain, cause)) and logged, at most once per
+    client key every 30 s. `allowed=None`: plain text (NULL mechanism), everyone is let in but
+    banned peers. `domains`: an allow-list per ZAP domain instead (the relay: cameras and monitors);
+    a request of any other domain is refused. `ban(identity, seconds)` refuses a client key
+    (`user-id:HEX`) or an address (`peer-address:IP`) for a while (a subscription flood)."""
 
-    def __init__(self, context, allowed: Iterable[bytes] | None):
+    def __init__(self, context, allowed: Iterable[bytes] | None,
+                 domains: dict[bytes, Iterable[bytes] | None] | None = None):
         import zmq.utils.z85
 
         self._ctx = context
         # ZAP hands us the raw 32-byte key
         self._allowed = None if allowed is None else {zmq.utils.z85.decode(k) for k in allowed}
+        self._domains = None if domains is None else {
+            d: None if keys is None else {zmq.utils.z85.decode(k) for k in keys} for d, keys in domains.items()}
         self._banned: dict[str, float] = {}  # identity -> until (monotonic)
         self.bans = 0
         self.accepted = 0
+        self.accepted_by_domain: Counter = Counter()
         self.denied: Counter = Counter()
+        self.denied_by_domain: Counter = Counter()  # (domain, cause) -> refusals
         self._last_log: dict[bytes, float] = {}
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -316,18 +341,22 @@ class ZapHandler:
     def _answer(self, msg: list[bytes]) -> list[bytes]:
         if len(msg) < 6:  # libzmq never sends this; answer anyway so its state machine moves on
             return [b"1.0", msg[1] if len(msg) > 1 else b"", b"400", b"bad request", b"", b""]
-        version, request_id, _domain, address, _identity, mechanism = msg[:6]
+        version, request_id, domain, address, _identity, mechanism = msg[:6]
         credentials = msg[6:]
         if self._banned and (self._is_banned(f"peer-address:{address.decode(errors='replace')}") or (
                 len(credentials) == 1 and self._is_banned(f"user-id:{credentials[0].hex()}"))):
-            self.denied["banned"] += 1
-            return [version, request_id, b"400", b"banned for a while", b"", b""]
-        if self._allowed is None and mechanism == b"NULL":
+            return self._deny(version, request_id, domain, "banned", b"banned for a while")
+        if self._domains is not None and domain not in self._domains:
+            return self._deny(version, request_id, domain, "unknown_domain", b"no such domain")
+        allowed = self._allowed if self._domains is None else self._domains[domain]
+        if allowed is None and mechanism == b"NULL":
             self.accepted += 1
+            self.accepted_by_domain[domain.decode(errors="replace")] += 1
             return [version, request_id, b"200", b"OK", b"", b""]
-        if mechanism == b"CURVE" and self._allowed is not None and len(credentials) == 1 \
-                and credentials[0] in self._allowed:
+        if mechanism == b"CURVE" and allowed is not None and len(credentials) == 1 \
+                and credentials[0] in allowed:
             self.accepted += 1
+            self.accepted_by_domain[domain.decode(errors="replace")] += 1
             return [version, request_id, b"200", b"OK", credentials[0].hex().encode(), b""]
         import zmq.utils.z85
 
@@ -335,13 +364,21 @@ class ZapHandler:
             cause, who = "unknown_key", zmq.utils.z85.encode(credentials[0])
         else:
             cause, who = f"mechanism_{mechanism.decode(errors='replace').lower()}", b"-"
-        self.denied[cause] += 1
+        self._count_denied(domain, cause)
         now = time.monotonic()
         if now - self._last_log.get(who, -1e9) > _LOG_EVERY_S:
             self._last_log[who] = now
             log.warning("refused connection from %s: client key %s is not in the allow-list (%s; %d refused so far)",
                         address.decode(errors="replace") or "?", who.decode(), cause, sum(self.denied.values()))
         return [version, request_id, b"400", b"client key not allowed", b"", b""]
+
+    def _count_denied(self, domain: bytes, cause: str) -> None:
+        self.denied[cause] += 1
+        self.denied_by_domain[(domain.decode(errors="replace"), cause)] += 1
+
+    def _deny(self, version: bytes, request_id: bytes, domain: bytes, cause: str, text: bytes) -> list[bytes]:
+        self._count_denied(domain, cause)
+        return [version, request_id, b"400", text, b"", b""]
 
     def stop(self) -> None:
         self._stop.set()
@@ -360,13 +397,17 @@ class HandshakeWatcher:
 
     On the binding side this catches peers that the ZAP handler never sees: plain-text clients and
     clients with a wrong server key. On the connecting side it tells the operator that the server
-    refused this key. Uses libzmq socket monitors; one thread for all watched sockets."""
+    refused this key. Uses libzmq socket monitors; one thread for all watched sockets. With
+    `connections=True` a socket's accepted and closed connections are counted too (`connections`:
+    role -> connections open now; the relay's cameras and monitors)."""
 
     def __init__(self, context):
         self._ctx = context
         self.failures: Counter = Counter()
         self.succeeded = 0
-        self._watched: list[tuple[str, object, object]] = []  # (role, socket, monitor PAIR)
+        self.connections: Counter = Counter()  # role -> connections open now (sockets watched with connections)
+        self.accepted: Counter = Counter()  # role -> connections ever accepted
+        self._watched: list[tuple[str, object, object, bool]] = []  # (role, socket, monitor PAIR, connections)
         self._last_log: dict[tuple[str, str], float] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -374,26 +415,31 @@ class HandshakeWatcher:
         self._retired: list = []  # monitor sockets to close (from the watcher thread, which reads them)
         self._thread: threading.Thread | None = None
 
-    def watch(self, sock, role: str) -> None:
+    def watch(self, sock, role: str, connections: bool = False) -> None:
         """Call from the thread that owns `sock`."""
         import zmq
 
         events = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        if connections:
+            events |= zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
         monitor = sock.get_monitor_socket(events)
         with self._lock:
-            self._watched.append((role, sock, monitor))
+            self._watched.append((role, sock, monitor, connections))
             self._generation += 1
 
     def replace(self, old, new) -> None:
         """`old` was closed and `new` opened in its place (Publisher reopened after a flood): watch
         `new` under the same role; the watcher thread closes the old monitor. Call from new's thread."""
         with self._lock:
-            roles = [(role, mon) for role, sock, mon in self._watched if sock is old]
+            roles = [(role, mon, conns) for role, sock, mon, conns in self._watched if sock is old]
             self._watched = [w for w in self._watched if w[1] is not old]
-            self._retired.extend(mon for _, mon in roles)
-        for role, _ in roles:
-            self.watch(new, role)
+            self._retired.extend(mon for _, mon, _ in roles)
+            for role, _, conns in roles:
+                if conns:
+                    self.connections[role] = 0  # the old socket's connections closed with it
+        for role, _, conns in roles:
+            self.watch(new, role, conns)
 
     def start(self) -> HandshakeWatcher:
         self._thread = threading.Thread(target=self._run, name="edgepipe-handshakes", daemon=True)
@@ -414,7 +460,7 @@ class HandshakeWatcher:
                     self._retired.clear()
                     poller = zmq.Poller()
                     roles = {}
-                    for role, _sock, mon in self._watched:
+                    for role, _sock, mon, _ in self._watched:
                         poller.register(mon, zmq.POLLIN)
                         roles[mon] = role
             for mon, _ in poller.poll(100):
@@ -433,6 +479,13 @@ class HandshakeWatcher:
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.succeeded += 1
                 return
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self.connections[role] += 1
+                self.accepted[role] += 1
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.connections[role] = max(0, self.connections[role] - 1)
+                return
             cause = {getattr(zmq, name): c for name, c in _EVENT_CAUSES.items()}.get(event["event"])
             if cause is None:
                 return
@@ -450,7 +503,7 @@ class HandshakeWatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
-        for _role, sock, mon in self._watched:
+        for _role, sock, mon, _ in self._watched:
             try:
                 sock.disable_monitor()
             except Exception:  # the socket may already be closed
@@ -463,6 +516,11 @@ class HandshakeWatcher:
 
 
 def _explain(role: str, cause: str) -> str:
+    if role.startswith("relay"):
+        return {"handshake_protocol": "a peer without CURVE or with the wrong server key (not the relay's) tried "
+                                      "to connect",
+                "handshake_refused": "a client key not in this side's allow-list was refused"}.get(cause,
+                                                                                                   "peer refused")
     if role.startswith("capture"):
         return {"handshake_protocol": "a peer without CURVE or with the wrong server key tried to connect",
                 "handshake_refused": "a client key not in the allow-list was refused"}.get(cause, "peer refused")

@@ -1,11 +1,12 @@
 """ZeroMQ sockets of the wire: the capture's Publisher and the monitor's Subscriber (docs/wire.md);
 the message they carry is in protocol.py.
 
-The capture side binds a PUB-like socket (XPUB, so it can tell when a subscriber has joined). It
-never blocks on a missing subscriber (ZeroMQ discards messages nobody subscribed to). XPUB_NODROP
-makes a *slow* subscriber visible: send() reports would-block instead of ZeroMQ dropping silently
-mid-GOP, so the capture loop can decide what to drop (see capture.py). Either side may run CURVE
-(security.py): the binding side is the CURVE server.
+The capture side binds a PUB-like socket (XPUB, so it can tell when a subscriber has joined), or,
+with `pub+connect:ADDRESS` (endpoints.py), connects it to a relay's camera side (edgepipe relay), so
+a camera behind NAT needs no inbound port. It never blocks on a missing subscriber (ZeroMQ discards
+messages nobody subscribed to). XPUB_NODROP makes a *slow* subscriber visible: send() reports
+would-block instead of ZeroMQ dropping silently mid-GOP, so the capture loop can decide what to drop
+(see capture.py). Either side may run CURVE (security.py): the binding side is the CURVE server.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.transport.protocol import MAGIC, MAX_PAYLOAD, FrameHeader
+from edgepipe.transport.endpoints import parse_publish
+from edgepipe.transport.protocol import MAGIC, MAX_PAYLOAD, TOPIC_VERSION, FrameHeader, stream_topic
 
 log = logging.getLogger(__name__)
 
@@ -89,38 +91,62 @@ def _heartbeats(sock, defaults: SocketDefaults) -> None:
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, defaults.reconnect_ivl_max_ms)
 
 
+# A monitor's subscriptions: b"" (everything), or its shard's bucket prefixes (256 / N of them), or its
+# streams' topics (transport/topics.py). Behind a relay the capture sees the union of every monitor's.
+MAX_TOPICS = 1024
+MAX_TOPIC_BYTES = 64 * 1024  # what 64 topics of 1,000 bytes hold: the old bound for long topics
+_EDGEPIPE_TOPIC = MAGIC + bytes((TOPIC_VERSION,))
+
+
 class Publisher:
-    """Capture side. Binds an XPUB socket; send() never blocks unless given a timeout.
+    """Capture side. Binds an XPUB socket (or connects it to a relay: `pub+connect:ADDRESS`); send()
+    never blocks unless given a timeout. Every message goes out as wire version 4, its stream's topic
+    first, so a subscriber (a monitor, or a relay on behalf of its monitors) takes the streams it wants.
 
     Subscriptions are bounded: libzmq keeps every distinct topic a subscriber sends in a trie
     (60,000 topics of 1,000 bytes took 3 GB), so this side tracks them (XPUB_VERBOSER shows every
     subscribe and unsubscribe, a closed connection's included) and when more than `max_topics`
-    distinct topics are live, the peer that sent the most is reported to `on_flood(identity)` (the
-    service bans it at the ZAP handler for a while) and the socket is closed and bound again, which
-    frees the trie; every other subscriber reconnects by itself and resubscribes. Monitors subscribe
-    to one topic, b"" (everything). `topics_live`, `subscription_floods`, `bad_subscriptions` count.
+    distinct topics, or more than `max_topic_bytes` of them, are live, the peer that sent the most is
+    reported to `on_flood(identity)` (the service bans it at the ZAP handler for a while) and the
+    socket is closed and bound again, which frees the trie; every other subscriber reconnects by
+    itself and resubscribes. Dialled out, the one peer is the relay (it bounds its monitors' topics
+    itself): nobody is banned, the socket connects again. `topics_live`, `subscription_floods`,
+    `bad_subscriptions` count.
 
     What this cannot bound: libzmq moves every subscription that has arrived into its trie during
     any call on the socket, before this side reads them, so a burst that arrives between two sends
     (one frame interval) is held until the socket is reopened (measured: 5,000 topics of 1,000
     bytes, about 240 MB, then freed for reuse). The ban keeps the same sender from doing it again.
 
-    `curve`: a security.CurveServer (this side is the CURVE server); None for plain text.
-    `zap_domain`: ask the context's ZAP handler about plain-text peers too (for bans)."""
+    `curve`: a security.CurveServer (bound: this side is the CURVE server; dialled out, its one allowed
+    key is the relay's, the server's); None for plain text.
+    `zap_domain`: ask the context's ZAP handler about plain-text peers too (for bans).
+    `stream_id`: the stream this publisher carries (else learnt from the first send): a subscriber
+    counts for `wait_for_subscriber` only if its subscriptions take this stream."""
 
     def __init__(self, endpoint: str, defaults: SocketDefaults = DEFAULTS, context=None, curve=None,
-                 max_topics: int = 64, zap_domain: bytes | None = None):
+                 max_topics: int = MAX_TOPICS, zap_domain: bytes | None = None, stream_id: str | None = None,
+                 max_topic_bytes: int = MAX_TOPIC_BYTES):
         import zmq
 
+        target = parse_publish(endpoint)
         self._zmq = zmq
         self._ctx = context or zmq.Context.instance()
+        self.dials_out = target.connect
+        if curve is not None and self.dials_out:
+            from edgepipe.transport.security import dial_out_curve
+
+            curve = dial_out_curve(curve)
         self._defaults, self._curve, self._zap_domain = defaults, curve, zap_domain
-        self.max_topics = max_topics
+        self.max_topics, self.max_topic_bytes = max_topics, max_topic_bytes
         self.linger_s = defaults.linger_ms / 1000
         self.endpoint = endpoint
-        self.sock = self._open(endpoint)
+        self.address = target.address
+        self.stream_id = stream_id
+        self.sock = self._open(self.address)
         self.subscribers_seen = 0
         self.topics: dict[bytes, int] = {}  # live subscriptions: topic -> subscribe count
+        self.topic_bytes = 0  # bytes of the distinct live topics
         self._senders: Counter = Counter()  # identity -> subscribe messages since the socket was opened
         self.subscription_floods = 0
         self.bad_subscriptions = 0
@@ -140,6 +166,13 @@ class Publisher:
         sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full subscriber queue is reported, not dropped silently
         sock.setsockopt(zmq.MAXMSGSIZE, 1024)  # subscribers only ever send (un)subscriptions
         _heartbeats(sock, self._defaults)
+        if self.dials_out:
+            if self._curve is not None:
+                from edgepipe.transport.security import configure_client
+
+                configure_client(sock, self._curve)
+            _connect(sock, endpoint)
+            return sock
         if self._curve is not None:
             from edgepipe.transport.security import configure_server
 
@@ -150,17 +183,23 @@ class Publisher:
         return sock
 
     def wait_for_subscriber(self, timeout: float) -> bool:
-        """True once a subscriber is subscribed (at once if one already is)."""
+        """True once a subscription takes this publisher's stream (at once if one already does). Before
+        the stream is known (no stream_id, nothing sent yet): any subscription that takes some stream."""
         deadline = time.monotonic() + timeout
         while True:
             self.poll_subscriptions(timeout_ms=50)
-            if self.subscribed():
+            if self.stream_id is not None and self.subscribed(stream_topic(self.stream_id)):
+                return True
+            if self.stream_id is None and any(
+                    n > 0 and (_EDGEPIPE_TOPIC.startswith(t) or t.startswith(_EDGEPIPE_TOPIC))
+                    for t, n in self.topics.items()):
                 return True
             if time.monotonic() >= deadline:
                 return False
 
     def subscribed(self, header: bytes = MAGIC) -> bool:
-        """Whether any live subscription matches a message starting with `header`."""
+        """Whether any live subscription matches a message starting with `header` (a packed header, or
+        a stream's topic: protocol.stream_topic)."""
         return any(header.startswith(topic) for topic, n in self.topics.items() if n > 0)
 
     def poll_subscriptions(self, timeout_ms: int = 0) -> None:
@@ -181,15 +220,18 @@ class Publisher:
             topic = msg[1:]
             if msg[:1] == b"\x01":
                 self.subscribers_seen += 1
+                if topic not in self.topics:
+                    self.topic_bytes += len(topic)
                 self.topics[topic] = self.topics.get(topic, 0) + 1
                 self._senders[_peer_identity(frame)] += 1
-                if len(self.topics) > self.max_topics:
+                if len(self.topics) > self.max_topics or self.topic_bytes > self.max_topic_bytes:
                     self._flood()
                     return
             elif topic in self.topics:
                 self.topics[topic] -= 1
                 if self.topics[topic] <= 0:
                     del self.topics[topic]
+                    self.topic_bytes -= len(topic)
 
     def _flood(self) -> None:
         """Too many distinct topics: ban the peer that sent the most, free libzmq's trie by opening
@@ -197,10 +239,15 @@ class Publisher:
         zmq = self._zmq
         identity = self._senders.most_common(1)[0][0] if self._senders else "?"
         self.subscription_floods += 1
-        log.warning("subscription flood: %d distinct topics (at most %d), most from %s; banning it and "
-                    "reopening %s (%d floods so far)", len(self.topics), self.max_topics, identity,
-                    self.endpoint, self.subscription_floods)
-        if self.on_flood is not None and identity != "?":
+        if self.dials_out:
+            log.warning("subscription flood from the relay at %s: %d distinct topics, %d bytes (at most %d, %d "
+                        "bytes); connecting again (%d floods so far)", self.address, len(self.topics),
+                        self.topic_bytes, self.max_topics, self.max_topic_bytes, self.subscription_floods)
+        else:
+            log.warning("subscription flood: %d distinct topics, %d bytes (at most %d, %d bytes), most from %s; "
+                        "banning it and reopening %s (%d floods so far)", len(self.topics), self.topic_bytes,
+                        self.max_topics, self.max_topic_bytes, identity, self.endpoint, self.subscription_floods)
+        if self.on_flood is not None and identity != "?" and not self.dials_out:
             self.on_flood(identity)
         bound = self.bound_endpoint
         old = self.sock
@@ -219,13 +266,17 @@ class Publisher:
                     raise
                 time.sleep(0.02)
         self.topics.clear()
+        self.topic_bytes = 0
         self._senders.clear()
         for callback in self.on_reopen:
             callback(old, self.sock)
 
     @property
     def bound_endpoint(self) -> str:
-        """The endpoint as bound (tcp://0.0.0.0:5555 for tcp://*:5555; the real port for :0 / *)."""
+        """The endpoint as bound (tcp://0.0.0.0:5555 for tcp://*:5555; the real port for :0 / *), or
+        the relay's address when dialled out."""
+        if self.dials_out:
+            return self.address
         return self.sock.last_endpoint.decode()
 
     def send(self, header: FrameHeader, payload: bytes, timeout: float | None = 0.0,
@@ -236,7 +287,9 @@ class Publisher:
         `cancel` is set). Once `cancel` is set, all sends together wait at most the socket linger
         more, so a stop never hangs on a stuck subscriber. With no subscriber, send() always succeeds."""
         zmq = self._zmq
-        parts = (header.pack(), payload)
+        if self.stream_id is None:
+            self.stream_id = header.stream_id
+        parts = (header.pack(TOPIC_VERSION), payload)
         self.poll_subscriptions()
         if not self.subscribed(parts[0]):
             self.unsubscribed += 1  # ZeroMQ discards it: counted, the capture reports it
@@ -264,7 +317,7 @@ class Publisher:
         stuck subscriber), so a stop never hangs; False when it could not be queued."""
         header.end_of_stream, header.keyframe = True, False
         zmq = self._zmq
-        parts = (header.pack(), b"")
+        parts = (header.pack(TOPIC_VERSION), b"")
         self.poll_subscriptions()
         deadline = time.monotonic() + self.linger_s
         while True:
@@ -281,7 +334,8 @@ class Publisher:
 
 
 class Subscriber:
-    """Monitor side. Connects a SUB socket subscribed to everything.
+    """Monitor side. Connects a SUB socket subscribed to `topics` (default b"": everything; a shard's or
+    some streams' topics: transport/topics.py).
 
     The connection is kept: libzmq reconnects by itself after a network error, but after a protocol
     error (a message over max_message_bytes, a malformed ZMTP frame) it drops the peer for good. A
@@ -294,7 +348,8 @@ class Subscriber:
 
     repair_after_s = 0.5
 
-    def __init__(self, endpoint: str, defaults: SocketDefaults = DEFAULTS, context=None, curve=None):
+    def __init__(self, endpoint: str, defaults: SocketDefaults = DEFAULTS, context=None, curve=None,
+                 topics: list[bytes] | tuple[bytes, ...] = (b"",)):
         import zmq
 
         self._zmq = zmq
@@ -309,7 +364,9 @@ class Subscriber:
 
             configure_client(self.sock, curve)
         self.endpoint = endpoint
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.topics = list(topics)
+        for topic in self.topics:
+            self.sock.setsockopt(zmq.SUBSCRIBE, topic)
         self.poll_ms = defaults.poll_ms
         self.on_event: Callable[[dict], None] | None = None
         self.connected = 0  # connections up now
