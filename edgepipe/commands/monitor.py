@@ -67,9 +67,17 @@ def check_classify_flags(no_classify: bool, policy: str, every: int | None, queu
 
 @click.command()
 @config_option
-@click.option("--connect", required=True, help="ZeroMQ endpoint of a capture, e.g. tcp://camera:5555.")
+@click.option("--connect", required=True,
+              help="ZeroMQ endpoint of a capture, e.g. tcp://camera:5555, or of a relay's monitors side, "
+                   "e.g. tcp://relay:5556.")
+@click.option("--streams", default=None, metavar="ID,ID",
+              help="Take only these streams (their ids, comma-separated), e.g. cam1,cam3 [default: every stream].")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Take one shard of the streams, by hash: those whose bucket (crc32 of the stream id, mod 256) "
+                   "% N == K; N monitors with 0/N .. N-1/N take every stream once. N is 1..256.")
 @click.option("--control", default=None,
-              help="The capture's control endpoint, e.g. tcp://camera:5556: ask for a keyframe after a loss.")
+              help="The capture's control endpoint, e.g. tcp://camera:5556: ask for a keyframe after a loss. It "
+                   "goes straight to the capture, never through a relay (docs/relay.md).")
 @security_options
 @click.option("--server-key", default=None,
               help="The capture's CURVE public key: a .key file, z85:KEY or credential:NAME.")
@@ -95,7 +103,7 @@ def check_classify_flags(no_classify: bool, policy: str, every: int | None, queu
 @click.option("--save-every", type=click.IntRange(min=1), default=None, metavar="N",
               help="With --save-frames: every Nth decoded frame of each stream [default: 1, every frame].")
 @status_options
-def monitor(connect, control, key, insecure, server_key, metrics, recognizer, weights, recognizer_view,
+def monitor(connect, streams, shard, control, key, insecure, server_key, metrics, recognizer, weights, recognizer_view,
             recognizer_server, no_classify, classify_policy, classify_every, classify_queue, classify_batch,
             predictions, report_path, frames, idle_timeout, record, save_frames, save_every, quiet, status_every,
             print_config):
@@ -114,8 +122,10 @@ def monitor(connect, control, key, insecure, server_key, metrics, recognizer, we
     from edgepipe.ops.service import SecurityOptions, ServiceOptions, client_curve
     from edgepipe.server.monitor import format_table
     from edgepipe.server.service import MonitorService
+    from edgepipe.transport.topics import selection
 
     check_endpoint("--connect", connect, bind=False)
+    takes = selection(streams, shard)
     if control:
         check_endpoint("--control", control, bind=False)
     if metrics:
@@ -151,10 +161,11 @@ def monitor(connect, control, key, insecure, server_key, metrics, recognizer, we
         classify_with = Recognizer.from_classifier(classifier)  # batched top-5, its view's crop before batching
     from edgepipe.ops.status import StatusReporter, monitor_line, monitor_sample
 
-    service = MonitorService(connect, classify_with, options, classifying=classifying, predictions=predictions)
+    service = MonitorService(connect, classify_with, options, classifying=classifying, predictions=predictions,
+                             selection=takes)
     secure = "CURVE" if key else "plain text"
     if not quiet:
-        click.echo(f"monitor: listening on {connect} ({secure}; Ctrl-C to stop)", err=True)
+        click.echo(f"monitor: listening on {connect} ({secure}; {takes.describe()}; Ctrl-C to stop)", err=True)
     status = StatusReporter(lambda: monitor_sample(service.monitor), monitor_line, mode, every)
     try:
         with status:

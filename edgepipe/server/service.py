@@ -13,22 +13,26 @@ from edgepipe.ops.service import ServiceOptions, client_curve, close_in_order
 
 if TYPE_CHECKING:
     from edgepipe.server.classify import ClassifyOptions, Recognizer
+    from edgepipe.transport.topics import StreamSelection
 
 log = logging.getLogger(__name__)
 
 
 class MonitorService:
     """Monitor + data socket + keyframe back channel + metrics + sd_notify; `classifying` says how frames reach
-    the recognizer (server/classify.py), `predictions` is a JSONL file for every classified frame."""
+    the recognizer (server/classify.py), `predictions` is a JSONL file for every classified frame, `selection`
+    the streams it takes (transport/topics.py: every stream, some by name, or a shard of them)."""
 
     def __init__(self, connect: str, classify: Recognizer | Callable[[np.ndarray], int] | None,
                  options: ServiceOptions | None = None, max_streams: int = 256,
-                 classifying: ClassifyOptions | None = None, predictions: str | None = None):
+                 classifying: ClassifyOptions | None = None, predictions: str | None = None,
+                 selection: StreamSelection | None = None):
         import zmq
 
         from edgepipe.server.monitor import Monitor
         from edgepipe.transport.security import HandshakeWatcher, check_plaintext_allowed
         from edgepipe.transport.sockets import Subscriber
+        from edgepipe.transport.topics import StreamSelection
 
         self.options = options = options or ServiceOptions()
         curve = client_curve(options.security)
@@ -37,6 +41,7 @@ class MonitorService:
             if options.control:
                 check_plaintext_allowed(options.control, options.security.insecure, "monitor")
         self.connect, self.curve = connect, curve
+        self.selection = selection or StreamSelection()
         self.started = time.monotonic()
         self.context = zmq.Context()
         self.subscriber = self.control = self.handshakes = self.metrics = self.sinks = self.predictions = None
@@ -49,7 +54,7 @@ class MonitorService:
                 from edgepipe.server.predictions import PredictionWriter
 
                 self.predictions = PredictionWriter(predictions)
-            self.subscriber = Subscriber(connect, context=self.context, curve=curve)
+            self.subscriber = Subscriber(connect, context=self.context, curve=curve, topics=self.selection.topics())
             if options.control:
                 from edgepipe.transport.control import ControlClient
 
@@ -123,6 +128,9 @@ class MonitorService:
             seen = f"no connection to {self.connect} was ever made: nothing listens there"
         else:
             seen = f"connected to {self.connect}, but nothing was sent to this monitor while it listened"
+            if self.selection.as_dict() != {"all": True}:
+                seen += (f" (it takes {self.selection.describe()}: a stream outside them, or a capture older than "
+                         "wire version 4, never reaches it)")
         curve = ("--server-key is not the capture's public key, or this monitor's public key is not in the "
                  "capture's --allow list" if self.curve is not None else
                  "the capture runs CURVE (--key/--allow) and this monitor has no --key/--server-key")
@@ -137,7 +145,9 @@ class MonitorService:
         ])
 
     def report(self) -> dict:
-        return self.monitor.report()
+        report = self.monitor.report()
+        report["takes"] = self.selection.as_dict()
+        return report
 
     def close(self) -> None:
         """Idempotent. The sinks and the predictions file finish writing (bounded) after the monitor stopped,
