@@ -4,18 +4,19 @@
 #   sudo deploy/install.sh --role capture          # the edge device with the camera
 #   sudo deploy/install.sh --role monitor          # the server
 #   sudo deploy/install.sh --role both             # both on one machine (a lab setup)
+#   sudo deploy/install.sh --role relay            # the relay between many captures and monitors
 #
 # What it does (each step is skipped when already done, so running it again is safe):
 #   1. a virtual environment in PREFIX/venv with edgepipe from this checkout
 #      (Jetson: --system-site-packages, so JetPack's TensorRT and NVIDIA's PyTorch are used)
 #   2. a system user "edgepipe" (no login, no home) that the services run as
-#   3. /etc/edgepipe/{capture,monitor}.toml from deploy/*.toml, never overwriting an edited file
+#   3. /etc/edgepipe/{capture,monitor,relay}.toml from deploy/*.toml, never overwriting an edited file
 #   4. CURVE keys in /etc/edgepipe/keys (secret keys root-only, handed to the service by systemd)
 #   5. the unit files in /etc/systemd/system, then daemon-reload and enable (not start: edit the
 #      config first, then `systemctl start edgepipe-capture`)
 #
 # Options:
-#   --role capture|monitor|both   which service(s) to install (default: capture)
+#   --role capture|monitor|both|relay  which service(s) to install (default: capture)
 #   --prefix DIR                  where the venv goes (default: /opt/edgepipe)
 #   --venv DIR                    use this existing venv instead of creating PREFIX/venv (no pip)
 #   --cpu-torch                   desktop monitor: install the CPU build of PyTorch first (much smaller)
@@ -44,7 +45,7 @@ run() {
 
 while [ $# -gt 0 ]; do
     case "$1" in
-        --role) ROLE="${2:?--role needs capture, monitor or both}"; shift 2 ;;
+        --role) ROLE="${2:?--role needs capture, monitor, both or relay}"; shift 2 ;;
         --prefix) PREFIX="${2:?--prefix needs a folder}"; shift 2 ;;
         --venv) VENV="${2:?--venv needs a folder}"; shift 2 ;;
         --cpu-torch) CPU_TORCH=1; shift ;;
@@ -59,7 +60,8 @@ case "$ROLE" in  # EXTRAS: what each role needs beyond the base install (setup.c
     capture) ROLES=(capture); EXTRAS=edge ;;
     monitor) ROLES=(monitor); EXTRAS=server ;;
     both) ROLES=(capture monitor); EXTRAS=edge,server ;;
-    *) die "--role must be capture, monitor or both, not '$ROLE'" ;;
+    relay) ROLES=(relay); EXTRAS=relay ;;  # the base install: pyzmq and prometheus-client only
+    *) die "--role must be capture, monitor, both or relay, not '$ROLE'" ;;
 esac
 
 if [ -z "$DESTDIR" ] && [ "$DRY" = 0 ] && [ "$(id -u)" != 0 ]; then
@@ -141,6 +143,9 @@ for role in "${ROLES[@]}"; do
         fi
     fi
 done
+if [[ " ${ROLES[*]} " == *" relay "* ]]; then
+    run install -d -m 0755 "$ETC/keys/cameras" "$ETC/keys/monitors"  # the relay's two allow-lists
+fi
 if [[ " ${ROLES[*]} " == *" capture "* ]]; then
     run install -d -m 0755 "$ETC/keys/allowed"
     if [[ " ${ROLES[*]} " == *" monitor "* ]] && [ ! -e "$ETC/keys/allowed/monitor.key" ]; then
@@ -163,6 +168,9 @@ for role in "${ROLES[@]}"; do
 done
 run install -d -m 0755 "$DESTDIR/usr/share/doc/edgepipe"
 run install -m 0644 "$SRC/docs/deploy.md" "$DESTDIR/usr/share/doc/edgepipe/deploy.md"
+if [[ " ${ROLES[*]} " == *" relay "* ]]; then
+    run install -m 0644 "$SRC/docs/relay.md" "$DESTDIR/usr/share/doc/edgepipe/relay.md"
+fi
 
 if [ -z "$DESTDIR" ]; then
     if command -v systemd-analyze >/dev/null && [ "$DRY" = 0 ]; then
@@ -189,5 +197,9 @@ if [[ " ${ROLES[*]} " == *" capture "* ]]; then
 fi
 if [[ " ${ROLES[*]} " == *" monitor "* ]]; then
     echo "monitor: copy the capture's public key (its /etc/edgepipe/keys/capture.key) to $ETC/keys/capture.key"
+fi
+if [[ " ${ROLES[*]} " == *" relay "* ]]; then
+    echo "relay: copy each capture's public key into $ETC/keys/cameras/ and each monitor's into $ETC/keys/monitors/;"
+    echo "       give captures and monitors this relay's public key ($ETC/keys/relay.key) (docs/relay.md)"
 fi
 echo "logs: journalctl -u edgepipe-capture -f   status: systemctl status edgepipe-capture"

@@ -30,11 +30,13 @@ def _no_sockets(*_args, **_kwargs):
 @pytest.fixture(autouse=True)
 def no_sockets(monkeypatch):
     import edgepipe.demo
+    import edgepipe.relay.service
     import edgepipe.transport.sockets
 
     for module in (edgepipe.transport.sockets, edgepipe.demo):
         monkeypatch.setattr(module, "Publisher", _no_sockets)
         monkeypatch.setattr(module, "Subscriber", _no_sockets)
+    monkeypatch.setattr(edgepipe.relay.service, "Relay", _no_sockets)
 
 
 
@@ -93,6 +95,14 @@ CASES = [
     (capture("--control", "tcp://127.0.0.1"), "--control: cannot bind tcp://127.0.0.1: it needs tcp://HOST:PORT"),
     (["capture", "--source", "folder:{images}", "--publish", "tcp://*:5791"],
      "refusing plain text on tcp://0.0.0.0:5791"),
+    # capture: dialling out to a relay (issue 15)
+    (capture("--publish", "pub+bnd:tcp://127.0.0.1:5791"), "--publish: unknown role 'pub+bnd'"),
+    (capture("--publish", "pub+connect:tcp://relay"), "--publish: cannot connect to tcp://relay: it needs tcp://HOST:PORT"),
+    (capture("--publish", "pub+connect:"), "'pub+connect:' names a role but no address"),
+    (capture("--control", "pub+connect:tcp://127.0.0.1:5792"), "--control: pub+connect:tcp://127.0.0.1:5792: only "
+                                                                "--publish says a role"),
+    (["capture", "--source", "folder:{images}", "--publish", "pub+connect:tcp://192.0.2.1:5555"],
+     "refusing plain text on pub+connect:tcp://192.0.2.1:5555"),
     # capture: sources and models (items 4, 8)
     (["capture", "--source", "{missing}.mp4", "--publish", PUBLISH], "missing.mp4 does not exist"),
     (["capture", "--source", "{readme}", "--publish", PUBLISH], "is not a video or image FFmpeg can read"),
@@ -153,6 +163,34 @@ CASES = [
     (["monitor", "--connect", "tcp://127.0.0.1:5555", "--predictions", "{tmp}"], "is a folder; give a file"),
     (["monitor", "--connect", "tcp://127.0.0.1:5555", "--predictions", "/proc/edgepipe-predictions.jsonl"],
      "cannot create the file"),
+    # monitor: a shard or some streams (issue 15)
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--shard", "3/2"], "--shard 3/2: K must be 0..1 for N = 2"),
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--shard", "0/0"], "--shard 0/0: N must be 1..256"),
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--shard", "1/300"], "--shard 1/300: N must be 1..256"),
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--shard", "half"], "--shard half: a shard is K/N"),
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--streams", "cam1,,cam2"], "an empty name is not one"),
+    (["monitor", "--connect", "tcp://127.0.0.1:5555", "--streams", "cam1", "--shard", "0/2"],
+     "--streams and --shard are exclusive"),
+    # relay (issue 15)
+    (["relay", "--cameras", "camera:5555", "--monitors", "tcp://127.0.0.1:5792"],
+     "--cameras: cannot bind camera:5555: an endpoint is tcp://HOST:PORT"),
+    (["relay", "--cameras", "tcp://127.0.0.1:5791", "--monitors", "tcp://127.0.0.1:99999"], "a port 1..65535"),
+    (["relay", "--cameras", "pub+connect:tcp://127.0.0.1:5791", "--monitors", "tcp://127.0.0.1:5792"],
+     "only --publish says a role"),
+    (["relay", "--cameras", "tcp://127.0.0.1:5791", "--monitors", "tcp://localhost:5791"],
+     "--cameras and --monitors are the same endpoint"),
+    (["relay", "--cameras", "tcp://0.0.0.0:5791", "--monitors", "tcp://127.0.0.1:5792"],
+     "relay: refusing plain text on tcp://0.0.0.0:5791"),
+    (["relay", "--cameras", "tcp://127.0.0.1:5791", "--monitors", "tcp://127.0.0.1:5792", "--allow-cameras", "{tmp}"],
+     "allow-cameras needs key"),
+    (["relay", "--cameras", "tcp://127.0.0.1:5791", "--monitors", "tcp://127.0.0.1:5792", "--key", "{missing}"],
+     "CURVE on the relay needs both allow-lists"),
+    (["relay", "--cameras", "tcp://127.0.0.1:5791", "--monitors", "tcp://127.0.0.1:5792", "--key", "{missing}",
+      "--allow-cameras", "{tmp}", "--allow-monitors", "{tmp}"], "missing not found"),
+    (["relay", "--cameras", "tcp://127.0.0.1:5791", "--monitors", "tcp://127.0.0.1:5792", "--metrics", "99999"],
+     "metrics port 99999 is out of range"),
+    (["relay", "--cameras", "tcp://127.0.0.1:5791", "--monitors", "tcp://127.0.0.1:5792", "-q", "--status-every", "5"],
+     "--quiet and --status-every are exclusive"),
     # demo
     (["demo", "--qp", "99"], "99 is not in the range 0<=x<=51"),
     (["demo", "--data", "{missing}"], "data folder not found"),

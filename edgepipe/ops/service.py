@@ -60,6 +60,33 @@ def client_curve(sec: SecurityOptions):
     return CurveClient(load_keypair(sec.key), load_public_key(sec.server_key))
 
 
+@dataclass(frozen=True)
+class RelayCurve:
+    """What the relay needs for CURVE: its key pair, and who may connect on each side."""
+
+    server: object  # security.CurveServer: the relay's key pair (its allow-lists are the two below)
+    cameras: frozenset[bytes]  # camera (capture) public keys, Z85
+    monitors: frozenset[bytes]  # monitor public keys, Z85
+
+
+def relay_curve(key: str | None, allow_cameras: tuple[str, ...], allow_monitors: tuple[str, ...]):
+    """RelayCurve, or None for plain text; key and allow-list errors surface here, first, in one line."""
+    from edgepipe.transport.security import CurveServer, load_allow_list, load_keypair
+
+    if not key:
+        if allow_cameras or allow_monitors:
+            flag = "allow-cameras" if allow_cameras else "allow-monitors"
+            raise EdgepipeError(f"{flag} needs key: the relay's own secret key (edgepipe keys generate relay)")
+        return None
+    if not allow_cameras or not allow_monitors:
+        missing = "allow-cameras (the captures' public keys)" if not allow_cameras else \
+            "allow-monitors (the monitors' public keys)"
+        raise EdgepipeError(f"CURVE on the relay needs both allow-lists: {missing} is missing; the relay is the "
+                            "CURVE server on both sides")
+    keys = load_keypair(key)
+    return RelayCurve(CurveServer(keys, frozenset()), load_allow_list(allow_cameras), load_allow_list(allow_monitors))
+
+
 def close_in_order(service, steps: list[tuple[str, str]]) -> None:
     """Call each attribute's closing method once, in order, and clear it (so close() is idempotent).
     A further Ctrl-C while closing does not cut the shutdown short: it is already under way."""

@@ -167,6 +167,11 @@ class Publisher:
         sock.setsockopt(zmq.MAXMSGSIZE, 1024)  # subscribers only ever send (un)subscriptions
         _heartbeats(sock, self._defaults)
         if self.dials_out:
+            # no queue while the relay is away: libzmq would keep the pipe (and its subscriptions) across a
+            # reconnect and deliver up to send_hwm stale frames after it; this way the lost connection
+            # unsubscribes everything (frames go out counted as unsubscribed) and the relay's XSUB
+            # subscribes again when it is back
+            sock.setsockopt(zmq.IMMEDIATE, 1)
             if self._curve is not None:
                 from edgepipe.transport.security import configure_client
 

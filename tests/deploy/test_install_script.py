@@ -44,6 +44,20 @@ def test_staged_install_of_both_roles(tmp_path):
     assert "systemctl start edgepipe-capture" in res.stdout
 
 
+def test_staged_install_of_the_relay(tmp_path):
+    res = install(tmp_path, "--role", "relay")
+    assert res.returncode == 0, res.stderr
+    etc = tmp_path / "etc" / "edgepipe"
+    assert (etc / "relay.toml").read_text() == (REPO / "deploy" / "relay.toml").read_text()
+    assert mode(etc / "keys" / "relay.key_secret") == 0o600 and mode(etc / "keys" / "relay.key") == 0o644
+    assert (etc / "keys" / "cameras").is_dir() and (etc / "keys" / "monitors").is_dir()  # its two allow-lists
+    unit = (tmp_path / "etc" / "systemd" / "system" / "edgepipe-relay.service").read_text()
+    assert f"ExecStart={VENV}/bin/edgepipe relay --config /etc/edgepipe/relay.toml" in unit
+    assert (tmp_path / "usr" / "share" / "doc" / "edgepipe" / "relay.md").exists()
+    assert not (etc / "capture.toml").exists() and not (etc / "monitor.toml").exists()
+    assert "systemctl start edgepipe-relay" in res.stdout
+
+
 def test_rerun_keeps_keys_and_edited_config(tmp_path):
     assert install(tmp_path, "--role", "capture").returncode == 0
     etc = tmp_path / "etc" / "edgepipe"
@@ -62,7 +76,7 @@ def test_dry_run_and_bad_options_change_nothing(tmp_path):
     assert res.returncode == 0 and "+ install" in res.stdout and "keys generate monitor" in res.stdout
     assert not (tmp_path / "etc").exists()
     res = install(tmp_path, "--role", "camera")
-    assert res.returncode != 0 and "--role must be capture, monitor or both" in res.stderr
+    assert res.returncode != 0 and "--role must be capture, monitor, both or relay" in res.stderr
     assert not (tmp_path / "etc").exists()
 
 
@@ -74,13 +88,14 @@ def test_script_is_clean_shell():
     assert res.returncode == 0, res.stdout
 
 
-@pytest.mark.parametrize("role", ["capture", "monitor"])
+@pytest.mark.parametrize("role", ["capture", "monitor", "relay"])
 def test_example_configs_are_valid_for_their_command(role):
     from edgepipe.commands.capture import capture
     from edgepipe.commands.monitor import monitor
+    from edgepipe.commands.relay import relay
     from edgepipe.ops.config import read_toml, to_default_map
 
-    command = {"capture": capture, "monitor": monitor}[role]
+    command = {"capture": capture, "monitor": monitor, "relay": relay}[role]
     path = REPO / "deploy" / f"{role}.toml"
     with click.Context(command) as ctx:
         defaults = to_default_map(command, read_toml(path), path, ctx)

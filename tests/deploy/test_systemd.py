@@ -26,7 +26,7 @@ from field_helpers import PacedSource, Running, decode_frames, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-UNITS = ["edgepipe-capture.service", "edgepipe-monitor.service"]
+UNITS = ["edgepipe-capture.service", "edgepipe-monitor.service", "edgepipe-relay.service"]
 EDGEPIPE_BIN = Path(sys.executable).with_name("edgepipe")
 
 
@@ -72,7 +72,7 @@ def test_units_are_hardened(tmp_path):
         assert float(level.group(1)) <= 3.0, f"{unit.name}: exposure {level.group(1)}"  # 10 = unprotected
 
 
-@pytest.mark.parametrize("role", ["capture", "monitor"])
+@pytest.mark.parametrize("role", ["capture", "monitor", "relay"])
 def test_units_match_the_spec_and_the_example_config(role):
     s = unit_settings(DEPLOY / f"edgepipe-{role}.service")
     assert s["Type"] == ["notify"] and s["Restart"] == ["on-failure"]
