@@ -73,7 +73,7 @@ def check_classify_flags(no_classify: bool, policy: str, every: int | None, queu
 @click.option("--streams", default=None, metavar="ID,ID",
               help="Take only these streams (their ids, comma-separated), e.g. cam1,cam3 [default: every stream].")
 @click.option("--shard", default=None, metavar="K/N",
-              help="Take one shard of the streams, by hash: those whose bucket (crc32 of the stream id, mod 256) "
+              help="Take one shard of the streams, by hash: those whose bucket (the first byte of SHA-256 of the stream id) "
                    "% N == K; N monitors with 0/N .. N-1/N take every stream once. N is 1..256.")
 @click.option("--control", default=None,
               help="The capture's control endpoint, e.g. tcp://camera:5556: ask for a keyframe after a loss. It "

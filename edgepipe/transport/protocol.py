@@ -31,7 +31,7 @@ kbit/s on the capture clock, and says so.
 
 Version 4 layout:
 
-    magic  b"EP", version u8 = 4, bucket u8 = crc32(stream_id) % 256, stream_id (u8 length + UTF-8)
+    magic  b"EP", version u8 = 4, bucket u8 = sha256(stream_id)[0], stream_id (u8 length + UTF-8)
         -- the stream's topic ends here: b"EP\x04" + bucket is its shard's prefix --
     flags, codec, qp, width, height, label, epoch, seq, capture_time, media_time, duration, clock
         (as above; clock 255: the frame carries no stream clock, media_time and duration are 0)
@@ -46,9 +46,10 @@ at the tail as lost; the other fields repeat the last frame's (1x1 when there wa
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import struct
-import zlib
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ _CLOCK = struct.Struct("<ddB")  # version 3: media_time, duration, clock
 _TOPIC_HEAD = struct.Struct("<2sBBB")  # magic, version, bucket, stream id length
 _TOPIC_BODY = struct.Struct("<BBbHHiIQdddB")
 NO_CLOCK = 255  # version 4's clock byte for a header without a stream clock (an end of stream)
-BUCKETS = 256  # topic buckets: a stream's is crc32(stream id) % 256, one byte
+BUCKETS = 256  # topic buckets: a stream's is the first byte of sha256(stream id)
 # Where a frame's stream clock comes from (wire value = index). "live": a camera's capture clock;
 # "timestamps": the video file's own; "fps": the rate given to the capture (--fps); "default-fps":
 # the default rate of folders and images (frames.DEFAULT_FPS).
@@ -83,9 +84,14 @@ MAX_CAPTURE_TIME = 2.0**32  # unix seconds (year 2106); a capture time must be f
 
 
 def stream_bucket(stream_id: str | bytes) -> int:
-    """The stream's topic bucket, 0..255: crc32 of its UTF-8 bytes, the same on every machine."""
-    raw = stream_id.encode() if isinstance(stream_id, str) else stream_id
-    return zlib.crc32(raw) % BUCKETS
+    """The stream's topic bucket, 0..255: the first byte of SHA-256 of its UTF-8 bytes, the same on every
+    machine. (Not crc32: CRC is linear, so ids that differ in one character, cam00..cam03, shared a shard.)"""
+    return _bucket(stream_id.encode() if isinstance(stream_id, str) else stream_id)
+
+
+@functools.lru_cache(maxsize=4096)  # every message is checked; a site has a few hundred stream ids
+def _bucket(raw: bytes) -> int:
+    return hashlib.sha256(raw).digest()[0]
 
 
 def stream_topic(stream_id: str) -> bytes:

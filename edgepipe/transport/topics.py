@@ -1,7 +1,7 @@
 """Which streams a monitor takes: ZeroMQ subscriptions from `--streams` or `--shard` (docs/relay.md).
 
 Every message a capture of this release sends starts with its stream's topic (wire version 4,
-protocol.py): b"EP\x04", a bucket byte (crc32 of the stream id, mod 256), the stream id with its
+protocol.py): b"EP\x04", a bucket byte (the first byte of SHA-256 of the stream id), the stream id with its
 length. ZeroMQ filters by prefix at the sender (a capture or a relay), so:
 
     no flag          b""                            everything, every version (also hostile bytes: counted)

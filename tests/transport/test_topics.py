@@ -2,7 +2,7 @@
 capture's endpoint roles (pub+bind:, pub+connect:)."""
 from __future__ import annotations
 
-import zlib
+import hashlib
 
 import pytest
 
@@ -52,8 +52,14 @@ def test_the_topic_is_the_header_prefix_and_names_one_stream_only():
     raw = header(stream_id="cam1").pack(TOPIC_VERSION)
     assert raw.startswith(stream_topic("cam1"))
     assert not header(stream_id="cam10").pack(TOPIC_VERSION).startswith(stream_topic("cam1"))  # the length byte
-    assert stream_topic("cam1") == b"EP\x04" + bytes([zlib.crc32(b"cam1") % 256, 4]) + b"cam1"
-    assert raw[3] == stream_bucket("cam1") == zlib.crc32(b"cam1") % 256
+    assert stream_topic("cam1") == b"EP\x04" + bytes([hashlib.sha256(b"cam1").digest()[0], 4]) + b"cam1"
+    assert raw[3] == stream_bucket("cam1") == hashlib.sha256(b"cam1").digest()[0]
+
+
+def test_ids_that_differ_in_one_character_spread_over_the_shards():
+    """crc32 is linear: cam00..cam03 all had an even bucket, so one monitor of two took every camera."""
+    assert {stream_bucket(f"cam{i:02d}") % 2 for i in range(4)} == {0, 1}
+    assert len({stream_bucket(f"cam{i:02d}") % 4 for i in range(8)}) == 4
 
 
 def test_a_bucket_that_is_not_the_stream_ids_is_rejected_as_bad_topic():
