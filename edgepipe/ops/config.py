@@ -1,4 +1,4 @@
-"""`--config FILE`: TOML settings for `edgepipe capture` and `edgepipe monitor`.
+"""`--config FILE`: TOML settings for `edgepipe capture`, `edgepipe monitor` and `edgepipe relay`.
 
 Keys are the long flag names (`stream-id = "cam0"`; `stream_id` is accepted too), so the file and
 the command line read the same. Precedence: command-line flag > config file > built-in default.

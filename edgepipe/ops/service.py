@@ -1,5 +1,5 @@
-"""What the capture and monitor services share: their options, CURVE set-up and orderly close
-(edge/service.py and server/service.py are the services).
+"""What the capture, monitor and relay services share: their options, CURVE set-up and orderly close
+(edge/service.py, server/service.py and relay/service.py are the services).
 
 Startup order is chosen so a bad setting fails with one line before anything is half-open: keys
 and allow-list first, then sockets, then source and model. Shutdown closes everything in reverse,

@@ -196,3 +196,19 @@ def test_without_a_terminal_the_line_is_a_log_line_only_when_asked(small_val_fol
                              capture_output=True, text=True, timeout=120)
     assert verbose.returncode == 0, verbose.stderr
     assert any("INFO edgepipe.status: capture lab:" in l for l in verbose.stderr.splitlines()), verbose.stderr
+
+
+def test_the_capture_counts_the_subscriptions_that_take_its_stream_and_the_relay_line():
+    from edgepipe.ops.status import relay_line, subscriptions_taking
+    from edgepipe.transport.protocol import stream_bucket, stream_topic
+    from edgepipe.transport.topics import StreamSelection
+
+    mine = StreamSelection(shard=(stream_bucket("door") % 4, 4)).topics()
+    other = StreamSelection(shard=((stream_bucket("door") + 1) % 4, 4)).topics()
+    topics = {b"": 2, stream_topic("door"): 1, stream_topic("gate"): 1, **{t: 1 for t in mine + other}}
+    assert subscriptions_taking(topics, "door") == 2 + 1 + 1  # everything, by name, its shard's bucket
+    line = relay_line({"t": 0.0, "frames": 0, "bytes": 0},
+                      {"t": 2.0, "frames": 50, "bytes": 250_000, "streams": 2, "cameras": 2, "monitors": 3,
+                       "topics": 129})
+    assert line == ("relay: 25.0 frames/s in, 1.00 Mbit/s, streams 2, cameras 2, monitors 3, topics 129, "
+                    "forwarded 50")
