@@ -29,12 +29,15 @@ def _setting_help() -> str:
 @config_option
 @click.option("--source", required=True, help="/dev/video0 or an index, rtsp://..., a video file, or folder:PATH.")
 @click.option("--engine", default="none", show_default=True, help=f"Pre-transform: {describe_specs()}.")
-@click.option("--publish", required=True, help="ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:5555.")
+@click.option("--publish", required=True,
+              help="ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:5555; or to dial out to a relay, "
+                   "pub+connect:tcp://relay:5555 (docs/relay.md).")
 @click.option("--control", default=None,
               help="Endpoint to bind for keyframe requests from monitors, e.g. tcp://0.0.0.0:5556.")
 @security_options
 @click.option("--allow", multiple=True,
-              help="Monitor public key allowed to connect (.key file, folder of them, z85:KEY); repeatable.")
+              help="Monitor public key allowed to connect (.key file, folder of them, z85:KEY); repeatable. "
+                   "Dialling out to a relay: the relay's public key, exactly one.")
 @click.option("--metrics", default=None, help="Serve Prometheus metrics on PORT, :PORT or HOST:PORT.")
 @click.option("--codec", type=click.Choice(STREAM_CODECS), default="hevc", show_default=True)
 @click.option("--qp", type=int, default=32, show_default=True,

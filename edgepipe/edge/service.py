@@ -33,7 +33,8 @@ class CaptureService:
             self.zap = ZapHandler(self.context, curve.allowed if curve is not None else None).start()
             if curve is not None:
                 self.handshakes = HandshakeWatcher(self.context)
-            self.publisher = Publisher(settings.publish, context=self.context, curve=curve, zap_domain=ZAP_DOMAIN)
+            self.publisher = Publisher(settings.publish, context=self.context, curve=curve, zap_domain=ZAP_DOMAIN,
+                                       stream_id=settings.stream_id)  # waits for a monitor that takes this stream
             self.publisher.on_flood = self.zap.ban
             if curve is not None:
                 self.handshakes.watch(self.publisher.sock, "capture data")
