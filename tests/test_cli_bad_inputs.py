@@ -95,6 +95,11 @@ CASES = [
     (capture("--control", "tcp://127.0.0.1"), "--control: cannot bind tcp://127.0.0.1: it needs tcp://HOST:PORT"),
     (["capture", "--source", "folder:{images}", "--publish", "tcp://*:5791"],
      "refusing plain text on tcp://0.0.0.0:5791"),
+    # capture: reference frames (issue 14 item 1)
+    (capture("--reference-every", "-1"), "-1 is not in the range x>=0"),
+    (capture("--reference-every", "three"), "'three' is not a valid integer"),
+    (capture("--reference-every", "3", "--reference-budget", "0"), "0.0 is not in the range x>0"),
+    (capture("--reference-budget", "50"), "--reference-budget needs --reference-every N"),
     # capture: dialling out to a relay (issue 15)
     (capture("--publish", "pub+bnd:tcp://127.0.0.1:5791"), "--publish: unknown role 'pub+bnd'"),
     (capture("--publish", "pub+connect:tcp://relay"), "--publish: cannot connect to tcp://relay: it needs tcp://HOST:PORT"),

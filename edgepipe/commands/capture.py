@@ -13,6 +13,7 @@ from edgepipe.commands.options import (
     stop_on_signals,
     write_json,
 )
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.edge.threads import THREADS_HELP
 from edgepipe.engines import describe_specs
 from edgepipe.media.codecs import CODECS, HEVC_ENCODERS, STREAM_CODECS, X265_PRESETS
@@ -63,12 +64,18 @@ def _setting_help() -> str:
 @click.option("--wait-subscriber", type=click.FloatRange(min=0), default=None,
               help="Wait up to S seconds for a monitor to join before sending; 0 = do not wait "
                    "[default: 10 for files and folders without --loop, 0 for live sources].")
+@click.option("--reference-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Send every Nth source frame (before the pre-transform) again as a JPEG q95 reference, so a "
+                   "monitor measures its recognizer's agreement without labels; counted apart from the stream's "
+                   "bytes; 0 = off.")
+@click.option("--reference-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="KBITS",
+              help="Skip a reference when the references' running kbit/s (stream clock) would exceed KBITS.")
 @click.option("--threads", default="auto", show_default=True, metavar="POLICY", help=THREADS_HELP)
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), default=None, help="Write loop statistics as JSON.")
 @status_options
 def capture(source, engine, publish, control, key, insecure, allow, metrics, codec, qp, crf, gop, preset, encoder,
-            frames, size, crop, realtime, fps, loop_source, stream_id, wait_subscriber, threads, stats_path, quiet,
-            status_every, print_config):
+            frames, size, crop, realtime, fps, loop_source, stream_id, wait_subscriber, reference_every,
+            reference_budget, threads, stats_path, quiet, status_every, print_config):
     """Edge loop: source -> pre-transform -> encoder -> ZeroMQ PUB.
 
     Stages run concurrently with bounded queues; SIGINT/SIGTERM stop cleanly, flushing the encoder.
@@ -87,13 +94,16 @@ def capture(source, engine, publish, control, key, insecure, allow, metrics, cod
 
     # Flags first, then keys, source and model: sockets bind only once all of them are good.
     _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf, threads)
+    if reference_budget is not None and not reference_every:
+        raise EdgepipeError("--reference-budget needs --reference-every N (references are off without it)")
     mode, every = status_mode(quiet, status_every)
     if codec == "hevc":
         encoder = resolve_encoder(encoder)
     settings = CaptureSettings(source=source, publish=publish, engine=engine, codec=codec, qp=qp, crf=crf, gop=gop,
                                preset=preset, encoder=encoder, frames=frames, size=parse_size(size), crop=crop,
                                realtime=realtime, fps=fps, loop=loop_source, stream_id=stream_id,
-                               wait_subscriber_s=wait_subscriber, threads=threads)
+                               wait_subscriber_s=wait_subscriber, threads=threads, reference_every=reference_every,
+                               reference_budget_kbit=reference_budget)
     options = ServiceOptions(control=control, metrics=metrics,
                              security=SecurityOptions(key=key, allow=tuple(allow), insecure=insecure))
     service = _capture_service(settings, options)
@@ -121,6 +131,13 @@ def capture(source, engine, publish, control, key, insecure, allow, metrics, cod
     click.echo(f"capture: sent {summary['frames_sent']} frames, {summary['bytes_sent']} bytes, {kbps}"
                f"processed at {summary['loop_fps']} frames/s; dropped: {drops}"
                + (f"; {unsubscribed} sent while no monitor was subscribed" if unsubscribed else ""), err=True)
+    refs = summary.get("references")
+    if refs is not None:
+        skipped = ", ".join(f"{k}={v}" for k, v in refs["skipped"].items()) or "none"
+        share_words = f" ({100 * refs['share_of_stream_bytes']:.1f}% of the stream's bytes)" \
+            if refs["share_of_stream_bytes"] is not None else ""
+        click.echo(f"capture: references: sent {refs['sent']}, {refs['bytes']} bytes{share_words}, apart from the "
+                   f"stream; skipped: {skipped}", err=True)
     if summary.get("end_of_stream") == "unsent":
         click.echo("capture: the end-of-stream message could not be sent: a monitor counts this stream's tail "
                    "only from later frames", err=True)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgepipe.edge.references import REFERENCE_CODEC, REFERENCE_QUALITY, ReferencePolicy
 from edgepipe.edge.stats import CaptureStats
 from edgepipe.edge.threads import capture_budget
 from edgepipe.engines import Engine, load_engine
@@ -75,6 +76,8 @@ class CaptureSettings:
     send_stall_s: float = 0.5  # live sources: longest wait on a full subscriber before dropping
     keyframe_min_interval_s: float = 0.5  # forced IDRs at most this often, however many requests come
     threads: str = "auto"  # the thread budget per stage (--threads; edge/threads.py)
+    reference_every: int = 0  # every Nth frame's source image also goes out as a reference (edge/references.py)
+    reference_budget_kbit: float | None = None  # skip references that would take their rate over this
 
     def __post_init__(self) -> None:
         if not self.stream_id:
@@ -104,6 +107,8 @@ class CaptureLoop:
                  publisher: Publisher | None = None):
         self.settings = settings
         self.stats = CaptureStats()
+        self.references = ReferencePolicy(settings.reference_every, settings.reference_budget_kbit)
+        self.stats.references_on = self.references.enabled
         # Open everything before any thread starts, so bad input fails here with one clear line.
         self.budget = capture_budget(settings.threads, settings.engine, settings.codec, settings.encoder)
         self.source = source or open_source(settings.source, settings.size, settings.crop, settings.loop,
@@ -189,6 +194,7 @@ class CaptureLoop:
     def _infer(self, inp: queue.Queue, out: queue.Queue) -> None:
         while (frame := self._get(inp)) is not _END:
             t0 = time.perf_counter()
+            self.references.keep(frame)  # the answer we want to keep: before the pre-transform
             frame.image = self.engine.run(frame.image[np.newaxis])[0]
             self.stats.timed("engine", time.perf_counter() - t0)
             if not self._put(out, frame):
@@ -256,6 +262,9 @@ class CaptureLoop:
             seq += 1  # dropped frames keep their seq: the monitor counts them as lost, exactly
             self.frames_handled += 1
             unsubscribed = self.publisher.unsubscribed
+            source_image = self.references.take(frame)
+            still = self._reference_still(header, source_image, duration)
+            header.has_reference = still is not None
             if broken and not keyframe:
                 self.stats.drop("reference_dropped_after_encode")
             elif self.publisher.send(header, payload, timeout=timeout, cancel=cancel):
@@ -263,6 +272,8 @@ class CaptureLoop:
                 last_sent = media
                 self.stats.sent(len(payload), keyframe, unsubscribed=self.publisher.unsubscribed > unsubscribed,
                                 stream_s=duration, latency_s=time.time() - frame.capture_time)
+                if still is not None:  # right after its coded frame: a monitor pairs them in order
+                    self._send_reference(header, still, source_image, timeout, cancel)
             else:
                 self.stats.drop("network_hwm_after_encode")
                 if inter_coded:
@@ -277,6 +288,26 @@ class CaptureLoop:
         if self.stats.end_of_stream == "unsent":
             log.warning("could not send the end-of-stream message within the linger (a stuck monitor): "
                         "frames still queued for it may not arrive, and it cannot count them")
+
+    def _reference_still(self, header: FrameHeader, image: np.ndarray | None, duration: float) -> bytes | None:
+        """The JPEG of the source frame when this seq is due a reference and the budget allows it, else None."""
+        if image is None or not self.references.due(header.seq):
+            return None
+        still = self.references.encode(image)
+        if self.references.over_budget(self.stats.reference_bytes, len(still), self.stats.stream_s + duration):
+            self.stats.reference_skipped("over_budget")
+            return None
+        return still
+
+    def _send_reference(self, coded: FrameHeader, still: bytes, image: np.ndarray, timeout, cancel) -> None:
+        h, w = image.shape[:2]
+        header = FrameHeader(coded.stream_id, coded.seq, coded.capture_time, REFERENCE_CODEC, w, h,
+                             REFERENCE_QUALITY, True, coded.label, coded.model_id, coded.epoch,
+                             media_time=coded.media_time, duration=0.0, clock=coded.clock, reference=True)
+        if self.publisher.send(header, still, timeout=timeout, cancel=cancel):
+            self.stats.reference_sent(len(still))
+        else:
+            self.stats.reference_skipped("network_hwm")
 
     # --- driver ---------------------------------------------------------------------------------
 
@@ -358,6 +389,7 @@ class CaptureLoop:
         """After run(): the stage threads are gone before the source and the engine close."""
         self._abort.set()
         self._join()
+        self.references.clear()
         self.source.close()
         self.engine.close()
         if self._own_publisher:

@@ -31,6 +31,11 @@ class CaptureStats:
     frames_unsubscribed: int = 0  # of frames_sent: sent while no monitor was subscribed (nobody got them)
     end_of_stream: str | None = None  # "sent" / "unsent" (a stuck monitor) once the run ends
     stream_s: float = 0.0  # stream-clock seconds the sent frames stand for (kbit/s = bits / this)
+    # reference frames (edge/references.py): counted apart, never in frames_sent, bytes_sent or kbit_s
+    references_on: bool = False
+    references_sent: int = 0
+    reference_bytes: int = 0
+    references_skipped: Counter = field(default_factory=Counter)  # cause -> references not sent
     latency: LatencyWindow = field(default_factory=LatencyWindow, repr=False)  # read -> sent, recent frames
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -55,10 +60,25 @@ class CaptureStats:
             if latency_s is not None:
                 self.latency.append(latency_s)
 
+    def reference_sent(self, nbytes: int) -> None:
+        with self._lock:
+            self.references_sent += 1
+            self.reference_bytes += nbytes
+
+    def reference_skipped(self, cause: str) -> None:
+        with self._lock:
+            self.references_skipped[cause] += 1
+
+    def _references(self) -> dict:
+        return {"sent": self.references_sent, "bytes": self.reference_bytes,
+                "kbit_s": round(self.reference_bytes * 8 / 1000 / self.stream_s, 2) if self.stream_s > 0 else None,
+                "share_of_stream_bytes": round(self.reference_bytes / self.bytes_sent, 5) if self.bytes_sent else None,
+                "skipped": dict(self.references_skipped)}
+
     def as_dict(self) -> dict:
         with self._lock:
             wall = time.monotonic() - self.started
-            return {
+            out = {
                 "wall_s": round(wall, 3),
                 "frames_sent": self.frames_sent,
                 "frames_unsubscribed": self.frames_unsubscribed,
@@ -75,3 +95,6 @@ class CaptureStats:
                 "stages": {name: {"frames": t.count, "busy_s": round(t.busy_s, 3), "fps_alone": round(t.fps, 2)}
                            for name, t in self.stages.items()},
             }
+            if self.references_on:
+                out["references"] = self._references()
+            return out

@@ -231,6 +231,10 @@ class MonitorCollector:
             timings = {k: tuple(v) for k, v in m.timings.items()}
             expired = dict(m.expired)
             classified, unclassified = m.classified, dict(m.unclassified_by_cause)
+            references = dict(m.references)
+            unpaired, pairs, pending_pairs = dict(m.pairs.unpaired), m.pairs.pairs, m.pairs.pending
+            agreements = [(key, acc.references, acc.reference_bytes, acc.references_lost, acc.agreement)
+                          for key, acc in m.rows.items() if acc.references or acc.references_lost]
         memory = m.memory()
         yield Counter_(p + "messages", "Messages received on the data socket.", value=messages)
         yield Counter_(p + "frames_decoded", "Frames decoded and shown.", value=decoded)
@@ -283,6 +287,8 @@ class MonitorCollector:
                     row_unclassified)
         if m.recognizer is not None:
             yield from self._classify_metrics(classified, unclassified)
+        if references:
+            yield from _reference_metrics(references, unpaired, pairs, pending_pairs, agreements)
         held = Gauge(p + "held", "What the bounded per-sender structures hold now (docs/guarantees.md).",
                      labels=["structure"])
         for name, value in sorted(memory.items()):
@@ -347,6 +353,45 @@ class MonitorCollector:
         r = m.recognizer
         yield Summary(p + "classify_batch_frames", "Frames per recognizer call (mean batch = sum / count).",
                       count_value=r.calls, sum_value=r.frames)
+
+
+def _reference_metrics(references: dict, unpaired: dict, pairs: int, pending: int, rows: list) -> Iterator:
+    """Reference messages (issue 14 item 1), counted apart from the stream, and the agreement of their pairs per
+    operating point (the coded frame's row)."""
+    Counter_, Gauge, _ = _families()
+    p = "edgepipe_monitor_reference_"
+    outcome = Counter_(p + "messages", "Reference messages received (never stream frames), by outcome.",
+                       labels=["outcome"])
+    for name in ("received", "decoded", "classified", "unclassified", "lost", "without_frame", "undecodable",
+                 "unprocessed_at_stop"):
+        outcome.add_metric([name], references.get(name, 0))
+    yield outcome
+    yield Counter_(p + "bytes", "Payload bytes of reference messages (never in the stream's bytes).",
+                   value=references.get("bytes", 0))
+    yield Counter_(p + "pairs", "Reference pairs measured (both halves classified).", value=pairs)
+    yield Gauge(p + "pairs_pending", "Classified halves waiting for their other half.", value=pending)
+    missing = Counter_(p + "unpaired", "Pairs never measured, by cause.", labels=["cause"])
+    for cause, n in sorted(unpaired.items()):
+        missing.add_metric([cause], n)
+    yield missing
+    labels = ["stream", "model", "qp", "codec"]
+    per_row = Counter_(p + "row_bytes", "Reference bytes per operating point.", labels=labels)
+    gauges = {name: Gauge(p + name, f"Mean {what} over the row's pairs.", labels=labels) for name, what in (
+        ("top1_agreement", "top-1 agreement of coded frame and reference"),
+        ("top5_overlap", "top-5 overlap (shared classes / 5)"),
+        ("p_reference", "probability the coded frame gives the reference's top-1 class"),
+        ("kl_divergence", "KL(reference || coded) in nats"))}
+    measure = {"top1_agreement": "top1_equal", "top5_overlap": "top5_overlap", "p_reference": "p_reference",
+               "kl_divergence": "kl"}
+    for (sid, model, qp, codec), _, nbytes, _, agreement in sorted(rows, key=lambda r: tuple(map(str, r[0]))):
+        key = [sid, model, str(qp), codec]
+        per_row.add_metric(key, nbytes)
+        for name, gauge in gauges.items():
+            mean = agreement.mean(measure[name]) if agreement is not None else None
+            if mean is not None:
+                gauge.add_metric(key, mean)
+    yield per_row
+    yield from gauges.values()
 
 
 def registry_for(*collectors):

@@ -90,7 +90,10 @@ def monitor_sample(monitor) -> dict:
                   "rejected": sum(m.rejects.values()), "messages": m.messages,
                   "latency": m.recent_latency.values(), "queue": len(m.backlog),
                   "last_message_at": m.last_message_at, "classifying": m.recognizer is not None,
-                  "classified": m.classified, "unclassified": m.unclassified}
+                  "classified": m.classified, "unclassified": m.unclassified,
+                  "references": m.references["received"], "references_lost": m.references["lost"],
+                  "pairs": m.pairs.pairs, "top1_agreement": m.agreement.mean("top1_equal"),
+                  "top5_overlap": m.agreement.mean("top5_overlap")}
     sample["classify_queue"] = m.pending_classifications()
     sub = m.subscriber
     sample["connected"] = sub.connected if sub is not None else None
@@ -134,6 +137,11 @@ def monitor_line(prev: dict, cur: dict) -> str:
     if classifying:
         line += f", classified {cur['classified']}" + (f", unclassified {cur['unclassified']}"
                                                         if cur["unclassified"] else "")
+    if cur.get("references"):  # counted apart: never in the kbit/s, lost or decoded above
+        line += f", references {cur['references']} (lost {cur['references_lost']})"
+        if cur["pairs"]:
+            line += (f", agreement top-1 {100 * cur['top1_agreement']:.1f}% top-5 {100 * cur['top5_overlap']:.1f}% "
+                     f"over {cur['pairs']} pairs")
     if cur["messages"] == prev["messages"]:
         link = "" if cur["connected"] is None else (", connected" if cur["connected"] else ", not connected")
         idle = ("no message yet" if cur["last_message_at"] is None

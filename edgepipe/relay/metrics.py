@@ -1,7 +1,7 @@
 """Prometheus metrics of the relay, read at scrape time from the tap's counts (relay/tap.py), the
 connection watcher and the allow-lists: the same numbers as its JSON report.
 
-    edgepipe_relay_messages_total{direction, stream, kind}   to_monitors: frame | end_of_stream, per stream;
+    edgepipe_relay_messages_total{direction, stream, kind}   to_monitors: frame | end_of_stream | reference, per stream;
                                                              to_cameras: subscribe | unsubscribe (stream: the
                                                              one a whole-stream topic names, else "")
     edgepipe_relay_bytes_total{direction, stream}            every part of those messages
@@ -42,6 +42,8 @@ class RelayCollector:
         for stream in sorted(set(counts["frames"]) | set(counts["ends"])):
             messages.add_metric([TO_MONITORS, stream, "frame"], counts["frames"].get(stream, 0))
             messages.add_metric([TO_MONITORS, stream, "end_of_stream"], counts["ends"].get(stream, 0))
+            if stream in counts["references"]:  # only for streams that send them (capture --reference-every)
+                messages.add_metric([TO_MONITORS, stream, "reference"], counts["references"][stream])
             nbytes.add_metric([TO_MONITORS, stream], counts["bytes"].get(stream, 0))
         for kind in ("subscribe", "unsubscribe"):
             messages.add_metric([TO_CAMERAS, "", kind], counts["subscriptions"].get(kind, 0))

@@ -114,6 +114,7 @@ class RelayService:
             "frames_per_s": round((frames - 1) / span, 2) if span > 0 and frames > 1 else None,
             "bytes": sum(counts["bytes"].values()) + counts["unrecognised_bytes"],
             "streams": [{"stream": s, "frames": counts["frames"].get(s, 0), "ends": counts["ends"].get(s, 0),
+                         **({"references": counts["references"][s]} if s in counts["references"] else {}),
                          "bytes": counts["bytes"].get(s, 0)} for s in streams],
             "streams_over_cap": OTHER in streams,
             "unrecognised": counts["unrecognised"],

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from typing import Callable
 
-from edgepipe.transport.protocol import peek, stream_topic
+from edgepipe.transport.protocol import peek, peek_reference, stream_topic
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class Tap:
         self.max_streams, self.max_topics, self.max_topic_bytes = max_streams, max_topics, max_topic_bytes
         self.frames: Counter = Counter()  # stream -> frames forwarded to monitors
         self.ends: Counter = Counter()  # stream -> end-of-stream messages
+        self.references: Counter = Counter()  # stream -> reference messages (issue 14: never counted as frames)
         self.bytes: Counter = Counter()  # stream -> bytes of its messages, every part
         self.unrecognised = 0  # messages from cameras that are no edgepipe header (monitors reject them)
         self.unrecognised_bytes = 0
@@ -94,7 +95,7 @@ class Tap:
             stream, end = seen
             if stream not in self.frames and stream not in self.ends and len(self.bytes) >= self.max_streams:
                 stream = OTHER
-            (self.ends if end else self.frames)[stream] += 1
+            (self.ends if end else self.references if peek_reference(first) else self.frames)[stream] += 1
             self.bytes[stream] += n
             if not end:
                 self.first_at = self.first_at or now
@@ -140,7 +141,8 @@ class Tap:
     def snapshot(self) -> dict:
         """A consistent copy of every count (metrics, the report, the status line)."""
         with self._lock:
-            return {"frames": dict(self.frames), "ends": dict(self.ends), "bytes": dict(self.bytes),
+            return {"frames": dict(self.frames), "ends": dict(self.ends), "references": dict(self.references),
+                    "bytes": dict(self.bytes),
                     "unrecognised": self.unrecognised, "unrecognised_bytes": self.unrecognised_bytes,
                     "subscriptions": dict(self.subscriptions), "subscription_bytes": self.subscription_bytes,
                     "subscriptions_by_stream": dict(self.subscriptions_by_stream),

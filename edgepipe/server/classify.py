@@ -9,7 +9,8 @@ the monitor has stopped (and `+ pending` while it runs).
 Policies (`--classify-policy`):
 - `keyframes-first`: offering never waits. When the queue is full, a frame of a better rank takes the place of
   the oldest queued frame of the worst rank; a frame that finds no worse one is not queued. Ranks, best first:
-  reference frames (the hook for issue 14's references: `rank(..., reference=True)`), keyframes, every Nth frame
+  reference frames and the coded frames they belong to (`rank(..., reference=True)`: a pair is only measured
+  when both halves are classified), keyframes, every Nth frame
   of a stream (`seq % N == 0`, `--classify-every`), the rest. The worker takes the best rank first.
 - `all`: every frame is classified; the decoding loop waits for room in the queue, so a recognizer that cannot
   keep up slows decoding, then the receive queue fills and a live capture drops (counted lost at both ends).
@@ -78,11 +79,12 @@ class ClassifyOptions:
 class Pending:
     """A decoded frame on its way to the recognizer; `settled` once it is counted classified or unclassified."""
 
-    __slots__ = ("header", "nbytes", "key", "image", "rank", "settled")
+    __slots__ = ("header", "nbytes", "key", "image", "rank", "settled", "pair")
 
-    def __init__(self, header, nbytes: int, key: tuple, image: np.ndarray, rank: int):
+    def __init__(self, header, nbytes: int, key: tuple, image: np.ndarray, rank: int, pair: str | None = None):
         self.header, self.nbytes, self.key, self.image, self.rank = header, nbytes, key, image, rank
         self.settled = False
+        self.pair = pair  # "coded" or "reference": a half of a reference pair (server/pairs.py); None: neither
 
 
 class Recognizer:

@@ -54,6 +54,7 @@ from edgepipe.core.latency import LatencyWindow
 from edgepipe.media.codecs import HevcDecoder, decode_image
 from edgepipe.media.frames import DEFAULT_FPS
 from edgepipe.recognition import TopK
+from edgepipe.server.agreement import AgreementStats
 from edgepipe.server.classify import (
     CAUSES,
     ClassifyOptions,
@@ -63,6 +64,7 @@ from edgepipe.server.classify import (
     Recognizer,
     as_recognizer,
 )
+from edgepipe.server.pairs import PairTable
 from edgepipe.server.predictions import prediction_record
 from edgepipe.transport.protocol import FrameHeader, ProtocolError, parse_message
 from edgepipe.transport.sockets import Subscriber
@@ -104,6 +106,7 @@ class MonitorLimits:
     latency_window: int = 4096  # latency samples per row for the median
     max_gap_rate: float = MAX_GAP_RATE
     max_gap_slack: int = MAX_GAP_SLACK
+    max_pending_pairs: int = 64  # classified halves of reference pairs waiting for the other (server/pairs.py)
 
 
 DEFAULT_LIMITS = MonitorLimits()
@@ -142,6 +145,26 @@ class RateAccount:
     stream_bytes: int = 0
     stream_s: float = 0.0
     clock: str | None = None  # the stream clock of the latest such frame (transport.CLOCKS)
+    # reference messages of this row's coded frames: counted apart, never in frames, bytes or kbit/s
+    references: int = 0
+    reference_bytes: int = 0
+    references_lost: int = 0
+    agreement: AgreementStats | None = None
+
+    def add_reference(self, nbytes: int) -> None:
+        self.references += 1
+        self.reference_bytes += nbytes
+
+    def add_agreement(self, measures: dict) -> None:
+        if self.agreement is None:
+            self.agreement = AgreementStats()
+        self.agreement.add(measures)
+
+    def reference_summary(self) -> dict | None:
+        if not (self.references or self.references_lost):
+            return None
+        return {"references": self.references, "bytes": self.reference_bytes, "lost": self.references_lost,
+                "agreement": (self.agreement or AgreementStats()).summary()}
 
     def add(self, header: FrameHeader, nbytes: int, prediction: int | None, latency: float) -> None:
         self.frames += 1
@@ -193,6 +216,7 @@ class RateAccount:
             "unclassified": self.unclassified,
             "share_classified": share(self.classified, self.classified + self.unclassified),
             "latency_ms_p50": round(self.latency_s.median() * 1000, 2) if len(self.latency_s) else None,
+            **({"reference": ref} if (ref := self.reference_summary()) is not None else {}),
         }
 
 
@@ -210,6 +234,7 @@ class StreamState:
     decoded: int = 0
     asked_at: float = float("-inf")  # monitor clock of the last keyframe request for this state
     eos_tail: int | None = None  # frames lost at the tail, once the end-of-stream message came
+    awaiting_reference: tuple | None = None  # (seq, row key) of a decoded frame whose reference follows it
 
 
 class _Stream:
@@ -338,6 +363,10 @@ class Monitor:
         self.totals: Counter = Counter()  # bytes, stream_s, labelled, correct ... of every decoded frame
         self.recent_latency = LatencyWindow(1024)  # end-to-end latency of the last decoded frames, any row
         self.sinks = None  # sinks.FrameSinks: --record / --save-frames (decoded frames, non-blocking)
+        # reference messages (issue 14 item 1): counted apart from `messages`, never a stream frame
+        self.references: Counter = Counter()
+        self.pairs = PairTable(self.limits.max_pending_pairs)
+        self.agreement = AgreementStats()  # over every pair, folded rows included
         self._last_reject_log = 0.0
         self._last_epoch_log = 0.0
         self._lock = threading.Lock()
@@ -368,6 +397,16 @@ class Monitor:
             if header.end_of_stream:
                 self._end_of_stream(header, received_at)
                 return None
+            if header.reference:
+                reference = self._reference(header, payload)
+                if reference is None:
+                    return None
+                image, key = reference
+        if header.reference:
+            if self.recognizer is not None:
+                self._submit(Pending(header, len(payload), key, image, 0, pair="reference"))
+            return None
+        with self._lock:
             self.messages += 1
             state = self._sequence(header, received_at)
             if state is None:  # rejected (out of order, implausible jump, too many streams)
@@ -404,11 +443,83 @@ class Monitor:
             self._learn_stream(header, received_at)
             self.decoded += 1
             header = self._account(header, key, len(payload), received_at)
+            if header.has_reference:  # its reference is the next message of this (stream, epoch)
+                state.awaiting_reference = (header.seq, key)
         if self.sinks is not None:  # non-blocking: a full or failing sink counts, never stalls this loop
             self.sinks.offer(header, payload, image)
         if self.recognizer is not None:
-            self._submit(Pending(header, len(payload), key, image, self.classifying.rank(header)))
+            self._submit(Pending(header, len(payload), key, image,
+                                 self.classifying.rank(header, reference=header.has_reference),
+                                 pair="coded" if header.has_reference else None))
         return image
+
+    # --- reference messages (issue 14 item 1) ------------------------------------------------------
+
+    def _reference(self, header: FrameHeader, payload: bytes) -> tuple[np.ndarray, tuple] | None:
+        """Under the lock: a reference message, counted apart; its decoded image and its coded frame's row key
+        when it belongs to the decoded frame its stream announced last, else None (counted by cause)."""
+        refs = self.references
+        refs["received"] += 1
+        refs["bytes"] += len(payload)
+        entry = self._ids.get(header.stream_id)
+        state = entry.epochs.get(header.epoch) if entry is not None else None
+        awaiting = state.awaiting_reference if state is not None else None
+        if awaiting is None or awaiting[0] != header.seq:  # its frame was lost, not decoded, or never announced it
+            refs["without_frame"] += 1
+            return None
+        state.awaiting_reference = None
+        key = awaiting[1]
+        row = self.rows.get(key)
+        if row is not None:
+            row.add_reference(len(payload))
+        try:
+            image = decode_image(header.codec, payload) if header.codec != "hevc" else None
+        except Exception:  # hostile bytes: counted, the pair is gone
+            image = None
+        if image is None or image.shape[:2] != (header.height, header.width):
+            refs["undecodable"] += 1
+            self._pair_gone(header, "unclassified")
+            return None
+        refs["decoded"] += 1
+        return image, key
+
+    def _reference_lost(self, sid: str, epoch: int, state: StreamState) -> None:
+        """Under the lock: the reference `state` awaited did not come before the next message of its stream."""
+        seq, key = state.awaiting_reference
+        state.awaiting_reference = None
+        self.references["lost"] += 1
+        row = self.rows.get(key)
+        if row is not None:
+            row.references_lost += 1
+        if self.recognizer is not None:
+            self._emit(self.pairs.gone((sid, epoch, seq), "reference_lost"))
+
+    def _pair_gone(self, header: FrameHeader, cause: str) -> None:
+        if self.recognizer is not None:
+            self._emit(self.pairs.gone((header.stream_id, header.epoch, header.seq), cause))
+
+    def _emit(self, records: list) -> None:
+        """Predictions lines of coded frames released from the pair table (with or without an agreement)."""
+        if self.predictions is not None:
+            for record in records:
+                if record is not None:
+                    self.predictions.offer(record)
+
+    def _settle_pair(self, item: Pending, classes, probs, record: dict | None) -> None:
+        """Under the lock: a classified half of a reference pair into the pair table; a completed pair into its
+        row's agreement and the total."""
+        key = (item.header.stream_id, item.header.epoch, item.header.seq)
+        value = (classes, probs, item.key, record) if item.pair == "coded" else (classes, probs)
+        done, released = self.pairs.classified(key, item.pair, value)
+        self._emit(released)
+        for row_key, measures, coded_record in done:
+            self.agreement.add(measures)
+            row = self.rows.get(row_key)
+            if row is not None:
+                row.add_agreement(measures)
+            if coded_record is not None:
+                coded_record["agreement"] = measures
+            self._emit([coded_record])
 
     def _account(self, header: FrameHeader, key: tuple, nbytes: int, received_at: float) -> FrameHeader:
         """Under the lock: a decoded frame into its row and the totals (bitrate, latency), classified or not.
@@ -471,6 +582,11 @@ class Monitor:
                     continue
                 item.settled = True
                 item.image = None  # its pixels are no longer needed
+                probs = None if topk.probs is None else topk.probs[i]
+                if item.pair is not None:
+                    self._settle_half(item, topk.classes[i], probs)
+                    if item.pair == "reference":
+                        continue  # not a stream frame: never in classified, top-1 or the predictions lines
                 prediction = int(topk.classes[i, 0])
                 row = self.rows.get(item.key)
                 if row is not None:  # else folded while it waited: the totals still count it
@@ -484,11 +600,24 @@ class Monitor:
             if done:
                 self._timed("classify", seconds, len(done))
         if self.predictions is not None:  # non-blocking: a slow or failing disk counts, never stalls the recognizer
-            name = self.recognizer.name
             for i in done:
+                if items[i].pair is not None:
+                    continue  # its line goes out from the pair table, with its agreement
                 item = items[i]
-                self.predictions.offer(prediction_record(item.header, item.nbytes, name, topk.classes[i],
-                                                         None if topk.probs is None else topk.probs[i]))
+                self.predictions.offer(self._record(item, topk.classes[i],
+                                                    None if topk.probs is None else topk.probs[i]))
+
+    def _record(self, item: Pending, classes, probs) -> dict:
+        return prediction_record(item.header, item.nbytes, self.recognizer.name, classes, probs)
+
+    def _settle_half(self, item: Pending, classes, probs) -> None:
+        """Under the lock: a classified half of a reference pair (the coded half's predictions line waits in the
+        pair table for its agreement)."""
+        if item.pair == "reference":
+            self.references["classified"] += 1
+        record = self._record(item, classes, probs) if item.pair == "coded" and self.predictions is not None \
+            else None
+        self._settle_pair(item, classes, probs, record)
 
     def _settle_unclassified(self, items: list[Pending], cause: str) -> None:
         if not items:
@@ -499,6 +628,11 @@ class Monitor:
                     continue
                 item.settled = True
                 item.image = None
+                if item.pair is not None:
+                    self._pair_gone(item.header, "unclassified")
+                    if item.pair == "reference":
+                        self.references["unclassified"] += 1
+                        continue  # not a stream frame: never in unclassified
                 self.unclassified_by_cause[cause] += 1
                 row = self.rows.get(item.key)
                 if row is not None:
@@ -543,6 +677,15 @@ class Monitor:
             if header.end_of_stream:  # cheap, and it counts a tail: handled, not left over
                 self._end_of_stream(header, received_at)
                 return
+            if header.reference:  # counted apart, like every reference; its pair is not measured
+                self.references["received"] += 1
+                self.references["bytes"] += len(parts[1])
+                self.references[cause] += 1
+                self._pair_gone(header, "unclassified")
+                state = self.streams.get((header.stream_id, header.epoch))
+                if state is not None and state.awaiting_reference and state.awaiting_reference[0] == header.seq:
+                    state.awaiting_reference = None
+                return
             self.messages += 1
             state = self._sequence(header, received_at)
             if state is None:
@@ -574,6 +717,8 @@ class Monitor:
         if state is None:  # an epoch this monitor never saw a frame of (or has folded): nothing to count
             self.end_of_stream["unmatched"] += 1
             return
+        if state.awaiting_reference is not None:  # references come right after their frame, before the end
+            self._reference_lost(header.stream_id, header.epoch, state)
         expected = state.expected_seq or 0
         gap = header.seq - expected
         if state.eos_tail is not None or gap < 0 or gap > self._plausible_gap(state, now):
@@ -645,6 +790,8 @@ class Monitor:
                 return None
         elif state.waiting_keyframe and header.codec == "hevc" and not header.keyframe:
             self._ask_keyframe(sid, state, now)  # joined mid-GOP: ask rather than wait for the next GOP
+        if state.awaiting_reference is not None:  # a later frame came first: that reference is lost
+            self._reference_lost(sid, header.epoch, state)
         state.received += 1  # after the replay check: a replayed frame is not received twice
         state.last_accepted_at = now
         state.expected_seq = header.seq + 1
@@ -871,6 +1018,8 @@ class Monitor:
             left = left or self.classify_queue.drain(worker.inflight)
             before = self.unclassified_by_cause["at_stop"]
             self._settle_unclassified(left, "at_stop")
+            with self._lock:  # coded frames whose reference never came still get their predictions line
+                self._emit(self.pairs.release_lines())
             if self.unclassified_by_cause["at_stop"] > before:
                 log.warning("stopping with %d decoded frame(s) not classified within %.0f s: counted unclassified "
                             "(at_stop)", self.unclassified_by_cause["at_stop"] - before,
@@ -924,6 +1073,8 @@ class Monitor:
                 "streams": streams,
                 "rows": rows,
             }
+            if self.references:
+                out["references"] = self._references_report()
             if self.subscriber is not None:
                 sub = self.subscriber
                 out["transport"] = {"connected": sub.connected, "connections": sub.connections,
@@ -942,6 +1093,18 @@ class Monitor:
                                   "decoders": self.expired["decoders"] + self.expired["idle_decoders"]}
             return out
 
+
+    def _references_report(self) -> dict:
+        """Under the lock: reference messages, counted apart from the stream, and the agreement of every pair."""
+        r = self.references
+        out = {name: r[name] for name in ("received", "bytes", "decoded", "classified", "unclassified", "lost",
+                                           "without_frame", "undecodable", "unprocessed_at_stop")}
+        out["share_of_stream_bytes"] = share(r["bytes"], self.totals["bytes"])
+        out["pairs"] = self.pairs.pairs
+        out["pending_pairs"] = self.pairs.pending
+        out["unpaired"] = dict(self.pairs.unpaired)
+        out["agreement"] = self.agreement.summary()
+        return out
 
     def _classify_report(self) -> dict:
         """How the recognizer kept up: the policy, the queue, the batches it ran and its latency."""
@@ -987,6 +1150,8 @@ def format_table(report: dict) -> str:
     if report.get("unclassified"):
         lines.append("classified: top-1 is over the classified labelled frames only; kbit/s and loss count every "
                      "frame (see docs/monitor.md)")
+    if report.get("references"):
+        lines.extend(reference_lines(report))
     predictions = report.get("predictions")
     if predictions:
         from edgepipe.server.predictions import describe as describe_predictions
@@ -998,6 +1163,39 @@ def format_table(report: dict) -> str:
 
         lines.extend(describe(sinks))
     return "\n".join(lines)
+
+
+def agreement_words(agreement: dict) -> str:
+    """'top-1 agree 95.0% [90.1, 99.9], top-5 overlap ..., p(ref) ..., KL ... (n pairs)'."""
+    def one(name: str, label: str, percent: bool) -> str:
+        m = agreement[name]
+        if m["mean"] is None:
+            return f"{label} n/a"
+        scale, unit = (100, "%") if percent else (1, "")
+        ci = f" [{scale * m['ci95'][0]:.{1 if percent else 3}f}, {scale * m['ci95'][1]:.{1 if percent else 3}f}]" \
+            if m["ci95"] else ""
+        return f"{label} {scale * m['mean']:.{1 if percent else 3}f}{unit}{ci}"
+    return (f"{one('top1_equal', 'top-1 agree', True)}, {one('top5_overlap', 'top-5 overlap', True)}, "
+            f"{one('p_reference', 'p(ref top-1)', False)}, {one('kl', 'KL', False)} ({agreement['pairs']} pairs)")
+
+
+def reference_lines(report: dict) -> list[str]:
+    """Under the table: the reference messages (apart from the stream) and the agreement per row and in all."""
+    r = report["references"]
+    share_words = f" ({100 * r['share_of_stream_bytes']:.1f}% of the stream's bytes)" \
+        if r["share_of_stream_bytes"] is not None else ""
+    unpaired = ", ".join(f"{k}={v}" for k, v in r["unpaired"].items() if v) or "none"
+    lines = [f"references: {r['received']} received, {r['bytes']} bytes{share_words}, lost {r['lost']}, "
+             f"without their frame {r['without_frame']}; pairs {r['pairs']}, pending {r['pending_pairs']}, "
+             f"unpaired: {unpaired} (not in kbit/s, frames or loss above)"]
+    for row in report["rows"]:
+        ref = row.get("reference")
+        if ref and ref["agreement"]["pairs"]:
+            lines.append(f"  {row['stream'][:14]} {row['model'][:20]} {row['codec']} QP {row['qp']}: "
+                         f"{agreement_words(ref['agreement'])}")
+    if r["pairs"]:
+        lines.append(f"  all: {agreement_words(r['agreement'])}; 95% CIs: normal approximation over frames")
+    return lines
 
 
 def classified_words(report: dict) -> str:

@@ -5,7 +5,8 @@ same fields with the stream's topic first: see TOPIC_VERSION below):
 
     magic  b"EP"     2 bytes
     version u8       1: frames without a stream clock; 2: the end-of-stream message; 3: frames with one
-    flags   u8       bit 0: keyframe; bit 1 (version 2 and later): end of stream
+    flags   u8       bit 0: keyframe; bit 1 (version 2 and later): end of stream; bits 2 and 3 (version 4):
+                     a reference message, a frame whose reference follows (see FLAG_REFERENCE)
     codec   u8       1 hevc, 2 jpeg, 3 jpeg2000
     qp      i8       -1 when the encoder ran on CRF
     width   u16
@@ -61,6 +62,11 @@ CLOCK_VERSION = 3  # of frames with a stream clock (what captures of issue 12 to
 TOPIC_VERSION = 4  # the topic first: every message this capture sends, frames and the end of stream
 SUPPORTED_VERSIONS = (1, 2, 3, 4)
 FLAG_KEYFRAME, FLAG_END_OF_STREAM = 1, 2
+# Version 4 only (issue 14): a reference message, the source frame near-lossless beside the stream (same
+# stream, epoch and seq as its coded frame, sent right after it; never a stream frame), and the coded frame's
+# mark that its reference follows. Monitors before them ignore unknown bits: a reference reaches them as a
+# second message with an already-seen seq and is rejected `out_of_order`, never counted as a frame.
+FLAG_REFERENCE, FLAG_HAS_REFERENCE = 4, 8
 _FIXED = struct.Struct("<2sBBBbHHiIQd")
 _CLOCK = struct.Struct("<ddB")  # version 3: media_time, duration, clock
 # version 4: after the topic, every field but the stream id, in the order of versions 1-3
@@ -127,6 +133,15 @@ def peek(first: bytes) -> tuple[str, bool] | None:
     return raw.decode(errors="replace"), bool(first[flags_at] & FLAG_END_OF_STREAM)
 
 
+def peek_reference(first: bytes) -> bool:
+    """Whether a version 4 header has the reference bit (the relay counts references apart from frames);
+    False for anything else, checking nothing."""
+    if first[:2] != MAGIC or len(first) < 5 or first[2] != TOPIC_VERSION:
+        return False
+    flags_at = 5 + first[4]
+    return flags_at < len(first) and bool(first[flags_at] & FLAG_REFERENCE)
+
+
 class ProtocolError(ValueError):
     """A message the monitor rejects; `cause` is the counter it goes under."""
 
@@ -153,6 +168,8 @@ class FrameHeader:
     media_time: float | None = None
     duration: float | None = None
     clock: str | None = None
+    reference: bool = False  # a reference message (version 4): not part of the stream
+    has_reference: bool = False  # a coded frame whose reference message follows it (version 4)
 
     @property
     def version(self) -> int:
@@ -167,7 +184,10 @@ class FrameHeader:
             raise ValueError("stream_id and model_id must each fit in 255 UTF-8 bytes")
         flags = (FLAG_KEYFRAME if self.keyframe else 0) | (FLAG_END_OF_STREAM if self.end_of_stream else 0)
         if version == TOPIC_VERSION:
+            flags |= (FLAG_REFERENCE if self.reference else 0) | (FLAG_HAS_REFERENCE if self.has_reference else 0)
             return self._pack_topic_first(sid, mid, flags)
+        if self.reference or self.has_reference:
+            raise ValueError(f"only version {TOPIC_VERSION} carries references")
         if version is not None:
             raise ValueError(f"pack() writes the lowest of versions 1-3, or version {TOPIC_VERSION}")
         version = self.version
@@ -235,6 +255,7 @@ class FrameHeader:
          clock_id) = _TOPIC_BODY.unpack_from(data, pos)
         pos += _TOPIC_BODY.size
         _check_fields(codec, width, height, ctime)
+        _check_reference_flags(flags)
         if clock_id == NO_CLOCK or flags & FLAG_END_OF_STREAM:  # an end of stream has no time of its own
             media_time = duration = clock = None
         else:
@@ -243,7 +264,17 @@ class FrameHeader:
         if pos != len(data):
             raise ProtocolError("bad_header", f"{len(data) - pos} trailing bytes after header")
         return cls(sid, seq, ctime, CODEC_NAMES[codec], width, height, qp, bool(flags & FLAG_KEYFRAME),
-                   label, mid, epoch, bool(flags & FLAG_END_OF_STREAM), media_time, duration, clock)
+                   label, mid, epoch, bool(flags & FLAG_END_OF_STREAM), media_time, duration, clock,
+                   bool(flags & FLAG_REFERENCE), bool(flags & FLAG_HAS_REFERENCE))
+
+
+def _check_reference_flags(flags: int) -> None:
+    """A reference is neither an end of stream nor announces a reference of its own."""
+    if flags & FLAG_REFERENCE and flags & (FLAG_END_OF_STREAM | FLAG_HAS_REFERENCE):
+        raise ProtocolError("bad_header", f"flags {flags:#04x}: a reference message with the end-of-stream or "
+                                          "has-reference bit")
+    if flags & FLAG_HAS_REFERENCE and flags & FLAG_END_OF_STREAM:
+        raise ProtocolError("bad_header", f"flags {flags:#04x}: an end of stream announcing a reference")
 
 
 def _check_fields(codec: int, width: int, height: int, ctime: float) -> None:

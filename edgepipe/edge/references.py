@@ -1,0 +1,67 @@
+"""Reference frames (issue 14 item 1): every Nth source frame, before the pre-transform, sent a second time as a
+near-lossless JPEG still beside the stream, so a monitor can measure what the stream costs the recognizer
+without labels.
+
+JPEG at quality 95 (the codec registry's `jpeg`), not HEVC at a low intra QP: a still needs no encoder state, so
+a reference never disturbs the stream's GOP or its encoder threads, every monitor already decodes JPEG without a
+decoder per stream, and q95 is near-lossless for a recognizer at a fraction of the bytes of a lossless still.
+
+The budget (`--reference-budget KBITS`) is a running rate on the stream clock: a reference is skipped (counted)
+when the reference bytes so far plus its own, over the stream time sent so far, would exceed it.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.media.codecs import CODECS
+
+REFERENCE_CODEC = "jpeg"
+REFERENCE_QUALITY = 95
+
+
+class ReferencePolicy:
+    """Which frames get a reference, their source images until the send stage takes them, and the encoding."""
+
+    def __init__(self, every: int, budget_kbit: float | None = None):
+        if every < 0:
+            raise EdgepipeError(f"--reference-every must be 0 (off) or a positive number of frames, got {every}")
+        if budget_kbit is not None and not budget_kbit > 0:
+            raise EdgepipeError(f"--reference-budget must be a positive kbit/s, got {budget_kbit}")
+        self.every, self.budget_kbit = every, budget_kbit
+        # id(frame) -> its source image, between the engine and the send stage (the frame lives that long)
+        self._sources: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.every > 0
+
+    def keep(self, frame) -> None:
+        """The source image of a frame about to be pre-transformed (no copy: the engine makes a new array)."""
+        if self.enabled:
+            with self._lock:
+                self._sources[id(frame)] = frame.image
+
+    def take(self, frame) -> np.ndarray | None:
+        with self._lock:
+            return self._sources.pop(id(frame), None)
+
+    def due(self, seq: int) -> bool:
+        return self.enabled and seq % self.every == 0
+
+    def over_budget(self, reference_bytes: int, nbytes: int, stream_s: float) -> bool:
+        """Whether sending `nbytes` more would take the reference rate over the budget."""
+        if self.budget_kbit is None:
+            return False
+        return stream_s <= 0 or (reference_bytes + nbytes) * 8 / 1000 / stream_s > self.budget_kbit
+
+    @staticmethod
+    def encode(image: np.ndarray) -> bytes:
+        return CODECS[REFERENCE_CODEC].encode(image, REFERENCE_QUALITY, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._sources.clear()
