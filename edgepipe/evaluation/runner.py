@@ -31,7 +31,7 @@ from edgepipe.core.datasets import LabelledImage, list_labelled_images, read_rgb
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.fidelity import psnr
 from edgepipe.core.files import atomic_path, sha256_file
-from edgepipe.engines import load_engine, parse_spec
+from edgepipe.engines import EngineThreads, load_engine, parse_spec
 from edgepipe.media.codecs import CODECS, STILL_CODECS, bits_per_pixel, decode_image, encode_image
 
 log = logging.getLogger(__name__)
@@ -82,13 +82,13 @@ def resolve_pres(specs: Iterable[str]) -> list[PreSpec]:
             continue
         kind, argument = parse_spec(spec)
         if not kind.suffixes:
-            engine = kind.load(argument, None)
+            engine = kind.load(argument, EngineThreads.of(None))
             identity = engine.model_id
             _probe(spec, engine)
             out.append(PreSpec(spec, spec, identity))
             continue
         path = Path(argument)
-        _probe(str(path), kind.load(str(path), None))  # raises EdgepipeError for files that do not load
+        _probe(str(path), kind.load(str(path), EngineThreads.of(None)))  # EdgepipeError for files that do not load
         out.append(PreSpec(path.stem, str(path.resolve()), f"{path.suffix}:{sha256_file(path)}"))
     labels = [p.label for p in out]
     if len(set(labels)) != len(labels):

@@ -179,12 +179,16 @@ def test_pre_transform_cache_identities_are_unchanged(tmp_path):
     ident = tmp_path / "ident.onnx"
     _identity_onnx(ident)
     ours = resolve_model("ours")
-    pres = resolve_pres(["none", "tvl1", "tvl1:1", "tvl1:0.5", "ours", str(ident)])
+    checkpoint = tmp_path / "ours_ckpt.pt"  # a PyTorch checkpoint loads through the torch engine kind
+    shutil.copyfile(ours.with_suffix(".pt"), checkpoint)
+    pres = resolve_pres(["none", "tvl1", "tvl1:1", "tvl1:0.5", "ours", str(ident), str(checkpoint)])
     assert [(p.label, p.identity) for p in pres] == [
         ("none", "none"), ("tvl1", "tvl1-lam2-it100"), ("tvl1:1", "tvl1-lam1-it100"),
         ("tvl1:0.5", "tvl1-lam0.5-it100"), ("ours", ".onnx:" + hashlib.sha256(ours.read_bytes()).hexdigest()),
-        ("ident", ".onnx:" + hashlib.sha256(ident.read_bytes()).hexdigest())]
-    assert [p.spec for p in pres] == ["none", "tvl1", "tvl1:1", "tvl1:0.5", str(ours.resolve()), str(ident.resolve())]
+        ("ident", ".onnx:" + hashlib.sha256(ident.read_bytes()).hexdigest()),
+        ("ours_ckpt", ".pt:" + hashlib.sha256(checkpoint.read_bytes()).hexdigest())]
+    assert [p.spec for p in pres] == ["none", "tvl1", "tvl1:1", "tvl1:0.5", str(ours.resolve()), str(ident.resolve()),
+                                      str(checkpoint.resolve())]
     assert resolve_pres(["tvl1"])[0] == pres[0]  # the anchor is added in front when not asked for
 
 
