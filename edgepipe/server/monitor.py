@@ -938,7 +938,7 @@ class Monitor:
             return {"streams": len(self._ids), "epochs": len(self.streams), "decoders": len(self._decoders),
                     "rows": len(self.rows), "queue_messages": len(self.backlog), "queue_bytes": self.backlog.bytes,
                     "queue_peak_bytes": self.backlog.peak_bytes, "classify_queue_frames": len(self.classify_queue),
-                    "classify_queue_bytes": self.classify_queue.bytes}
+                    "classify_queue_bytes": self.classify_queue.bytes, "reference_pairs": len(self.pairs)}
 
     # --- driver ---------------------------------------------------------------------------------
 

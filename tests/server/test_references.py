@@ -203,7 +203,7 @@ def test_metrics_and_the_status_line_show_references_apart(images):
     assert "edgepipe_monitor_frames_decoded_total 12.0" in text and "edgepipe_monitor_messages_total 12.0" in text
     line = monitor_line(before, monitor_sample(mon))
     assert "references 3 (lost 1)" in line and "over 3 pairs" in line and "lost 0" in line
-    assert "reference" not in generate_latest(registry_for(MonitorCollector(Monitor(None)))).decode()
+    assert "edgepipe_monitor_reference_" not in generate_latest(registry_for(MonitorCollector(Monitor(None)))).decode()
 
 
 def test_waiting_coded_halves_give_their_lines_at_stop_once():
@@ -212,3 +212,20 @@ def test_waiting_coded_halves_give_their_lines_at_stop_once():
     table.classified(("cam0", 1, 0), "coded", (*top, ("cam0",), {"seq": 0}))
     table.classified(("cam0", 1, 3), "reference", top)
     assert table.release_lines() == [{"seq": 0}] and table.release_lines() == [] and table.pending == 2
+
+
+def test_announced_references_that_never_come_and_forged_ones_hold_bounded_memory(images):
+    mon = Monitor(brightness_recognizer(), max_pending_pairs=4)
+    msgs = stream_with_references(images, every=1)  # every frame announces a reference; none is sent
+    for coded, _ in msgs:
+        mon.handle(coded)
+    for seq in range(100):  # references of frames that never announced them, of a stream never seen too
+        for sid in ("cam0", "ghost"):
+            r = FrameHeader(sid, 1000 + seq, 1000.0, "jpeg", 224, 224, 95, True, epoch=7, reference=True)
+            mon.handle([r.pack(TOPIC_VERSION), b"\xff\xd8not a jpeg"])
+    rep = mon.report()
+    refs = rep["references"]
+    assert refs["lost"] == 11 and refs["without_frame"] == 200 and refs["decoded"] == 0  # the 12th still awaited
+    assert refs["unpaired"]["reference_lost"] == 11 and refs["pairs"] == 0
+    assert mon.memory()["reference_pairs"] <= 4 and rep["decoded"] == rep["classified"] == 12
+    assert rep["messages"] == 12 and rep["rejects"] == {}
