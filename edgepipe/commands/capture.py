@@ -7,6 +7,7 @@ from edgepipe.commands.options import (
     check_codec_settings,
     check_endpoint,
     check_stream_id,
+    closed_to_signals,
     security_options,
     status_mode,
     status_options,
@@ -120,6 +121,7 @@ def capture(source, engine, publish, control, key, insecure, allow, metrics, cod
             stats = service.run(stop)
     finally:
         service.close()  # encoder already flushed by run(); sockets close with a bounded linger
+        closed_to_signals()
     summary = stats.as_dict()
     summary["epoch"] = loop.epoch
     summary["stream_clock"] = loop.clock

@@ -6,6 +6,7 @@ from click.core import ParameterSource
 
 from edgepipe.commands.options import (
     check_endpoint,
+    closed_to_signals,
     security_options,
     status_mode,
     status_options,
@@ -173,6 +174,7 @@ def monitor(connect, streams, shard, control, key, insecure, server_key, metrics
     finally:
         diagnosis = service.diagnosis()  # before close: it reads the transport's counters
         service.close()  # the sinks finish writing first: the report counts what they wrote
+        closed_to_signals()
         report = service.report()
         write_json(report, report_path)
     if diagnosis is not None:

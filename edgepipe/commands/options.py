@@ -16,6 +16,7 @@ from edgepipe.media.codecs import CODECS
 
 log = logging.getLogger(__name__)
 
+
 def stop_on_signals() -> threading.Event:
     """SIGINT/SIGTERM ask for a clean stop (drain, flush the encoder, close sockets); a second one aborts."""
     stop = threading.Event()
@@ -29,6 +30,17 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return stop
+
+
+def closed_to_signals() -> None:
+    """Once the service has closed there is nothing left to abort: a further SIGINT/SIGTERM while the
+    command writes its report and the interpreter exits is noted, not raised (it used to end the process by
+    SIGINT after the clean stop had finished, status -2, the report half-done)."""
+    def handler(signum, _frame):
+        log.warning("signal %d: already stopped, finishing", signum)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def security_options(f):

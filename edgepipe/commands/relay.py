@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import click
 
-from edgepipe.commands.options import check_endpoint, status_mode, status_options, stop_on_signals, write_json
+from edgepipe.commands.options import (
+    check_endpoint,
+    closed_to_signals,
+    status_mode,
+    status_options,
+    stop_on_signals,
+    write_json,
+)
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.ops.config import config_option
 
@@ -68,6 +75,7 @@ def relay(cameras, monitors, key, allow_cameras, allow_monitors, insecure, metri
     finally:
         report = report or service.report()
         service.close()
+        closed_to_signals()
         write_json(report, report_path)
     click.echo(f"relay: forwarded {report['frames']} frames of {len(report['streams'])} stream(s); "
                f"{report['connections']['cameras_accepted']} camera and {report['connections']['monitors_accepted']} "
