@@ -50,8 +50,13 @@ def test_capture_to_monitor_accuracy_matches_labels(small_val_folder, classifier
     assert abs(row["top1"] - offline_top1) <= 1 / 12 + 1e-4  # one frame at most; report rounds to 1e-5
     assert row["top1"] >= 0.75
     assert row["bytes"] == stats.bytes_sent
-    # what the monitor classified is the decoded frame, close to the original but not identical
-    psnr = 10 * np.log10(255**2 / np.mean((np.stack(seen).astype(float) - originals) ** 2))
+    # what the monitor classified is each decoded frame once, close to its original but not identical. Matched by
+    # content: the classify thread takes a batch by rank (keyframes first), so under load the order may differ.
+    assert len(seen) == 12
+    mse = ((np.stack(seen).astype(float)[:, None] - originals[None].astype(float)) ** 2).mean(axis=(2, 3, 4))
+    match = mse.argmin(1)
+    assert sorted(match) == list(range(12))
+    psnr = 10 * np.log10(255**2 / mse[np.arange(12), match].mean())
     assert 32 < psnr < 60
 
 
