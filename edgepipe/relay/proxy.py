@@ -23,11 +23,9 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-import time
 from dataclasses import dataclass
 
-from edgepipe.core.errors import EdgepipeError
-from edgepipe.transport.sockets import DEFAULTS, _bind, _heartbeats
+from edgepipe.transport.sockets import DEFAULTS, _bind, _heartbeats, bind_again
 
 log = logging.getLogger(__name__)
 
@@ -179,15 +177,7 @@ class Relay:
         old = self.monitors
         address = old.last_endpoint.decode()
         old.close(0)
-        deadline = time.monotonic() + 5.0
-        while True:  # the old listener closes asynchronously in libzmq's I/O thread
-            try:
-                self.monitors = self._open_monitors(address)
-                break
-            except EdgepipeError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.02)
+        self.monitors = bind_again(self._open_monitors, address)
         for topic in self.tap.forget_topics():
             self.cameras.send(b"\x00" + topic)
         with self._steer_lock:

@@ -82,6 +82,19 @@ def _connect(sock, endpoint: str) -> None:
         raise EdgepipeError(f"cannot connect to {endpoint}: {exc}") from None
 
 
+def bind_again(open_socket: Callable[[str], object], endpoint: str, timeout_s: float = 5.0):
+    """`open_socket(endpoint)` on the address a socket just closed there: the old listener is released
+    asynchronously in libzmq's I/O thread, so the bind is retried (20 ms apart) until it succeeds or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return open_socket(endpoint)
+        except EdgepipeError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _heartbeats(sock, defaults: SocketDefaults) -> None:
     import zmq
 
@@ -261,15 +274,7 @@ class Publisher:
         except zmq.ZMQError:
             pass
         old.close(0)
-        deadline = time.monotonic() + 5.0
-        while True:  # the old listener closes asynchronously in libzmq's I/O thread
-            try:
-                self.sock = self._open(bound)
-                break
-            except EdgepipeError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.02)
+        self.sock = bind_again(self._open, bound)
         self.topics.clear()
         self.topic_bytes = 0
         self._senders.clear()
