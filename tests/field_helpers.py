@@ -2,8 +2,10 @@
 replayed as a live camera, threads that run a capture or a monitor, polling with a deadline."""
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -140,3 +142,34 @@ class Feeder:
 
     def close(self) -> None:
         self.sock.close(0)
+
+
+class NotifySocket:
+    """What systemd listens on: an AF_UNIX datagram socket; collects every message."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.05)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            for line in data.decode().splitlines():
+                self.messages.append((time.monotonic(), line))
+
+    def lines(self, prefix: str = "") -> list[str]:
+        return [m for _, m in self.messages if m.startswith(prefix)]
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from edgepipe.ops.watchdog import FlowWatchdog, Notifier
 from edgepipe.transport.security import write_keypair
 from edgepipe.transport.sockets import free_tcp_endpoint
 
-from field_helpers import PacedSource, Running, decode_frames, wait_for
+from field_helpers import NotifySocket, PacedSource, Running, decode_frames, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -85,37 +84,6 @@ def test_units_match_the_spec_and_the_example_config(role):
 
 
 # --- sd_notify ----------------------------------------------------------------------------------
-
-class NotifySocket:
-    """What systemd listens on: an AF_UNIX datagram socket; collects every message."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.05)
-        self.messages: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                continue
-            for line in data.decode().splitlines():
-                self.messages.append((time.monotonic(), line))
-
-    def lines(self, prefix: str = "") -> list[str]:
-        return [m for _, m in self.messages if m.startswith(prefix)]
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-
 
 def test_notifier_reads_systemd_environment(tmp_path):
     ns = NotifySocket(tmp_path / "notify")

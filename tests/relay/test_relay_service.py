@@ -8,17 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from edgepipe.edge.capture import CaptureSettings
 from edgepipe.edge.service import CaptureService
 from edgepipe.server.service import MonitorService
 from edgepipe.transport.sockets import free_tcp_endpoint
 
-from field_helpers import PacedSource, Running, decode_frames, wait_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))  # also when tests/relay runs alone
-from test_systemd import NotifySocket  # noqa: E402
+from field_helpers import NotifySocket, PacedSource, Running, decode_frames, wait_for
 
 
 def start_relay(cameras: str, monitors: str, notify: NotifySocket, report) -> subprocess.Popen:

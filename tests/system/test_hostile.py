@@ -295,7 +295,7 @@ def test_e_the_watchdog_is_fed_by_frames_or_a_healthy_idle_link_never_by_a_dead_
                                                                                       monkeypatch):
     from edgepipe.server.service import MonitorService
 
-    from test_systemd import NotifySocket
+    from field_helpers import NotifySocket
 
     ns = NotifySocket(tmp_path / "notify")
     monkeypatch.setenv("NOTIFY_SOCKET", str(ns.path))
