@@ -24,12 +24,12 @@ import logging
 import os
 import queue
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.labels import class_name
+from edgepipe.server.writer_stop import drain_and_stop
 
 log = logging.getLogger(__name__)
 
@@ -139,17 +139,7 @@ class PredictionWriter:
 
     def close(self) -> None:
         """Write what is queued (at most close_timeout_s), then close the file."""
-        deadline = time.monotonic() + self.close_timeout_s
-        while not self._queue.empty() and time.monotonic() < deadline and self._thread.is_alive():
-            time.sleep(0.02)
-        self._stop.set()
-        self._thread.join(max(0.1, deadline - time.monotonic()))
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-            self.dropped_at_stop += 1
+        self.dropped_at_stop += drain_and_stop(self._queue, self._thread, self._stop, self.close_timeout_s)
         if not self._thread.is_alive():
             os.close(self._fd)
 

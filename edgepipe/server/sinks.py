@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.server.writer_stop import drain_and_stop
 
 log = logging.getLogger(__name__)
 
@@ -300,17 +301,7 @@ class FrameSinks:
 
     def close(self) -> None:
         """Write what is queued (at most close_timeout_s), then close every file."""
-        deadline = time.monotonic() + self.close_timeout_s
-        while not self._queue.empty() and time.monotonic() < deadline and self._thread.is_alive():
-            time.sleep(0.02)
-        self._stop.set()
-        self._thread.join(max(0.1, deadline - time.monotonic()))
-        while True:  # left over: counted
-            try:
-                (item, nbytes) = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            self.counts["dropped_at_stop"] += 1
+        self.counts["dropped_at_stop"] += drain_and_stop(self._queue, self._thread, self._stop, self.close_timeout_s)
         if not self._thread.is_alive():
             for key in list(self._recordings):
                 self._close_recording(key)
