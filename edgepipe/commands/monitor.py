@@ -83,6 +83,10 @@ def check_classify_flags(no_classify: bool, policy: str, every: int | None, queu
 @click.option("--server-key", default=None,
               help="The capture's CURVE public key: a .key file, z85:KEY or credential:NAME.")
 @click.option("--metrics", default=None, help="Serve Prometheus metrics on PORT, :PORT or HOST:PORT.")
+@click.option("--dashboard", default=None, metavar="HOST:PORT",
+              help="Serve a live web page on HOST:PORT (PORT alone: 127.0.0.1; :PORT: every interface): per "
+                   "stream, the RD curve (kbit/s against top-1 and agreement per operating point), bitrate, "
+                   "losses and the operating point, updated every second; docs/monitor.md.")
 @click.option("--recognizer", type=click.Choice(RECOGNIZERS), default=DEFAULT_RECOGNIZER, show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Recognizer weights (vgg16).")
 @click.option("--recognizer-view", type=click.Choice(VIEWS), default="centre-crop", show_default=True,
@@ -104,10 +108,10 @@ def check_classify_flags(no_classify: bool, policy: str, every: int | None, queu
 @click.option("--save-every", type=click.IntRange(min=1), default=None, metavar="N",
               help="With --save-frames: every Nth decoded frame of each stream [default: 1, every frame].")
 @status_options
-def monitor(connect, streams, shard, control, key, insecure, server_key, metrics, recognizer, weights, recognizer_view,
-            recognizer_server, no_classify, classify_policy, classify_every, classify_queue, classify_batch,
-            predictions, report_path, frames, idle_timeout, record, save_frames, save_every, quiet, status_every,
-            print_config):
+def monitor(connect, streams, shard, control, key, insecure, server_key, metrics, dashboard, recognizer, weights,
+            recognizer_view, recognizer_server, no_classify, classify_policy, classify_every, classify_queue,
+            classify_batch, predictions, report_path, frames, idle_timeout, record, save_frames, save_every, quiet,
+            status_every, print_config):
     """Server side: decode, classify and report accuracy against bitrate.
 
     Plain text only on loopback or with --insecure; otherwise give --key and --server-key (CURVE).
@@ -131,6 +135,8 @@ def monitor(connect, streams, shard, control, key, insecure, server_key, metrics
         check_endpoint("--control", control, bind=False)
     if metrics:
         parse_listen(metrics)
+    if dashboard:
+        parse_listen(dashboard, "dashboard")
     if save_every is not None and not save_frames:
         raise EdgepipeError("--save-every needs --save-frames DIR: it says which decoded frames to save there")
     mode, every = status_mode(quiet, status_every)
@@ -143,8 +149,8 @@ def monitor(connect, streams, shard, control, key, insecure, server_key, metrics
             parse_record_target(record)
         if save_frames:
             parse_frames_dir(save_frames)
-    options = ServiceOptions(control=control, metrics=metrics, record=record, save_frames=save_frames,
-                             save_every=save_every or 1,
+    options = ServiceOptions(control=control, metrics=metrics, dashboard=dashboard, record=record,
+                             save_frames=save_frames, save_every=save_every or 1,
                              security=SecurityOptions(key=key, server_key=server_key, insecure=insecure))
     client_curve(options.security)  # key problems before the (slow) recognizer loads
     classify_with = None

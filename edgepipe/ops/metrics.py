@@ -26,8 +26,9 @@ from edgepipe.core.errors import EdgepipeError
 log = logging.getLogger(__name__)
 
 
-def parse_listen(spec: str) -> tuple[str, int]:
-    """'9101' -> ('127.0.0.1', 9101); ':9101' -> ('0.0.0.0', 9101); 'HOST:PORT' as given."""
+def parse_listen(spec: str, what: str = "metrics") -> tuple[str, int]:
+    """'9101' -> ('127.0.0.1', 9101); ':9101' -> ('0.0.0.0', 9101); 'HOST:PORT' as given. `what` names the
+    address in the error (metrics, dashboard)."""
     host, _, port = spec.rpartition(":")
     if not _:
         host = "127.0.0.1"
@@ -36,9 +37,9 @@ def parse_listen(spec: str) -> tuple[str, int]:
     try:
         number = int(port)
     except ValueError:
-        raise EdgepipeError(f"metrics address must be PORT, :PORT or HOST:PORT, got {spec!r}") from None
+        raise EdgepipeError(f"{what} address must be PORT, :PORT or HOST:PORT, got {spec!r}") from None
     if not 0 <= number <= 65535:
-        raise EdgepipeError(f"metrics port {number} is out of range")
+        raise EdgepipeError(f"{what} port {number} is out of range")
     return host.strip("[]"), number
 
 

@@ -27,6 +27,7 @@ class SecurityOptions:
 class ServiceOptions:
     control: str | None = None  # capture: endpoint to bind; monitor: endpoint to connect
     metrics: str | None = None  # PORT, :PORT or HOST:PORT for /metrics
+    dashboard: str | None = None  # monitor: PORT, :PORT or HOST:PORT for the live web page (server/dashboard.py)
     security: SecurityOptions = field(default_factory=SecurityOptions)
     # monitor sinks (sinks.py): record the received stream into a file; decoded frames as PNG
     record: str | None = None
