@@ -940,6 +940,14 @@ class Monitor:
                     "queue_peak_bytes": self.backlog.peak_bytes, "classify_queue_frames": len(self.classify_queue),
                     "classify_queue_bytes": self.classify_queue.bytes, "reference_pairs": len(self.pairs)}
 
+    def operating_points(self) -> dict[str, dict]:
+        """Read-only, for live views (server/dashboard.py): each stream's current operating point, the row it
+        decoded its latest frame into, and the monitor clock (time.time()) of that frame."""
+        with self._lock:
+            latest = {key[0]: (key, row.last_seen) for key, row in self.rows.items()}  # LRU order: latest wins
+        return {sid: {"model": m, "qp": q, "codec": c, "last_frame_at": at}
+                for sid, ((_, m, q, c), at) in latest.items()}
+
     # --- driver ---------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None, max_frames: int | None = None,
