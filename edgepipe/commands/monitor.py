@@ -173,6 +173,8 @@ def monitor(connect, streams, shard, control, key, insecure, server_key, metrics
     secure = "CURVE" if key else "plain text"
     if not quiet:
         click.echo(f"monitor: listening on {connect} ({secure}; {takes.describe()}; Ctrl-C to stop)", err=True)
+        if service.dashboard is not None:
+            click.echo(f"monitor: dashboard on {service.dashboard.url}", err=True)
     status = StatusReporter(lambda: monitor_sample(service.monitor), monitor_line, mode, every)
     try:
         with status:

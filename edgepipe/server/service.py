@@ -19,9 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class MonitorService:
-    """Monitor + data socket + keyframe back channel + metrics + sd_notify; `classifying` says how frames reach
-    the recognizer (server/classify.py), `predictions` is a JSONL file for every classified frame, `selection`
-    the streams it takes (transport/topics.py: every stream, some by name, or a shard of them)."""
+    """Monitor + data socket + keyframe back channel + metrics + live dashboard + sd_notify; `classifying` says how
+    frames reach the recognizer (server/classify.py), `predictions` is a JSONL file for every classified frame,
+    `selection` the streams it takes (transport/topics.py: every stream, some by name, or a shard of them)."""
 
     def __init__(self, connect: str, classify: Recognizer | Callable[[np.ndarray], int] | None,
                  options: ServiceOptions | None = None, max_streams: int = 256,
@@ -45,6 +45,7 @@ class MonitorService:
         self.started = time.monotonic()
         self.context = zmq.Context()
         self.subscriber = self.control = self.handshakes = self.metrics = self.sinks = self.predictions = None
+        self.dashboard = None
         try:
             if options.record or options.save_frames:  # files first: a bad path fails before any socket
                 from edgepipe.server.sinks import FrameSinks
@@ -74,6 +75,10 @@ class MonitorService:
 
                 self.registry = registry_for(MonitorCollector(self.monitor, self.control, self.handshakes))
                 self.metrics = MetricsServer(self.registry, options.metrics)
+            if options.dashboard:  # the live page (server/dashboard.py): it reads the monitor, never writes
+                from edgepipe.server.dashboard import DashboardServer
+
+                self.dashboard = DashboardServer(self.monitor, options.dashboard)
         except BaseException:
             self.close()
             raise
@@ -152,6 +157,6 @@ class MonitorService:
     def close(self) -> None:
         """Idempotent. The sinks and the predictions file finish writing (bounded) after the monitor stopped,
         before the report."""
-        close_in_order(self, [("metrics", "close"), ("handshakes", "stop"), ("control", "close"),
-                               ("sinks", "close"), ("predictions", "close"), ("subscriber", "close"),
-                               ("context", "term")])
+        close_in_order(self, [("dashboard", "close"), ("metrics", "close"), ("handshakes", "stop"),
+                               ("control", "close"), ("sinks", "close"), ("predictions", "close"),
+                               ("subscriber", "close"), ("context", "term")])
