@@ -240,8 +240,9 @@ class CaptureLoop:
     def _send(self, inp: queue.Queue) -> None:
         s = self.settings
         seq = 0
+        # the codec's own setting, whole: wire version 5's field holds every codec's (versions before it, an
+        # i8, made a JPEG 2000 rate x1000 of 200 read 127)
         qp = -1 if s.crf is not None else int(s.qp if s.qp is not None else -1)
-        qp = max(-1, min(qp, 127))
         # live: bounded wait on a full subscriber; files and folders: lossless, wait until stopped
         timeout = s.send_stall_s if self.source.live else None
         inter_coded = CODECS[s.codec].stream_encoder is not None and s.gop != 0

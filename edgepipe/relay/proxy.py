@@ -40,7 +40,7 @@ class RelayLimits:
     monitor_hwm: int = 1000  # messages queued for each monitor; beyond, that monitor loses frames (counted there)
     linger_ms: int = DEFAULTS.linger_ms
     max_streams: int = 256  # stream ids with counts of their own in the metrics (the rest: `other`)
-    max_topics: int = 1024  # live distinct topics (a sharded monitor holds 256 / N, a stream one)
+    max_topics: int = 1024  # live distinct topics (a sharded monitor holds 2 x 256 / N, a stream two: wire v4 and v5)
     max_topic_bytes: int = 64 * 1024
 
 

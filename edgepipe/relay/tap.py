@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from typing import Callable
 
-from edgepipe.transport.protocol import peek, peek_reference, stream_topic
+from edgepipe.transport.protocol import TOPIC_VERSIONS, peek, peek_reference, stream_topic
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,14 @@ class Tap:
             self.subscription_bytes += len(msg)
             if subscribe:
                 if topic not in self.topics:
+                    stream = stream_of_topic(topic)
+                    # a monitor names a stream in every wire version it reads (4 and 5): counted once
+                    named = stream is not None and not any(stream_topic(stream, v) in self.topics
+                                                           for v in TOPIC_VERSIONS)
                     self.topics[topic] = None
                     self.topic_bytes += len(topic)
-                    stream = stream_of_topic(topic)
-                    if stream is not None and (stream in self.subscriptions_by_stream
-                                               or len(self.subscriptions_by_stream) < self.max_streams):
+                    if named and (stream in self.subscriptions_by_stream
+                                  or len(self.subscriptions_by_stream) < self.max_streams):
                         self.subscriptions_by_stream[stream] += 1
                 overflow = not self._flooding and (len(self.topics) > self.max_topics
                                                    or self.topic_bytes > self.max_topic_bytes)
@@ -171,8 +174,9 @@ class Tap:
 
 
 def stream_of_topic(topic: bytes) -> str | None:
-    """The stream a subscription names, when it is a whole stream topic (monitor --streams)."""
-    if len(topic) < 5 or topic[:3] != b"EP\x04" or len(topic) != 5 + topic[4]:
+    """The stream a subscription names, when it is a whole stream topic of wire version 4 or 5 (monitor
+    --streams)."""
+    if len(topic) < 5 or topic[:2] != b"EP" or topic[2] not in TOPIC_VERSIONS or len(topic) != 5 + topic[4]:
         return None
     stream = topic[5:].decode(errors="replace")
-    return stream if stream_topic(stream) == topic else None
+    return stream if stream_topic(stream, topic[2]) == topic else None

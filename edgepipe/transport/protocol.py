@@ -1,14 +1,16 @@
 """ZeroMQ transport: a versioned two-part message, [header, payload] (docs/wire.md).
 
-Header layout (little-endian), protocol versions 1, 2 and 3 (version 4, what this capture sends, is the
-same fields with the stream's topic first: see TOPIC_VERSION below):
+Header layout (little-endian), protocol versions 1, 2 and 3 (versions 4 and 5 are the same fields with the
+stream's topic first: see TOPIC_VERSION below; version 5, what this capture sends, widens qp to an i32):
 
     magic  b"EP"     2 bytes
     version u8       1: frames without a stream clock; 2: the end-of-stream message; 3: frames with one
-    flags   u8       bit 0: keyframe; bit 1 (version 2 and later): end of stream; bits 2 and 3 (version 4):
-                     a reference message, a frame whose reference follows (see FLAG_REFERENCE)
+    flags   u8       bit 0: keyframe; bit 1 (version 2 and later): end of stream; bits 2 and 3 (version 4
+                     and later): a reference message, a frame whose reference follows (see FLAG_REFERENCE)
     codec   u8       1 hevc, 2 jpeg, 3 jpeg2000
-    qp      i8       -1 when the encoder ran on CRF
+    qp      i8       the codec's quality setting (HEVC QP, JPEG quality, JPEG 2000 rate x1000); -1 when the
+                     encoder ran on CRF. Versions 1-4: an i8, so a capture before version 5 sent 127 for any
+                     setting above it; version 5: an i32 (QUALITY_LIMITS)
     width   u16
     height  u16
     label   i32      ImageNet index, -1 when unknown
@@ -24,18 +26,20 @@ same fields with the stream's topic first: see TOPIC_VERSION below):
     stream_id, model_id: u8 length + UTF-8 bytes each
 
 `pack()` writes the lowest of versions 1-3 that can express a header (frames with a stream clock:
-version 3; the end of stream: version 2; version 1 is what the oldest captures sent). `pack(TOPIC_VERSION)`
-writes version 4, every message this release's capture sends: the stream's topic (bucket, stream id) comes
-first, so ZeroMQ can route it by prefix (a monitor takes a shard, or some streams: transport/topics.py).
-This monitor accepts all four and rejects others (`bad_version`); for version 1 frames it can only measure
-kbit/s on the capture clock, and says so.
+version 3; the end of stream: version 2; version 1 is what the oldest captures sent). `pack(WIRE_VERSION)`
+writes version 5, every message this release's capture sends (`pack(TOPIC_VERSION)`, version 4, what the
+captures of issue 15 sent): the stream's topic (bucket, stream id) comes first, so ZeroMQ can route it by
+prefix (a monitor takes a shard, or some streams: transport/topics.py, which subscribes to the topics of both
+versions). This monitor accepts all five and rejects others (`bad_version`); for version 1 frames it can only
+measure kbit/s on the capture clock, and says so.
 
-Version 4 layout:
+Versions 4 and 5 layout:
 
-    magic  b"EP", version u8 = 4, bucket u8 = sha256(stream_id)[0], stream_id (u8 length + UTF-8)
-        -- the stream's topic ends here: b"EP\x04" + bucket is its shard's prefix --
+    magic  b"EP", version u8 = 4 or 5, bucket u8 = sha256(stream_id)[0], stream_id (u8 length + UTF-8)
+        -- the stream's topic ends here: b"EP" + version + bucket is its shard's prefix --
     flags, codec, qp, width, height, label, epoch, seq, capture_time, media_time, duration, clock
-        (as above; clock 255: the frame carries no stream clock, media_time and duration are 0)
+        (as above, qp an i8 in version 4 and an i32 in version 5; clock 255: the frame carries no stream
+        clock, media_time and duration are 0)
     model_id (u8 length + UTF-8)
 
 A bucket that is not its stream id's is rejected (`bad_topic`): a sharded monitor must never get a
@@ -59,20 +63,28 @@ MAGIC = b"EP"
 PROTOCOL_VERSION = 1  # of frames without a stream clock (what captures before version 3 sent)
 END_OF_STREAM_VERSION = 2  # of the end-of-stream message
 CLOCK_VERSION = 3  # of frames with a stream clock (what captures of issue 12 to 14 sent)
-TOPIC_VERSION = 4  # the topic first: every message this capture sends, frames and the end of stream
-SUPPORTED_VERSIONS = (1, 2, 3, 4)
+TOPIC_VERSION = 4  # the topic first, qp an i8 (what captures of issue 15 sent)
+QUALITY_VERSION = 5  # version 4 with qp an i32 (issue 10): a JPEG 2000 rate x1000 of 200 is sent as 200, not 127
+WIRE_VERSION = QUALITY_VERSION  # every message this capture sends, frames and the end of stream
+TOPIC_VERSIONS = (TOPIC_VERSION, QUALITY_VERSION)  # the versions whose header starts with the stream's topic
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
 FLAG_KEYFRAME, FLAG_END_OF_STREAM = 1, 2
-# Version 4 only (issue 14): a reference message, the source frame near-lossless beside the stream (same
+# Versions 4 and later (issue 14): a reference message, the source frame near-lossless beside the stream (same
 # stream, epoch and seq as its coded frame, sent right after it; never a stream frame), and the coded frame's
 # mark that its reference follows. Monitors before them ignore unknown bits: a reference reaches them as a
 # second message with an already-seen seq and is rejected `out_of_order`, never counted as a frame.
 FLAG_REFERENCE, FLAG_HAS_REFERENCE = 4, 8
 _FIXED = struct.Struct("<2sBBBbHHiIQd")
 _CLOCK = struct.Struct("<ddB")  # version 3: media_time, duration, clock
-# version 4: after the topic, every field but the stream id, in the order of versions 1-3
+# versions 4 and 5: after the topic, every field but the stream id, in the order of versions 1-3
 _TOPIC_HEAD = struct.Struct("<2sBBB")  # magic, version, bucket, stream id length
-_TOPIC_BODY = struct.Struct("<BBbHHiIQdddB")
-NO_CLOCK = 255  # version 4's clock byte for a header without a stream clock (an end of stream)
+_TOPIC_BODY = {TOPIC_VERSION: struct.Struct("<BBbHHiIQdddB"),  # qp an i8
+               QUALITY_VERSION: struct.Struct("<BBiHHiIQdddB")}  # qp an i32
+# The qp values each version's field holds. Version 5's holds every registered codec's setting (the widest,
+# JPEG 2000's rate x1000, is 1..1000: tests/media/test_codec_registry.py holds them inside it).
+QUALITY_LIMITS = {1: (-128, 127), 2: (-128, 127), 3: (-128, 127), TOPIC_VERSION: (-128, 127),
+                  QUALITY_VERSION: (-2**31, 2**31 - 1)}
+NO_CLOCK = 255  # the clock byte of versions 4 and 5 for a header without a stream clock (an end of stream)
 BUCKETS = 256  # topic buckets: a stream's is the first byte of sha256(stream id)
 # Where a frame's stream clock comes from (wire value = index). "live": a camera's capture clock;
 # "timestamps": the video file's own; "fps": the rate given to the capture (--fps); "default-fps":
@@ -100,16 +112,22 @@ def _bucket(raw: bytes) -> int:
     return hashlib.sha256(raw).digest()[0]
 
 
-def stream_topic(stream_id: str) -> bytes:
-    """The prefix every version 4 message of this stream starts with (and no other stream's: the
+def stream_topic(stream_id: str, version: int = WIRE_VERSION) -> bytes:
+    """The prefix every message of this stream in `version` (4 or 5) starts with (and no other stream's: the
     length byte ends it, so cam1's topic is no prefix of cam10's)."""
     raw = stream_id.encode()
-    return MAGIC + bytes((TOPIC_VERSION, stream_bucket(raw), len(raw))) + raw
+    return MAGIC + bytes((_topic_version(version), stream_bucket(raw), len(raw))) + raw
 
 
-def bucket_topic(bucket: int) -> bytes:
-    """The prefix of every version 4 message of the streams in `bucket`."""
-    return MAGIC + bytes((TOPIC_VERSION, bucket))
+def bucket_topic(bucket: int, version: int = WIRE_VERSION) -> bytes:
+    """The prefix of every message in `version` (4 or 5) of the streams in `bucket`."""
+    return MAGIC + bytes((_topic_version(version), bucket))
+
+
+def _topic_version(version: int) -> int:
+    if version not in TOPIC_VERSIONS:
+        raise ValueError(f"only versions {', '.join(map(str, TOPIC_VERSIONS))} start with the stream's topic")
+    return version
 
 
 def peek(first: bytes) -> tuple[str, bool] | None:
@@ -119,7 +137,7 @@ def peek(first: bytes) -> tuple[str, bool] | None:
     if first[:2] != MAGIC or len(first) < 5:
         return None
     version = first[2]
-    if version == TOPIC_VERSION:
+    if version in TOPIC_VERSIONS:
         pos = 4
         flags_at = pos + 1 + first[pos]
     elif version in (1, 2, CLOCK_VERSION):
@@ -134,9 +152,9 @@ def peek(first: bytes) -> tuple[str, bool] | None:
 
 
 def peek_reference(first: bytes) -> bool:
-    """Whether a version 4 header has the reference bit (the relay counts references apart from frames);
+    """Whether a version 4 or 5 header has the reference bit (the relay counts references apart from frames);
     False for anything else, checking nothing."""
-    if first[:2] != MAGIC or len(first) < 5 or first[2] != TOPIC_VERSION:
+    if first[:2] != MAGIC or len(first) < 5 or first[2] not in TOPIC_VERSIONS:
         return False
     flags_at = 5 + first[4]
     return flags_at < len(first) and bool(first[flags_at] & FLAG_REFERENCE)
@@ -168,8 +186,8 @@ class FrameHeader:
     media_time: float | None = None
     duration: float | None = None
     clock: str | None = None
-    reference: bool = False  # a reference message (version 4): not part of the stream
-    has_reference: bool = False  # a coded frame whose reference message follows it (version 4)
+    reference: bool = False  # a reference message (version 4 and later): not part of the stream
+    has_reference: bool = False  # a coded frame whose reference message follows it (version 4 and later)
 
     @property
     def version(self) -> int:
@@ -178,19 +196,24 @@ class FrameHeader:
         return CLOCK_VERSION if self.media_time is not None else PROTOCOL_VERSION
 
     def pack(self, version: int | None = None) -> bytes:
-        """Versions 1-3: the lowest that can express this header (None); TOPIC_VERSION: the topic first."""
+        """Versions 1-3: the lowest that can express this header (None); TOPIC_VERSION or QUALITY_VERSION
+        (WIRE_VERSION, what the capture sends): the topic first. A qp the version's field cannot hold is a
+        ValueError, never clamped."""
         sid, mid = self.stream_id.encode(), self.model_id.encode()
         if len(sid) > 255 or len(mid) > 255:
             raise ValueError("stream_id and model_id must each fit in 255 UTF-8 bytes")
         flags = (FLAG_KEYFRAME if self.keyframe else 0) | (FLAG_END_OF_STREAM if self.end_of_stream else 0)
-        if version == TOPIC_VERSION:
+        if version in TOPIC_VERSIONS:
+            self._check_qp(version)
             flags |= (FLAG_REFERENCE if self.reference else 0) | (FLAG_HAS_REFERENCE if self.has_reference else 0)
-            return self._pack_topic_first(sid, mid, flags)
+            return self._pack_topic_first(version, sid, mid, flags)
         if self.reference or self.has_reference:
-            raise ValueError(f"only version {TOPIC_VERSION} carries references")
+            raise ValueError(f"only version {TOPIC_VERSION} and later carry references")
         if version is not None:
-            raise ValueError(f"pack() writes the lowest of versions 1-3, or version {TOPIC_VERSION}")
+            raise ValueError(f"pack() writes the lowest of versions 1-3, or version "
+                             f"{' or '.join(map(str, TOPIC_VERSIONS))}")
         version = self.version
+        self._check_qp(version)
         fixed = _FIXED.pack(MAGIC, version, flags, CODEC_IDS[self.codec], self.qp,
                             self.width, self.height, self.label, self.epoch, self.seq, self.capture_time)
         if version == CLOCK_VERSION:
@@ -198,18 +221,24 @@ class FrameHeader:
                                  CLOCKS.index(self.clock or "live"))
         return b"".join((fixed, bytes((len(sid),)), sid, bytes((len(mid),)), mid))
 
-    def _pack_topic_first(self, sid: bytes, mid: bytes, flags: int) -> bytes:
+    def _check_qp(self, version: int) -> None:
+        low, high = QUALITY_LIMITS[version]
+        if not low <= self.qp <= high:
+            raise ValueError(f"qp {self.qp} does not fit version {version}'s field ({low}..{high})"
+                             + (f": send version {QUALITY_VERSION}" if version < QUALITY_VERSION else ""))
+
+    def _pack_topic_first(self, version: int, sid: bytes, mid: bytes, flags: int) -> bytes:
         timed = self.media_time is not None and not self.end_of_stream
-        body = _TOPIC_BODY.pack(flags, CODEC_IDS[self.codec], self.qp, self.width, self.height, self.label,
+        body = _TOPIC_BODY[version].pack(flags, CODEC_IDS[self.codec], self.qp, self.width, self.height, self.label,
                                 self.epoch, self.seq, self.capture_time, self.media_time if timed else 0.0,
                                 (self.duration or 0.0) if timed else 0.0,
                                 CLOCKS.index(self.clock or "live") if timed else NO_CLOCK)
-        head = _TOPIC_HEAD.pack(MAGIC, TOPIC_VERSION, stream_bucket(sid), len(sid))
+        head = _TOPIC_HEAD.pack(MAGIC, version, stream_bucket(sid), len(sid))
         return b"".join((head, sid, body, bytes((len(mid),)), mid))
 
     @classmethod
     def unpack(cls, data: bytes) -> FrameHeader:
-        if data[:2] == MAGIC and data[2:3] == bytes((TOPIC_VERSION,)):
+        if data[:2] == MAGIC and len(data) > 2 and data[2] in TOPIC_VERSIONS:
             return cls._unpack_topic_first(data)
         if len(data) < _FIXED.size + 2:
             raise ProtocolError("bad_header", f"header of {len(data)} bytes is too short")
@@ -241,19 +270,20 @@ class FrameHeader:
 
     @classmethod
     def _unpack_topic_first(cls, data: bytes) -> FrameHeader:
-        """Version 4: the topic (bucket, stream id), then the fields, then the model id."""
+        """Versions 4 and 5: the topic (bucket, stream id), then the fields, then the model id."""
         if len(data) < _TOPIC_HEAD.size:
             raise ProtocolError("bad_header", f"header of {len(data)} bytes is too short")
-        _, _, bucket, _ = _TOPIC_HEAD.unpack_from(data)
+        _, version, bucket, _ = _TOPIC_HEAD.unpack_from(data)
+        body = _TOPIC_BODY[version]
         sid, pos = _string(data, _TOPIC_HEAD.size - 1)
         if bucket != stream_bucket(sid):
             raise ProtocolError("bad_topic", f"bucket {bucket} is not stream {sid[:64]!r}'s "
                                              f"({stream_bucket(sid)})")
-        if len(data) < pos + _TOPIC_BODY.size + 1:
-            raise ProtocolError("bad_header", f"version 4 header of {len(data)} bytes is too short")
+        if len(data) < pos + body.size + 1:
+            raise ProtocolError("bad_header", f"version {version} header of {len(data)} bytes is too short")
         (flags, codec, qp, width, height, label, epoch, seq, ctime, media_time, duration,
-         clock_id) = _TOPIC_BODY.unpack_from(data, pos)
-        pos += _TOPIC_BODY.size
+         clock_id) = body.unpack_from(data, pos)
+        pos += body.size
         _check_fields(codec, width, height, ctime)
         _check_reference_flags(flags)
         if clock_id == NO_CLOCK or flags & FLAG_END_OF_STREAM:  # an end of stream has no time of its own

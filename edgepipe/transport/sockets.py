@@ -20,7 +20,7 @@ from typing import Callable
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.transport.endpoints import parse_publish
-from edgepipe.transport.protocol import MAGIC, MAX_PAYLOAD, TOPIC_VERSION, FrameHeader, stream_topic
+from edgepipe.transport.protocol import MAGIC, MAX_PAYLOAD, WIRE_VERSION, FrameHeader, stream_topic
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +104,17 @@ def _heartbeats(sock, defaults: SocketDefaults) -> None:
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, defaults.reconnect_ivl_max_ms)
 
 
-# A monitor's subscriptions: b"" (everything), or its shard's bucket prefixes (256 / N of them), or its
-# streams' topics (transport/topics.py). Behind a relay the capture sees the union of every monitor's.
+# A monitor's subscriptions: b"" (everything), or its shard's bucket prefixes (256 / N of them, in wire versions
+# 4 and 5), or its streams' topics (in both versions; transport/topics.py). Behind a relay the capture sees the
+# union of every monitor's.
 MAX_TOPICS = 1024
 MAX_TOPIC_BYTES = 64 * 1024  # what 64 topics of 1,000 bytes hold: the old bound for long topics
-_EDGEPIPE_TOPIC = MAGIC + bytes((TOPIC_VERSION,))
+_EDGEPIPE_TOPIC = MAGIC + bytes((WIRE_VERSION,))
 
 
 class Publisher:
     """Capture side. Binds an XPUB socket (or connects it to a relay: `pub+connect:ADDRESS`); send()
-    never blocks unless given a timeout. Every message goes out as wire version 4, its stream's topic
+    never blocks unless given a timeout. Every message goes out as wire version 5, its stream's topic
     first, so a subscriber (a monitor, or a relay on behalf of its monitors) takes the streams it wants.
 
     Subscriptions are bounded: libzmq keeps every distinct topic a subscriber sends in a trie
@@ -299,7 +300,7 @@ class Publisher:
         zmq = self._zmq
         if self.stream_id is None:
             self.stream_id = header.stream_id
-        parts = (header.pack(TOPIC_VERSION), payload)
+        parts = (header.pack(WIRE_VERSION), payload)
         self.poll_subscriptions()
         if not self.subscribed(parts[0]):
             self.unsubscribed += 1  # ZeroMQ discards it: counted, the capture reports it
@@ -327,7 +328,7 @@ class Publisher:
         stuck subscriber), so a stop never hangs; False when it could not be queued."""
         header.end_of_stream, header.keyframe = True, False
         zmq = self._zmq
-        parts = (header.pack(TOPIC_VERSION), b"")
+        parts = (header.pack(WIRE_VERSION), b"")
         self.poll_subscriptions()
         deadline = time.monotonic() + self.linger_s
         while True:

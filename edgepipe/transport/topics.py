@@ -1,23 +1,26 @@
 """Which streams a monitor takes: ZeroMQ subscriptions from `--streams` or `--shard` (docs/relay.md).
 
-Every message a capture of this release sends starts with its stream's topic (wire version 4,
-protocol.py): b"EP\x04", a bucket byte (the first byte of SHA-256 of the stream id), the stream id with its
-length. ZeroMQ filters by prefix at the sender (a capture or a relay), so:
+Every message a capture of this release sends starts with its stream's topic (wire version 5,
+protocol.py): b"EP\x05", a bucket byte (the first byte of SHA-256 of the stream id), the stream id with its
+length; the captures of the release before sent the same topic as version 4 (b"EP\x04"). ZeroMQ filters by
+prefix at the sender (a capture or a relay), so:
 
     no flag          b""                            everything, every version (also hostile bytes: counted)
-    --streams a,b    each stream's full topic       exactly those streams
-    --shard K/N      b"EP\x04" + bucket, for every  the streams whose bucket % N == K: the N shards of
-                     bucket with bucket % N == K    one N are disjoint and together take every stream
+    --streams a,b    each stream's full topic,      exactly those streams
+                     in versions 4 and 5
+    --shard K/N      b"EP\x04" + bucket and        the streams whose bucket % N == K: the N shards of
+                     b"EP\x05" + bucket, for every  one N are disjoint and together take every stream
+                     bucket with bucket % N == K
 
-Sharded and named subscriptions match version 4 only: the frames of a capture older than this
-release reach only monitors without a flag.
+Sharded and named subscriptions match versions 4 and 5 only: the frames of a capture older than version 4
+reach only monitors without a flag.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.transport.protocol import BUCKETS, bucket_topic, stream_bucket, stream_topic
+from edgepipe.transport.protocol import BUCKETS, TOPIC_VERSIONS, bucket_topic, stream_bucket, stream_topic
 
 EVERYTHING = b""
 
@@ -28,11 +31,14 @@ class StreamSelection:
     shard: tuple[int, int] | None = None  # (K, N)
 
     def topics(self) -> list[bytes]:
+        """In every wire version with a topic, this release's (5) first: a capture of the release before sends
+        version 4."""
+        versions = sorted(TOPIC_VERSIONS, reverse=True)
         if self.streams:
-            return [stream_topic(s) for s in self.streams]
+            return [stream_topic(s, v) for v in versions for s in self.streams]
         if self.shard is not None and self.shard[1] > 1:
             k, n = self.shard
-            return [bucket_topic(b) for b in range(BUCKETS) if b % n == k]
+            return [bucket_topic(b, v) for v in versions for b in range(BUCKETS) if b % n == k]
         return [EVERYTHING]
 
     def takes(self, stream_id: str) -> bool:

@@ -18,7 +18,7 @@ from edgepipe.media.codecs import (
     encode_image,
     register_codec,
 )
-from edgepipe.transport.protocol import CODEC_IDS, CODEC_NAMES, FrameHeader
+from edgepipe.transport.protocol import CODEC_IDS, CODEC_NAMES, QUALITY_LIMITS, WIRE_VERSION, FrameHeader
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,17 @@ def test_wire_ids_are_unchanged_and_agree_with_the_protocol():
         packed = FrameHeader("cam", 0, 1.0, name, 64, 48, 30, True).pack()
         assert packed[4] == CODECS[name].wire_id  # after magic (2), version, flags
         assert FrameHeader.unpack(packed).codec == name
+
+
+@pytest.mark.parametrize("name", STREAM_CODECS)
+def test_the_wire_carries_every_setting_of_every_codec_a_capture_sends(name):
+    """Wire version 5's quality field holds each codec's whole range (and -1, CRF): version 4's i8 did not."""
+    low, high = QUALITY_LIMITS[WIRE_VERSION]
+    setting = CODECS[name].setting
+    assert low <= -1 and low <= setting.low and setting.high <= high
+    for qp in (-1, setting.low, setting.high):
+        packed = FrameHeader("cam", 0, 1.0, name, 64, 48, qp, True).pack(WIRE_VERSION)
+        assert FrameHeader.unpack(packed).qp == qp
 
 
 @pytest.mark.parametrize("name", CODECS.names())

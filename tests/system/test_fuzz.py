@@ -14,7 +14,7 @@ import zmq
 
 from edgepipe.media.codecs import HevcEncoder
 from edgepipe.server.monitor import Monitor
-from edgepipe.transport.protocol import MAX_DIMENSION, TOPIC_VERSION, FrameHeader
+from edgepipe.transport.protocol import MAX_DIMENSION, TOPIC_VERSIONS, WIRE_VERSION, FrameHeader
 from edgepipe.transport.sockets import SocketDefaults, Subscriber, free_tcp_endpoint
 
 from field_helpers import Running, decode_frames, wait_for
@@ -26,14 +26,14 @@ MAX_STREAMS = 16
 
 @pytest.fixture(scope="module")
 def real_stream(video_clip):
-    """60 real HEVC frames (384x216, GOP 10) as wire messages of this release (version 4, the topic first)."""
+    """60 real HEVC frames (384x216, GOP 10) as wire messages of this release (version 5, the topic first)."""
     frames = decode_frames(video_clip, 60, (384, 216))
     enc = HevcEncoder(384, 216, qp=30, gop=GOP)
     msgs = []
     for seq, image in enumerate(frames):
         (packet,) = enc.encode(image)
         h = FrameHeader(REAL, seq, time.time(), "hevc", 384, 216, 30, packet.keyframe, -1, "none", EPOCH)
-        msgs.append([h.pack(TOPIC_VERSION), packet.data])
+        msgs.append([h.pack(WIRE_VERSION), packet.data])
     return msgs
 
 
@@ -84,7 +84,7 @@ class Fuzzer:
 
     def bad_version(self, sent):
         h = bytearray(FrameHeader("t", 0, 0.0, "hevc", 64, 64, 30, True).pack())
-        h[2] = int(self.rng.integers(5, 256))  # 1 to 4 are spoken
+        h[2] = int(self.rng.integers(6, 256))  # 1 to 5 are spoken
         return [bytes(h), self.rand(1, 100)], {"bad_version"}
 
     def bad_codec(self, sent):
@@ -137,17 +137,20 @@ class Fuzzer:
         stream = f"fz-new-{self.new_ids}"
         return [self.header(stream, keyframe=False), self.rand(1, 100)], {"waiting_for_keyframe"}
 
-    def bad_topic(self, sent):  # a version 4 topic whose bucket is another stream's: never routed under it
-        h = bytearray(FrameHeader(REAL, 0, 0.0, "hevc", 64, 64, 30, True).pack(TOPIC_VERSION))
+    def topic_version(self) -> int:
+        return int(self.rng.choice(TOPIC_VERSIONS))
+
+    def bad_topic(self, sent):  # a version 4 or 5 topic whose bucket is another stream's: never routed under it
+        h = bytearray(FrameHeader(REAL, 0, 0.0, "hevc", 64, 64, 30, True).pack(self.topic_version()))
         h[3] = (h[3] + int(self.rng.integers(1, 256))) % 256
         return [bytes(h), self.rand(1, 100)], {"bad_topic"}
 
-    def truncated_v4(self, sent):
-        h = FrameHeader("t4", 0, 0.0, "hevc", 64, 64, 30, True).pack(TOPIC_VERSION)
+    def truncated_v4(self, sent):  # versions 4 and 5
+        h = FrameHeader("t4", 0, 0.0, "hevc", 64, 64, 30, True).pack(self.topic_version())
         return [h[:int(self.rng.integers(0, len(h)))], self.rand(1, 100)], {"bad_header"}
 
-    def trailing_v4(self, sent):
-        h = FrameHeader("t4", 0, 0.0, "hevc", 64, 64, 30, True).pack(TOPIC_VERSION)
+    def trailing_v4(self, sent):  # versions 4 and 5
+        h = FrameHeader("t4", 0, 0.0, "hevc", 64, 64, 30, True).pack(self.topic_version())
         return [h + self.rand(1, 40), self.rand(1, 100)], {"bad_header"}
 
     def next(self, sent: int):

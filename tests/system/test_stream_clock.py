@@ -147,7 +147,7 @@ def test_a_still_image_has_no_clock_of_its_own(small_val_folder):
 def test_frames_of_a_newer_wire_version_are_rejected_with_a_hint(video_clip):
     (head, payload), = hevc_messages(decode_frames(video_clip, 1, (96, 54)), "cam", 1)
     newer = bytearray(head)
-    newer[2] = 5  # this release speaks 1 to 4
+    newer[2] = 6  # this release speaks 1 to 5
     mon = Monitor(None)
     assert mon.handle([bytes(newer), payload]) is None
     report = mon.report()

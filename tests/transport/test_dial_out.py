@@ -8,7 +8,7 @@ import pytest
 import zmq
 
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.transport.protocol import TOPIC_VERSION, FrameHeader, parse_message, stream_topic
+from edgepipe.transport.protocol import WIRE_VERSION, FrameHeader, parse_message, stream_topic
 from edgepipe.transport.security import CurveClient, CurveServer, KeyPair, ZapHandler, dial_out_curve
 from edgepipe.transport.sockets import Publisher, free_tcp_endpoint
 from edgepipe.transport.topics import StreamSelection
@@ -56,12 +56,12 @@ def test_a_publisher_dials_out_and_waits_for_a_subscription_that_takes_its_strea
         assert not pub.wait_for_subscriber(0.3)  # nobody subscribed yet
         other = next(k for k in range(2) if not StreamSelection(shard=(k, 2)).takes("door"))
         upstream.subscribe(*StreamSelection(shard=(other, 2)).topics())  # the other shard: not for us
-        assert not pub.wait_for_subscriber(0.5) and len(pub.topics) == 128
+        assert not pub.wait_for_subscriber(0.5) and len(pub.topics) == 2 * 128  # in wire versions 4 and 5
         upstream.subscribe(stream_topic("door"))
         assert pub.wait_for_subscriber(3.0)
         assert pub.send(frame("door", 0), b"payload")
         parts = upstream.recv()
-        assert parts is not None and parts[0][2] == TOPIC_VERSION and parts[0].startswith(stream_topic("door"))
+        assert parts is not None and parts[0][2] == WIRE_VERSION and parts[0].startswith(stream_topic("door"))
         assert parse_message(parts)[0].stream_id == "door"
         upstream.unsubscribe(stream_topic("door"))
         deadline = time.monotonic() + 3
