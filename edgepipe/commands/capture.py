@@ -1,8 +1,11 @@
-"""`edgepipe capture`: the device side, source -> pre-transform -> encoder -> ZeroMQ."""
+"""`edgepipe capture`: the device side, source -> pre-transform -> encoder -> ZeroMQ. Its loop's options are
+the fields of CaptureSettings (edge/capture.py), each declared once there; the service's (control socket,
+security, metrics) and the command's own (stats, status line) are here."""
 from __future__ import annotations
 
 import click
 
+from edgepipe.commands.from_dataclass import build, options_from
 from edgepipe.commands.options import (
     check_codec_settings,
     check_endpoint,
@@ -15,25 +18,13 @@ from edgepipe.commands.options import (
     write_json,
 )
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.edge.threads import THREADS_HELP
-from edgepipe.engines import describe_specs
-from edgepipe.media.codecs import CODECS, HEVC_ENCODERS, STREAM_CODECS, X265_PRESETS
+from edgepipe.edge.capture import CaptureSettings
 from edgepipe.ops.config import config_option
-
-
-def _setting_help() -> str:
-    """What --qp means for each stream codec, as the codecs register it."""
-    settings = ((name, CODECS[name].setting) for name in STREAM_CODECS)
-    return "; ".join(f"{name} {s.meaning} ({s.low}-{s.high})" for name, s in settings)
 
 
 @click.command()
 @config_option
-@click.option("--source", required=True, help="/dev/video0 or an index, rtsp://..., a video file, or folder:PATH.")
-@click.option("--engine", default="none", show_default=True, help=f"Pre-transform: {describe_specs()}.")
-@click.option("--publish", required=True,
-              help="ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:5555; or to dial out to a relay, "
-                   "pub+connect:tcp://relay:5555 (docs/relay.md).")
+@options_from(CaptureSettings)
 @click.option("--control", default=None,
               help="Endpoint to bind for keyframe requests from monitors, e.g. tcp://0.0.0.0:5556.")
 @security_options
@@ -41,42 +32,9 @@ def _setting_help() -> str:
               help="Monitor public key allowed to connect (.key file, folder of them, z85:KEY); repeatable. "
                    "Dialling out to a relay: the relay's public key, exactly one.")
 @click.option("--metrics", default=None, help="Serve Prometheus metrics on PORT, :PORT or HOST:PORT.")
-@click.option("--codec", type=click.Choice(STREAM_CODECS), default="hevc", show_default=True)
-@click.option("--qp", type=int, default=32, show_default=True,
-              help=f"The codec's one setting: {_setting_help()}.")
-@click.option("--crf", type=float, default=None, help="HEVC constant rate factor (0-51) instead of a fixed QP.")
-@click.option("--gop", type=click.IntRange(min=0), default=30, show_default=True,
-              help="Frames per keyframe; 0 = intra-only.")
-@click.option("--preset", type=click.Choice(X265_PRESETS), default="ultrafast", show_default=True,
-              help="libx265 preset (hevc_nvenc always runs its low-latency p1).")
-@click.option("--encoder", type=click.Choice([*HEVC_ENCODERS, "auto"]), default="libx265", show_default=True,
-              help="auto: hevc_nvenc where an NVIDIA encoder opens, else libx265.")
-@click.option("--frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
-@click.option("--size", default=None, help="Resize frames to WIDTHxHEIGHT (made even; each side 16-8192).")
-@click.option("--crop", is_flag=True, help="Centre-crop to the --size aspect before resizing.")
-@click.option("--realtime", is_flag=True, help="Pace files and folders at the source's frame rate (or --fps).")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Frame rate of sources without timestamps (folders, still images): the stream clock that "
-                   "kbit/s is measured on, and the --realtime pace [default: 25]. Video files use their own "
-                   "timestamps, cameras the capture clock.")
-@click.option("--loop", "loop_source", is_flag=True, help="Replay a file or folder forever.")
-@click.option("--stream-id", default=None,
-              help="Name of this camera in the stream header [default: cam-<hostname>].")
-@click.option("--wait-subscriber", type=click.FloatRange(min=0), default=None,
-              help="Wait up to S seconds for a monitor to join before sending; 0 = do not wait "
-                   "[default: 10 for files and folders without --loop, 0 for live sources].")
-@click.option("--reference-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
-              help="Send every Nth source frame (before the pre-transform) again as a JPEG q95 reference, so a "
-                   "monitor measures its recognizer's agreement without labels; counted apart from the stream's "
-                   "bytes; 0 = off.")
-@click.option("--reference-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="KBITS",
-              help="Skip a reference when the references' running kbit/s (stream clock) would exceed KBITS.")
-@click.option("--threads", default="auto", show_default=True, metavar="POLICY", help=THREADS_HELP)
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), default=None, help="Write loop statistics as JSON.")
 @status_options
-def capture(source, engine, publish, control, key, insecure, allow, metrics, codec, qp, crf, gop, preset, encoder,
-            frames, size, crop, realtime, fps, loop_source, stream_id, wait_subscriber, reference_every,
-            reference_budget, threads, stats_path, quiet, status_every, print_config):
+def capture(control, key, insecure, allow, metrics, stats_path, quiet, status_every, print_config, **params):
     """Edge loop: source -> pre-transform -> encoder -> ZeroMQ PUB.
 
     Stages run concurrently with bounded queues; SIGINT/SIGTERM stop cleanly, flushing the encoder.
@@ -88,23 +46,19 @@ def capture(source, engine, publish, control, key, insecure, allow, metrics, cod
         click.echo(effective_settings(click.get_current_context()))
         return
     stop = stop_on_signals()  # first: a SIGTERM while the model loads still ends cleanly
-    from edgepipe.edge.capture import CaptureSettings
     from edgepipe.media.codecs import resolve_encoder
-    from edgepipe.media.sources import parse_size
     from edgepipe.ops.service import SecurityOptions, ServiceOptions
 
     # Flags first, then keys, source and model: sockets bind only once all of them are good.
-    _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf, threads)
-    if reference_budget is not None and not reference_every:
+    p = params
+    _check_capture_flags(p["publish"], control, metrics, p["stream_id"], p["codec"], p["qp"], p["crf"], p["threads"])
+    if p["reference_budget_kbit"] is not None and not p["reference_every"]:
         raise EdgepipeError("--reference-budget needs --reference-every N (references are off without it)")
     mode, every = status_mode(quiet, status_every)
-    if codec == "hevc":
-        encoder = resolve_encoder(encoder)
-    settings = CaptureSettings(source=source, publish=publish, engine=engine, codec=codec, qp=qp, crf=crf, gop=gop,
-                               preset=preset, encoder=encoder, frames=frames, size=parse_size(size), crop=crop,
-                               realtime=realtime, fps=fps, loop=loop_source, stream_id=stream_id,
-                               wait_subscriber_s=wait_subscriber, threads=threads, reference_every=reference_every,
-                               reference_budget_kbit=reference_budget)
+    if p["codec"] == "hevc":
+        p["encoder"] = resolve_encoder(p["encoder"])
+    settings = build(CaptureSettings, p)  # parses --size
+    codec, publish = settings.codec, settings.publish
     options = ServiceOptions(control=control, metrics=metrics,
                              security=SecurityOptions(key=key, allow=tuple(allow), insecure=insecure))
     service = _capture_service(settings, options)

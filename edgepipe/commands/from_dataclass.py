@@ -23,7 +23,10 @@ def _click_type(spec: dict, value_type: Any):
     if spec["choices"] is not None:
         return click.Choice([str(c) for c in spec["choices"]])
     if spec["path"]:
-        return click.Path()
+        return click.Path(dir_okay=spec["path"] != "file", file_okay=spec["path"] != "dir")
+    if spec.get("min") is not None or spec.get("max") is not None:
+        ranged = click.IntRange if value_type is int else click.FloatRange
+        return ranged(min=spec["min"], max=spec["max"], min_open=spec.get("min_open", False))
     return spec["type"] or (value_type if value_type in (int, float, str) else str)
 
 

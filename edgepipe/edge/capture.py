@@ -29,17 +29,19 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from edgepipe.core.options import flag
 from edgepipe.edge.references import REFERENCE_CODEC, REFERENCE_QUALITY, ReferencePolicy
 from edgepipe.edge.stats import CaptureStats
-from edgepipe.edge.threads import capture_budget
-from edgepipe.engines import Engine, load_engine
-from edgepipe.media.codecs import CODECS, StreamEncoder
+from edgepipe.edge.threads import THREADS_HELP, capture_budget
+from edgepipe.engines import Engine, describe_specs, load_engine
+from edgepipe.media.codecs import CODECS, HEVC_ENCODERS, STREAM_CODECS, X265_PRESETS, StreamEncoder
 from edgepipe.media.frames import DEFAULT_FPS, Frame, ReadStatus
-from edgepipe.media.sources import Source, open_source, set_opencv_threads
+from edgepipe.media.sources import Source, open_source, parse_size, set_opencv_threads
 from edgepipe.transport.protocol import FrameHeader
 from edgepipe.transport.sockets import Publisher
 
@@ -50,36 +52,76 @@ FINITE_SOURCE_WAIT_S = 10.0  # how long a file or folder waits for the first mon
 _END = object()  # travels down the queues once the source ends or a stop is asked for
 
 
+def _setting_help() -> str:
+    """What --qp means for each stream codec, as the codecs register it."""
+    settings = ((name, CODECS[name].setting) for name in STREAM_CODECS)
+    return "; ".join(f"{name} {s.meaning} ({s.low}-{s.high})" for name, s in settings)
+
+
+def setting(default: Any, *name: str, **spec: Any) -> Any:
+    """A field with a default that is also a `capture` flag (core/options.py)."""
+    return field(default=default, metadata=flag(*name, **spec))
+
+
 @dataclass
 class CaptureSettings:
-    source: str
-    publish: str
-    engine: str = "none"
-    codec: str = "hevc"  # hevc, or jpeg / jpeg2000 for still frames
-    qp: int | None = 32  # HEVC QP; for jpeg the quality, for jpeg2000 the compression x1000
-    crf: float | None = None
-    gop: int = 30  # frames per keyframe; 0 = intra-only
-    preset: str = "ultrafast"
-    encoder: str = "libx265"
-    frames: int | None = None  # stop after this many frames
-    size: tuple[int, int] | None = None
-    crop: bool = False
-    realtime: bool = False  # pace files and folders at the source's frame rate
-    fps: float | None = None  # rate of sources without one (folders, images): clock and pacing; None: DEFAULT_FPS
-    loop: bool = False
-    stream_id: str | None = None  # None: default_stream_id(), unique per host
+    """What the capture loop is asked to do: one field per setting. The fields with a flag are the options of
+    `edgepipe capture` (commands/capture.py makes them from here, help text included); the others are tuning
+    without a flag. The command checks its flags before it builds this (endpoints, codec ranges, stream id)."""
+
+    source: str = field(metadata=flag(help="/dev/video0 or an index, rtsp://..., a video file, or folder:PATH."))
+    publish: str = field(metadata=flag(help="ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:5555; or to dial out to a "
+                                            "relay, pub+connect:tcp://relay:5555 (docs/relay.md)."))
+    engine: str = setting("none", help=f"Pre-transform: {describe_specs()}.")
+    codec: str = setting("hevc", choices=STREAM_CODECS, help="hevc: a video stream (a GOP, keyframes on request); "
+                                                            "the others code each frame as a still image.")
+    # HEVC QP; for jpeg the quality, for jpeg2000 the compression x1000 (the wire carries it whole: version 5)
+    qp: int | None = setting(32, help=f"The codec's one setting: {_setting_help()}.")
+    crf: float | None = setting(None, help="HEVC constant rate factor (0-51) instead of a fixed QP.")
+    gop: int = setting(30, min=0, help="Frames per keyframe; 0 = intra-only.")
+    preset: str = setting("ultrafast", choices=X265_PRESETS,
+                          help="libx265 preset (hevc_nvenc always runs its low-latency p1).")
+    # the command resolves "auto" (an NVIDIA encoder where one opens) before the loop sees it
+    encoder: str = setting("libx265", choices=(*HEVC_ENCODERS, "auto"),
+                           help="auto: hevc_nvenc where an NVIDIA encoder opens, else libx265.")
+    frames: int | None = setting(None, min=1, help="Stop after N frames.")
+    # (width, height); the flag's WIDTHxHEIGHT is parsed here (media/sources.parse_size)
+    size: tuple[int, int] | None = setting(None, type=str, help="Resize frames to WIDTHxHEIGHT (made even; each "
+                                                                "side 16-8192).")
+    crop: bool = setting(False, help="Centre-crop to the --size aspect before resizing.")
+    realtime: bool = setting(False, help="Pace files and folders at the source's frame rate (or --fps).")
+    # rate of sources without one (folders, images): clock and pacing; None: DEFAULT_FPS
+    fps: float | None = setting(None, min=0, min_open=True,
+                                help="Frame rate of sources without timestamps (folders, still images): the stream "
+                                     "clock that kbit/s is measured on, and the --realtime pace [default: 25]. Video "
+                                     "files use their own timestamps, cameras the capture clock.")
+    loop: bool = setting(False, help="Replay a file or folder forever.")
+    stream_id: str | None = setting(None, help="Name of this camera in the stream header [default: "
+                                               "cam-<hostname>].")  # None: default_stream_id(), unique per host
     queue_size: int = 4
     # None: a finite source (a file or folder without --loop) waits up to FINITE_SOURCE_WAIT_S for
     # the first monitor, so its frames do not go out to nobody; a live or looping source never waits.
     # 0: never wait (then frames sent with nobody subscribed are counted: frames_unsubscribed).
-    wait_subscriber_s: float | None = None
+    wait_subscriber_s: float | None = setting(None, "--wait-subscriber", min=0,
+                                              help="Wait up to S seconds for a monitor to join before sending; 0 = "
+                                                   "do not wait [default: 10 for files and folders without --loop, "
+                                                   "0 for live sources].")
     send_stall_s: float = 0.5  # live sources: longest wait on a full subscriber before dropping
     keyframe_min_interval_s: float = 0.5  # forced IDRs at most this often, however many requests come
-    threads: str = "auto"  # the thread budget per stage (--threads; edge/threads.py)
-    reference_every: int = 0  # every Nth frame's source image also goes out as a reference (edge/references.py)
-    reference_budget_kbit: float | None = None  # skip references that would take their rate over this
+    # every Nth frame's source image also goes out as a reference (edge/references.py)
+    reference_every: int = setting(0, min=0, metavar="N",
+                                   help="Send every Nth source frame (before the pre-transform) again as a JPEG q95 "
+                                        "reference, so a monitor measures its recognizer's agreement without labels; "
+                                        "counted apart from the stream's bytes; 0 = off.")
+    # skip references that would take their rate over this
+    reference_budget_kbit: float | None = setting(None, "--reference-budget", min=0, min_open=True, metavar="KBITS",
+                                                  help="Skip a reference when the references' running kbit/s (stream "
+                                                       "clock) would exceed KBITS.")
+    threads: str = setting("auto", metavar="POLICY", help=THREADS_HELP)  # the budget per stage (edge/threads.py)
 
     def __post_init__(self) -> None:
+        if isinstance(self.size, str):  # the flag's WIDTHxHEIGHT
+            self.size = parse_size(self.size)
         if not self.stream_id:
             self.stream_id = default_stream_id()
 
