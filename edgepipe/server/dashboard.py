@@ -117,7 +117,7 @@ def snapshot(monitor, previous: dict | None = None) -> tuple[dict, dict]:
         "labelled": sample["labelled"], "references": sample["references"],
         "references_lost": sample["references_lost"], "pairs": sample["pairs"],
         "top1_agreement": sample["top1_agreement"], "top5_overlap": sample["top5_overlap"],
-        "connected": sample["connected"], "last_message_s_ago": round(max(0.0, now - last), 1) if last else None,
+        "connected": None if sample["connected"] is None else bool(sample["connected"]), "last_message_s_ago": round(max(0.0, now - last), 1) if last else None,
         "latency_ms_p50": round(float(np.median(latency)) * 1000, 1) if len(latency) else None,
         **live,
     }
