@@ -1,0 +1,124 @@
+"""What `edgepipe monitor` is asked to do: MonitorSettings, one field per setting, each carrying its flag and help.
+
+The command's options are made from these fields (commands/monitor.py; its own are the config file, the CURVE
+secret key and --insecure, shared with the capture, and the status line), it checks them, and the methods here
+turn them into what the service takes: the stream selection, the classify options, the service options and the
+recognizer. A new setting is one field here and its use. Nothing heavy at import: --help runs without torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgepipe.core.options import flag
+from edgepipe.ops.service import SecurityOptions, ServiceOptions
+from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, VIEWS
+from edgepipe.server.classify import POLICIES, ClassifyOptions
+
+# The command's classify defaults: a live camera never waits for its recognizer (the library's is `all`).
+CLASSIFY_DEFAULTS = ClassifyOptions(policy="keyframes-first")
+# the settings that say how frames are classified: none of them goes with --no-classify
+CLASSIFY_FLAGS = ("classify_policy", "classify_every", "classify_queue", "classify_batch", "predictions")
+
+
+def setting(default: Any, *name: str, **spec: Any) -> Any:
+    return field(default=default, metadata=flag(*name, **spec))
+
+
+@dataclass
+class MonitorSettings:
+    connect: str = field(metadata=flag(help="ZeroMQ endpoint of a capture, e.g. tcp://camera:5555, or of a relay's "
+                                            "monitors side, e.g. tcp://relay:5556."))
+    streams: str | None = setting(None, metavar="ID,ID", help="Take only these streams (their ids, comma-separated), "
+                                                              "e.g. cam1,cam3 [default: every stream].")
+    shard: str | None = setting(None, metavar="K/N",
+                                help="Take one shard of the streams, by hash: those whose bucket (the first byte of "
+                                     "SHA-256 of the stream id) % N == K; N monitors with 0/N .. N-1/N take every "
+                                     "stream once. N is 1..256.")
+    control: str | None = setting(None, help="The capture's control endpoint, e.g. tcp://camera:5556: ask for a "
+                                             "keyframe after a loss. It goes straight to the capture, never through "
+                                             "a relay (docs/relay.md).")
+    server_key: str | None = setting(None, help="The capture's CURVE public key: a .key file, z85:KEY or "
+                                                "credential:NAME.")
+    metrics: str | None = setting(None, help="Serve Prometheus metrics on PORT, :PORT or HOST:PORT.")
+    dashboard: str | None = setting(None, metavar="HOST:PORT",
+                                    help="Serve a live web page on HOST:PORT (PORT alone: 127.0.0.1; :PORT: every "
+                                         "interface): per stream, the RD curve (kbit/s against top-1 and agreement "
+                                         "per operating point), bitrate, losses and the operating point, updated "
+                                         "every second; docs/monitor.md.")
+    recognizer: str = setting(DEFAULT_RECOGNIZER, choices=RECOGNIZERS,
+                              help="Recognizer of the decoded frames (vgg16 needs --weights).")
+    weights: str | None = setting(None, path="file", help="Recognizer weights (vgg16).")
+    recognizer_view: str = setting("centre-crop", choices=VIEWS,
+                                   help="What the recognizer sees of a frame: its centre square at 224 (as trained; a "
+                                        "720p frame costs what a 224 one does), the whole frame as it is, or square "
+                                        "tiles across it, probabilities averaged.")
+    recognizer_server: str | None = setting(None, metavar="grpc://HOST:PORT",
+                                            help="Classify on an NVIDIA Triton server (model: the --recognizer "
+                                                 "name); see docs/triton.md.")
+    no_classify: bool = setting(False, help="Account rate and loss only.")
+    classify_policy: str = setting(CLASSIFY_DEFAULTS.policy, choices=POLICIES,
+                                   help="What is classified when the recognizer cannot keep up with decoding. "
+                                        "keyframes-first: keyframes, then every Nth frame, then the rest, as the "
+                                        "queue has room; the others are counted unclassified (never lost), and "
+                                        "bitrate and loss still count every frame. all: every frame; decoding waits "
+                                        "for the recognizer, so a live capture that outruns it drops frames (counted "
+                                        "lost): for labelled replays.")
+    classify_every: int | None = setting(None, min=1, metavar="N",
+                                         help="With keyframes-first: every Nth frame of a stream (seq % N == 0) is "
+                                              f"kept before the rest [default: {CLASSIFY_DEFAULTS.every}].")
+    classify_queue: int = setting(CLASSIFY_DEFAULTS.queue, min=1, metavar="N",
+                                  help="Decoded frames that may wait for the recognizer (also at most 64 MiB of "
+                                       "pixels); beyond that the policy chooses.")
+    classify_batch: int = setting(CLASSIFY_DEFAULTS.batch, min=1, metavar="N",
+                                  help="Frames per recognizer call at most, across streams (frames waiting are "
+                                       "classified together; at most --classify-queue).")
+    predictions: str | None = setting(None, metavar="FILE.jsonl",
+                                      help="Append one JSON line per classified frame to FILE: stream, epoch, seq, "
+                                           "codec, QP, model, bytes, capture time, top-5 classes with names and "
+                                           "probabilities, and the label when the frame carries one.")
+    report: str | None = setting(None, path="file", help="Write the report as JSON.")
+    frames: int | None = setting(None, min=1, help="Stop after N decoded frames.")
+    idle_timeout: float | None = setting(None, min=0, min_open=True, help="Stop after S seconds without a message.")
+    record: str | None = setting(None, metavar="out.mkv",
+                                 help="Record the received stream as it came (no re-encoding) into a .mkv, .mp4 or "
+                                      ".mov file (file://PATH too); one file per stream and epoch: PATH, PATH-1, ...; "
+                                      "never overwrites.")
+    save_frames: str | None = setting(None, metavar="DIR",
+                                      help="Save decoded frames as PNG in DIR, named STREAM-EPOCH-SEQ.png.")
+    save_every: int | None = setting(None, min=1, metavar="N",
+                                     help="With --save-frames: every Nth decoded frame of each stream [default: 1, "
+                                          "every frame].")
+
+    def selection(self):
+        """The streams this monitor takes (--streams, --shard); one line when they do not go together."""
+        from edgepipe.transport.topics import selection
+
+        return selection(self.streams, self.shard)
+
+    def classify_options(self) -> ClassifyOptions:
+        return ClassifyOptions(policy=self.classify_policy, every=self.classify_every or CLASSIFY_DEFAULTS.every,
+                               queue=self.classify_queue, batch=self.classify_batch)
+
+    def service_options(self, key: str | None, insecure: bool) -> ServiceOptions:
+        """With this side's CURVE secret key and --insecure (the command's: the capture has them too)."""
+        return ServiceOptions(control=self.control, metrics=self.metrics, dashboard=self.dashboard, record=self.record,
+                              save_frames=self.save_frames, save_every=self.save_every or 1,
+                              security=SecurityOptions(key=key, server_key=self.server_key, insecure=insecure))
+
+    def load_recognizer(self):
+        """The batched recognizer (its view's crop before batching), or None with --no-classify; one line, no
+        start, when the weights, the Triton URL, tritonclient, the server or the model is wrong."""
+        if self.no_classify:
+            return None
+        if self.recognizer_server:
+            from edgepipe.recognition.triton_client import TritonClassifier
+
+            classifier = TritonClassifier(self.recognizer_server, self.recognizer, view=self.recognizer_view)
+        else:
+            from edgepipe.recognition import Classifier
+
+            classifier = Classifier(self.recognizer, self.weights, view=self.recognizer_view)
+        from edgepipe.server.classify import Recognizer
+
+        return Recognizer.from_classifier(classifier)
