@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -23,7 +24,8 @@ def _click_type(spec: dict, value_type: Any):
     if spec["choices"] is not None:
         return click.Choice([str(c) for c in spec["choices"]])
     if spec["path"]:
-        return click.Path(dir_okay=spec["path"] != "file", file_okay=spec["path"] != "dir")
+        return click.Path(dir_okay=spec["path"] != "file", file_okay=spec["path"] != "dir",
+                          path_type=Path if value_type is Path else None)
     if spec.get("min") is not None or spec.get("max") is not None:
         ranged = click.IntRange if value_type is int else click.FloatRange
         return ranged(min=spec["min"], max=spec["max"], min_open=spec.get("min_open", False))
@@ -32,15 +34,18 @@ def _click_type(spec: dict, value_type: Any):
 
 def _option(field: dataclasses.Field, hint: Any) -> Callable:
     spec = flag_of(field)
-    name = flag_name(field)
+    names = [n for n in (spec.get("short"), flag_name(field)) if n]
     value_type = _value_type(hint)
     required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
     if value_type is bool:
-        return click.option(name, field.name, is_flag=True, help=spec["help"])
-    default = None if required else field.default
+        return click.option(*names, field.name, is_flag=True, help=spec["help"])
+    if required:  # no default at all: click 8.5 takes an explicit default=None as given, and asks for nothing
+        return click.option(*names, field.name, type=_click_type(spec, value_type), required=True,
+                            help=spec["help"], metavar=spec["metavar"])
+    default = field.default
     if isinstance(default, tuple):
         default = ",".join(map(str, default))
-    return click.option(name, field.name, type=_click_type(spec, value_type), default=default, required=required,
+    return click.option(*names, field.name, type=_click_type(spec, value_type), default=default,
                         show_default=default is not None, help=spec["help"], metavar=spec["metavar"])
 
 
