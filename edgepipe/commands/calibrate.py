@@ -1,116 +1,18 @@
-"""`edgepipe calibrate`: INT8 calibration from real images, preprocessed as the capture loop does.
-
-TensorRT 10 -> a calibration cache (TensorRT's entropy calibrator runs inside an INT8 build on the GPU);
-`build-engine --precision int8` then reuses it. TensorRT 11 (no calibrators) -> a Q/DQ ONNX model made
-with NVIDIA ModelOpt; `build-engine` compiles it.
-"""
+"""`edgepipe calibrate`: INT8 calibration data for TensorRT from real images (tensorrt/calibration/run.py). Its
+options are the fields of CalibrateSettings (tensorrt/settings.py), each declared once there."""
 from __future__ import annotations
-
-import logging
-import tempfile
-from pathlib import Path
 
 import click
 
-from edgepipe.core.errors import EdgepipeError
-
-log = logging.getLogger(__name__)
-
-
-def choose_format(requested: str, trt_major: int | None, modelopt: bool) -> str:
-    """auto -> 'cache' with TensorRT 10, 'qdq' with TensorRT 11 or without TensorRT (when ModelOpt is there)."""
-    if requested == "cache":
-        if trt_major is None:
-            raise EdgepipeError("a calibration cache is made by TensorRT 10, which is not installed here "
-                                "(see deploy/jetson.md); --format qdq makes a Q/DQ model with ModelOpt instead")
-        if trt_major >= 11:
-            raise EdgepipeError("TensorRT 11 has no calibrators (no calibration cache): use --format qdq")
-        return "cache"
-    if requested == "qdq":
-        return "qdq"
-    if trt_major == 10:
-        return "cache"
-    if trt_major is not None or modelopt:
-        return "qdq"
-    raise EdgepipeError("calibrate needs TensorRT 10 (calibration cache) or NVIDIA ModelOpt (Q/DQ model for "
-                        "TensorRT 11); neither is installed: sudo apt install python3-libnvinfer on a Jetson, "
-                        "pip install tensorrt or 'nvidia-modelopt[onnx]' on a desktop")
-
-
-def _installed_trt_major() -> int | None:
-    from edgepipe.engines.tensorrt_engine import import_tensorrt, tensorrt_major
-
-    try:
-        trt = import_tensorrt("calibrate")
-    except EdgepipeError as exc:
-        log.debug("%s", exc)
-        return None
-    return tensorrt_major(trt)
-
-
-def _modelopt_installed() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("modelopt.onnx.quantization") is not None
-    except ModuleNotFoundError:
-        return False
+from edgepipe.commands.from_dataclass import build, options_from
+from edgepipe.tensorrt.settings import CalibrateSettings
 
 
 @click.command("calibrate")
 @click.argument("model")
-@click.option("--data", "data", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder of real images (ImageNet layout or flat).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Cache file [./MODEL.calib] or Q/DQ model [./MODEL.int8.onnx].")
-@click.option("--format", "fmt", type=click.Choice(["auto", "cache", "qdq"]), default="auto", show_default=True,
-              help="cache: TensorRT 10 calibration cache; qdq: Q/DQ ONNX via ModelOpt (TensorRT 11).")
-@click.option("--size", default="224x224", show_default=True, help="Calibration WIDTHxHEIGHT (centre-crop + resize).")
-@click.option("--batch", "batch_size", type=int, default=8, show_default=True)
-@click.option("--images", "max_images", type=int, default=512, show_default=True, help="At most this many images.")
-@click.option("--workspace", default="1G", show_default=True, help="TensorRT builder workspace (cache format).")
-def calibrate(model: str, data: Path, output: Path | None, fmt: str, size: str, batch_size: int,
-              max_images: int, workspace: str) -> None:
+@options_from(CalibrateSettings)
+def calibrate(model: str, **params) -> None:
     """INT8 calibration data for MODEL (an ONNX path or shipped name) from the images in --data."""
-    from edgepipe.engines import resolve_model
-    from edgepipe.tensorrt.build import parse_size, parse_workspace
-    from edgepipe.tensorrt.calibration.data import CalibrationBatches
+    from edgepipe.tensorrt.calibration.run import calibrate as run
 
-    wh, ws = parse_size(size), parse_workspace(workspace)
-    fmt = choose_format(fmt, _installed_trt_major(), _modelopt_installed())
-    onnx = resolve_model(model)
-    if not onnx.is_file():
-        raise EdgepipeError(f"ONNX model not found: {onnx}")
-    batches = CalibrationBatches(data, wh, batch_size, max_images)  # checks the folder before any GPU work
-    click.echo(f"calibrating {onnx.name} on {len(batches.paths)} image(s) from {data} at {wh[0]}x{wh[1]}, "
-               f"batch {batch_size} ({fmt})")
-    if fmt == "qdq":
-        from edgepipe.tensorrt.calibration.qdq import quantize_qdq
-
-        output = output or Path.cwd() / f"{onnx.stem}.int8.onnx"
-        quantize_qdq(onnx, batches, output)
-        click.echo(f"wrote {output}: build it with edgepipe build-engine {output} --precision int8")
-        return
-    _calibrate_cache(onnx, batches, output or Path.cwd() / f"{onnx.stem}.calib", ws)
-
-
-def _calibrate_cache(onnx: Path, batches, output: Path, workspace: int) -> None:
-    """TensorRT 10: run an INT8 build with the entropy calibrator; keep the cache, drop the plan."""
-    from edgepipe.engines.tensorrt_engine import import_tensorrt
-    from edgepipe.tensorrt.build import BuildOptions, Int8Options, ShapeProfile, builder_for
-
-    trt = import_tensorrt("calibrate")
-    for stale in (output, output.with_name(output.name + ".json")):
-        stale.unlink(missing_ok=True)  # calibrate means measure again, never reuse
-    shape = batches.shape
-    options = BuildOptions(
-        precision="int8", shapes=ShapeProfile(shape, shape, shape), workspace=workspace,
-        int8=Int8Options(data=batches.root, cache=output, size=batches.size, batch_size=batches.batch_size,
-                         max_images=batches.max_images),
-    )
-    with tempfile.TemporaryDirectory(prefix="edgepipe-calib-") as tmp:
-        builder_for(trt).build(onnx, Path(tmp) / "calibration.plan", options)
-    if not output.is_file():
-        raise EdgepipeError("TensorRT finished without writing a calibration cache (see the log with -vv)")
-    click.echo(f"wrote {output} ({output.stat().st_size} bytes): "
-               f"edgepipe build-engine {onnx.name} --precision int8 --calib-cache {output} reuses it")
+    run(build(CalibrateSettings, params, model=model), say=click.echo)

@@ -30,14 +30,37 @@ from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import atomic_write
 from edgepipe.engines.onnx_engine import onnx_weights_id
 from edgepipe.engines.tensorrt_engine import import_tensorrt, make_logger, tensorrt_major
+from edgepipe.tensorrt.settings import DEFAULT_SHAPES, BuildSettings, default_cache_path
 
 if TYPE_CHECKING:
     from edgepipe.engines.plan_sidecar import PlanSidecar
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SHAPES = "32x32:1280x720:1920x1080"  # min:opt:max as WIDTHxHEIGHT (like `capture --size`)
-DEFAULT_WORKSPACE = "1G"
+
+# --- `edgepipe build-engine` ---------------------------------------------------------------------
+
+
+def build_engine(settings: BuildSettings) -> str:
+    """Build the plan and its sidecar as `settings` ask; returns what to tell the user (two lines).
+
+    The options are parsed first, then the model file is checked, then TensorRT is looked for: a typo is
+    named before a missing file, and a missing file before a missing install."""
+    from edgepipe.engines import resolve_model
+
+    options = settings.options()
+    onnx = resolve_model(settings.model)
+    if not onnx.is_file():
+        raise EdgepipeError(f"ONNX model not found: {onnx}")
+    if onnx.suffix.lower() != ".onnx":
+        raise EdgepipeError(f"build-engine takes an ONNX model, got {onnx.name}")
+    trt = import_tensorrt("build-engine")
+    options.int8.cache = options.int8.cache or default_cache_path(onnx)
+    output = settings.output or Path.cwd() / f"{onnx.stem}-{settings.precision}.plan"
+    sidecar = builder_for(trt).build(onnx, output, options)
+    return (f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, {sidecar.precision}, TensorRT "
+            f"{sidecar.tensorrt_version}, {sidecar.gpu_name}) and {output.name}.json\n"
+            f"run it: edgepipe capture --engine {output} ...")
 
 
 # --- version dispatch (the TensorRT import and release check live in edgepipe.engines.tensorrt_engine) ----

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from edgepipe.cli import cli
-from edgepipe.commands.calibrate import choose_format
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.tensorrt.calibration.run import choose_format
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 try:
