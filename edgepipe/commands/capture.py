@@ -51,6 +51,7 @@ def capture(control, key, insecure, allow, metrics, stats_path, quiet, status_ev
 
     # Flags first, then keys, source and model: sockets bind only once all of them are good.
     p = params
+    _ladder_flags(p)  # before the codec's checks: --ladder sets --codec and the first --qp
     _check_capture_flags(p["publish"], control, metrics, p["stream_id"], p["codec"], p["qp"], p["crf"], p["threads"])
     if p["reference_budget_kbit"] is not None and not p["reference_every"]:
         raise EdgepipeError("--reference-budget needs --reference-every N (references are off without it)")
@@ -67,8 +68,12 @@ def capture(control, key, insecure, allow, metrics, stats_path, quiet, status_ev
 
     secure = "CURVE" if service.curve else "plain text"
     if not quiet:
-        click.echo(f"capture: {loop.source.name} -> {loop.engine.model_id} -> {codec} -> {publish} ({secure}); "
+        engines = loop.engine.model_id if loop.ladder is None else \
+            "|".join(engine.model_id for engine in loop.engines.values())
+        click.echo(f"capture: {loop.source.name} -> {engines} -> {codec} -> {publish} ({secure}); "
                    f"stream clock: {_clock_words(loop)}; threads: {loop.budget.describe()}", err=True)
+        if loop.ladder is not None:
+            click.echo(f"capture: ladder: {loop.ladder.describe()}", err=True)
     status = StatusReporter(lambda: capture_sample(loop), capture_line, mode, every)
     try:
         with status:
@@ -94,6 +99,11 @@ def capture(control, key, insecure, allow, metrics, stats_path, quiet, status_ev
             if refs["share_of_stream_bytes"] is not None else ""
         click.echo(f"capture: references: sent {refs['sent']}, {refs['bytes']} bytes{share_words}, apart from the "
                    f"stream; skipped: {skipped}", err=True)
+    ladder = summary.get("ladder")
+    if ladder is not None:
+        points = ", ".join(f"{p['quality']}/{p['engine']} {p['frames_sent']}" for p in ladder["points"])
+        click.echo(f"capture: ladder: {ladder['switches']} switches; frames sent per point (setting/engine): "
+                   f"{points}", err=True)
     if summary.get("end_of_stream") == "unsent":
         click.echo("capture: the end-of-stream message could not be sent: a monitor counts this stream's tail "
                    "only from later frames", err=True)
@@ -103,6 +113,33 @@ def _clock_words(loop) -> str:
     return {"timestamps": "the video's timestamps", "live": "the capture clock",
             "fps": f"{loop.rate:g} frames/s (--fps)",
             "default-fps": f"{loop.rate:g} frames/s (default; --fps sets it)"}.get(loop.clock, loop.clock)
+
+
+def _ladder_flags(p: dict) -> None:
+    """--ladder CODEC:Q,... sets --codec (or must match one given) and stands for --qp; --ab stands for --engine.
+    The whole ladder is checked here, one line for the first thing wrong; its engines load with the source."""
+    from click.core import ParameterSource
+
+    from edgepipe.edge.ladder import make_ladder, parse_ab, parse_ladder
+
+    if not p["ladder"] and not p["ab"]:
+        return
+    ctx = click.get_current_context()
+    given = {name: ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+             for name in ("codec", "qp", "engine")}
+    if p["ab"]:
+        parse_ab(p["ab"])
+        if given["engine"]:
+            raise EdgepipeError("--ab and --engine are exclusive: --ab names every pre-transform the ladder cycles")
+    if p["ladder"]:
+        codec, qualities = parse_ladder(p["ladder"])
+        if given["codec"] and p["codec"] != codec:
+            raise EdgepipeError(f"--ladder {p['ladder']!r} is for {codec}, but --codec is {p['codec']}: give one "
+                                "codec (--ladder alone sets it)")
+        if given["qp"]:
+            raise EdgepipeError("--ladder and --qp are exclusive: the ladder gives the settings, one per GOP")
+        p["codec"], p["qp"] = codec, qualities[0]
+    make_ladder(p["ladder"], p["ab"], p["codec"], p["qp"], p["crf"], p["engine"], p["gop"])
 
 
 def _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf, threads) -> None:
@@ -122,6 +159,8 @@ def _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf, t
 
 def _capture_service(settings, options):
     """Keys, source and model before the service binds its sockets (it would find their problems after)."""
+    from edgepipe.edge.capture import budget_engine
+    from edgepipe.edge.ladder import load_engines, make_ladder
     from edgepipe.edge.service import CaptureService
     from edgepipe.edge.threads import capture_budget
     from edgepipe.engines import load_engine
@@ -132,14 +171,21 @@ def _capture_service(settings, options):
     if server_curve(options.security) is None and not options.security.insecure:
         for endpoint in filter(None, (settings.publish, options.control)):
             check_plaintext_allowed(endpoint.replace("://*:", "://0.0.0.0:"), False, "capture")  # as bound
-    budget = capture_budget(settings.threads, settings.engine, settings.codec, settings.encoder)  # as the loop's
+    ladder = make_ladder(settings.ladder, settings.ab, settings.codec, settings.qp, settings.crf, settings.engine,
+                         settings.gop)
+    budget = capture_budget(settings.threads, budget_engine(settings, ladder), settings.codec,
+                            settings.encoder)  # as the loop's
     source = open_source(settings.source, settings.size, settings.crop, settings.loop, threads=budget.source)
-    engine = None
+    engines: dict = {}
     try:
-        engine = load_engine(settings.engine, budget.engine_threads())
+        if ladder is None:
+            engines[settings.engine] = load_engine(settings.engine, budget.engine_threads())
+        else:  # each of the ladder's engines once, before any socket binds
+            engines = load_engines(ladder.engines, budget.engine_threads())
+        engine = engines if ladder is not None else engines[settings.engine]
         return CaptureService(settings, options, source=source, engine=engine)
     except BaseException:
         source.close()  # closing twice is harmless where the service's loop closed them already
-        if engine is not None:
+        for engine in engines.values():
             engine.close()
         raise

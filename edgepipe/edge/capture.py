@@ -34,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.options import flag
+from edgepipe.edge.ladder import Ladder, load_engines, make_ladder
 from edgepipe.edge.references import REFERENCE_CODEC, REFERENCE_QUALITY, ReferencePolicy
 from edgepipe.edge.stats import CaptureStats
 from edgepipe.edge.threads import THREADS_HELP, capture_budget
@@ -118,6 +120,15 @@ class CaptureSettings:
                                                   help="Skip a reference when the references' running kbit/s (stream "
                                                        "clock) would exceed KBITS.")
     threads: str = setting("auto", metavar="POLICY", help=THREADS_HELP)  # the budget per stage (edge/threads.py)
+    # the operating-point ladder (edge/ladder.py): settings x engines, one point per GOP in turn
+    ladder: str | None = setting(None, metavar="CODEC:Q1,Q2,...",
+                                 help="Cycle the codec's setting per GOP (for still codecs per --gop frames), e.g. "
+                                      "hevc:27,32,37,42, so a monitor draws this scene's rate-accuracy curve; each "
+                                      "GOP starts with an IDR at its setting. Sets --codec (or must match it).")
+    ab: str | None = setting(None, metavar="ENGINE,ENGINE",
+                             help="Cycle these pre-transforms too (e.g. none,ours; each loaded once at start): "
+                                  "every (setting, engine) pair takes a GOP in turn, in a fixed order, and each "
+                                  "frame carries the engine that made it. Replaces --engine.")
 
     def __post_init__(self) -> None:
         if isinstance(self.size, str):  # the flag's WIDTHxHEIGHT
@@ -136,6 +147,14 @@ def stream_clock(source: Source, fps: float | None) -> tuple[float, str]:
     return (fps, "fps") if fps else (DEFAULT_FPS, "default-fps")
 
 
+def budget_engine(settings: CaptureSettings, ladder: Ladder | None) -> str:
+    """The engine the thread budget plans for: with a ladder its heaviest kind of engine (one that is not `none`),
+    since the engines take turns on the same cores."""
+    if ladder is None:
+        return settings.engine
+    return next((e for e in ladder.engines if e != "none"), ladder.engines[0])
+
+
 def default_stream_id() -> str:
     """`cam-<hostname>`: two cameras left on the default never merge into one stream at a monitor."""
     import socket
@@ -145,17 +164,34 @@ def default_stream_id() -> str:
 
 
 class CaptureLoop:
-    def __init__(self, settings: CaptureSettings, source: Source | None = None, engine: Engine | None = None,
-                 publisher: Publisher | None = None):
+    def __init__(self, settings: CaptureSettings, source: Source | None = None,
+                 engine: Engine | dict[str, Engine] | None = None, publisher: Publisher | None = None):
+        """`engine`: the loaded pre-transform, or with a ladder its engines by spec (None: loaded here)."""
         self.settings = settings
         self.stats = CaptureStats()
         self.references = ReferencePolicy(settings.reference_every, settings.reference_budget_kbit)
         self.stats.references_on = self.references.enabled
         # Open everything before any thread starts, so bad input fails here with one clear line.
-        self.budget = capture_budget(settings.threads, settings.engine, settings.codec, settings.encoder)
+        self.ladder: Ladder | None = make_ladder(settings.ladder, settings.ab, settings.codec, settings.qp,
+                                                 settings.crf, settings.engine, settings.gop)
+        self.budget = capture_budget(settings.threads, budget_engine(settings, self.ladder), settings.codec,
+                                     settings.encoder)
         self.source = source or open_source(settings.source, settings.size, settings.crop, settings.loop,
                                             threads=self.budget.source)
-        self.engine = engine or load_engine(settings.engine, self.budget.engine_threads())
+        if self.ladder is None:
+            self.engines = {settings.engine: engine or load_engine(settings.engine, self.budget.engine_threads())}
+        elif isinstance(engine, dict):
+            self.engines = engine
+        else:
+            self.engines = load_engines(self.ladder.engines, self.budget.engine_threads())
+        if self.ladder is not None:
+            missing = [e for e in self.ladder.engines if e not in self.engines]
+            if missing:
+                raise EdgepipeError(f"the ladder's engine {missing[0]!r} was not loaded")
+            self.stats.ladder_points = [(p.quality, p.engine, self.engines[p.engine].model_id)
+                                        for p in self.ladder.points]
+        self.engine = next(iter(self.engines.values())) if self.ladder is None else \
+            self.engines[self.ladder.engines[0]]
         self._own_publisher = publisher is None
         self.publisher = publisher or Publisher(settings.publish)
         self.epoch = int(time.time() * 1000) & 0xFFFFFFFF  # a restart starts a new accounting period
@@ -234,12 +270,17 @@ class CaptureLoop:
         self._put(out, _END)
 
     def _infer(self, inp: queue.Queue, out: queue.Queue) -> None:
+        n = 0  # frames through this stage: with a ladder, block n // GOP takes the next operating point
+        ladder = self.ladder
         while (frame := self._get(inp)) is not _END:
             t0 = time.perf_counter()
+            point = ladder.index(n) if ladder is not None else None
+            n += 1
+            engine = self.engine if point is None else self.engines[ladder.points[point].engine]
             self.references.keep(frame)  # the answer we want to keep: before the pre-transform
-            frame.image = self.engine.run(frame.image[np.newaxis])[0]
+            frame.image = engine.run(frame.image[np.newaxis])[0]
             self.stats.timed("engine", time.perf_counter() - t0)
-            if not self._put(out, frame):
+            if not self._put(out, (frame, point)):
                 return
         self._put(out, _END)
 
@@ -247,14 +288,25 @@ class CaptureLoop:
         s = self.settings
         codec = CODECS[s.codec]
         encoder: StreamEncoder | None = None
-        pending: list[Frame] = []  # frames whose packets have not come out yet (none with zerolatency)
-        last_forced = float("-inf")
-        while (frame := self._get(inp)) is not _END:
+        pending: list[tuple[Frame, int | None]] = []  # frames whose packets have not come out yet (none with
+        last_forced = float("-inf")                       # zerolatency), with their operating points
+        current: int | None = None  # the ladder's operating point being coded
+        while (item := self._get(inp)) is not _END:
+            frame, point = item
             t0 = time.perf_counter()
             h, w = frame.image.shape[:2]
+            quality = s.qp if point is None else self.ladder.points[point].quality
+            switched = point is not None and point != current
+            items: list = []
+            if switched:
+                if current is not None:
+                    self._switched(point)
+                current = point
             if codec.stream_encoder is not None:  # a video codec: inter coding, a GOP, keyframes on request
-                if encoder is None or (encoder.width, encoder.height) != (w, h):
-                    encoder = codec.stream_encoder(w, h, qp=s.qp if s.crf is None else None, crf=s.crf,
+                if encoder is None or (encoder.width, encoder.height) != (w, h) or switched:
+                    if encoder is not None and switched:  # the old point's last packets, then an IDR at the new
+                        items += [(*pending.pop(0), p.data, p.keyframe) for p in encoder.flush() if pending]
+                    encoder = codec.stream_encoder(w, h, qp=quality if s.crf is None else None, crf=s.crf,
                                                    gop=s.gop, preset=s.preset, encoder=s.encoder, fps=self.rate,
                                                    pool_threads=self.budget.encoder)
                 force = self._keyframe_wanted.is_set() and t0 - last_forced >= s.keyframe_min_interval_s
@@ -262,13 +314,13 @@ class CaptureLoop:
                     self._keyframe_wanted.clear()
                     last_forced = t0
                     self.forced_keyframes += 1
-                pending.append(frame)
+                pending.append((frame, point))
                 packets = encoder.encode(frame.image, force_keyframe=force)
                 if any(p.keyframe for p in packets):
                     self._keyframe_wanted.clear()  # a GOP keyframe answers any request as well
-                items = [(pending.pop(0), p.data, p.keyframe) for p in packets]
+                items += [(*pending.pop(0), p.data, p.keyframe) for p in packets]
             else:
-                items = [(frame, codec.encode(frame.image, s.qp, None), True)]  # every frame a still
+                items = [(frame, point, codec.encode(frame.image, quality, None), True)]  # every frame a still
             self.stats.timed("encoder", time.perf_counter() - t0)
             for item in items:
                 if not self._put(out, item):
@@ -276,8 +328,15 @@ class CaptureLoop:
         if encoder is not None:  # flush: frames still inside the encoder go out before the end
             for p in encoder.flush():
                 if pending:
-                    self._put(out, (pending.pop(0), p.data, p.keyframe))
+                    self._put(out, (*pending.pop(0), p.data, p.keyframe))
         self._put(out, _END)
+
+    def _switched(self, point: int) -> None:
+        """The ladder moved to `point` at a GOP boundary: counted and logged."""
+        p = self.ladder.points[point]
+        n = self.stats.ladder_switch()
+        log.info("ladder: switch %d to %s %s %d, engine %s", n, self.ladder.codec,
+                 CODECS[self.ladder.codec].setting.meaning, p.quality, p.engine)
 
     def _send(self, inp: queue.Queue) -> None:
         s = self.settings
@@ -293,14 +352,18 @@ class CaptureLoop:
         size = (1, 1)
         last_sent: float | None = None  # media time of the previous frame sent
         while (item := self._get(inp)) is not _END:
-            frame, payload, keyframe = item
+            frame, point, payload, keyframe = item
             t0 = time.perf_counter()
             h, w = size = frame.image.shape[:2]
             media = frame.media_time  # set by _read for every frame (the source's clock or a derived one)
             # stream time since the previous frame sent: frames dropped on the way count as time
             duration = 1.0 / self.rate if last_sent is None else max(0.0, media - last_sent)
-            header = FrameHeader(s.stream_id, seq, frame.capture_time, s.codec, w, h, qp, keyframe,
-                                 frame.label, self.engine.model_id, self.epoch, media_time=media,
+            frame_qp, model_id = qp, self.engine.model_id
+            if point is not None:  # the ladder's point: its setting, and the engine that really made this frame
+                op = self.ladder.points[point]
+                frame_qp, model_id = op.quality, self.engines[op.engine].model_id
+            header = FrameHeader(s.stream_id, seq, frame.capture_time, s.codec, w, h, frame_qp, keyframe,
+                                 frame.label, model_id, self.epoch, media_time=media,
                                  duration=duration, clock=self.clock)
             seq += 1  # dropped frames keep their seq: the monitor counts them as lost, exactly
             self.frames_handled += 1
@@ -314,7 +377,7 @@ class CaptureLoop:
                 broken = False
                 last_sent = media
                 self.stats.sent(len(payload), keyframe, unsubscribed=self.publisher.unsubscribed > unsubscribed,
-                                stream_s=duration, latency_s=time.time() - frame.capture_time)
+                                stream_s=duration, latency_s=time.time() - frame.capture_time, point=point)
                 if still is not None:  # right after its coded frame: a monitor pairs them in order
                     self._send_reference(header, still, source_image, timeout, cancel)
             else:
@@ -434,7 +497,8 @@ class CaptureLoop:
         self._join()
         self.references.clear()
         self.source.close()
-        self.engine.close()
+        for engine in self.engines.values():
+            engine.close()
         if self._own_publisher:
             self.publisher.close()
         set_opencv_threads(self._opencv_before)

@@ -36,6 +36,12 @@ class CaptureStats:
     references_sent: int = 0
     reference_bytes: int = 0
     references_skipped: Counter = field(default_factory=Counter)  # cause -> references not sent
+    # the operating-point ladder (edge/ladder.py): its points as (setting, engine spec, model id), the switches
+    # between them, and the frames and bytes sent at each (by index into ladder_points)
+    ladder_points: list[tuple[int, str, str]] | None = None
+    ladder_switches: int = 0
+    ladder_frames: Counter = field(default_factory=Counter)
+    ladder_bytes: Counter = field(default_factory=Counter)
     latency: LatencyWindow = field(default_factory=LatencyWindow, repr=False)  # read -> sent, recent frames
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -50,8 +56,11 @@ class CaptureStats:
             self.drops[cause] += n
 
     def sent(self, nbytes: int, keyframe: bool, unsubscribed: bool = False, stream_s: float = 0.0,
-             latency_s: float | None = None) -> None:
+             latency_s: float | None = None, point: int | None = None) -> None:
         with self._lock:
+            if point is not None:
+                self.ladder_frames[point] += 1
+                self.ladder_bytes[point] += nbytes
             self.frames_sent += 1
             self.frames_unsubscribed += int(unsubscribed)
             self.bytes_sent += nbytes
@@ -59,6 +68,12 @@ class CaptureStats:
             self.stream_s += stream_s
             if latency_s is not None:
                 self.latency.append(latency_s)
+
+    def ladder_switch(self) -> int:
+        """One more switch of operating point; returns how many so far."""
+        with self._lock:
+            self.ladder_switches += 1
+            return self.ladder_switches
 
     def reference_sent(self, nbytes: int) -> None:
         with self._lock:
@@ -95,6 +110,10 @@ class CaptureStats:
                 "stages": {name: {"frames": t.count, "busy_s": round(t.busy_s, 3), "fps_alone": round(t.fps, 2)}
                            for name, t in self.stages.items()},
             }
+            if self.ladder_points is not None:
+                out["ladder"] = {"switches": self.ladder_switches, "points": [
+                    {"quality": q, "engine": e, "model": m, "frames_sent": self.ladder_frames[i],
+                     "bytes_sent": self.ladder_bytes[i]} for i, (q, e, m) in enumerate(self.ladder_points)]}
             if self.references_on:
                 out["references"] = self._references()
             return out
