@@ -382,3 +382,19 @@ def test_build_engine_cli_end_to_end(sim, tiny, tmp_path):
     assert result.exit_code == 0, result.output
     assert plan.is_file() and (tmp_path / "out.plan.json").is_file()
     assert "fp16, TensorRT 11.4.0.106, Simulated GPU" in result.output
+
+
+def test_calibrate_cli_with_trt10_writes_a_cache_and_no_plan(sim, tiny, tmp_path, small_val_folder, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgepipe.cli import cli
+
+    trt, mem = sim("10.16.1.11")
+    monkeypatch.setattr("edgepipe.engines.cuda_memory.open_cuda_memory", lambda *a, **k: mem)
+    cache = tmp_path / "tiny.calib"
+    result = CliRunner().invoke(cli, ["calibrate", str(tiny), "--data", str(small_val_folder), "--size", "64x64",
+                                      "--batch", "4", "-o", str(cache)])
+    assert result.exit_code == 0, result.output
+    assert "batch 4 (cache)" in result.output and f"wrote {cache}" in result.output
+    assert ("calibrated_batches", 3) in trt.calls and cache.read_bytes() == b"simulated scales"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.calib", "tiny.calib.json"]  # no plan kept
