@@ -6,7 +6,10 @@ BD-Rate(accuracy). Rates are any positive unit (bpp, kbit/s); only their ratio m
 - cubic: log rate fitted as a 3rd-order polynomial of quality (least squares; exact through 4 points),
   integrated over the overlap of the two quality ranges (Bjøntegaard, VCEG-M33, 2001).
 - pchip: log rate interpolated by piecewise cubic Hermite polynomials through the sorted points and
-  integrated exactly (JCTVC-L1100 Excel sheet; same end-slope rule as MATLAB/SciPy pchip).
+  integrated exactly (JCTVC-L1100 Excel sheet; the slopes of MATLAB's and SciPy's pchip, written here in numpy).
+
+numpy only, in core: the evaluation's tables and the monitor's live BD-rate (server/live_rd.py) use the same
+code, and a monitor installs without SciPy.
 
 Negative BD-rate = the test curve needs fewer bits for the same quality. BD-quality is the mean
 quality gain at equal rate over the overlap of the two log-rate ranges.
@@ -60,15 +63,59 @@ def _mean_over(x: np.ndarray, y: np.ndarray, lo: float, hi: float, method: str) 
         a, b = (lo - c) / s, (hi - c) / s
         return float((np.polyval(prim, b) - np.polyval(prim, a)) / (b - a))
     if method == "pchip":
-        from scipy.interpolate import PchipInterpolator
-
         order = np.argsort(x, kind="stable")
         xs, ys = x[order], y[order]
         if np.any(np.diff(xs) <= 0):
             # PCHIP needs strictly increasing abscissae; tied qualities have no defined interpolant.
             return math.nan
-        return float(PchipInterpolator(xs, ys).integrate(lo, hi) / (hi - lo))
+        return _pchip_integral(xs, ys, lo, hi) / (hi - lo)
     raise ValueError(f"unknown BD method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The derivatives at the points of the shape-preserving piecewise cubic Hermite interpolant (Fritsch and
+    Butland's weighted harmonic mean inside, the three-point end rule), as SciPy's PchipInterpolator sets them."""
+    h = np.diff(x)
+    m = np.diff(y) / h
+    if len(x) == 2:
+        return np.array([m[0], m[0]])
+    d = np.zeros_like(y)
+    w1, w2 = 2 * h[1:] + h[:-1], h[1:] + 2 * h[:-1]
+    flat = (np.sign(m[1:]) != np.sign(m[:-1])) | (m[1:] == 0) | (m[:-1] == 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d[1:-1] = np.where(flat, 0.0, (w1 + w2) / (w1 / m[:-1] + w2 / m[1:]))
+
+    def end(h0, h1, m0, m1) -> float:
+        e = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
+        if np.sign(e) != np.sign(m0):
+            return 0.0
+        if np.sign(m0) != np.sign(m1) and abs(e) > 3 * abs(m0):
+            return 3 * m0
+        return e
+
+    d[0] = end(h[0], h[1], m[0], m[1])
+    d[-1] = end(h[-1], h[-2], m[-1], m[-2])
+    return d
+
+
+def _pchip_integral(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
+    """The integral over [lo, hi] (inside [x[0], x[-1]]) of the PCHIP interpolant through sorted points."""
+    d = _pchip_slopes(x, y)
+    total = 0.0
+    for k in range(len(x) - 1):
+        a, b = max(lo, x[k]), min(hi, x[k + 1])
+        if b <= a:
+            continue
+        h = x[k + 1] - x[k]
+        m = (y[k + 1] - y[k]) / h
+        c2 = (3 * m - 2 * d[k] - d[k + 1]) / h
+        c3 = (d[k] + d[k + 1] - 2 * m) / (h * h)
+
+        def prim(t: float) -> float:  # the antiderivative of y[k] + d t + c2 t^2 + c3 t^3, t = x - x[k]
+            return t * (y[k] + t * (d[k] / 2 + t * (c2 / 3 + t * c3 / 4)))
+
+        total += prim(b - x[k]) - prim(a - x[k])
+    return float(total)
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.evaluation.bdrate import compare
+from edgepipe.core.bdrate import compare
 from edgepipe.evaluation.runner import RAW, Evaluation
 from edgepipe.media.codecs import CODECS
 

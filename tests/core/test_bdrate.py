@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from edgepipe.evaluation.bdrate import SMALL_OVERLAP_IOU, bd_quality, bd_rate, compare
+from edgepipe.core.bdrate import SMALL_OVERLAP_IOU, bd_quality, bd_rate, compare
 
 
 def _split(points):
@@ -115,3 +115,21 @@ def test_bad_input_is_refused():
         bd_rate([0, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2, 3])
     with pytest.raises(ValueError):
         bd_rate([1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2, 3], method="akima")
+
+
+def test_numpy_pchip_is_scipys():
+    """core/bdrate.py integrates PCHIP in numpy (a monitor has no SciPy): the same integral as SciPy's
+    PchipInterpolator on random monotone and non-monotone curves, over sub-ranges that cut intervals."""
+    scipy_interpolate = pytest.importorskip("scipy.interpolate")
+    from edgepipe.core.bdrate import _pchip_integral
+
+    rng = np.random.default_rng(7)
+    for n in (2, 3, 4, 5, 9):
+        for monotone in (True, False):
+            x = np.sort(rng.uniform(0, 100, n))
+            x[1:] += np.arange(1, n) * 1e-3  # strictly increasing
+            y = np.cumsum(rng.uniform(0.1, 2, n)) if monotone else rng.normal(0, 3, n)
+            lo, hi = np.sort(rng.uniform(x[0], x[-1], 2))
+            for a, b in ((x[0], x[-1]), (lo, hi)):
+                want = scipy_interpolate.PchipInterpolator(x, y).integrate(a, b)
+                assert _pchip_integral(x, y, a, b) == pytest.approx(want, rel=1e-10, abs=1e-10)
