@@ -97,7 +97,7 @@ def monitor(key, insecure, quiet, status_every, print_config, **params):
     takes = settings.selection()
     service = MonitorService(settings.connect, settings.load_recognizer(), options,
                              classifying=settings.classify_options(), predictions=settings.predictions,
-                             selection=takes)
+                             selection=takes, rd_window_s=settings.rd_window)
     from edgepipe.ops.status import StatusReporter, monitor_line, monitor_sample
 
     secure = "CURVE" if key else "plain text"

@@ -64,6 +64,7 @@ from edgepipe.server.classify import (
     Recognizer,
     as_recognizer,
 )
+from edgepipe.server.live_rd import DEFAULT_WINDOW_S, LiveRD
 from edgepipe.server.pairs import PairTable
 from edgepipe.server.predictions import prediction_record
 from edgepipe.transport.protocol import FrameHeader, ProtocolError, parse_message
@@ -318,7 +319,7 @@ class Monitor:
     def __init__(self, classify: Recognizer | Callable[[np.ndarray], int] | None, subscriber: Subscriber | None = None,
                  on_loss: Callable[[str], None] | None = None, max_streams: int | None = None,
                  limits: MonitorLimits | None = None, classifying: ClassifyOptions | None = None,
-                 **limit_overrides):
+                 rd_window_s: float = DEFAULT_WINDOW_S, **limit_overrides):
         limits = limits or DEFAULT_LIMITS
         if max_streams is not None:
             limit_overrides["max_streams"] = max_streams
@@ -367,6 +368,8 @@ class Monitor:
         self.references: Counter = Counter()
         self.pairs = PairTable(self.limits.max_pending_pairs)
         self.agreement = AgreementStats()  # over every pair, folded rows included
+        # the live rate-accuracy curves and BD-rates over a sliding window (server/live_rd.py, issue 14 item 3)
+        self.live_rd = LiveRD(rd_window_s, max_points=self.limits.max_rows)
         self._last_reject_log = 0.0
         self._last_epoch_log = 0.0
         self._lock = threading.Lock()
@@ -514,6 +517,7 @@ class Monitor:
         self._emit(released)
         for row_key, measures, coded_record in done:
             self.agreement.add(measures)
+            self.live_rd.add_agreement(*row_key, measures, time.time())
             row = self.rows.get(row_key)
             if row is not None:
                 row.add_agreement(measures)
@@ -537,6 +541,7 @@ class Monitor:
         latency = received_at - header.capture_time
         row.add(header, nbytes, None, latency)
         self._totals(header, nbytes, latency)
+        self.live_rd.add_frame(*key, nbytes, header.duration, received_at)
         return header
 
     # --- classification (server/classify.py) -----------------------------------------------------
@@ -595,6 +600,7 @@ class Monitor:
                 if item.header.label >= 0:
                     self.totals["labelled"] += 1
                     self.totals["correct"] += int(prediction == item.header.label)
+                    self.live_rd.add_label(*item.key, prediction == item.header.label, now)
                 self.classify_latency.append(now - item.header.capture_time)
                 done.append(i)
             if done:
@@ -1056,7 +1062,10 @@ class Monitor:
 
     # --- reporting ------------------------------------------------------------------------------
 
-    def report(self) -> dict:
+    def report(self, fresh_rd: bool = False) -> dict:
+        """Everything counted so far. `fresh_rd`: the live BD figures computed now (the final report), not the
+        ones cached for a few seconds (live views)."""
+        live = self.live_rd.summary(fresh=fresh_rd)  # its own lock: the BD figures never hold up decoding
         with self._lock:
             rows = [{"stream": s, "model": m, "qp": q, "codec": c, **acc.summary()}
                     for (s, m, q, c), acc in sorted(self.rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2]))]
@@ -1083,6 +1092,8 @@ class Monitor:
             }
             if self.references:
                 out["references"] = self._references_report()
+            if any(stream["bd"] for stream in live.values()):  # some model besides the anchor has data
+                out["live_rd"] = live
             if self.subscriber is not None:
                 sub = self.subscriber
                 out["transport"] = {"connected": sub.connected, "connections": sub.connections,
@@ -1160,6 +1171,10 @@ def format_table(report: dict) -> str:
                      "frame (see docs/monitor.md)")
     if report.get("references"):
         lines.extend(reference_lines(report))
+    if report.get("live_rd"):
+        from edgepipe.server.live_rd import report_lines
+
+        lines.extend(report_lines(report["live_rd"]))
     predictions = report.get("predictions")
     if predictions:
         from edgepipe.server.predictions import describe as describe_predictions

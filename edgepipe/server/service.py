@@ -21,12 +21,13 @@ log = logging.getLogger(__name__)
 class MonitorService:
     """Monitor + data socket + keyframe back channel + metrics + live dashboard + sd_notify; `classifying` says how
     frames reach the recognizer (server/classify.py), `predictions` is a JSONL file for every classified frame,
-    `selection` the streams it takes (transport/topics.py: every stream, some by name, or a shard of them)."""
+    `selection` the streams it takes (transport/topics.py: every stream, some by name, or a shard of them),
+    `rd_window_s` the live BD-rate's window (server/live_rd.py)."""
 
     def __init__(self, connect: str, classify: Recognizer | Callable[[np.ndarray], int] | None,
                  options: ServiceOptions | None = None, max_streams: int = 256,
                  classifying: ClassifyOptions | None = None, predictions: str | None = None,
-                 selection: StreamSelection | None = None):
+                 selection: StreamSelection | None = None, rd_window_s: float | None = None):
         import zmq
 
         from edgepipe.server.monitor import Monitor
@@ -67,7 +68,8 @@ class MonitorService:
                     self.handshakes.watch(self.control.sock, "monitor control")
             self.monitor = Monitor(classify, self.subscriber,
                                    on_loss=self.control.request_keyframe if self.control else None,
-                                   max_streams=max_streams, classifying=classifying)
+                                   max_streams=max_streams, classifying=classifying,
+                                   **({"rd_window_s": rd_window_s} if rd_window_s is not None else {}))
             self.monitor.sinks = self.sinks
             self.monitor.predictions = self.predictions
             if options.metrics:
@@ -150,7 +152,7 @@ class MonitorService:
         ])
 
     def report(self) -> dict:
-        report = self.monitor.report()
+        report = self.monitor.report(fresh_rd=True)  # the final figures: the live BD-rate over every sample now
         report["takes"] = self.selection.as_dict()
         return report
 

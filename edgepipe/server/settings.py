@@ -14,6 +14,7 @@ from edgepipe.core.options import flag
 from edgepipe.ops.service import SecurityOptions, ServiceOptions
 from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, VIEWS
 from edgepipe.server.classify import POLICIES, ClassifyOptions
+from edgepipe.server.live_rd import DEFAULT_WINDOW_S
 
 # The command's classify defaults: a live camera never waits for its recognizer (the library's is `all`).
 CLASSIFY_DEFAULTS = ClassifyOptions(policy="keyframes-first")
@@ -77,6 +78,11 @@ class MonitorSettings:
                                       help="Append one JSON line per classified frame to FILE: stream, epoch, seq, "
                                            "codec, QP, model, bytes, capture time, top-5 classes with names and "
                                            "probabilities, and the label when the frame carries one.")
+    rd_window: float = setting(DEFAULT_WINDOW_S, "--rd-window", min=0, min_open=True, metavar="SECONDS",
+                               help="The live rate-accuracy curve and BD-rate (capture --ladder/--ab) are over the "
+                                    "frames of the last SECONDS: per operating point, mean bits and agreement "
+                                    "(top-1 accuracy with labels); per pre-transform, BD-rate against none with a "
+                                    "bootstrap 95% interval (docs/monitor.md).")
     report: str | None = setting(None, path="file", help="Write the report as JSON.")
     frames: int | None = setting(None, min=1, help="Stop after N decoded frames.")
     idle_timeout: float | None = setting(None, min=0, min_open=True, help="Stop after S seconds without a message.")
