@@ -3,7 +3,8 @@
 A stdlib ThreadingHTTPServer in a daemon thread serves two things, GET and HEAD only:
 - `/`: dashboard.html beside this file, one self-contained page (inline CSS, JS and SVG, nothing fetched from
   elsewhere: the machines it runs on have no internet). It polls `/api/streams` about once a second and draws
-  one card per stream: its current operating point, bitrate, agreement, losses and its RD curve;
+  one card per stream: its current operating point, bitrate, agreement, losses and its RD curve, and with a
+  ladder the live BD-rate of each pre-transform against `none` (server/live_rd.py);
 - `/api/streams`: a JSON snapshot, built from the readers the status line and the report already use
   (ops/status.monitor_sample, Monitor.report, Monitor.operating_points), each taken under the monitor's lock,
   so the page shows the same numbers as the table, the status line and the metrics. A snapshot is reused
@@ -90,6 +91,8 @@ def snapshot(monitor, previous: dict | None = None) -> tuple[dict, dict]:
         card["unclassified"] = sum(p["unclassified"] for p in points)
         card["references_lost"] = sum(p["references_lost"] for p in points)
         card["loss_ratio"] = _share(card["lost"], card["received"] + card["lost"])
+        # the window's curve and the BD-rates against none (server/live_rd.py), with a ladder (capture --ladder/--ab)
+        card["live_rd"] = report.get("live_rd", {}).get(sid)
         op = current.get(sid)
         card["current"] = None
         card["last_frame_s_ago"] = None

@@ -54,7 +54,8 @@ def brightness_recognizer() -> Recognizer:
     return Recognizer(batch, name="brightness")
 
 
-def coded_stream(labelled, qp: int, stream: str, epoch: int, every: int = 2, first_seq: int = 0) -> list[list[bytes]]:
+def coded_stream(labelled, qp: int, stream: str, epoch: int, every: int = 2, first_seq: int = 0,
+                 model: str = "none") -> list[list[bytes]]:
     """Real HEVC frames of real images with a JPEG q95 reference every `every` frames, as a capture sends them."""
     enc = HevcEncoder(224, 224, qp=qp, gop=4)
     msgs = []
@@ -62,11 +63,11 @@ def coded_stream(labelled, qp: int, stream: str, epoch: int, every: int = 2, fir
         seq = first_seq + i
         (pkt,) = enc.encode(img)
         has_ref = i % every == 0
-        h = FrameHeader(stream, seq, 1000.0 + seq, "hevc", 224, 224, qp, pkt.keyframe, label, "none", epoch,
+        h = FrameHeader(stream, seq, 1000.0 + seq, "hevc", 224, 224, qp, pkt.keyframe, label, model, epoch,
                         media_time=seq / 25, duration=1 / 25, clock="fps", has_reference=has_ref)
         msgs.append([h.pack(TOPIC_VERSION), pkt.data])
         if has_ref:
-            r = FrameHeader(stream, seq, 1000.0 + seq, "jpeg", 224, 224, 95, True, label, "none", epoch,
+            r = FrameHeader(stream, seq, 1000.0 + seq, "jpeg", 224, 224, 95, True, label, model, epoch,
                             media_time=seq / 25, duration=0.0, clock="fps", reference=True)
             msgs.append([r.pack(TOPIC_VERSION), ReferencePolicy.encode(img)])
     return msgs
@@ -84,6 +85,30 @@ def fed_monitor(labelled) -> Monitor:
                         media_time=seq / 10, duration=0.1, clock="fps")
         mon.handle([h.pack(TOPIC_VERSION), encode_image("jpeg", img, 80)])
     return mon
+
+
+def test_the_snapshot_carries_the_live_curve_and_bd_rate_of_a_ladder(labelled):
+    """Operating points of two models at four QPs (issue 14 item 3): each card has the window's curve and, per
+    measure, the BD-rate of the other model against none, as the report has it."""
+    mon = Monitor(brightness_recognizer())
+    epoch = 10
+    for qp in (20, 30, 40, 50):
+        for model in ("none", "ours-test"):
+            epoch += 1
+            for m in coded_stream(labelled[:4], qp, "lad", epoch, every=1, model=model):
+                mon.handle(m)
+    data, _ = snapshot(mon)
+    (card,) = data["streams"]
+    live = card["live_rd"]
+    assert live == json.loads(json.dumps(mon.report()["live_rd"]["lad"]))
+    assert len(live["points"]) == 8 and {p["frames"] for p in live["points"]} == {4}
+    assert all(p["top1_agreement_n"] == 4 and p["top1_n"] == 4 for p in live["points"])
+    measures = {e["measure"]: e for e in live["bd"]}
+    assert set(measures) == {"top1", "top1_agreement", "top5_overlap"}
+    for e in measures.values():  # the same frames under two model ids: no difference, or none defined
+        assert e["model"] == "ours-test" and e["anchor"] == "none" and e["points"] == 4
+        assert e["bd_rate"] == 0.0 or (e["bd_rate"] is None and e["reason"])
+    assert "live_rd" not in fed_monitor(labelled).report()  # one model only: no BD-rate, no section
 
 
 def get(url: str, method: str = "GET") -> tuple[int, dict, bytes]:
