@@ -6,7 +6,7 @@ Both keep the model's function; measured in bench/ed_speed.py and docs/benchmark
   mode) is one ConvTranspose with kernel = stride = the block size. ORT's DepthToSpace is a slow strided copy
   (at 720p the ED's two took more time than any of its convolutions); ConvTranspose writes the same pixels from
   its GEMM. The conv's bias differs per sub-pixel position, which a ConvTranspose bias (one per output channel)
-  cannot hold, so it rides on an extra input channel of ones: out = W'^T [x; 1]. Same sums, same pixels.
+  cannot hold, so it rides on an extra input channel of ones (one Pad): out = W'^T [x; 1]. Same sums, same pixels.
 - `without_crops`: the ED crops each upsampled map back to its encoder level's size (Slice ops fed by Shape),
   which for sizes divisible by the total stride (`alignment`) are whole-tensor copies. The graph without them is
   the same function on such sizes only; the engine runs it for those and the full graph otherwise.
@@ -107,18 +107,14 @@ def pixel_shuffle_as_conv_transpose(model) -> int:
         x = conv.input[0]
         nodes = []
         if b is not None and np.any(b):
+            # one Pad appends the channel of ones (constant 1 after the last channel): a single copy of x, no
+            # shape arithmetic
             wt = np.concatenate([wt, b.reshape(1, c_out, r, r)], axis=0)
-            nodes += [
-                helper.make_node("Shape", [x], [f"{base}/shape"]),
-                helper.make_node("Mul", [f"{base}/shape", f"{base}/keep"], [f"{base}/kept"]),
-                helper.make_node("Add", [f"{base}/kept", f"{base}/one"], [f"{base}/ones_shape"]),
-                helper.make_node("ConstantOfShape", [f"{base}/ones_shape"], [f"{base}/ones"],
-                                 value=numpy_helper.from_array(np.ones(1, np.float32))),
-                helper.make_node("Concat", [x, f"{base}/ones"], [f"{base}/with_ones"], axis=1),
-            ]
+            nodes.append(helper.make_node("Pad", [x, f"{base}/pads", f"{base}/one"], [f"{base}/with_ones"],
+                                          mode="constant"))
             model.graph.initializer.extend([
-                numpy_helper.from_array(np.array([1, 0, 1, 1], np.int64), f"{base}/keep"),
-                numpy_helper.from_array(np.array([0, 1, 0, 0], np.int64), f"{base}/one"),
+                numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 1, 0, 0], np.int64), f"{base}/pads"),
+                numpy_helper.from_array(np.array(1.0, np.float32), f"{base}/one"),
             ])
             x = f"{base}/with_ones"
         model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(wt, np.float32), f"{base}/W"))
