@@ -190,6 +190,7 @@ class CaptureLoop:
                 raise EdgepipeError(f"the ladder's engine {missing[0]!r} was not loaded")
             self.stats.ladder_points = [(p.quality, p.engine, self.engines[p.engine].model_id)
                                         for p in self.ladder.points]
+        self.operating_point = None  # with a ladder, the point being coded now (its setting and engine)
         self.engine = next(iter(self.engines.values())) if self.ladder is None else \
             self.engines[self.ladder.engines[0]]
         self._own_publisher = publisher is None
@@ -302,6 +303,7 @@ class CaptureLoop:
                 if current is not None:
                     self._switched(point)
                 current = point
+                self.operating_point = self.ladder.points[point]
             if codec.stream_encoder is not None:  # a video codec: inter coding, a GOP, keyframes on request
                 if encoder is None or (encoder.width, encoder.height) != (w, h) or switched:
                     if encoder is not None and switched:  # the old point's last packets, then an IDR at the new

@@ -137,7 +137,12 @@ class CaptureCollector:
         yield info
         yield Gauge(p + "epoch", "Stream epoch of this run (changes when capture restarts).", value=loop.epoch)
         qp = -1 if s.crf is not None or s.qp is None else s.qp
+        point = getattr(loop, "operating_point", None)  # a ladder's current point (capture --ladder)
+        qp = point.quality if point is not None else qp
         yield Gauge(p + "qp", "HEVC QP (JPEG quality / JPEG 2000 rate for those codecs; -1 under CRF).", value=qp)
+        if getattr(loop, "ladder", None) is not None:
+            yield Counter_(p + "ladder_switches", "Switches of operating point (capture --ladder/--ab), one per GOP.",
+                           value=st.ladder_switches)
         frames = Counter_(p + "frames", "Frames through each stage (rate() gives frames/s).", labels=["stage"])
         secs = Summary(p + "stage_seconds", "Busy time per frame in each stage (encode, inference ms).",
                        labels=["stage"])
@@ -206,6 +211,30 @@ def _auth_metrics(prefix: str, zap, handshakes) -> Iterator:
         yield Counter_(prefix + "auth_accepted", "Peers accepted by the allow-list (or, in plain text, not banned).",
                        value=zap.accepted)
         yield Counter_(prefix + "bans", "Peers banned for a while (a subscription flood).", value=zap.bans)
+
+
+def _live_rd_metrics(live: dict, Gauge, p: str) -> Iterator:
+    """The live BD-rate of each pre-transform against the anchor (server/live_rd.py), with a ladder only."""
+    entries = [(sid, e) for sid, stream in sorted(live.items()) for e in stream["bd"]]
+    if not entries:
+        return
+    labels = ["stream", "model", "anchor", "codec", "measure"]
+    rate = Gauge(p + "live_bd_rate_percent", "Live BD-rate of a pre-transform against the anchor (none) over "
+                                              "--rd-window, cubic fit: negative = fewer bits at equal quality; "
+                                              "bound estimate, or lo and hi of its bootstrap 95% interval.",
+                 labels=[*labels, "bound"])
+    points = Gauge(p + "live_bd_points", "Operating points with data on both curves (a BD-rate needs 4).",
+                   labels=labels)
+    for sid, e in entries:
+        key = [sid, e["model"], e["anchor"], e["codec"], e["measure"]]
+        points.add_metric(key, e["points"])
+        if e["bd_rate"] is not None:
+            rate.add_metric([*key, "estimate"], e["bd_rate"])
+            if e.get("ci95"):
+                rate.add_metric([*key, "lo"], e["ci95"][0])
+                rate.add_metric([*key, "hi"], e["ci95"][1])
+    yield rate
+    yield points
 
 
 class MonitorCollector:
@@ -290,6 +319,7 @@ class MonitorCollector:
             yield from self._classify_metrics(classified, unclassified)
         if references:
             yield from _reference_metrics(references, unpaired, pairs, pending_pairs, agreements)
+        yield from _live_rd_metrics(m.live_rd.summary(), Gauge, p)  # the BD figures cached for a few seconds
         held = Gauge(p + "held", "What the bounded per-sender structures hold now (docs/guarantees.md).",
                      labels=["structure"])
         for name, value in sorted(memory.items()):

@@ -97,6 +97,12 @@ def test_a_hevc_ladder_cycles_qp_and_engine_per_gop_each_from_an_idr(small_val_f
         sorted([(30, "none", 4), (30, ours, 4), (44, "none", 2), (44, ours, 2)])
     low, high = (sum(r["bytes"] for r in report["rows"] if r["qp"] == q) for q in (30, 44))
     assert low / 2 > high  # QP 30's GOPs (twice as many) cost more than twice QP 44's
+    # the metrics say the point being coded (the last GOP's: QP 30, ours) and count the switches
+    from edgepipe.ops.metrics import CaptureCollector, registry_for
+
+    metrics = {s.name: s.value for family in registry_for(CaptureCollector(loop)).collect() for s in family.samples}
+    assert metrics["edgepipe_capture_qp"] == 30 and loop.operating_point.engine == "ours"
+    assert metrics["edgepipe_capture_ladder_switches_total"] == 5
 
 
 def test_a_jpeg_ladder_takes_blocks_of_gop_frames(small_val_folder):

@@ -3,6 +3,7 @@ must be the ones in the capture statistics and the monitor report."""
 from __future__ import annotations
 
 import signal
+import time
 import urllib.request
 
 import pytest
@@ -123,6 +124,32 @@ def test_monitor_metrics_count_loss_and_rejects(video_clip):
     assert m["edgepipe_monitor_rejects_total{cause=bad_framing}"] == 1
     assert m["edgepipe_monitor_received_frames_total{stream=cam}"] == 10
     assert m["edgepipe_monitor_frames_decoded_total"] == 8
+
+
+def test_monitor_metrics_carry_the_live_bd_rate():
+    """Issue 14 item 3: with two models on four QPs, the live BD-rate and its interval as gauges, as the report."""
+    mon = Monitor(None)
+    m = samples(registry_for(MonitorCollector(mon)).collect())
+    assert not any(k.startswith("edgepipe_monitor_live_bd") for k in m)  # no ladder: no series
+    now = time.time()
+    for model, scale in (("none", 1.0), ("ours-x", 0.8)):
+        for qp, (bits, agree) in zip((27, 32, 37, 42), ((4000, 0.9), (2200, 0.8), (1200, 0.6), (600, 0.4))):
+            for i in range(10):
+                mon.live_rd.add_frame("cam", model, qp, "hevc", int(bits * (1 + i / 20) * scale), 0.04, now)
+                mon.live_rd.add_agreement("cam", model, qp, "hevc", {"top1_equal": i < 10 * agree,
+                                                                      "top5_overlap": agree}, now)
+    # computed now (the scrape reuses figures up to 5 s old: the first scrape's, without a ladder, here)
+    (entry,) = [e for e in mon.live_rd.summary(fresh=True)["cam"]["bd"] if e["measure"] == "top1_agreement"]
+    m = samples(registry_for(MonitorCollector(mon)).collect())
+    rest = "codec=hevc,measure=top1_agreement,model=ours-x,stream=cam"
+
+    def rate(bound: str) -> float:
+        return m[f"edgepipe_monitor_live_bd_rate_percent{{anchor=none,bound={bound},{rest}}}"]
+
+    assert rate("estimate") == pytest.approx(entry["bd_rate"]) == pytest.approx(-20.0, abs=0.1)
+    assert m[f"edgepipe_monitor_live_bd_points{{anchor=none,{rest}}}"] == 4
+    lo, hi = rate("lo"), rate("hi")
+    assert [lo, hi] == entry["ci95"]
 
 
 def test_two_services_in_one_process_keep_separate_registries(small_val_folder):
