@@ -3,7 +3,8 @@ item 3), over a sliding window of frames.
 
 A capture with `--ladder hevc:27,32,37,42 --ab none,ours` sends every (QP, engine) pair in turn, one GOP each, so
 one camera's own scene yields a curve per engine. Per stream and operating point (codec, QP, model) the window
-keeps, for the last `window_s` seconds of the monitor's clock (at most `max_samples` of each kind):
+keeps, for the last `window_s` seconds of the monitor's clock (at most `max_samples` of each kind; a stream
+with a single model so far keeps at most `single_model_samples`, until a second model's frames come):
 - the bits of every decoded frame (classified or not: a keyframe's cost belongs to its point) and the stream
   time it stands for;
 - the agreement of every reference pair (server/agreement.py): top-1 agreement and top-5 overlap;
@@ -21,7 +22,8 @@ lines (`from_predictions`) whenever every frame was classified and the window he
 
 Cheap: adding a sample is O(1) under the window's own lock; the BD figures are computed at most every
 `min_interval_s` (and again only when samples changed), from copies taken under the lock, and cached. Bounded:
-at most `max_points` operating points (the least recently fed is dropped) and `max_samples` of each kind per point.
+at most `max_points` operating points (the least recently fed is dropped) and `max_samples` of each kind per point
+(about 0.5 KB a frame: 256 points of 1,024 frames are at most ~130 MB, a ladder of 8 points ~4 MB).
 """
 from __future__ import annotations
 
@@ -56,6 +58,11 @@ class _Point:
         self.rate: deque = deque(maxlen=max_samples)
         self.quality: dict[str, deque] = {m: deque(maxlen=max_samples) for m in MEASURES}
 
+    def grow(self, max_samples: int) -> None:
+        if self.rate.maxlen < max_samples:
+            self.rate = deque(self.rate, maxlen=max_samples)
+            self.quality = {m: deque(q, maxlen=max_samples) for m, q in self.quality.items()}
+
     def evict(self, oldest: float) -> None:
         for samples in (self.rate, *self.quality.values()):
             while samples and samples[0][0] < oldest:
@@ -68,12 +75,15 @@ class _Point:
 class LiveRD:
     def __init__(self, window_s: float = DEFAULT_WINDOW_S, anchor: str = ANCHOR, min_points: int = MIN_POINTS,
                  resamples: int = RESAMPLES, seed: int = SEED, min_interval_s: float = MIN_INTERVAL_S,
-                 max_points: int = 1024, max_samples: int = 2048):
+                 max_points: int = 256, max_samples: int = 1024, single_model_samples: int = 256):
         if not window_s > 0:
             raise ValueError(f"the window must be a positive number of seconds, got {window_s}")
         self.window_s, self.anchor, self.min_points = window_s, anchor, min_points
         self.resamples, self.seed, self.min_interval_s = resamples, seed, min_interval_s
         self.max_points, self.max_samples = max_points, max_samples
+        # a stream with one model so far (no ladder, or the first GOP of one) keeps fewer samples per point: a
+        # monitor of many plain cameras holds little; its points grow to max_samples when a second model comes
+        self.single_model_samples = min(single_model_samples, max_samples)
         # (stream, codec, qp, model) -> its window, least recently fed first
         self._points: OrderedDict[tuple, _Point] = OrderedDict()
         self._lock = threading.Lock()
@@ -89,7 +99,12 @@ class LiveRD:
         if point is None:
             while len(self._points) >= self.max_points:
                 self._points.popitem(last=False)
-            point = self._points[key] = _Point(self.max_samples)
+            mine = [(k, p) for k, p in self._points.items() if k[0] == stream]
+            compared = any(k[3] != model for k, _ in mine)
+            point = self._points[key] = _Point(self.max_samples if compared else self.single_model_samples)
+            if compared:
+                for _, other in mine:
+                    other.grow(self.max_samples)
         self._points.move_to_end(key)
         self._changes += 1
         return point

@@ -369,7 +369,7 @@ class Monitor:
         self.pairs = PairTable(self.limits.max_pending_pairs)
         self.agreement = AgreementStats()  # over every pair, folded rows included
         # the live rate-accuracy curves and BD-rates over a sliding window (server/live_rd.py, issue 14 item 3)
-        self.live_rd = LiveRD(rd_window_s, max_points=self.limits.max_rows)
+        self.live_rd = LiveRD(rd_window_s, max_points=min(256, self.limits.max_rows))
         self._last_reject_log = 0.0
         self._last_epoch_log = 0.0
         self._lock = threading.Lock()

@@ -71,6 +71,15 @@ def test_the_window_evicts_old_samples_and_empty_points():
     for i in range(5):
         small.add_frame("cam", "none", 30, "hevc", 100 * (i + 1), 0.04, 1.0)
     assert small.summary(now=1.0)["cam"]["points"][0]["bits_per_frame"] == 8 * 400
+    # a stream with one model keeps fewer samples per point, until a second model comes (a ladder)
+    rd = LiveRD(max_samples=8, single_model_samples=2)
+    for _ in range(5):
+        rd.add_frame("cam", "none", 30, "hevc", 100, 0.04, 1.0)
+    assert rd.summary(now=1.0)["cam"]["points"][0]["frames"] == 2
+    rd.add_frame("cam", "ours-1", 30, "hevc", 100, 0.04, 1.0)
+    for _ in range(10):
+        rd.add_frame("cam", "none", 30, "hevc", 100, 0.04, 1.0)
+    assert [p["frames"] for p in rd.summary(now=1.0)["cam"]["points"]] == [8, 1]
 
 
 def test_bd_rate_of_a_curve_needing_080_of_the_bits_is_minus_20_percent_with_its_interval():
