@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgepipe.engines import load_engine  # noqa: E402
 from edgepipe.core.bdrate import compare  # noqa: E402
+from edgepipe.engines import load_engine  # noqa: E402
 from edgepipe.media.codecs import bits_per_pixel, decode_image, encode_image  # noqa: E402
 from edgepipe.recognition import Classifier  # noqa: E402
 
