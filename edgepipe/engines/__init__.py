@@ -6,6 +6,9 @@
     tensorrt_engine.py  `.plan` / `.engine` files: TensorRT (built offline by edgepipe.tensorrt)
     tvl1.py             `tvl1[:LAMBDA]`: the classical TV-L1 baseline
 
+beside them: onnx_graph.py (the exact, faster graph ONNX Runtime's CPU runs), onnx_quantize.py (`edgepipe
+quantize`: an int8 Q/DQ copy for it).
+
 `load_engine(spec, threads)` is the one way in (threads: an `EngineThreads` budget, or a count). A new kind is one module that calls `register_engine`, and its
 import below. Heavy packages (onnxruntime, torch, tensorrt) are imported only when an engine loads.
 """
