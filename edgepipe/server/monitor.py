@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 # bigger jump (one forged seq = 2**64-1) is rejected as `seq_jump`: it moves nothing, later frames count.
 MAX_GAP_RATE = 250.0
 MAX_GAP_SLACK = 256
+SWEEP_EVERY_S = 1.0  # the decoding loop frees idle decoders (expire()) this often, on the monitor clock
 KEYFRAME_ASK_INTERVAL_S = 1.0  # while a stream waits for a keyframe, the back channel is asked this often
 # An epoch that has decoded nothing does not ask for keyframes while another epoch of its stream id decoded
 # within this many seconds: forged epochs of a live camera cannot make it send keyframes (a real restart's
@@ -100,7 +101,8 @@ class MonitorLimits:
     max_rows: int = 1024  # report rows (stream, model, QP, codec) in all
     max_rows_per_stream: int = 16  # ... and per stream id: sender-chosen model ids / QPs stay bounded
     stream_idle_s: float = 600.0  # a stream that decoded frames keeps its slot at least this long idle
-    decoder_idle_s: float = 10.0  # a decoder idle this long is freed (the stream resumes at a keyframe)
+    decoder_idle_s: float = 10.0  # a decoder idle this long is freed (the stream resumes at a keyframe); idle:
+    # no message of its stream received, nor waiting to be handled, for this long on the handling clock (expire())
     row_idle_s: float = 600.0  # under the row cap, rows idle this long are folded into `expired`
     queue_bytes: int = 128 * 1024 * 1024  # receive queue between the socket and the decoder, in bytes
     queue_messages: int = 2000  # ... and in messages
@@ -299,6 +301,11 @@ class _Backlog:
             self._cond.notify_all()
             return parts, received_at
 
+    def oldest(self) -> float | None:
+        """The receive time of the oldest message waiting (None: none waits)."""
+        with self._cond:
+            return self._items[0][1] if self._items else None
+
     def drain(self) -> list:
         with self._cond:
             items = [(p, t) for p, t, _ in self._items]
@@ -319,12 +326,15 @@ class Monitor:
     def __init__(self, classify: Recognizer | Callable[[np.ndarray], int] | None, subscriber: Subscriber | None = None,
                  on_loss: Callable[[str], None] | None = None, max_streams: int | None = None,
                  limits: MonitorLimits | None = None, classifying: ClassifyOptions | None = None,
-                 rd_window_s: float = DEFAULT_WINDOW_S, **limit_overrides):
+                 rd_window_s: float = DEFAULT_WINDOW_S, clock: Callable[[], float] = time.time, **limit_overrides):
         limits = limits or DEFAULT_LIMITS
         if max_streams is not None:
             limit_overrides["max_streams"] = max_streams
         self.limits = replace(limits, **limit_overrides) if limit_overrides else limits
         self.max_streams = self.limits.max_streams
+        # the monitor clock: messages are stamped with it when received (received_at) and handled on those stamps;
+        # the idle-decoder sweep reads it too. Tests inject a fake one.
+        self.clock = clock
         # a Recognizer (batches), a Classifier, or a function of one RGB frame -> ImageNet index; None: accounting only
         self.recognizer = as_recognizer(classify)
         self.classifying = classifying or ClassifyOptions()
@@ -384,7 +394,7 @@ class Monitor:
     def handle(self, parts: list[bytes], received_at: float | None = None) -> np.ndarray | None:
         """Process one message; returns the decoded frame, or None when it was rejected or skipped."""
         try:
-            return self._handle(parts, time.time() if received_at is None else received_at)
+            return self._handle(parts, self.clock() if received_at is None else received_at)
         finally:
             with self._lock:
                 self.settled += 1
@@ -671,7 +681,7 @@ class Monitor:
     def count_unhandled(self, parts: list[bytes], cause: str, received_at: float | None = None) -> None:
         """Count a message that was received but will not be decoded (the monitor is stopping): it
         takes its place in the sequence, so it is never counted as lost too."""
-        received_at = time.time() if received_at is None else received_at
+        received_at = self.clock() if received_at is None else received_at
         with self._lock:
             self.settled += 1
             try:
@@ -920,13 +930,22 @@ class Monitor:
         return True
 
     def expire(self, now: float | None = None) -> None:
-        """Free the decoders idle for decoder_idle_s (their streams resume at the next keyframe)."""
-        now = time.time() if now is None else now
+        """Free the decoders idle for decoder_idle_s (their streams resume at the next keyframe).
+
+        Idle is judged on the clock messages are handled on (their receive times), up to the moment every
+        message received has been handled: `now`, or the receive time of the oldest message still waiting in
+        the receive queue when the monitor is behind. A stream is idle when no message of it was received in
+        the last decoder_idle_s of that, so a frame still queued keeps its stream's decoder however far behind
+        the monitor is, and the sweep frees what a monitor that kept up would have freed. Runs in the decoding
+        loop, between messages (the one being handled is in no queue)."""
+        now = self.clock() if now is None else now
+        waiting = self.backlog.oldest()
+        handled_to = now if waiting is None else min(now, waiting)
         with self._lock:
             while self._decoders:
                 key = next(iter(self._decoders))
                 state = self.streams.get(key)
-                if state is not None and now - state.last_seen < self.limits.decoder_idle_s:
+                if state is not None and handled_to - state.last_seen < self.limits.decoder_idle_s:
                     break
                 self._free_decoder(key)
                 self.expired["idle_decoders"] += 1
@@ -974,15 +993,15 @@ class Monitor:
                                     daemon=True)
         receiver.start()
         last_message = time.monotonic()
-        next_sweep = last_message + 1.0
+        next_sweep = self.clock() + SWEEP_EVERY_S
         poll_s = self.subscriber.poll_ms / 1000 if self.subscriber is not None else 0.1
         try:
             while not stop.is_set() and self.recognizer_failure is None:
                 self.ticks += 1
-                now = time.monotonic()
-                if now >= next_sweep:
-                    self.expire()
-                    next_sweep = now + 1.0
+                now = self.clock()
+                if now >= next_sweep or next_sweep - now > SWEEP_EVERY_S:  # due, or the clock was set back
+                    self.expire(now)
+                    next_sweep = now + SWEEP_EVERY_S
                 item = self.backlog.get(poll_s)
                 if item is None:
                     if self.subscriber is None or self.subscriber.healthy():
@@ -993,7 +1012,7 @@ class Monitor:
                         break
                     continue
                 last_message = time.monotonic()
-                self.last_message_at = time.time()
+                self.last_message_at = self.clock()
                 self.handle(*item)
                 self.alive += 1
                 if max_frames is not None and self.decoded >= max_frames:
@@ -1056,7 +1075,7 @@ class Monitor:
             errors.append(exc)
 
     def _enqueue(self, parts: list[bytes], stop: threading.Event, overflow: list) -> None:
-        now = time.time()
+        now = self.clock()
         if not self.backlog.put(parts, now, stop):  # stopping while the queue is full: counted after it
             overflow.append((parts, now))
 

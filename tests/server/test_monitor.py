@@ -1,10 +1,13 @@
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from edgepipe.core.datasets import list_labelled_images, read_rgb
 from edgepipe.media.codecs import HevcEncoder, encode_image
+from edgepipe.server.classify import ClassifyOptions
 from edgepipe.server.monitor import Monitor, format_table, write_report
 from edgepipe.transport.protocol import FrameHeader
 
@@ -155,3 +158,71 @@ def test_a_table_with_every_frame_classified_has_no_classified_column(images):
         off.handle(m)
     assert off.report()["share_classified"] is None and off.report()["unclassified"] == 0
     assert "classified" not in format_table(off.report())
+
+
+def test_a_lagging_monitor_keeps_the_decoder_of_a_stream_whose_frames_wait(images):
+    """The idle-decoder sweep frees a decoder only when its stream has really been idle: no message received,
+    and none waiting in the receive queue, for decoder_idle_s of the clock messages are handled on. A monitor
+    15 s behind (its frames received long ago, still queued) kept freeing the decoder of a stream it was still
+    decoding, and the next P-frames were rejected as waiting_for_keyframe (9 in a ladder run under `all`)."""
+    mon = Monitor(None)
+    cam1 = hevc_stream(images[:1], gop=12, stream="cam1")[0]
+    mon.handle(cam1, 985.0)  # another camera, which sends nothing after this
+    stop = threading.Event()
+    for i, m in enumerate(hevc_stream(images, gop=12)):  # one keyframe, then 11 P-frames, received at 10 fps
+        assert mon.backlog.put(m, 1000.0 + i / 10, stop)
+    for _ in range(3):  # the decoding loop handles 3 of them ...
+        mon.handle(*mon.backlog.get(0))
+    mon.expire(1015.0)  # ... and sweeps 15 s later: cam0's 9 other frames still wait in the queue
+    assert mon.streams[("cam0", 1)].decoder is not None  # cam0 is not idle: its next frames are queued
+    # cam1 is: nothing from it in the 15.3 s received before the oldest frame waiting (at 1000.3)
+    assert mon.streams[("cam1", 1)].decoder is None
+    while len(mon.backlog):
+        mon.handle(*mon.backlog.get(0))
+    rep = mon.report()
+    assert rep["rejects"] == {} and rep["decoded"] == 13 and rep["expired"]["decoders"] == 1
+    mon.expire(1011.0)  # the queue is empty: cam0's last frame came at 1001.1, 9.9 s ago
+    assert mon.streams[("cam0", 1)].decoder is not None
+    mon.expire(1011.2)  # 10.1 s: idle, freed (the memory bound the sweep is for)
+    assert mon.memory()["decoders"] == 0 and mon.report()["expired"]["decoders"] == 2
+
+
+class _Held:
+    """A subscriber holding the given messages: all of them are read at once, then nothing comes."""
+
+    poll_ms = 10
+    connected, connections, disconnects, drops, repairs = True, 1, 0, 0, 0
+
+    def __init__(self, msgs):
+        self.msgs = list(msgs)
+        self.all_read = threading.Event()
+
+    def recv(self, timeout_ms: int = 0):
+        if self.msgs:
+            return self.msgs.pop(0)
+        self.all_read.set()
+        time.sleep(timeout_ms / 1000)
+        return None
+
+    def healthy(self) -> bool:
+        return True
+
+
+def test_a_monitor_behind_a_slow_recognizer_decodes_every_frame(images):
+    """The colleague's case through run(): under `all` decoding waits for a recognizer that takes 11 s a frame
+    (on an injected monitor clock), so the frames of one GOP wait in the receive queue while the clock runs
+    past decoder_idle_s. The sweep used to free the stream's decoder then (its last handled frame was received
+    > 10 s ago) and every later P-frame was rejected waiting_for_keyframe; now every frame decodes."""
+    now = [1000.0]
+    sub = _Held(hevc_stream(images, gop=12))  # one keyframe, 11 P-frames
+
+    def slow(img):
+        sub.all_read.wait(10)  # every frame is received (stamped 1000.0) before the clock moves
+        now[0] += 11.0
+        return 0
+
+    mon = Monitor(slow, sub, classifying=ClassifyOptions(policy="all", queue=1, batch=1), clock=lambda: now[0])
+    mon.run(idle_timeout=0.3)
+    rep = mon.report()
+    assert rep["rejects"] == {} and rep["decoded"] == 12 and rep["classified"] == 12
+    assert now[0] == 1000.0 + 11 * 12  # the monitor fell 2 minutes behind the receive stamps
