@@ -15,7 +15,18 @@ OUT = Path(__file__).with_name("edgepipe.json")
 DS = {"type": "prometheus", "uid": "${datasource}"}
 S = '{stream=~"$stream"}'  # monitor series of the chosen streams
 
-# (title, unit, [(expr, legend)]), in rows of three panels
+
+def bound(b: str) -> str:
+    """The live BD-rate's series of the chosen streams: its estimate, or the lo / hi end of its 95 % interval."""
+    return f'edgepipe_monitor_live_bd_rate_percent{{stream=~"$stream",bound="{b}"}}'
+
+
+BD = "{{stream}} {{model}} vs {{anchor}} {{codec}} {{measure}}"  # one live BD-rate (server/live_rd.py)
+# series whose legend ends in " lo" or " hi" (an interval's ends) are drawn dashed
+DASHED_BOUNDS = [{"matcher": {"id": "byRegexp", "options": "/ (lo|hi)$/"},
+                  "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}]
+
+# (title, unit, [(expr, legend)][, field overrides]), in rows of three panels
 CAPTURE = [
     ("Capture: frames/s per stage", "fps",
      [("sum by (instance, stage) (rate(edgepipe_capture_frames_total[1m]))", "{{instance}} {{stage}}")]),
@@ -32,6 +43,8 @@ CAPTURE = [
       ("edgepipe_capture_queue_capacity", "{{instance}} capacity")]),
     ("Capture: QP and source up", "short",
      [("edgepipe_capture_qp", "{{instance}} QP"), ("edgepipe_capture_source_up", "{{instance}} source up")]),
+    ("Capture: operating-point switches per minute (--ladder/--ab)", "short",
+     [("60 * rate(edgepipe_capture_ladder_switches_total[5m])", "{{instance}} switches/min")]),
 ]
 MONITOR = [
     ("Monitor: top-1 per operating point (labelled streams)", "percentunit",
@@ -57,14 +70,18 @@ MONITOR = [
     ("Monitor: connections to captures", "short",
      [("edgepipe_monitor_connected", "{{instance}} connected"),
       ("edgepipe_monitor_transport_healthy", "{{instance}} transport healthy")]),
+    ("Monitor: live BD-rate against none, with its 95 % interval (negative: fewer bits)", "percent",
+     [(bound("estimate"), BD), (bound("lo"), BD + " lo"), (bound("hi"), BD + " hi")], DASHED_BOUNDS),
+    ("Monitor: live BD-rate, operating points on both curves (a figure needs 4)", "short",
+     [(f"edgepipe_monitor_live_bd_points{S}", BD)]),
 ]
 
 
-def panel(pid: int, title: str, unit: str, queries, x: int, y: int) -> dict:
+def panel(pid: int, title: str, unit: str, queries, x: int, y: int, overrides=()) -> dict:
     return {
         "id": pid, "type": "timeseries", "title": title, "datasource": DS,
         "gridPos": {"h": 8, "w": 8, "x": x, "y": y},
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": list(overrides)},
         "targets": [{"refId": chr(ord("A") + i), "datasource": DS, "expr": expr, "legendFormat": legend}
                     for i, (expr, legend) in enumerate(queries)],
     }
@@ -80,8 +97,8 @@ def dashboard() -> dict:
     for title, group in (("Capture (edge device)", CAPTURE), ("Monitor (server)", MONITOR)):
         panels.append(row(pid, title, y))
         pid, y = pid + 1, y + 1
-        for i, (name, unit, queries) in enumerate(group):
-            panels.append(panel(pid, name, unit, queries, 8 * (i % 3), y + 8 * (i // 3)))
+        for i, (name, unit, queries, *overrides) in enumerate(group):
+            panels.append(panel(pid, name, unit, queries, 8 * (i % 3), y + 8 * (i // 3), *overrides))
             pid += 1
         y += 8 * ((len(group) + 2) // 3)
     variables = [
