@@ -177,7 +177,10 @@ class LiveRD:
         """Each (codec, model) other than the anchor's against the anchor's, for each measure with data."""
         out = []
         pairs = sorted({(codec, model) for codec, _, model in points if model != self.anchor})
+        anchored = {codec for codec, _, model in points if model == self.anchor}
         for codec, model in pairs:
+            if codec not in anchored:
+                continue  # a stream that never ran the anchor (a plain --engine camera): no comparison to speak of
             for measure in MEASURES:
                 test = _usable(points, codec, model, measure)
                 anchor = _usable(points, codec, self.anchor, measure)

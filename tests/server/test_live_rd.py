@@ -166,3 +166,12 @@ def test_the_bd_figures_are_cached_for_a_few_seconds():
     fresh = rd.summary(now=100.0, fresh=True)
     assert rd.computations == 2 and _bd(fresh, model="ours-1")["bd_rate"] < _bd(first, model="ours-1")["bd_rate"]
     assert math.isfinite(_bd(fresh, model="ours-1")["bd_rate"])
+
+
+def test_a_stream_that_never_ran_the_anchor_gets_no_bd_line():
+    """A plain `capture --engine ours` camera (no ladder, no `none`): nothing to compare, so no report line."""
+    rd = LiveRD()
+    _feed(rd, "ours")
+    summary = rd.summary(now=101.0)
+    assert summary["cam"]["bd"] == [] and len(summary["cam"]["points"]) == len(QPS)
+    assert report_lines(summary) == []
