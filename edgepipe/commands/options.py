@@ -2,6 +2,7 @@
 line and security flags. Each command is its own module here; flags become a library call there."""
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import logging
 import signal
@@ -41,6 +42,14 @@ def closed_to_signals() -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    # At exit the interpreter puts every signal with a Python handler back to SIG_DFL, so a Ctrl-C in its last
+    # milliseconds still ended the process by SIGINT (status -2, seen under load). Ignored ones it leaves alone.
+    atexit.register(_ignore_stop_signals)
+
+
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def security_options(f):
