@@ -22,6 +22,7 @@ import logging
 from typing import Iterator
 
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.ops.bounded_http import bounded_server
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ class MetricsServer:
     reads nothing, is dropped after `timeout_s` (300 half-open connections made 300 threads)."""
 
     def __init__(self, registry, listen: str, max_connections: int = 8, timeout_s: float = 5.0):
-        import socket
         import threading
         from socketserver import ThreadingMixIn
         from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -59,34 +59,9 @@ class MetricsServer:
         from prometheus_client import make_wsgi_app
 
         host, port = parse_listen(listen)
-        slots = threading.BoundedSemaphore(max_connections)
-        owner = self
         self.refused = 0
-
-        class Server(ThreadingMixIn, WSGIServer):
-            daemon_threads = True
-            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            request_queue_size = 128  # accept (and refuse) a burst quickly rather than stall in the backlog
-
-            def process_request(self, request, client_address):
-                if not slots.acquire(blocking=False):
-                    owner.refused += 1
-                    self.shutdown_request(request)
-                    return
-                try:
-                    super().process_request(request, client_address)
-                except BaseException:
-                    slots.release()
-                    raise
-
-            def process_request_thread(self, request, client_address):
-                try:
-                    super().process_request_thread(request, client_address)
-                finally:
-                    slots.release()
-
-            def handle_error(self, request, client_address) -> None:  # a timed-out client: no traceback
-                log.debug("metrics: request from %s failed", client_address, exc_info=True)
+        Server = bounded_server(type("Server", (ThreadingMixIn, WSGIServer), {}), host, max_connections, self,
+                                "metrics", backlog=128)
 
         class QuietHandler(WSGIRequestHandler):
             timeout = timeout_s  # socket timeout for every read and write of a request

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.ops.bounded_http import bounded_server
 from edgepipe.ops.metrics import parse_listen
 from edgepipe.ops.status import monitor_sample
 from edgepipe.server.monitor import json_safe
@@ -141,36 +141,10 @@ class DashboardServer:
         self._cache: tuple[float, bytes] | None = None
         self._previous: dict | None = None
         self._cache_lock = threading.Lock()
-        slots = threading.BoundedSemaphore(max_connections)
-        owner = self
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            request_queue_size = 64
-
-            def process_request(self, request, client_address):
-                if not slots.acquire(blocking=False):
-                    owner.refused += 1
-                    self.shutdown_request(request)
-                    return
-                try:
-                    super().process_request(request, client_address)
-                except BaseException:
-                    slots.release()
-                    raise
-
-            def process_request_thread(self, request, client_address):
-                try:
-                    super().process_request_thread(request, client_address)
-                finally:
-                    slots.release()
-
-            def handle_error(self, request, client_address) -> None:  # a client that went away: no traceback
-                log.debug("dashboard: request from %s failed", client_address, exc_info=True)
+        Server = bounded_server(ThreadingHTTPServer, host, max_connections, self, "dashboard", backlog=64)
 
         try:
-            self._server = Server((host, port), _handler(owner, timeout_s))
+            self._server = Server((host, port), _handler(self, timeout_s))
         except OSError as exc:
             raise EdgepipeError(f"cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}") from None
         self.host, self.port = host, self._server.server_address[1]
