@@ -299,10 +299,13 @@ def main() -> None:
     policies = args.threads or ["auto"]
     for policy in policies:
         parse_threads(policy)  # a bad policy fails now, not after an hour of measuring
-    engine_spec = args.engine or default_engines()[-1]
-    classifier = Classifier("efficientnet-lite0")
     val = SHARED / "imagenette" / "val"
     clip = SHARED / "video" / "car-detection.mp4"
+    for needed in (val, clip):
+        if not needed.exists():
+            ap.error(f"{needed} not found: point EDGEPIPE_SHARED_DATA at the shared data folder")
+    engine_spec = args.engine or default_engines()[-1]
+    classifier = Classifier("efficientnet-lite0")
     result = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "hardware": hardware(),
               "date": time.strftime("%Y-%m-%d"), "load_average_at_start": load_average(), "resolutions": []}
     for size in parse_sizes(args.sizes):
