@@ -12,11 +12,14 @@ import click
 from edgepipe.core.options import flag_name, flag_of
 
 
-def _value_type(hint: Any) -> Any:
-    """int for `int`, `int | None`, `Optional[int]`; the hint itself otherwise."""
+def _value_type(hint: Any, multiple: bool = False) -> Any:
+    """int for `int`, `int | None`, `Optional[int]` (and for `tuple[int, ...]` read by a repeatable flag); the
+    hint itself otherwise."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0] if len(args) == 1 else str
+    if multiple and typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0]
     return hint
 
 
@@ -35,13 +38,16 @@ def _click_type(spec: dict, value_type: Any):
 def _option(field: dataclasses.Field, hint: Any) -> Callable:
     spec = flag_of(field)
     names = [n for n in (spec.get("short"), flag_name(field)) if n]
-    value_type = _value_type(hint)
+    value_type = _value_type(hint, spec.get("multiple", False))
     required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
     if value_type is bool:
         return click.option(*names, field.name, is_flag=True, help=spec["help"])
     if required:  # no default at all: click 8.5 takes an explicit default=None as given, and asks for nothing
         return click.option(*names, field.name, type=_click_type(spec, value_type), required=True,
                             help=spec["help"], metavar=spec["metavar"])
+    if spec.get("multiple"):  # repeatable: the default is the field's tuple, said in the help
+        return click.option(*names, field.name, type=_click_type(spec, value_type), multiple=True,
+                            default=field.default, help=spec["help"], metavar=spec["metavar"])
     default = field.default
     if isinstance(default, tuple):
         default = ",".join(map(str, default))
@@ -69,8 +75,12 @@ def build(cls, params: dict[str, Any], **extra: Any):
     for field, hint in flagged_fields(cls):
         if field.name not in params:
             continue
-        value, spec, value_type = params[field.name], flag_of(field), _value_type(hint)
-        if value_type is bool and spec["invert"]:
+        spec = flag_of(field)
+        value, value_type = params[field.name], _value_type(hint, spec.get("multiple", False))
+        if spec.get("multiple"):
+            value = tuple(value_type(v) if spec["choices"] is not None and value_type in (int, float) else v
+                          for v in value)
+        elif value_type is bool and spec["invert"]:
             value = not value
         elif spec["choices"] is not None and value is not None and value_type in (int, float):
             value = value_type(value)

@@ -20,19 +20,21 @@ KEY = "edgepipe.flag"
 
 def flag(name: str | None = None, *, help: str = "", invert: bool = False, choices: tuple | None = None,
          path: bool | str = False, metavar: str | None = None, type: Any = None, min: float | None = None,
-         max: float | None = None, min_open: bool = False, short: str | None = None) -> dict:
+         max: float | None = None, min_open: bool = False, short: str | None = None,
+         multiple: bool = False) -> dict:
     """Field metadata: the flag NAME (default --field-name), its help, and how to read it.
 
     invert: a boolean field set False by the flag (--no-bypass for bypass=True); choices: the values allowed
     (shown in --help); path: a file or folder name ("file": a file, not a folder; "dir": a folder); type: what
     the flag parses when it differs from the field's (e.g. str for a comma list the dataclass splits itself);
     min, max: the range a number must be in (min_open: above min, not at it), refused by the flag parser in
-    one line before anything runs; short: a one-letter alias as well (-o for --output)."""
+    one line before anything runs; short: a one-letter alias as well (-o for --output); multiple: a repeatable
+    flag for a tuple field (--qp 27 --qp 32), each value read and checked as one element."""
     if path not in (False, True, "file", "dir"):
         raise ValueError(f"path must be True, 'file' or 'dir', got {path!r}")
     return {KEY: {"name": name, "help": help, "invert": invert, "choices": choices, "path": path,
                   "metavar": metavar, "type": type, "min": min, "max": max, "min_open": min_open,
-                  "short": short}}
+                  "short": short, "multiple": multiple}}
 
 
 def flag_of(field: dataclasses.Field) -> dict | None:

@@ -49,3 +49,25 @@ def test_parsed_back_into_the_dataclass():
 def test_bad_flags_are_one_line(args, message):
     result = CliRunner().invoke(command, args)
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+@dataclass
+class Repeated:
+    qps: tuple[int, ...] = field(default=(27, 32), metadata=flag("--qp", multiple=True, min=0, max=51, help="QPs."))
+    names: tuple[str, ...] = field(default=(), metadata=flag("--name", multiple=True, help="Names."))
+
+
+@click.command()
+@options_from(Repeated)
+def repeated(**params) -> None:
+    click.echo(repr(build(Repeated, params)))
+
+
+def test_a_repeatable_flag_is_a_tuple_of_checked_values():
+    options = {p.name: p for p in repeated.params}
+    assert options["qps"].multiple and options["qps"].opts == ["--qp"] and options["names"].multiple
+    assert build(Repeated, repeated.make_context("r", []).params) == Repeated()
+    settings = build(Repeated, repeated.make_context("r", ["--qp", "25", "--qp", "45", "--name", "a"]).params)
+    assert settings == Repeated(qps=(25, 45), names=("a",)) and isinstance(settings.qps, tuple)
+    result = CliRunner().invoke(repeated, ["--qp", "99"])
+    assert result.exit_code != 0 and "99 is not in the range 0<=x<=51" in result.output
