@@ -15,11 +15,15 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.media.codecs import CODECS
+from edgepipe.core.options import flag
+from edgepipe.engines import describe_specs
+from edgepipe.media.codecs import CODECS, STILL_CODECS
+from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,33 @@ MAX_PANEL_WIDTH = 960
 GAP = 8
 CAPTION_LINES = 8  # title, rate, PSNR, 5 classes
 TOP_K = 5
+
+
+def setting(default: Any, *name: str, **spec: Any) -> Any:
+    return field(default=default, metadata=flag(*name, **spec))
+
+
+def _setting_help() -> str:
+    """What --qp means for each still codec, and its default, as the codecs register them."""
+    settings = ((name, CODECS[name].setting, CODECS[name].default_setting) for name in STILL_CODECS)
+    return ", ".join(f"{name} {s.meaning} {s.low}-{s.high} ({default})" for name, s, default in settings)
+
+
+@dataclass(kw_only=True)
+class PreviewSettings:
+    """What `edgepipe preview` is asked to do: one field per setting, each carrying its flag and help (the
+    command's options are made from them; its IMAGE|VIDEO argument arrives as `source`). `write_preview` runs
+    them; every check is `make_preview`'s and `check_output`'s, one line each, before any work."""
+    source: str  # the command's IMAGE|VIDEO argument
+    engine: str = setting("none", help=f"Pre-transform: {describe_specs()}.")
+    out: str = field(metadata=flag(short="-o", path=True, help="The PNG to write (its folder must exist)."))
+    codec: str = setting("hevc", choices=STILL_CODECS, help="The still codec, coded as `edgepipe eval` codes it.")
+    quality: int | None = setting(None, "--qp", help=f"Codec setting (default in brackets): {_setting_help()}.")
+    frame: int | None = setting(None, help="For a video: the frame to take, from 0 (default 0).")
+    recognizer: str = setting(DEFAULT_RECOGNIZER, choices=RECOGNIZERS,
+                              help="The recognizer whose top-5 is shown under each panel (on the frame's centre "
+                                   "square).")
+    weights: str | None = setting(None, path="file", help="Recognizer weights (vgg16).")
 
 
 @dataclass
@@ -211,6 +242,15 @@ def make_preview(source: str | Path, engine: str = "none", codec: str = "hevc", 
         panel.top5 = top_k(row)
     pv.seconds = time.time() - t0
     return pv
+
+
+def write_preview(settings: PreviewSettings) -> tuple[Preview, Path]:
+    """`edgepipe preview`: the output checked, the four panels measured, the PNG written; (preview, its path)."""
+    s = settings
+    check_output(s.out)
+    pv = make_preview(s.source, engine=s.engine, codec=s.codec, quality=s.quality, frame=s.frame,
+                      recognizer=s.recognizer, weights=s.weights)
+    return pv, write_png(pv, s.out)
 
 
 # --- reporting ------------------------------------------------------------------------------------
