@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import atomic_path, sha256_file
+from edgepipe.core.options import flag
 from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS
 
 INPUT_NAME = "frames"  # UINT8 (N, H, W, 3) RGB
@@ -25,6 +28,25 @@ NUM_CLASSES = 1000
 DEFAULT_MAX_BATCH = 32
 DEFAULT_QUEUE_DELAY_US = 2000
 MODEL_VERSION = "1"
+
+
+def setting(default: Any, *name: str, **spec: Any) -> Any:
+    return field(default=default, metadata=flag(*name, **spec))
+
+
+@dataclass
+class RepoSettings:
+    """What `edgepipe recognizer-repo` is asked to do: one field per setting, each carrying its flag and help
+    (the command's options are made from them); `write_model_repository(settings.out, ...)` does it. The numbers
+    are checked there, before the export, in one line each."""
+    out: str = field(metadata=flag(path="dir", help="Model repository directory (created; other models in it are "
+                                                    "left alone)."))
+    recognizer: str = setting(DEFAULT_RECOGNIZER, choices=RECOGNIZERS, help="The recognizer to export.")
+    weights: str | None = setting(None, path="file", help="Recognizer weights (vgg16).")
+    model_name: str | None = setting(None, help="Model name on the server (default: the recognizer's name).")
+    max_batch: int = setting(DEFAULT_MAX_BATCH, help="max_batch_size: the largest batch the server forms.")
+    queue_delay_us: int = setting(DEFAULT_QUEUE_DELAY_US,
+                                  help="Dynamic batching: how long a request may wait for others to join its batch.")
 
 
 def config_pbtxt(model: str, max_batch_size: int = DEFAULT_MAX_BATCH,
