@@ -1,0 +1,188 @@
+"""The closed loop (issue 14 item 4): from the agreement of reference pairs, ask the capture for the coarsest HEVC QP
+that holds an agreement floor. Pure and clock-injected: the monitor feeds it pairs and ticks, it answers with the
+QP to ask for (or None), and the service sends that over the control channel (transport/control.py, verb `qp`).
+
+Rules, per stream:
+- Judge only pairs coded at the QP the capture is coding now (the pair's own QP, from its header), and only once
+  `min_pairs` of them came since the last change; the measure is their mean over the last `window` of them.
+- Above `target + band`: one `step` coarser (fewer bits). Below `target`: one `step` finer. Between: hold (the
+  dead band). Never beyond [low, high].
+- At most one change per `min_interval_s`; after a request, pairs of any other QP are in flight and ignored until
+  the capture's frames come at the QP asked for (or, after `answer_timeout_s`, the request counts as unanswered
+  and the capture's QP as it is).
+- A QP left because it fell below the floor is not tried again for `retry_s` (doubled at each new failure, at most
+  `max_retry_s`): without it the loop would swing between two QPs whose agreement straddles the band.
+- Silence: `silence_s` without a pair (from the first pair on) asks for `safe` (the finest, `low`, by default) once
+  per silence; pairs resume the loop where the capture is.
+"""
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+MEASURES = ("top5_overlap", "top1_agreement")
+DEFAULT_MEASURE = "top5_overlap"
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    target: float
+    measure: str = DEFAULT_MEASURE
+    band: float = 0.03
+    low: int = 22
+    high: int = 42
+    step: int = 2
+    min_pairs: int = 20
+    window: int = 60
+    min_interval_s: float = 5.0
+    silence_s: float = 30.0
+    safe: int | None = None  # None: low, the finest
+    answer_timeout_s: float = 30.0
+    retry_s: float = 60.0
+    max_retry_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.measure not in MEASURES:
+            raise ValueError(f"unknown measure {self.measure!r}: one of {', '.join(MEASURES)}")
+        if not 0.0 <= self.target <= 1.0:
+            raise ValueError(f"the target agreement is a share, 0 to 1: got {self.target}")
+        if not 0.0 <= self.band < 1.0:
+            raise ValueError(f"the dead band is a share, 0 to 1: got {self.band}")
+        if not 0 <= self.low <= self.high <= 51:
+            raise ValueError(f"the QP range {self.low}:{self.high} is not within 0:51 (low first)")
+        if self.step < 1 or self.min_pairs < 1 or self.window < self.min_pairs:
+            raise ValueError("step and min_pairs must be at least 1, and the window at least min_pairs")
+        if self.safe is not None and not self.low <= self.safe <= self.high:
+            raise ValueError(f"the safe QP {self.safe} is outside {self.low}:{self.high}")
+
+    @property
+    def safe_qp(self) -> int:
+        return self.low if self.safe is None else self.safe
+
+
+@dataclass
+class Change:
+    """A QP the controller asks for, and why: `coarser`, `finer` or `fallback`."""
+
+    qp: int
+    reason: str
+    at: float
+    from_qp: int | None
+    measured: float | None = None
+    pairs: int = 0
+
+    def as_dict(self) -> dict:
+        return {"t": round(self.at, 3), "from": self.from_qp, "to": self.qp, "reason": self.reason,
+                "measured": None if self.measured is None else round(self.measured, 4), "pairs": self.pairs}
+
+
+@dataclass
+class QpController:
+    settings: LoopSettings
+    started: float = 0.0
+    qp: int | None = None  # the QP the capture codes at, as its latest pair says
+    asked: int | None = None  # the QP last asked for and not yet seen in a pair
+    asked_at: float = float("-inf")
+    last_change: float = float("-inf")
+    last_pair: float | None = None
+    silent: bool = False  # the fallback was asked for in this silence
+    samples: deque = field(default_factory=deque)
+    failed: dict = field(default_factory=dict)  # qp -> (time it failed, retry seconds)
+    counts: Counter = field(default_factory=Counter)  # pairs used/ignored, changes by reason, unanswered
+    trace: deque = field(default_factory=lambda: deque(maxlen=1000))  # the Changes asked for, latest last
+
+    def __post_init__(self) -> None:
+        self.samples = deque(maxlen=self.settings.window)
+
+    # --- input -------------------------------------------------------------------------------------------------
+
+    def observe(self, qp: int, measures: dict, now: float) -> Change | None:
+        """One reference pair coded at `qp` (server/agreement.py's measures); the QP to ask for, or None."""
+        s = self.settings
+        self.last_pair = now
+        self.silent = False
+        if self.asked is not None:
+            if qp == self.asked:
+                self.asked = None  # the capture obeyed: judge from here
+            elif now - self.asked_at < s.answer_timeout_s:
+                self.counts["pairs_in_flight"] += 1
+                return None
+            else:
+                self.counts["unanswered"] += 1
+                self.asked = None
+        if qp != self.qp:
+            self.qp = qp
+            self.samples.clear()
+        self.samples.append(_value(s.measure, measures))
+        self.counts["pairs_judged"] += 1
+        return self._judge(now)
+
+    def tick(self, now: float) -> Change | None:
+        """Call every second or so: the fallback when pairs stopped coming."""
+        s = self.settings
+        if self.last_pair is None or self.silent or now - self.last_pair < s.silence_s:
+            return None
+        self.silent = True
+        if self.qp == s.safe_qp and self.asked is None:
+            return None  # already at the safe QP
+        return self._ask(s.safe_qp, "fallback", now, None)
+
+    # --- decisions ---------------------------------------------------------------------------------------------
+
+    def _judge(self, now: float) -> Change | None:
+        s = self.settings
+        if len(self.samples) < s.min_pairs or now - self.last_change < s.min_interval_s or self.qp is None:
+            return None
+        measured = sum(self.samples) / len(self.samples)
+        qp = self.qp
+        if measured < s.target:
+            if qp <= s.low:
+                self.counts["held_at_low"] += 1
+                return None
+            _, retry = self.failed.get(qp, (0.0, s.retry_s / 2))
+            self.failed[qp] = (now, min(s.max_retry_s, retry * 2))  # first failure: retry_s; then doubled
+            return self._ask(max(s.low, qp - s.step), "finer", now, measured)
+        if measured > s.target + s.band:
+            up = min(s.high, qp + s.step)
+            if up == qp:
+                self.counts["held_at_high"] += 1
+                return None
+            when, retry = self.failed.get(up, (float("-inf"), 0.0))
+            if now - when < retry:
+                self.counts["held_retry_wait"] += 1
+                return None
+            return self._ask(up, "coarser", now, measured)
+        return None
+
+    def _ask(self, qp: int, reason: str, now: float, measured: float | None) -> Change:
+        change = Change(qp, reason, now - self.started, self.qp, measured, len(self.samples))
+        self.asked, self.asked_at, self.last_change = qp, now, now
+        self.samples.clear()
+        self.counts[reason] += 1
+        self.trace.append(change)
+        return change
+
+    def summary(self) -> dict:
+        s = self.settings
+        return {"target": s.target, "measure": s.measure, "band": s.band, "range": [s.low, s.high], "step": s.step,
+                "safe": s.safe_qp, "qp": self.qp, "asked": self.asked,
+                "changes": sum(self.counts[r] for r in ("coarser", "finer", "fallback")),
+                "counts": dict(self.counts), "trace": [c.as_dict() for c in self.trace]}
+
+
+def _value(measure: str, measures: dict) -> float:
+    if measure == "top1_agreement":
+        return float(bool(measures["top1_equal"]))
+    return float(measures[measure])
+
+
+def parse_range(spec: str, what: str) -> tuple[int, int]:
+    """`MIN:MAX` of HEVC QPs (0-51, MIN <= MAX); ValueError with one line when it is not."""
+    low, sep, high = spec.partition(":")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        raise ValueError(f"{what} {spec!r}: give MIN:MAX, two HEVC QPs, e.g. 22:42") from None
+    if not sep or not 0 <= lo <= hi <= 51:
+        raise ValueError(f"{what} {spec!r}: give MIN:MAX with 0 <= MIN <= MAX <= 51, e.g. 22:42")
+    return lo, hi

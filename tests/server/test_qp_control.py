@@ -1,0 +1,142 @@
+"""The closed loop's controller (server/qp_control.py), on an injected clock: steps, dead band, range, rate limit,
+in-flight pairs, the retry wait that stops oscillation, and the fallback on silence."""
+from __future__ import annotations
+
+import pytest
+
+from edgepipe.server.qp_control import LoopSettings, QpController, parse_range
+
+
+def pair(overlap: float, top1: bool = True) -> dict:
+    return {"top1_equal": top1, "top5_overlap": overlap, "p_reference": 0.5, "kl": 0.1}
+
+
+def loop(**kw) -> QpController:
+    base = dict(target=0.9, band=0.04, low=22, high=42, step=2, min_pairs=5, window=10, min_interval_s=10.0,
+                silence_s=30.0, answer_timeout_s=20.0, retry_s=60.0)
+    base.update(kw)
+    return QpController(LoopSettings(**base))
+
+
+def feed(c: QpController, qp: int, overlap: float, n: int, t0: float, dt: float = 1.0, top1: bool = True):
+    """n pairs at qp from t0; the changes asked for, and the time after the last pair."""
+    changes = []
+    t = t0
+    for _ in range(n):
+        change = c.observe(qp, pair(overlap, top1), t)
+        if change is not None:
+            changes.append(change)
+        t += dt
+    return changes, t
+
+
+def test_above_the_band_steps_coarser_once_enough_pairs_came():
+    c = loop()
+    changes, _ = feed(c, 32, 1.0, 4, 100.0)
+    assert changes == []  # 4 of the 5 pairs needed
+    change = c.observe(32, pair(1.0), 104.0)
+    assert change.qp == 34 and change.reason == "coarser" and change.from_qp == 32 and change.measured == 1.0
+    assert c.asked == 34 and c.counts["coarser"] == 1
+
+
+def test_below_the_target_steps_finer_and_inside_the_band_holds():
+    c = loop()
+    changes, _ = feed(c, 32, 0.8, 5, 0.0)
+    assert [(x.qp, x.reason) for x in changes] == [(30, "finer")]
+    c = loop()
+    changes, _ = feed(c, 32, 0.92, 50, 0.0)  # 0.9 <= 0.92 <= 0.94: the dead band
+    assert changes == [] and c.counts["pairs_judged"] == 50
+
+
+def test_top1_agreement_is_the_measure_when_asked():
+    c = loop(measure="top1_agreement")
+    changes, _ = feed(c, 32, 1.0, 5, 0.0, top1=False)  # overlap perfect, top-1 never the same
+    assert [x.reason for x in changes] == ["finer"]
+
+
+def test_never_beyond_the_range():
+    c = loop(low=30, high=34)
+    changes, _ = feed(c, 34, 1.0, 20, 0.0)
+    assert changes == [] and c.counts["held_at_high"] > 0
+    c = loop(low=30, high=34)
+    changes, _ = feed(c, 30, 0.1, 20, 0.0)
+    assert changes == [] and c.counts["held_at_low"] > 0
+    c = loop(low=30, high=35, step=4)
+    changes, _ = feed(c, 32, 1.0, 5, 0.0)
+    assert changes[0].qp == 35  # clamped to the range
+
+
+def test_one_change_per_interval_and_pairs_in_flight_are_not_judged():
+    c = loop(min_interval_s=10.0)
+    changes, t = feed(c, 32, 1.0, 5, 0.0)  # asks 34 at t=4
+    assert [x.qp for x in changes] == [34]
+    # frames coded at 32 still arrive: not judged, however many
+    more, t = feed(c, 32, 1.0, 30, t, dt=0.1)
+    assert more == [] and c.counts["pairs_in_flight"] == 30
+    # the capture answers: pairs at 34 from t; the rate limit holds the next step until 10 s after the first
+    more, t = feed(c, 34, 1.0, 5, 7.0)
+    assert more == []  # 5 pairs judged by t=11, but the interval runs to t=14
+    more, t = feed(c, 34, 1.0, 4, t)
+    assert [x.qp for x in more] == [36] and more[0].at >= 14.0
+
+
+def test_an_unanswered_request_times_out_and_the_loop_judges_the_capture_as_it_is():
+    c = loop(answer_timeout_s=20.0, min_interval_s=1.0)
+    feed(c, 32, 1.0, 5, 0.0)  # asks 34 (a capture that refuses it)
+    feed(c, 32, 1.0, 5, 5.0)
+    assert c.counts["pairs_in_flight"] == 5
+    changes, _ = feed(c, 32, 1.0, 5, 30.0)
+    assert c.counts["unanswered"] == 1 and [x.qp for x in changes] == [34]
+
+
+def test_a_qp_that_failed_is_not_tried_again_at_once_and_the_wait_doubles():
+    c = loop(min_interval_s=0.0, retry_s=60.0, max_retry_s=100.0)
+    changes, t = feed(c, 32, 1.0, 5, 0.0)
+    assert changes[0].qp == 34
+    changes, t = feed(c, 34, 0.5, 5, t)
+    assert changes[0].qp == 32 and changes[0].reason == "finer"
+    failed_at = changes[0].at + c.started
+    changes, t = feed(c, 32, 1.0, 20, t)  # 32 is above the band again: 34 waits 60 s
+    assert changes == [] and c.counts["held_retry_wait"] > 0
+    changes, t = feed(c, 32, 1.0, 5, failed_at + 60.0)
+    assert changes[0].qp == 34  # tried again after the wait
+    changes, t = feed(c, 34, 0.5, 5, t)  # fails again: the wait is 120, capped at 100
+    assert c.failed[34][1] == 100.0
+
+
+def test_silence_asks_for_the_safe_qp_once_and_pairs_resume_the_loop():
+    c = loop(silence_s=30.0)
+    assert c.tick(1000.0) is None  # no pair ever: nothing to fall back from
+    feed(c, 40, 0.92, 3, 0.0)
+    assert c.tick(31.0) is None  # 29 s after the last pair
+    change = c.tick(33.0)
+    assert (change.qp, change.reason, change.from_qp) == (22, "fallback", 40)
+    assert c.tick(100.0) is None  # once per silence
+    feed(c, 22, 0.99, 1, 200.0)  # pairs again, at the safe QP
+    assert c.asked is None and c.qp == 22
+    assert c.tick(231.0) is None  # silent again, but at the safe QP already: nothing to ask
+    c2 = loop(silence_s=30.0, safe=30)
+    feed(c2, 30, 0.92, 1, 0.0)
+    assert c2.tick(40.0) is None  # already at the safe QP
+
+
+def test_the_summary_and_trace():
+    c = loop()
+    feed(c, 32, 1.0, 5, 0.0)
+    s = c.summary()
+    assert s["changes"] == 1 and s["asked"] == 34 and s["qp"] == 32 and s["range"] == [22, 42] and s["safe"] == 22
+    assert s["trace"] == [{"t": 4.0, "from": 32, "to": 34, "reason": "coarser", "measured": 1.0, "pairs": 5}]
+
+
+@pytest.mark.parametrize("kw", [dict(target=1.5), dict(measure="kl"), dict(low=40, high=30), dict(high=52),
+                                dict(safe=50), dict(min_pairs=20, window=10), dict(step=0)])
+def test_bad_settings_say_what_is_wrong(kw):
+    with pytest.raises(ValueError):
+        loop(**kw)
+
+
+def test_parse_range():
+    assert parse_range("22:42", "--x") == (22, 42)
+    for bad in ("22", "a:b", "42:22", "0:52", "-1:3"):
+        with pytest.raises(ValueError, match="--x"):
+            parse_range(bad, "--x")
