@@ -37,7 +37,7 @@ import numpy as np
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.options import flag
 from edgepipe.edge.ladder import Ladder, load_engines, make_ladder
-from edgepipe.edge.references import REFERENCE_CODEC, REFERENCE_QUALITY, ReferencePolicy
+from edgepipe.edge.references import REFERENCE_CODEC, REFERENCE_QUALITY, REFERENCE_VIEWS, ReferencePolicy
 from edgepipe.edge.stats import CaptureStats
 from edgepipe.edge.threads import THREADS_HELP, capture_budget
 from edgepipe.engines import Engine, describe_specs, load_engine
@@ -119,6 +119,12 @@ class CaptureSettings:
     reference_budget_kbit: float | None = setting(None, "--reference-budget", min=0, min_open=True, metavar="KBITS",
                                                   help="Skip a reference when the references' running kbit/s (stream "
                                                        "clock) would exceed KBITS.")
+    # what a reference shows: the recognizer's default view (the centre square at 224), or the whole frame
+    reference_view: str = setting("centre-crop", choices=REFERENCE_VIEWS,
+                                  help="What a reference shows: the centre square at 224, as the monitor's "
+                                       "recognizer sees a frame by default (a fraction of a large frame's bytes), "
+                                       "or the whole frame (native: for a monitor with --recognizer-view native "
+                                       "or tiles).")
     threads: str = setting("auto", metavar="POLICY", help=THREADS_HELP)  # the budget per stage (edge/threads.py)
     # the operating-point ladder (edge/ladder.py): settings x engines, one point per GOP in turn
     ladder: str | None = setting(None, metavar="CODEC:Q1,Q2,...",
@@ -129,6 +135,13 @@ class CaptureSettings:
                              help="Cycle these pre-transforms too (e.g. none,ours; each loaded once at start): "
                                   "every (setting, engine) pair takes a GOP in turn, in a fixed order, and each "
                                   "frame carries the engine that made it. Replaces --engine.")
+    # the closed loop (issue 14 item 4): monitors may move the HEVC QP within MIN:MAX over the control socket
+    allow_remote_qp: str | None = setting(None, metavar="MIN:MAX",
+                                          help="Obey QP requests from monitors on --control (monitor "
+                                               "--target-agreement), within MIN:MAX, e.g. 22:42: the new QP takes "
+                                               "effect at the next GOP, each change logged and counted. HEVC at a "
+                                               "fixed --qp only. Without it every QP request is refused and "
+                                               "counted.")
 
     def __post_init__(self) -> None:
         if isinstance(self.size, str):  # the flag's WIDTHxHEIGHT
@@ -163,13 +176,33 @@ def default_stream_id() -> str:
     return f"cam-{host}"[:64]
 
 
+def remote_qp_range(settings: CaptureSettings) -> tuple[int, int] | None:
+    """--allow-remote-qp MIN:MAX as (MIN, MAX), or None; one line when it does not go with the other settings."""
+    if not settings.allow_remote_qp:
+        return None
+    from edgepipe.server.qp_control import parse_range
+
+    try:
+        low, high = parse_range(settings.allow_remote_qp, "--allow-remote-qp")
+    except ValueError as exc:
+        raise EdgepipeError(str(exc)) from None
+    if settings.codec != "hevc":
+        raise EdgepipeError(f"--allow-remote-qp moves the HEVC QP; --codec is {settings.codec}")
+    if settings.crf is not None:
+        raise EdgepipeError("--allow-remote-qp and --crf are exclusive: a monitor moves a fixed QP")
+    if settings.ladder or settings.ab:
+        raise EdgepipeError("--allow-remote-qp and --ladder/--ab are exclusive: the ladder sets the QP of each GOP")
+    return low, high
+
+
 class CaptureLoop:
     def __init__(self, settings: CaptureSettings, source: Source | None = None,
                  engine: Engine | dict[str, Engine] | None = None, publisher: Publisher | None = None):
         """`engine`: the loaded pre-transform, or with a ladder its engines by spec (None: loaded here)."""
         self.settings = settings
         self.stats = CaptureStats()
-        self.references = ReferencePolicy(settings.reference_every, settings.reference_budget_kbit)
+        self.references = ReferencePolicy(settings.reference_every, settings.reference_budget_kbit,
+                                          settings.reference_view)
         self.stats.references_on = self.references.enabled
         # Open everything before any thread starts, so bad input fails here with one clear line.
         self.ladder: Ladder | None = make_ladder(settings.ladder, settings.ab, settings.codec, settings.qp,
@@ -191,6 +224,13 @@ class CaptureLoop:
             self.stats.ladder_points = [(p.quality, p.engine, self.engines[p.engine].model_id)
                                         for p in self.ladder.points]
         self.operating_point = None  # with a ladder, the point being coded now (its setting and engine)
+        # the closed loop: the QP range monitors may ask for (None: refused), the QP asked for and not yet applied,
+        # and the QP being coded now (changed by the encoder stage at a GOP boundary)
+        self.remote_qp = remote_qp_range(settings)
+        self._qp_wanted: int | None = None
+        self.qp_now = settings.qp
+        self.stats.remote_qp = self.remote_qp
+        self.stats.qp_now = settings.qp
         self.engine = next(iter(self.engines.values())) if self.ladder is None else \
             self.engines[self.ladder.engines[0]]
         self._own_publisher = publisher is None
@@ -212,6 +252,15 @@ class CaptureLoop:
         """Thread-safe: the next encoded frame will be an IDR frame (e.g. after loss at the monitor)."""
         self.stats.keyframe_requests += 1
         self._keyframe_wanted.set()
+
+    def request_qp(self, qp: int) -> None:
+        """Thread-safe: code at `qp` from the next GOP boundary (a monitor's request, already range-checked by the
+        control server; checked again here)."""
+        if self.remote_qp is None or not self.remote_qp[0] <= qp <= self.remote_qp[1]:
+            self.stats.qp_refused("not_allowed" if self.remote_qp is None else "out_of_range")
+            return
+        self.stats.qp_request()
+        self._qp_wanted = qp
 
     def _cancelled(self) -> bool:
         return self._stop.is_set() or self._abort.is_set()
@@ -289,15 +338,24 @@ class CaptureLoop:
         s = self.settings
         codec = CODECS[s.codec]
         encoder: StreamEncoder | None = None
-        pending: list[tuple[Frame, int | None]] = []  # frames whose packets have not come out yet (none with
-        last_forced = float("-inf")                       # zerolatency), with their operating points
+        # frames whose packets have not come out yet (none with zerolatency), with their operating points and QPs
+        pending: list[tuple[Frame, int | None, int | None]] = []
+        last_forced = float("-inf")
         current: int | None = None  # the ladder's operating point being coded
+        opened = 0  # frames into the current encoder: a GOP boundary where opened % gop == 0
         while (item := self._get(inp)) is not _END:
             frame, point = item
             t0 = time.perf_counter()
             h, w = frame.image.shape[:2]
-            quality = s.qp if point is None else self.ladder.points[point].quality
-            switched = point is not None and point != current
+            switched = reopen = point is not None and point != current
+            wanted = self._qp_wanted
+            if wanted is not None and point is None and (s.gop <= 1 or opened % s.gop == 0):
+                self._qp_wanted = None  # a later request (set while this runs) waits for the next boundary
+                if wanted != self.qp_now:
+                    self._qp_changed(self.qp_now, wanted)
+                    self.qp_now = wanted
+                    reopen = encoder is not None  # the new QP from an IDR: the encoder re-opens, as for a ladder
+            quality = self.qp_now if point is None else self.ladder.points[point].quality
             items: list = []
             if switched:
                 if current is not None:
@@ -305,24 +363,26 @@ class CaptureLoop:
                 current = point
                 self.operating_point = self.ladder.points[point]
             if codec.stream_encoder is not None:  # a video codec: inter coding, a GOP, keyframes on request
-                if encoder is None or (encoder.width, encoder.height) != (w, h) or switched:
-                    if encoder is not None and switched:  # the old point's last packets, then an IDR at the new
+                if encoder is None or (encoder.width, encoder.height) != (w, h) or reopen:
+                    if encoder is not None and reopen:  # the old point's last packets, then an IDR at the new
                         items += [(*pending.pop(0), p.data, p.keyframe) for p in encoder.flush() if pending]
                     encoder = codec.stream_encoder(w, h, qp=quality if s.crf is None else None, crf=s.crf,
                                                    gop=s.gop, preset=s.preset, encoder=s.encoder, fps=self.rate,
                                                    pool_threads=self.budget.encoder)
+                    opened = 0
                 force = self._keyframe_wanted.is_set() and t0 - last_forced >= s.keyframe_min_interval_s
                 if force:
                     self._keyframe_wanted.clear()
                     last_forced = t0
                     self.forced_keyframes += 1
-                pending.append((frame, point))
+                pending.append((frame, point, quality))
+                opened += 1
                 packets = encoder.encode(frame.image, force_keyframe=force)
                 if any(p.keyframe for p in packets):
                     self._keyframe_wanted.clear()  # a GOP keyframe answers any request as well
                 items += [(*pending.pop(0), p.data, p.keyframe) for p in packets]
             else:
-                items = [(frame, point, codec.encode(frame.image, quality, None), True)]  # every frame a still
+                items = [(frame, point, quality, codec.encode(frame.image, quality, None), True)]  # each a still
             self.stats.timed("encoder", time.perf_counter() - t0)
             for item in items:
                 if not self._put(out, item):
@@ -332,6 +392,11 @@ class CaptureLoop:
                 if pending:
                     self._put(out, (*pending.pop(0), p.data, p.keyframe))
         self._put(out, _END)
+
+    def _qp_changed(self, old: int | None, new: int) -> None:
+        """A monitor's QP request applied at a GOP boundary: counted and logged."""
+        n = self.stats.qp_change(new)
+        log.info("remote QP: change %d, QP %s -> %d at the next GOP (asked by a monitor)", n, old, new)
 
     def _switched(self, point: int) -> None:
         """The ladder moved to `point` at a GOP boundary: counted and logged."""
@@ -354,13 +419,15 @@ class CaptureLoop:
         size = (1, 1)
         last_sent: float | None = None  # media time of the previous frame sent
         while (item := self._get(inp)) is not _END:
-            frame, point, payload, keyframe = item
+            frame, point, quality, payload, keyframe = item
             t0 = time.perf_counter()
             h, w = size = frame.image.shape[:2]
             media = frame.media_time  # set by _read for every frame (the source's clock or a derived one)
             # stream time since the previous frame sent: frames dropped on the way count as time
             duration = 1.0 / self.rate if last_sent is None else max(0.0, media - last_sent)
             frame_qp, model_id = qp, self.engine.model_id
+            if self.remote_qp is not None:  # the QP this frame was coded at (a monitor may have moved it)
+                frame_qp = int(quality)
             if point is not None:  # the ladder's point: its setting, and the engine that really made this frame
                 op = self.ladder.points[point]
                 frame_qp, model_id = op.quality, self.engines[op.engine].model_id
@@ -381,7 +448,7 @@ class CaptureLoop:
                 self.stats.sent(len(payload), keyframe, unsubscribed=self.publisher.unsubscribed > unsubscribed,
                                 stream_s=duration, latency_s=time.time() - frame.capture_time, point=point)
                 if still is not None:  # right after its coded frame: a monitor pairs them in order
-                    self._send_reference(header, still, source_image, timeout, cancel)
+                    self._send_reference(header, *still, timeout, cancel)
             else:
                 self.stats.drop("network_hwm_after_encode")
                 if inter_coded:
@@ -397,18 +464,21 @@ class CaptureLoop:
             log.warning("could not send the end-of-stream message within the linger (a stuck monitor): "
                         "frames still queued for it may not arrive, and it cannot count them")
 
-    def _reference_still(self, header: FrameHeader, image: np.ndarray | None, duration: float) -> bytes | None:
-        """The JPEG of the source frame when this seq is due a reference and the budget allows it, else None."""
+    def _reference_still(self, header: FrameHeader, image: np.ndarray | None,
+                         duration: float) -> tuple[bytes, tuple[int, int]] | None:
+        """The JPEG of the reference's view of the source frame, and its (height, width), when this seq is due a
+        reference and the budget allows it, else None."""
         if image is None or not self.references.due(header.seq):
             return None
-        still = self.references.encode(image)
+        picture = self.references.picture(image)
+        still = self.references.encode(picture)
         if self.references.over_budget(self.stats.reference_bytes, len(still), self.stats.stream_s + duration):
             self.stats.reference_skipped("over_budget")
             return None
-        return still
+        return still, picture.shape[:2]
 
-    def _send_reference(self, coded: FrameHeader, still: bytes, image: np.ndarray, timeout, cancel) -> None:
-        h, w = image.shape[:2]
+    def _send_reference(self, coded: FrameHeader, still: bytes, size: tuple[int, int], timeout, cancel) -> None:
+        h, w = size
         header = FrameHeader(coded.stream_id, coded.seq, coded.capture_time, REFERENCE_CODEC, w, h,
                              REFERENCE_QUALITY, True, coded.label, coded.model_id, coded.epoch,
                              media_time=coded.media_time, duration=0.0, clock=coded.clock, reference=True)

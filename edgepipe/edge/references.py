@@ -8,6 +8,12 @@ decoder per stream, and q95 is near-lossless for a recognizer at a fraction of t
 
 The budget (`--reference-budget KBITS`) is a running rate on the stream clock: a reference is skipped (counted)
 when the reference bytes so far plus its own, over the stream time sent so far, would exceed it.
+
+The view (`--reference-view`): by default the reference is what the monitor's recognizer looks at in its default
+view, the frame's centre square at 224 (recognition.centre_crop), not the whole frame: the monitor's centre-crop
+of a 224 square is the square itself, so the agreement is the same, and a 720p reference costs a 224 one's
+bytes (a fifth of the whole frame at the shared clips' 768x432, a tenth at 720p: docs/monitor.md). `native`
+sends the whole frame, for a monitor that views frames `native` or in `tiles`.
 """
 from __future__ import annotations
 
@@ -17,15 +23,20 @@ import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.media.codecs import CODECS
+from edgepipe.recognition import INPUT_SIDE, centre_crop
 
 REFERENCE_CODEC = "jpeg"
 REFERENCE_QUALITY = 95
+REFERENCE_VIEWS = ("centre-crop", "native")  # what a reference shows: the recognizer's default view, or all
 
 
 class ReferencePolicy:
     """Which frames get a reference, their source images until the send stage takes them, and the encoding."""
 
-    def __init__(self, every: int, budget_kbit: float | None = None):
+    def __init__(self, every: int, budget_kbit: float | None = None, view: str = "centre-crop"):
+        if view not in REFERENCE_VIEWS:
+            raise EdgepipeError(f"--reference-view must be one of {', '.join(REFERENCE_VIEWS)}, got {view!r}")
+        self.view = view
         if every < 0:
             raise EdgepipeError(f"--reference-every must be 0 (off) or a positive number of frames, got {every}")
         if budget_kbit is not None and not budget_kbit > 0:
@@ -57,6 +68,10 @@ class ReferencePolicy:
         if self.budget_kbit is None:
             return False
         return stream_s <= 0 or (reference_bytes + nbytes) * 8 / 1000 / stream_s > self.budget_kbit
+
+    def picture(self, image: np.ndarray) -> np.ndarray:
+        """What the reference shows of a source image: its centre square at 224, or the whole of it."""
+        return centre_crop(image, INPUT_SIDE) if self.view == "centre-crop" else image
 
     @staticmethod
     def encode(image: np.ndarray) -> bytes:
