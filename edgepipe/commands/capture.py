@@ -59,6 +59,10 @@ def capture(control, key, insecure, allow, metrics, stats_path, quiet, status_ev
     if p["codec"] == "hevc":
         p["encoder"] = resolve_encoder(p["encoder"])
     settings = build(CaptureSettings, p)  # parses --size
+    from edgepipe.edge.capture import remote_qp_range
+
+    if remote_qp_range(settings) is not None and not control:
+        raise EdgepipeError("--allow-remote-qp needs --control ENDPOINT: QP requests come on the control socket")
     codec, publish = settings.codec, settings.publish
     options = ServiceOptions(control=control, metrics=metrics,
                              security=SecurityOptions(key=key, allow=tuple(allow), insecure=insecure))
@@ -104,6 +108,12 @@ def capture(control, key, insecure, allow, metrics, stats_path, quiet, status_ev
         points = ", ".join(f"{p['quality']}/{p['engine']} {p['frames_sent']}" for p in ladder["points"])
         click.echo(f"capture: ladder: {ladder['switches']} switches; frames sent per point (setting/engine): "
                    f"{points}", err=True)
+    remote = summary.get("remote_qp")
+    if remote is not None:
+        refused = ", ".join(f"{k}={v}" for k, v in remote["refused"].items()) or "none"
+        allowed = "{}:{}".format(*remote["allowed"]) if remote["allowed"] else "none (no --allow-remote-qp)"
+        click.echo(f"capture: remote QP: allowed {allowed}, {remote['requests']} requests obeyed, "
+                   f"{remote['changes']} changes, QP now {remote['qp']}; refused: {refused}", err=True)
     if summary.get("end_of_stream") == "unsent":
         click.echo("capture: the end-of-stream message could not be sent: a monitor counts this stream's tail "
                    "only from later frames", err=True)

@@ -180,10 +180,10 @@ def remote_qp_range(settings: CaptureSettings) -> tuple[int, int] | None:
     """--allow-remote-qp MIN:MAX as (MIN, MAX), or None; one line when it does not go with the other settings."""
     if not settings.allow_remote_qp:
         return None
-    from edgepipe.server.qp_control import parse_range
+    from edgepipe.transport.control import parse_qp_range
 
     try:
-        low, high = parse_range(settings.allow_remote_qp, "--allow-remote-qp")
+        low, high = parse_qp_range(settings.allow_remote_qp, "--allow-remote-qp")
     except ValueError as exc:
         raise EdgepipeError(str(exc)) from None
     if settings.codec != "hevc":

@@ -44,7 +44,8 @@ class CaptureService:
                 from edgepipe.transport.control import ControlServer
 
                 self.control = ControlServer(options.control, settings.stream_id, self.loop.request_keyframe,
-                                             self.context, curve)
+                                             self.context, curve, qp_range=self.loop.remote_qp,
+                                             on_qp=self.loop.request_qp, on_qp_refused=self.loop.stats.qp_refused)
                 if curve is not None:
                     self.handshakes.watch(self.control.sock, "capture control")
             if options.metrics:

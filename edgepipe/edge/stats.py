@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from edgepipe.core.latency import LatencyWindow
 
+MAX_QP_TRACE = 1000  # QP changes kept in the stats' trace (the latest)
+
 
 @dataclass
 class StageTimer:
@@ -42,6 +44,14 @@ class CaptureStats:
     ladder_switches: int = 0
     ladder_frames: Counter = field(default_factory=Counter)
     ladder_bytes: Counter = field(default_factory=Counter)
+    # the closed loop (capture --allow-remote-qp): the range allowed (None: QP requests refused), the QP coded now,
+    # requests obeyed, requests refused by cause (control.py's and the loop's), changes applied and their trace
+    remote_qp: tuple[int, int] | None = None
+    qp_now: int | None = None
+    qp_requests: int = 0
+    qp_refusals: Counter = field(default_factory=Counter)
+    qp_changes: int = 0
+    qp_trace: list = field(default_factory=list)  # [wall_s, QP] per change, the last MAX_QP_TRACE
     latency: LatencyWindow = field(default_factory=LatencyWindow, repr=False)  # read -> sent, recent frames
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -74,6 +84,23 @@ class CaptureStats:
         with self._lock:
             self.ladder_switches += 1
             return self.ladder_switches
+
+    def qp_request(self) -> None:
+        with self._lock:
+            self.qp_requests += 1
+
+    def qp_refused(self, cause: str) -> None:
+        with self._lock:
+            self.qp_refusals[cause] += 1
+
+    def qp_change(self, qp: int) -> int:
+        """The QP moved (at a GOP boundary); returns how many changes so far."""
+        with self._lock:
+            self.qp_changes += 1
+            self.qp_now = qp
+            self.qp_trace.append([round(time.monotonic() - self.started, 3), qp])
+            del self.qp_trace[:-MAX_QP_TRACE]
+            return self.qp_changes
 
     def reference_sent(self, nbytes: int) -> None:
         with self._lock:
@@ -114,6 +141,10 @@ class CaptureStats:
                 out["ladder"] = {"switches": self.ladder_switches, "points": [
                     {"quality": q, "engine": e, "model": m, "frames_sent": self.ladder_frames[i],
                      "bytes_sent": self.ladder_bytes[i]} for i, (q, e, m) in enumerate(self.ladder_points)]}
+            if self.remote_qp is not None or self.qp_refusals:
+                out["remote_qp"] = {"allowed": list(self.remote_qp) if self.remote_qp else None, "qp": self.qp_now,
+                                    "requests": self.qp_requests, "refused": dict(self.qp_refusals),
+                                    "changes": self.qp_changes, "trace": list(self.qp_trace)}
             if self.references_on:
                 out["references"] = self._references()
             return out

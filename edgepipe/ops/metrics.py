@@ -111,10 +111,15 @@ class CaptureCollector:
         info.add_metric([s.stream_id, loop.source.name, loop.engine.model_id, s.codec, s.encoder], 1)
         yield info
         yield Gauge(p + "epoch", "Stream epoch of this run (changes when capture restarts).", value=loop.epoch)
-        qp = -1 if s.crf is not None or s.qp is None else s.qp
+        qp = -1 if s.crf is not None or s.qp is None else getattr(loop, "qp_now", s.qp)  # a monitor may move it
         point = getattr(loop, "operating_point", None)  # a ladder's current point (capture --ladder)
         qp = point.quality if point is not None else qp
         yield Gauge(p + "qp", "HEVC QP (JPEG quality / JPEG 2000 rate for those codecs; -1 under CRF).", value=qp)
+        if getattr(loop, "remote_qp", None) is not None:
+            yield Counter_(p + "qp_requests", "QP requests obeyed (capture --allow-remote-qp; refusals are in "
+                                              "control_rejects).", value=st.qp_requests)
+            yield Counter_(p + "qp_changes", "QP changes applied at a GOP boundary (monitor --target-agreement).",
+                           value=st.qp_changes)
         if getattr(loop, "ladder", None) is not None:
             yield Counter_(p + "ladder_switches", "Switches of operating point (capture --ladder/--ab), one per GOP.",
                            value=st.ladder_switches)

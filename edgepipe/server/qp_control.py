@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from edgepipe.transport.control import parse_qp_range  # noqa: F401  (the monitor's --target-qp-range too)
+
 MEASURES = ("top5_overlap", "top1_agreement")
 DEFAULT_MEASURE = "top5_overlap"
 
@@ -174,15 +176,3 @@ def _value(measure: str, measures: dict) -> float:
     if measure == "top1_agreement":
         return float(bool(measures["top1_equal"]))
     return float(measures[measure])
-
-
-def parse_range(spec: str, what: str) -> tuple[int, int]:
-    """`MIN:MAX` of HEVC QPs (0-51, MIN <= MAX); ValueError with one line when it is not."""
-    low, sep, high = spec.partition(":")
-    try:
-        lo, hi = int(low), int(high)
-    except ValueError:
-        raise ValueError(f"{what} {spec!r}: give MIN:MAX, two HEVC QPs, e.g. 22:42") from None
-    if not sep or not 0 <= lo <= hi <= 51:
-        raise ValueError(f"{what} {spec!r}: give MIN:MAX with 0 <= MIN <= MAX <= 51, e.g. 22:42")
-    return lo, hi

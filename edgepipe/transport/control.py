@@ -1,12 +1,18 @@
-"""The control back channel: a monitor that lost frames asks the capture for a keyframe.
+"""The control back channel: a monitor that lost frames asks the capture for a keyframe; a monitor that runs the
+closed loop (server/qp_control.py) asks it for a new HEVC QP.
 
 Direction: capture binds a ROUTER (`--control tcp://0.0.0.0:5556`, next to its data port) and each
 monitor connects a DEALER. Capture binds both of its sockets, so one firewall rule, one CURVE
 server key and one allow-list cover the data and the control path; monitors only ever connect.
 
-Message (monitor -> capture), three parts: b"EPCTL1", b"keyframe", stream_id (UTF-8).
-No reply: the answer is the IDR frame on the data socket. Anything else is counted as a reject and
-ignored. Requests are coalesced and rate-limited on the capture side (see CaptureLoop).
+Messages (monitor -> capture):
+- three parts: b"EPCTL1", b"keyframe", stream_id (UTF-8). No reply: the answer is the IDR frame on the data
+  socket. Requests are coalesced and rate-limited on the capture side (see CaptureLoop).
+- four parts: b"EPCTL1", b"qp", stream_id (UTF-8), the QP in ASCII decimal (1 or 2 digits, e.g. b"34"). No reply:
+  the answer is the frames' QP on the data socket, from the next GOP on. The capture obeys only when it allows it
+  (`capture --allow-remote-qp MIN:MAX`) and only a QP within MIN:MAX; otherwise it refuses (counted by cause:
+  qp_not_allowed, qp_out_of_range, bad_qp).
+Anything else is counted as a reject and ignored.
 """
 from __future__ import annotations
 
@@ -22,13 +28,28 @@ log = logging.getLogger(__name__)
 
 CONTROL_MAGIC = b"EPCTL1"
 KEYFRAME = b"keyframe"
+QP = b"qp"
+
+
+def parse_qp_range(spec: str, what: str) -> tuple[int, int]:
+    """`MIN:MAX` of HEVC QPs (0-51, MIN <= MAX); ValueError with one line when it is not."""
+    low, sep, high = spec.partition(":")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        raise ValueError(f"{what} {spec!r}: give MIN:MAX, two HEVC QPs, e.g. 22:42") from None
+    if not sep or not 0 <= lo <= hi <= 51:
+        raise ValueError(f"{what} {spec!r}: give MIN:MAX with 0 <= MIN <= MAX <= 51, e.g. 22:42")
+    return lo, hi
 
 
 class ControlServer:
-    """Capture side: receives keyframe requests and calls `on_keyframe(stream_id)` for its stream."""
+    """Capture side: receives keyframe requests and calls `on_keyframe()` for its stream; with `qp_range` (the
+    capture's --allow-remote-qp) and `on_qp`, a QP request within the range calls `on_qp(qp)`."""
 
     def __init__(self, endpoint: str, stream_id: str, on_keyframe: Callable[[], None], context=None, curve=None,
-                 defaults: SocketDefaults = DEFAULTS):
+                 defaults: SocketDefaults = DEFAULTS, qp_range: tuple[int, int] | None = None,
+                 on_qp: Callable[[int], None] | None = None, on_qp_refused: Callable[[str], None] | None = None):
         import zmq
 
         self._zmq = zmq
@@ -36,6 +57,10 @@ class ControlServer:
         self.stream_id = stream_id
         self._on_keyframe = on_keyframe
         self.requests = 0
+        self.qp_range = qp_range if on_qp is not None else None
+        self._on_qp = on_qp
+        self._on_qp_refused = on_qp_refused  # the capture's stats count the QP requests refused, by cause
+        self.qp_requests = 0  # QP requests obeyed (within the range)
         self.rejects: Counter = Counter()
         self.sock = self._ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -66,18 +91,43 @@ class ControlServer:
                 self.handle(self.sock.recv_multipart())
 
     def handle(self, parts: list[bytes]) -> bool:
-        """One ROUTER message ([peer identity, *request]); True when it asked for a keyframe."""
+        """One ROUTER message ([peer identity, *request]); True when it asked for a keyframe or a QP obeyed."""
         request = parts[1:]
-        if len(request) != 3 or request[0] != CONTROL_MAGIC:
+        if len(request) not in (3, 4) or request[0] != CONTROL_MAGIC:
             return self._reject("bad_request", f"{len(request)} parts")
-        if request[1] != KEYFRAME:
-            return self._reject("unknown_command", repr(request[1][:32]))
+        verb = request[1]
+        if verb not in (KEYFRAME, QP):
+            return self._reject("unknown_command", repr(verb[:32]))
+        if len(request) != (3 if verb == KEYFRAME else 4):
+            return self._reject("bad_request", f"{verb.decode()} with {len(request)} parts")
         if request[2] != self.stream_id.encode():
             return self._reject("unknown_stream", repr(request[2][:64]))
+        if verb == QP:
+            return self._qp(request[3])
         self.requests += 1
         log.info("keyframe requested by a monitor for %s (%d so far)", self.stream_id, self.requests)
         self._on_keyframe()
         return True
+
+    def _qp(self, value: bytes) -> bool:
+        if not (1 <= len(value) <= 2 and value.isdigit()):  # ASCII digits only: no sign, space or unicode digit
+            return self._refuse_qp("bad_qp", repr(value[:16]))
+        qp = int(value)
+        if self.qp_range is None:
+            return self._refuse_qp("qp_not_allowed", f"QP {qp} asked for, but this capture does not take QP "
+                                                     "requests (capture --allow-remote-qp MIN:MAX)")
+        low, high = self.qp_range
+        if not low <= qp <= high:
+            return self._refuse_qp("qp_out_of_range", f"QP {qp} is outside --allow-remote-qp {low}:{high}")
+        self.qp_requests += 1
+        log.info("QP %d requested by a monitor for %s (%d QP requests so far)", qp, self.stream_id, self.qp_requests)
+        self._on_qp(qp)
+        return True
+
+    def _refuse_qp(self, cause: str, detail: str) -> bool:
+        if self._on_qp_refused is not None:
+            self._on_qp_refused(cause)
+        return self._reject(cause, detail)
 
     def _reject(self, cause: str, detail: str) -> bool:
         self.rejects[cause] += 1
@@ -118,6 +168,8 @@ class ControlClient:
         self.endpoint = endpoint
         self.sent = 0
         self.unsent = 0
+        self.qp_sent = 0
+        self.qp_unsent = 0
         self._lock = threading.Lock()  # on_loss may come from any thread that calls Monitor.handle
 
     def request_keyframe(self, stream_id: str) -> bool:
@@ -131,6 +183,21 @@ class ControlClient:
                 return False
             self.sent += 1
             log.info("asked %s for a keyframe for %s", self.endpoint, stream_id)
+            return True
+
+    def request_qp(self, stream_id: str, qp: int) -> bool:
+        """Ask the capture of `stream_id` to code at `qp` from its next GOP; False when it could not be sent now."""
+        zmq = self._zmq
+        with self._lock:
+            try:
+                self.sock.send_multipart((CONTROL_MAGIC, QP, stream_id.encode(), str(int(qp)).encode()),
+                                         flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.qp_unsent += 1
+                log.warning("could not ask %s for QP %d for %s (not connected)", self.endpoint, qp, stream_id)
+                return False
+            self.qp_sent += 1
+            log.info("asked %s for QP %d for %s", self.endpoint, qp, stream_id)
             return True
 
     def close(self) -> None:

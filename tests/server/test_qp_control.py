@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgepipe.server.qp_control import LoopSettings, QpController, parse_range
+from edgepipe.server.qp_control import LoopSettings, QpController
+from edgepipe.transport.control import parse_qp_range
 
 
 def pair(overlap: float, top1: bool = True) -> dict:
@@ -135,8 +136,8 @@ def test_bad_settings_say_what_is_wrong(kw):
         loop(**kw)
 
 
-def test_parse_range():
-    assert parse_range("22:42", "--x") == (22, 42)
+def test_parse_qp_range():
+    assert parse_qp_range("22:42", "--x") == (22, 42)
     for bad in ("22", "a:b", "42:22", "0:52", "-1:3"):
         with pytest.raises(ValueError, match="--x"):
-            parse_range(bad, "--x")
+            parse_qp_range(bad, "--x")
