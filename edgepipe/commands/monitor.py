@@ -35,6 +35,7 @@ def check_monitor_flags(s: MonitorSettings) -> None:
         parse_listen(s.metrics)
     if s.dashboard:
         parse_listen(s.dashboard, "dashboard")
+    s.loop_settings()  # --target-agreement and its parameters
     if s.save_every is not None and not s.save_frames:
         raise EdgepipeError("--save-every needs --save-frames DIR: it says which decoded frames to save there")
 
@@ -97,7 +98,8 @@ def monitor(key, insecure, quiet, status_every, print_config, **params):
     takes = settings.selection()
     service = MonitorService(settings.connect, settings.load_recognizer(), options,
                              classifying=settings.classify_options(), predictions=settings.predictions,
-                             selection=takes, rd_window_s=settings.rd_window)
+                             selection=takes, rd_window_s=settings.rd_window,
+                             closed_loop=settings.loop_settings())
     from edgepipe.ops.status import StatusReporter, monitor_line, monitor_sample
 
     secure = "CURVE" if key else "plain text"
@@ -120,3 +122,7 @@ def monitor(key, insecure, quiet, status_every, print_config, **params):
         click.echo(diagnosis, err=True)
         raise SystemExit(NOTHING_ARRIVED)
     click.echo(format_table(report))
+    if report.get("closed_loop"):
+        from edgepipe.server.qp_control import summary_lines
+
+        click.echo("\n".join(summary_lines(report["closed_loop"])))

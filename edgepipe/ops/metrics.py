@@ -344,6 +344,10 @@ class MonitorCollector:
                            value=self.control.sent)
             yield Counter_(p + "keyframe_requests_unsent", "Keyframe requests that could not be sent.",
                            value=self.control.unsent)
+            yield Counter_(p + "qp_requests", "QP requests sent to the capture by the closed loop "
+                                              "(--target-agreement).", value=getattr(self.control, "qp_sent", 0))
+            yield Counter_(p + "qp_requests_unsent", "QP requests that could not be sent (retried while wanted).",
+                           value=getattr(self.control, "qp_unsent", 0))
         yield from _auth_metrics(p, None, self.handshakes)
 
 

@@ -350,6 +350,7 @@ class Monitor:
         self._last_classify_log = float("-inf")
         self.subscriber = subscriber
         self.on_loss = on_loss  # hook for the keyframe back channel
+        self.on_pair = None  # hook for the closed loop (server/qp_control.py): (row key, measures) of each pair
         self.ticks = 0  # decoding-loop iterations
         # The watchdog's sign of life: rises with every message handled, and while idle only if the
         # transport is healthy (connected, or reconnecting by itself). A connection the transport
@@ -534,6 +535,8 @@ class Monitor:
             if coded_record is not None:
                 coded_record["agreement"] = measures
             self._emit([coded_record])
+            if self.on_pair is not None:
+                self.on_pair(row_key, measures)
 
     def _account(self, header: FrameHeader, key: tuple, nbytes: int, received_at: float) -> FrameHeader:
         """Under the lock: a decoded frame into its row and the totals (bitrate, latency), classified or not.

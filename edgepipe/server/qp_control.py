@@ -17,10 +17,13 @@ Rules, per stream:
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from edgepipe.transport.control import parse_qp_range  # noqa: F401  (the monitor's --target-qp-range too)
+
+log = logging.getLogger(__name__)
 
 MEASURES = ("top5_overlap", "top1_agreement")
 DEFAULT_MEASURE = "top5_overlap"
@@ -176,3 +179,101 @@ def _value(measure: str, measures: dict) -> float:
     if measure == "top1_agreement":
         return float(bool(measures["top1_equal"]))
     return float(measures[measure])
+
+
+class ClosedLoop:
+    """The monitor's side of the loop: a QpController per stream (created at its first pair), fed by the Monitor's
+    on_pair hook, ticked by a thread every `tick_s`, and each change asked for through `send(stream, qp)` (the
+    control client's request_qp; False: not sent now). Requests that could not be sent are counted and retried at
+    the next tick while the controller still wants that QP."""
+
+    def __init__(self, settings: LoopSettings, send, clock=None, tick_s: float = 0.5, max_streams: int = 64):
+        import threading
+        import time
+
+        self.settings, self._send, self.tick_s, self.max_streams = settings, send, tick_s, max_streams
+        self.clock = clock or time.monotonic
+        self.controllers: dict[str, QpController] = {}
+        self.sent = Counter()  # stream -> requests sent
+        self.unsent = Counter()  # stream -> requests that could not be sent (retried while still wanted)
+        self.ignored = 0  # pairs of streams beyond max_streams
+        self._unsent_qp: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgepipe-qp-loop", daemon=True)
+
+    def on_pair(self, key: tuple, measures: dict, now: float | None = None) -> None:
+        """The Monitor's hook, one completed reference pair: key is its row (stream, model, qp, codec)."""
+        stream, _, qp, codec = key
+        if codec != "hevc" or qp is None or qp < 0:
+            return  # the loop moves an HEVC QP: pairs of other codecs (or CRF, qp -1) say nothing about one
+        t = self.clock() if now is None else now
+        with self._lock:
+            c = self.controllers.get(stream)
+            if c is None:
+                if len(self.controllers) >= self.max_streams:
+                    self.ignored += 1
+                    return
+                c = self.controllers[stream] = QpController(self.settings, started=t)
+            change = c.observe(int(qp), measures, t)
+        if change is not None:
+            self._ask(stream, change)
+
+    def tick(self, now: float | None = None) -> None:
+        t = self.clock() if now is None else now
+        with self._lock:
+            changes = [(sid, c.tick(t)) for sid, c in self.controllers.items()]
+            retries = [(sid, qp) for sid, qp in self._unsent_qp.items()
+                       if self.controllers[sid].asked == qp]
+        for sid, change in changes:
+            if change is not None:
+                self._ask(sid, change)
+        for sid, qp in retries:
+            if self._send(sid, qp):
+                with self._lock:
+                    self.sent[sid] += 1
+                    self._unsent_qp.pop(sid, None)
+
+    def _ask(self, stream: str, change: Change) -> None:
+        log.info("closed loop %s: asking for QP %d (%s; %s over %d pairs at QP %s, target %.3f)", stream, change.qp,
+                 change.reason, "no pairs" if change.measured is None else f"{self.settings.measure} "
+                 f"{change.measured:.3f}", change.pairs, change.from_qp, self.settings.target)
+        ok = self._send(stream, change.qp)
+        with self._lock:
+            if ok:
+                self.sent[stream] += 1
+                self._unsent_qp.pop(stream, None)
+            else:
+                self.unsent[stream] += 1
+                self._unsent_qp[stream] = change.qp
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            self.tick()
+
+    def start(self) -> ClosedLoop:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+
+    def summary(self) -> dict:
+        with self._lock:
+            return {sid: {**c.summary(), "requests_sent": self.sent[sid], "requests_unsent": self.unsent[sid]}
+                    for sid, c in sorted(self.controllers.items())}
+
+
+def summary_lines(loops: dict) -> list[str]:
+    """Under the monitor's table: one line per stream the closed loop steered."""
+    lines = []
+    for sid, s in loops.items():
+        counts = s["counts"]
+        lines.append(f"closed loop {sid[:14]}: {s['measure'].replace('_', ' ')} >= {s['target']:g} (band "
+                     f"{s['band']:g}), QP {s['range'][0]}:{s['range'][1]} step {s['step']}: QP now {s['qp']}; "
+                     f"{s['changes']} change(s) asked (coarser {counts.get('coarser', 0)}, finer "
+                     f"{counts.get('finer', 0)}, fallback {counts.get('fallback', 0)}), {s['requests_sent']} sent, "
+                     f"{s['requests_unsent']} unsent")
+    return lines

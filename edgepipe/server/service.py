@@ -22,12 +22,13 @@ class MonitorService:
     """Monitor + data socket + keyframe back channel + metrics + live dashboard + sd_notify; `classifying` says how
     frames reach the recognizer (server/classify.py), `predictions` is a JSONL file for every classified frame,
     `selection` the streams it takes (transport/topics.py: every stream, some by name, or a shard of them),
-    `rd_window_s` the live BD-rate's window (server/live_rd.py)."""
+    `rd_window_s` the live BD-rate's window (server/live_rd.py), `closed_loop` the LoopSettings of monitor
+    --target-agreement (server/qp_control.py; needs options.control)."""
 
     def __init__(self, connect: str, classify: Recognizer | Callable[[np.ndarray], int] | None,
                  options: ServiceOptions | None = None, max_streams: int = 256,
                  classifying: ClassifyOptions | None = None, predictions: str | None = None,
-                 selection: StreamSelection | None = None, rd_window_s: float | None = None):
+                 selection: StreamSelection | None = None, rd_window_s: float | None = None, closed_loop=None):
         import zmq
 
         from edgepipe.server.monitor import Monitor
@@ -46,7 +47,7 @@ class MonitorService:
         self.started = time.monotonic()
         self.context = zmq.Context()
         self.subscriber = self.control = self.handshakes = self.metrics = self.sinks = self.predictions = None
-        self.dashboard = None
+        self.dashboard = self.qp_loop = None
         try:
             if options.record or options.save_frames:  # files first: a bad path fails before any socket
                 from edgepipe.server.sinks import FrameSinks
@@ -71,6 +72,13 @@ class MonitorService:
                                    max_streams=max_streams, classifying=classifying,
                                    **({"rd_window_s": rd_window_s} if rd_window_s is not None else {}))
             self.monitor.sinks = self.sinks
+            if closed_loop is not None:  # the QP requests go out on the control socket, to the capture
+                from edgepipe.server.qp_control import ClosedLoop
+
+                if self.control is None:
+                    raise ValueError("the closed loop needs the control channel (options.control)")
+                self.qp_loop = ClosedLoop(closed_loop, self.control.request_qp)
+                self.monitor.on_pair = self.qp_loop.on_pair
             self.monitor.predictions = self.predictions
             if options.metrics:
                 from edgepipe.ops.metrics import MetricsServer, MonitorCollector, registry_for
@@ -105,6 +113,8 @@ class MonitorService:
         stop = stop or threading.Event()
         if self.handshakes is not None:
             self.handshakes.start()
+        if self.qp_loop is not None:
+            self.qp_loop.start()
         notifier = Notifier()
         watchdog = FlowWatchdog(notifier, lambda: self.monitor.alive, stop, self.status)
         watchdog.ready()
@@ -154,11 +164,15 @@ class MonitorService:
     def report(self) -> dict:
         report = self.monitor.report(fresh_rd=True)  # the final figures: the live BD-rate over every sample now
         report["takes"] = self.selection.as_dict()
+        if self.qp_loop is not None:
+            report["closed_loop"] = self.qp_loop.summary()
         return report
 
     def close(self) -> None:
         """Idempotent. The sinks and the predictions file finish writing (bounded) after the monitor stopped,
         before the report."""
+        if self.qp_loop is not None:  # kept (stopped) for the report, which comes after close
+            self.qp_loop.close()
         close_in_order(self, [("dashboard", "close"), ("metrics", "close"), ("handshakes", "stop"),
                                ("control", "close"), ("sinks", "close"), ("predictions", "close"),
                                ("subscriber", "close"), ("context", "term")])

@@ -15,6 +15,8 @@ from edgepipe.ops.service import SecurityOptions, ServiceOptions
 from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, VIEWS
 from edgepipe.server.classify import POLICIES, ClassifyOptions
 from edgepipe.server.live_rd import DEFAULT_WINDOW_S
+from edgepipe.server.qp_control import DEFAULT_MEASURE
+from edgepipe.server.qp_control import MEASURES as LOOP_MEASURES
 
 # The command's classify defaults: a live camera never waits for its recognizer (the library's is `all`).
 CLASSIFY_DEFAULTS = ClassifyOptions(policy="keyframes-first")
@@ -83,6 +85,28 @@ class MonitorSettings:
                                     "frames of the last SECONDS: per operating point, mean bits and agreement "
                                     "(top-1 accuracy with labels); per pre-transform, BD-rate against none with a "
                                     "bootstrap 95% interval (docs/monitor.md).")
+    # the closed loop (server/qp_control.py, issue 14 item 4): ask the capture for the coarsest QP over the floor
+    target_agreement: float | None = setting(None, min=0, max=1, metavar="X",
+                                             help="Hold this agreement floor (0-1) at the fewest bits: from the "
+                                                  "reference pairs (capture --reference-every), ask the capture over "
+                                                  "--control for one QP step coarser while the measure is above X + "
+                                                  "--target-band, one finer while below X (the capture must allow "
+                                                  "it: --allow-remote-qp); docs/monitor.md.")
+    target_measure: str = setting(DEFAULT_MEASURE, choices=LOOP_MEASURES,
+                                  help="What --target-agreement holds: the mean top-5 overlap or top-1 agreement of "
+                                       "the recent pairs at the current QP.")
+    target_band: float = setting(0.03, min=0, max=1, metavar="B",
+                                 help="The dead band: no step coarser unless the measure is above X + B.")
+    target_qp_range: str = setting("22:42", metavar="MIN:MAX",
+                                   help="The QPs the loop may ask for; MIN is also the safe QP it asks for when "
+                                        "pairs stop.")
+    target_step: int = setting(2, min=1, max=51, help="QP step of each change.")
+    target_pairs: int = setting(20, min=1, metavar="K",
+                                help="Pairs at the current QP before it is judged (after each change).")
+    target_interval: float = setting(5.0, min=0, metavar="SECONDS", help="At most one change per SECONDS.")
+    target_silence: float = setting(30.0, min=0, min_open=True, metavar="SECONDS",
+                                    help="After SECONDS without a pair, ask for the safe QP (MIN of "
+                                         "--target-qp-range).")
     report: str | None = setting(None, path="file", help="Write the report as JSON.")
     frames: int | None = setting(None, min=1, help="Stop after N decoded frames.")
     idle_timeout: float | None = setting(None, min=0, min_open=True, help="Stop after S seconds without a message.")
@@ -111,6 +135,29 @@ class MonitorSettings:
         return ServiceOptions(control=self.control, metrics=self.metrics, dashboard=self.dashboard, record=self.record,
                               save_frames=self.save_frames, save_every=self.save_every or 1,
                               security=SecurityOptions(key=key, server_key=self.server_key, insecure=insecure))
+
+    def loop_settings(self):
+        """The closed loop's settings (server/qp_control.py), or None without --target-agreement; one line when
+        they do not go together."""
+        if self.target_agreement is None:
+            return None
+        from edgepipe.core.errors import EdgepipeError
+        from edgepipe.server.qp_control import LoopSettings, parse_qp_range
+
+        if not self.control:
+            raise EdgepipeError("--target-agreement needs --control ENDPOINT: the QP requests go to the capture's "
+                                "control socket")
+        if self.no_classify:
+            raise EdgepipeError("--target-agreement and --no-classify are exclusive: the loop reads the agreement "
+                                "of classified reference pairs")
+        try:
+            low, high = parse_qp_range(self.target_qp_range, "--target-qp-range")
+            return LoopSettings(target=self.target_agreement, measure=self.target_measure, band=self.target_band,
+                                low=low, high=high, step=self.target_step, min_pairs=self.target_pairs,
+                                window=max(60, self.target_pairs), min_interval_s=self.target_interval,
+                                silence_s=self.target_silence)
+        except ValueError as exc:
+            raise EdgepipeError(str(exc)) from None
 
     def load_recognizer(self):
         """The batched recognizer (its view's crop before batching), or None with --no-classify; one line, no

@@ -141,3 +141,33 @@ def test_parse_qp_range():
     for bad in ("22", "a:b", "42:22", "0:52", "-1:3"):
         with pytest.raises(ValueError, match="--x"):
             parse_qp_range(bad, "--x")
+
+
+def test_the_closed_loop_feeds_each_stream_its_controller_and_retries_an_unsent_request():
+    from edgepipe.server.qp_control import ClosedLoop
+
+    sent, ok = [], [False]
+
+    def send(stream, qp):
+        sent.append((stream, qp, ok[0]))
+        return ok[0]
+
+    t = [0.0]
+    cl = ClosedLoop(LoopSettings(target=0.9, min_pairs=3, window=10, min_interval_s=0.0), send, clock=lambda: t[0])
+    for _ in range(3):
+        cl.on_pair(("a", "none", 30, "hevc"), pair(1.0))
+        cl.on_pair(("b", "none", 30, "hevc"), pair(0.5))
+        cl.on_pair(("c", "none", 90, "jpeg"), pair(0.5))  # not an HEVC QP: ignored
+        cl.on_pair(("d", "none", -1, "hevc"), pair(0.5))  # CRF: ignored
+    assert sent == [("a", 32, False), ("b", 28, False)]
+    assert set(cl.controllers) == {"a", "b"} and cl.unsent == {"a": 1, "b": 1}
+    ok[0] = True
+    cl.tick()  # the capture reachable again: both requests go out
+    assert sent[2:] == [("a", 32, True), ("b", 28, True)] and cl.sent == {"a": 1, "b": 1}
+    cl.tick()
+    assert len(sent) == 4  # nothing more to retry
+    summary = cl.summary()
+    assert summary["a"]["requests_sent"] == 1 and summary["a"]["asked"] == 32 and summary["b"]["changes"] == 1
+    from edgepipe.server.qp_control import summary_lines
+
+    assert summary_lines(summary)[0].startswith("closed loop a: top5 overlap >= 0.9 (band 0.03), QP 22:42 step 2")
