@@ -119,6 +119,10 @@ class CaptureSettings:
     reference_budget_kbit: float | None = setting(None, "--reference-budget", min=0, min_open=True, metavar="KBITS",
                                                   help="Skip a reference when the references' running kbit/s (stream "
                                                        "clock) would exceed KBITS.")
+    # references cost at most this share of the stream's bytes (edge/references.py)
+    reference_share: float = setting(0.05, min=0, max=1, metavar="FRACTION",
+                                     help="Skip a reference when the references' bytes would pass this share of "
+                                          "the stream's bytes so far; 0 = no cap.")
     # what a reference shows: the recognizer's default view (the centre square at 224), or the whole frame
     reference_view: str = setting("centre-crop", choices=REFERENCE_VIEWS,
                                   help="What a reference shows: the centre square at 224, as the monitor's "
@@ -202,7 +206,7 @@ class CaptureLoop:
         self.settings = settings
         self.stats = CaptureStats()
         self.references = ReferencePolicy(settings.reference_every, settings.reference_budget_kbit,
-                                          settings.reference_view)
+                                          settings.reference_view, settings.reference_share)
         self.stats.references_on = self.references.enabled
         # Open everything before any thread starts, so bad input fails here with one clear line.
         self.ladder: Ladder | None = make_ladder(settings.ladder, settings.ab, settings.codec, settings.qp,
@@ -438,7 +442,7 @@ class CaptureLoop:
             self.frames_handled += 1
             unsubscribed = self.publisher.unsubscribed
             source_image = self.references.take(frame)
-            still = self._reference_still(header, source_image, duration)
+            still = self._reference_still(header, source_image, duration, len(payload))
             header.has_reference = still is not None
             if broken and not keyframe:
                 self.stats.drop("reference_dropped_after_encode")
@@ -464,14 +468,17 @@ class CaptureLoop:
             log.warning("could not send the end-of-stream message within the linger (a stuck monitor): "
                         "frames still queued for it may not arrive, and it cannot count them")
 
-    def _reference_still(self, header: FrameHeader, image: np.ndarray | None,
-                         duration: float) -> tuple[bytes, tuple[int, int]] | None:
+    def _reference_still(self, header: FrameHeader, image: np.ndarray | None, duration: float,
+                         coded_bytes: int) -> tuple[bytes, tuple[int, int]] | None:
         """The JPEG of the reference's view of the source frame, and its (height, width), when this seq is due a
-        reference and the budget allows it, else None."""
+        reference and its share and budget allow it, else None."""
         if image is None or not self.references.due(header.seq):
             return None
         picture = self.references.picture(image)
         still = self.references.encode(picture)
+        if self.references.over_share(self.stats.reference_bytes, len(still), self.stats.bytes_sent + coded_bytes):
+            self.stats.reference_skipped("over_share")
+            return None
         if self.references.over_budget(self.stats.reference_bytes, len(still), self.stats.stream_s + duration):
             self.stats.reference_skipped("over_budget")
             return None

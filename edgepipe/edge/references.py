@@ -9,6 +9,12 @@ decoder per stream, and q95 is near-lossless for a recognizer at a fraction of t
 The budget (`--reference-budget KBITS`) is a running rate on the stream clock: a reference is skipped (counted)
 when the reference bytes so far plus its own, over the stream time sent so far, would exceed it.
 
+The share (`--reference-share`, default 0.05): a reference is also skipped (counted, `over_share`) when the
+reference bytes so far plus its own would pass that share of the stream's bytes so far, its coded frame
+included. So references cost at most 5 % of what the stream sends, whatever N, the scene and the QP: on a
+static scene at a coarse QP that means a reference every few hundred frames, and the agreement's interval
+widens accordingly. `--reference-share 0` lifts the cap.
+
 The view (`--reference-view`): by default the reference is what the monitor's recognizer looks at in its default
 view, the frame's centre square at 224 (recognition.centre_crop), not the whole frame: the monitor's centre-crop
 of a 224 square is the square itself, so the agreement is the same, and a 720p reference costs a 224 one's
@@ -33,7 +39,8 @@ REFERENCE_VIEWS = ("centre-crop", "native")  # what a reference shows: the recog
 class ReferencePolicy:
     """Which frames get a reference, their source images until the send stage takes them, and the encoding."""
 
-    def __init__(self, every: int, budget_kbit: float | None = None, view: str = "centre-crop"):
+    def __init__(self, every: int, budget_kbit: float | None = None, view: str = "centre-crop",
+                 share: float = 0.0):
         if view not in REFERENCE_VIEWS:
             raise EdgepipeError(f"--reference-view must be one of {', '.join(REFERENCE_VIEWS)}, got {view!r}")
         self.view = view
@@ -41,7 +48,9 @@ class ReferencePolicy:
             raise EdgepipeError(f"--reference-every must be 0 (off) or a positive number of frames, got {every}")
         if budget_kbit is not None and not budget_kbit > 0:
             raise EdgepipeError(f"--reference-budget must be a positive kbit/s, got {budget_kbit}")
-        self.every, self.budget_kbit = every, budget_kbit
+        if not 0 <= share <= 1:
+            raise EdgepipeError(f"--reference-share must be a fraction from 0 (no cap) to 1, got {share}")
+        self.every, self.budget_kbit, self.share = every, budget_kbit, share
         # id(frame) -> its source image, between the engine and the send stage (the frame lives that long)
         self._sources: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -62,6 +71,10 @@ class ReferencePolicy:
 
     def due(self, seq: int) -> bool:
         return self.enabled and seq % self.every == 0
+
+    def over_share(self, reference_bytes: int, nbytes: int, stream_bytes: int) -> bool:
+        """Whether sending `nbytes` more would take the references past their share of the stream's bytes."""
+        return self.share > 0 and reference_bytes + nbytes > self.share * stream_bytes
 
     def over_budget(self, reference_bytes: int, nbytes: int, stream_s: float) -> bool:
         """Whether sending `nbytes` more would take the reference rate over the budget."""

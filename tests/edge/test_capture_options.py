@@ -46,7 +46,7 @@ def test_the_settings_round_trip_through_the_command_line():
                                codec="jpeg2000", qp=200, gop=0, preset="fast", encoder="auto", frames=7,
                                size=(640, 360), crop=True, realtime=True, fps=12.5, loop=True, stream_id="door",
                                wait_subscriber_s=0.0, reference_every=5, reference_budget_kbit=300.0,
-                               threads="2,engine=1")
+                               reference_share=0.1, reference_view="native", threads="2,engine=1")
     assert parsed(argv_of(settings)) == settings
     crf = CaptureSettings(source="0", publish="tcp://0.0.0.0:5555", crf=23.0, stream_id="cam")
     assert parsed(argv_of(crf)) == crf

@@ -70,7 +70,7 @@ def _capture(settings: CaptureSettings) -> tuple[list, CaptureLoop]:
 def test_a_hevc_ladder_cycles_qp_and_engine_per_gop_each_from_an_idr(small_val_folder):
     settings = CaptureSettings(source=f"folder:{small_val_folder}", publish=free_tcp_endpoint(), gop=2,
                                ladder="hevc:30,44", ab="none,ours", size=(64, 64), wait_subscriber_s=10,
-                               stream_id="lad", reference_every=1)
+                               stream_id="lad", reference_every=1, reference_share=0)
     messages, loop = _capture(settings)
     headers = [parse_message(m)[0] for m in messages]
     frames = [h for h in headers if not h.reference and not h.end_of_stream]

@@ -18,8 +18,8 @@ def run(folder, **refs):
 
 
 def test_the_budget_holds_the_reference_rate_and_counts_what_it_skips(small_val_folder):
-    free = run(small_val_folder, reference_every=1)
-    capped = run(small_val_folder, reference_every=1, reference_budget_kbit=2000.0)
+    free = run(small_val_folder, reference_every=1, reference_share=0)
+    capped = run(small_val_folder, reference_every=1, reference_budget_kbit=2000.0, reference_share=0)
     plain = run(small_val_folder)
     assert free["references"]["sent"] == 12 and free["references"]["skipped"] == {}
     refs = capped["references"]
@@ -38,3 +38,23 @@ def test_over_budget_is_a_running_rate_on_the_stream_clock():
     assert policy.over_budget(0, 1, 0.0)  # no stream time yet: nothing fits
     assert not ReferencePolicy(5).over_budget(10**9, 10**9, 0.0)  # no budget
     assert policy.due(0) and policy.due(10) and not policy.due(3) and not ReferencePolicy(0).due(0)
+
+
+def test_by_default_references_cost_at_most_five_percent_of_the_stream(small_val_folder):
+    """The default share: whatever N, the references' bytes stay within 5 % of the stream's (issue 14's target),
+    and every reference not sent is counted over_share."""
+    capped = run(small_val_folder, reference_every=1)
+    free = run(small_val_folder, reference_every=1, reference_share=0)
+    refs = capped["references"]
+    assert refs["bytes"] <= 0.05 * capped["bytes_sent"]
+    assert refs["sent"] + refs["skipped"]["over_share"] == 12
+    assert free["references"]["share_of_stream_bytes"] > 0.05  # without the cap they would cost more
+    looser = run(small_val_folder, reference_every=1, reference_share=0.5)["references"]
+    assert looser["sent"] > refs["sent"] and looser["bytes"] <= 0.5 * capped["bytes_sent"]
+
+
+def test_over_share_counts_the_coded_frame_it_follows():
+    policy = ReferencePolicy(1, share=0.05)
+    assert not policy.over_share(0, 50, 1000)  # 50 of 1,000: at the share
+    assert policy.over_share(0, 51, 1000)
+    assert not ReferencePolicy(1).over_share(10**9, 10**9, 0)  # share 0: no cap

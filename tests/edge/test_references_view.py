@@ -22,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 def capture(clip, view: str) -> list[list[bytes]]:
     endpoint = free_tcp_endpoint()
     settings = CaptureSettings(source=str(clip), publish=endpoint, frames=4, size=(640, 360), wait_subscriber_s=10,
-                               stream_id="v", reference_every=2, reference_view=view)
+                               stream_id="v", reference_every=2, reference_view=view,
+                               reference_share=0)
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")

@@ -279,7 +279,7 @@ def live_monitor(tmp_path, small_val_folder):
         for qp in (10, 45):
             cap = subprocess.run(EDGEPIPE + ["capture", "--source", f"folder:{small_val_folder}", "--publish",
                                              endpoint, "--qp", str(qp), "--gop", "4", "--wait-subscriber", "60",
-                                             "--stream-id", "lab", "--reference-every", "3", "-q"],
+                                             "--stream-id", "lab", "--reference-every", "3", "--reference-share", "0", "-q"],
                                  capture_output=True, text=True, timeout=180)
             assert cap.returncode == 0, cap.stderr
 

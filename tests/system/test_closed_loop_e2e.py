@@ -33,7 +33,7 @@ def test_the_loop_moves_the_capture_qp_finer_to_reach_the_floor_and_both_sides_c
         cap = subprocess.run(EDGEPIPE + ["-v", "capture", "--source", f"folder:{small_val_folder}", "--loop",
                                          "--frames", "72", "--realtime", "--fps", "6", "--publish", data,
                                          "--control", control, "--allow-remote-qp", "22:42", "--qp", str(START_QP),
-                                         "--gop", "4", "--size", "96x96", "--reference-every", "1",
+                                         "--gop", "4", "--size", "96x96", "--reference-every", "1", "--reference-share", "0",
                                          "--wait-subscriber", "60", "--stream-id", "loop", "--stats", str(stats)],
                              capture_output=True, text=True, timeout=240)
         assert cap.returncode == 0, cap.stderr

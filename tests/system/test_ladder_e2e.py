@@ -33,7 +33,7 @@ def test_a_ladder_draws_both_curves_and_the_live_bd_rate_matches_the_offline_one
         cap = subprocess.run(EDGEPIPE + ["-v", "capture", "--source", f"folder:{small_val_folder}", "--loop",
                                          "--frames", str(FRAMES), "--publish", endpoint, "--ladder",
                                          "hevc:" + ",".join(map(str, QPS)), "--ab", "none,ours", "--gop", "2",
-                                         "--size", "96x96", "--reference-every", "1", "--wait-subscriber", "60",
+                                         "--size", "96x96", "--reference-every", "1", "--reference-share", "0", "--wait-subscriber", "60",
                                          "--stream-id", "lab", "--stats", str(stats)],
                              capture_output=True, text=True, timeout=180)
         assert cap.returncode == 0, cap.stderr

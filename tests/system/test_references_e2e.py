@@ -27,7 +27,7 @@ def run_pair(tmp_path, folder, name: str, qp: int, reference_every: int | None) 
                                            "--idle-timeout", "60", "--predictions", str(predictions),
                                            "--classify-policy", "all"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    refs = ["--reference-every", str(reference_every)] if reference_every else []
+    refs = ["--reference-every", str(reference_every), "--reference-share", "0"] if reference_every else []
     try:
         cap = subprocess.run(EDGEPIPE + ["capture", "--source", f"folder:{folder}", "--publish", endpoint,
                                          "--qp", str(qp), "--gop", "4", "--wait-subscriber", "60",
@@ -95,7 +95,7 @@ def test_the_relay_passes_references_through_counted_apart(small_val_folder):
         assert wait_for(lambda: relay.report()["subscriptions"]["topics_live"] == 1, 15)
         capture = CaptureService(CaptureSettings(source=f"folder:{small_val_folder}", publish="pub+connect:" + cams,
                                                  stream_id="cam-r", gop=4, size=(224, 224), wait_subscriber_s=30,
-                                                 reference_every=3))
+                                                 reference_every=3, reference_share=0))
         stats = capture.run()
         assert wait_for(lambda: monitor.monitor.end_of_stream["matched"] == 1, 30)
         relay_report = relay.report()
