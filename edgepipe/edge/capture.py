@@ -48,6 +48,7 @@ from edgepipe.transport.protocol import FrameHeader
 from edgepipe.transport.sockets import Publisher
 
 log = logging.getLogger(__name__)
+JOIN_SLICE_S = 0.2  # the main thread waits for the stages in slices, so it runs signal handlers
 
 FINITE_SOURCE_WAIT_S = 10.0  # how long a file or folder waits for the first monitor by default
 
@@ -523,7 +524,10 @@ class CaptureLoop:
             t.start()
         try:
             for t in threads:
-                t.join()
+                while t.is_alive():
+                    # in slices: a signal the kernel hands to another thread (an ORT or x265 worker) must not wait
+                    # for a stage to end before the main thread runs its handler (a --loop capture never ended)
+                    t.join(JOIN_SLICE_S)
         except KeyboardInterrupt:  # a second stop request while draining: stop now, but cleanly
             log.warning("stopping now: frames still in the pipeline are dropped (counted as aborted_at_stop)")
             self._abort.set()
@@ -549,7 +553,7 @@ class CaptureLoop:
         for t in self._threads:
             while t.is_alive():
                 try:
-                    t.join()
+                    t.join(JOIN_SLICE_S)
                 except KeyboardInterrupt:
                     self._abort.set()
                     log.warning("already stopping")
