@@ -3,6 +3,7 @@ loopback, for T minutes, with the accounting checked at every hop.
 
     nice -n 10 python bench/relay_load.py --captures 4 --monitors 2 --minutes 1 --out /tmp/relay_load.json
     python bench/relay_load.py --captures 32 --monitors 4 --minutes 10 --out relay_load_32x4.json  # a quiet machine
+    python bench/relay_load.py --captures 32 --monitors 4 --minutes 10 --sources folders --fps 2 --out ...  # 2 cores
 
 Processes, all on loopback, plain text:
 
@@ -193,6 +194,10 @@ def main() -> int:
     parser.add_argument("--monitors", type=int, default=2)
     parser.add_argument("--minutes", type=float, default=1.0)
     parser.add_argument("--size", default="384x216", help="capture --size (real HEVC at this size)")
+    parser.add_argument("--fps", type=float, default=25.0, help="the folder replays' rate (a clip keeps its own)")
+    parser.add_argument("--sources", choices=("alternate", "folders"), default="alternate",
+                        help="alternate folder replays and clips, or folder replays only (all at --fps: a rate a "
+                             "small machine can carry for many captures)")
     parser.add_argument("--qp", type=int, default=32)
     parser.add_argument("--gop", type=int, default=25)
     parser.add_argument("--sample-every", type=float, default=5.0)
@@ -246,7 +251,8 @@ def orchestrate(args) -> int:
         wait_until(lambda: relay_metrics(metrics_port)["topics_live"] >= topics, 120, "the monitors' subscriptions",
                    alive())
         for i, stream in enumerate(streams):
-            source = [f"folder:{FOLDER}", "--fps", "25"] if i % 2 == 0 else [str(CLIPS[(i // 2) % len(CLIPS)])]
+            clip = args.sources == "alternate" and i % 2 == 1
+            source = [str(CLIPS[(i // 2) % len(CLIPS)])] if clip else [f"folder:{FOLDER}", "--fps", f"{args.fps:g}"]
             spawn(stream, [*edgepipe_cmd(), "capture", "--source", *source, "--realtime", "--loop", "--size",
                            args.size, "--qp", str(args.qp), "--gop", str(args.gop), "--publish",
                            "pub+connect:" + cameras, "--stream-id", stream, "--wait-subscriber", "120",
@@ -322,7 +328,7 @@ def summarize(args, work: Path, streams: list[str], samples: dict, duration: flo
         relay_frames = relay_streams.get(s, {}).get("frames", 0)
         silent = sent - received - lost
         row = {
-            "source": "folder" if streams.index(s) % 2 == 0 else "clip",
+            "source": "clip" if args.sources == "alternate" and streams.index(s) % 2 == 1 else "folder",
             "capture": {"frames_sent": sent, "frames_unsubscribed": unsubscribed, "drops": cap.get("drops", {}),
                         "end_of_stream": cap.get("end_of_stream"), "kbit_s": cap.get("kbit_s")},
             "relay": {"frames": relay_frames, "ends": relay_streams.get(s, {}).get("ends", 0)},
@@ -359,8 +365,8 @@ def summarize(args, work: Path, streams: list[str], samples: dict, duration: flo
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average": {k: [round(x, 2) for x in v] for k, v in load.items()}},
         "settings": {"captures": args.captures, "monitors": args.monitors, "minutes": args.minutes,
-                     "size": args.size, "qp": args.qp, "gop": args.gop, "sources": ["folder (25 frames/s)",
-                                                                                    "clip (its own rate)"],
+                     "size": args.size, "qp": args.qp, "gop": args.gop, "sources": [f"folder ({args.fps:g} frames/s)"]
+                     + (["clip (its own rate)"] if args.sources == "alternate" else []),
                      "classification": "off (the transport's load)"},
         "duration_s": round(duration, 1),
         "throughput": {"frames_per_s": round(total_received / duration, 1),
