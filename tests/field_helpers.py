@@ -173,3 +173,31 @@ class NotifySocket:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
+
+
+def capture_messages(loop, endpoint: str, before_close=None) -> list[list[bytes]]:
+    """Run a CaptureLoop to its end of stream with a raw SUB socket on `endpoint`: every message it sent, in
+    order. `before_close(loop)`, if given, runs after the loop has ended and before it is closed (its metrics)."""
+    import zmq
+
+    from edgepipe.transport.protocol import parse_message
+
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.RCVTIMEO, 20_000)
+    try:
+        sub.connect(endpoint)
+        runner = threading.Thread(target=loop.run)
+        runner.start()
+        messages = []
+        while not messages or not parse_message(messages[-1])[0].end_of_stream:
+            messages.append(sub.recv_multipart())
+        runner.join(60)
+        if before_close is not None:
+            before_close(loop)
+    finally:
+        loop.close()
+        sub.close(0)
+        ctx.term()
+    return messages

@@ -2,15 +2,14 @@
 monitor as 200; version 4's i8 field made it 127 (issue 10)."""
 from __future__ import annotations
 
-import threading
-
 import pytest
-import zmq
 
 from edgepipe.edge.capture import CaptureLoop, CaptureSettings
 from edgepipe.server.monitor import Monitor
 from edgepipe.transport.protocol import WIRE_VERSION, parse_message
 from edgepipe.transport.sockets import free_tcp_endpoint
+
+from field_helpers import capture_messages
 
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
@@ -20,23 +19,7 @@ def test_the_capture_sends_the_codecs_setting_and_the_monitor_rows_it(small_val_
     endpoint = free_tcp_endpoint()
     settings = CaptureSettings(source=f"folder:{small_val_folder}", publish=endpoint, codec=codec, qp=qp,
                                frames=3, size=(64, 64), wait_subscriber_s=10, stream_id="q")
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.setsockopt(zmq.RCVTIMEO, 10_000)
-    loop = CaptureLoop(settings)
-    try:
-        sub.connect(endpoint)
-        runner = threading.Thread(target=loop.run)
-        runner.start()
-        messages = []
-        while not messages or not parse_message(messages[-1])[0].end_of_stream:
-            messages.append(sub.recv_multipart())
-        runner.join(30)
-    finally:
-        loop.close()
-        sub.close(0)
-        ctx.term()
+    messages = capture_messages(CaptureLoop(settings), endpoint)
     assert len(messages) == 4 and all(m[0][2] == WIRE_VERSION for m in messages)
     assert [parse_message(m)[0].qp for m in messages] == [qp] * 4
     monitor = Monitor(None)

@@ -2,10 +2,7 @@
 real HEVC and JPEG) whose every frame carries the setting and the engine that made it, each GOP from an IDR."""
 from __future__ import annotations
 
-import threading
-
 import pytest
-import zmq
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.edge.capture import CaptureLoop, CaptureSettings
@@ -13,6 +10,8 @@ from edgepipe.edge.ladder import Ladder, OperatingPoint, make_ladder, parse_ab, 
 from edgepipe.server.monitor import Monitor
 from edgepipe.transport.protocol import parse_message
 from edgepipe.transport.sockets import free_tcp_endpoint
+
+from field_helpers import capture_messages
 
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
@@ -47,24 +46,8 @@ def test_bad_ladders_are_one_line(args, phrase):
 
 
 def _capture(settings: CaptureSettings) -> tuple[list, CaptureLoop]:
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.setsockopt(zmq.RCVTIMEO, 20_000)
     loop = CaptureLoop(settings)
-    try:
-        sub.connect(settings.publish)
-        runner = threading.Thread(target=loop.run)
-        runner.start()
-        messages = []
-        while not messages or not parse_message(messages[-1])[0].end_of_stream:
-            messages.append(sub.recv_multipart())
-        runner.join(60)
-    finally:
-        loop.close()
-        sub.close(0)
-        ctx.term()
-    return messages, loop
+    return capture_messages(loop, settings.publish), loop
 
 
 def test_a_hevc_ladder_cycles_qp_and_engine_per_gop_each_from_an_idr(small_val_folder):

@@ -3,11 +3,8 @@ at 224), so a wide frame's reference costs a 224 still's bytes; `native` sends t
 and classifies either (its centre-crop of a 224 square is the square itself)."""
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
-import zmq
 
 from edgepipe.edge.capture import CaptureLoop, CaptureSettings
 from edgepipe.media.codecs import decode_image
@@ -15,6 +12,8 @@ from edgepipe.recognition import centre_crop
 from edgepipe.server.monitor import Monitor
 from edgepipe.transport.protocol import parse_message
 from edgepipe.transport.sockets import free_tcp_endpoint
+
+from field_helpers import capture_messages
 
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
@@ -24,24 +23,7 @@ def capture(clip, view: str) -> list[list[bytes]]:
     settings = CaptureSettings(source=str(clip), publish=endpoint, frames=4, size=(640, 360), wait_subscriber_s=10,
                                stream_id="v", reference_every=2, reference_view=view,
                                reference_share=0)
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.setsockopt(zmq.RCVTIMEO, 10_000)
-    loop = CaptureLoop(settings)
-    try:
-        sub.connect(endpoint)
-        runner = threading.Thread(target=loop.run)
-        runner.start()
-        messages = []
-        while not messages or not parse_message(messages[-1])[0].end_of_stream:
-            messages.append(sub.recv_multipart())
-        runner.join(30)
-    finally:
-        loop.close()
-        sub.close(0)
-        ctx.term()
-    return messages
+    return capture_messages(CaptureLoop(settings), endpoint)
 
 
 def references(messages) -> list[tuple]:

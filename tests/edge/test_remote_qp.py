@@ -3,18 +3,18 @@ an IDR (the encoder re-opens at the new QP, as for a ladder), each frame carries
 change is logged and counted (stats, metrics); bad combinations are one line."""
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 import pytest
-import zmq
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.edge.capture import CaptureLoop, CaptureSettings, remote_qp_range
 from edgepipe.media.frames import Frame, ReadStatus
 from edgepipe.transport.protocol import parse_message
 from edgepipe.transport.sockets import free_tcp_endpoint
+
+from field_helpers import capture_messages
 
 
 class AskingSource:
@@ -50,27 +50,13 @@ def test_a_requested_qp_takes_effect_at_the_next_gop_from_an_idr_and_is_counted(
     source = AskingSource(16, at=6, qp=30)
     settings = CaptureSettings(source="asking", publish=free_tcp_endpoint(), gop=4, qp=40, allow_remote_qp="22:42",
                                wait_subscriber_s=10, stream_id="rq")
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.setsockopt(zmq.RCVTIMEO, 20_000)
     loop = CaptureLoop(settings, source=source)
     source.loop = loop
-    try:
-        sub.connect(settings.publish)
-        runner = threading.Thread(target=loop.run)
-        runner.start()
-        messages = []
-        while not messages or not parse_message(messages[-1])[0].end_of_stream:
-            messages.append(sub.recv_multipart())
-        runner.join(60)
-        from edgepipe.ops.metrics import CaptureCollector, registry_for
+    from edgepipe.ops.metrics import CaptureCollector, registry_for
 
-        metrics = {s.name: s.value for f in registry_for(CaptureCollector(loop)).collect() for s in f.samples}
-    finally:
-        loop.close()
-        sub.close(0)
-        ctx.term()
+    metrics = {}
+    messages = capture_messages(loop, settings.publish, before_close=lambda done: metrics.update(
+        {s.name: s.value for f in registry_for(CaptureCollector(done)).collect() for s in f.samples}))
     frames = [parse_message(m)[0] for m in messages if not parse_message(m)[0].end_of_stream]
     qps = [h.qp for h in frames]
     assert len(frames) == 16
