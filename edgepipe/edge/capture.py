@@ -430,12 +430,11 @@ class CaptureLoop:
             media = frame.media_time  # set by _read for every frame (the source's clock or a derived one)
             # stream time since the previous frame sent: frames dropped on the way count as time
             duration = 1.0 / self.rate if last_sent is None else max(0.0, media - last_sent)
-            frame_qp, model_id = qp, self.engine.model_id
-            if self.remote_qp is not None:  # the QP this frame was coded at (a monitor may have moved it)
-                frame_qp = int(quality)
-            if point is not None:  # the ladder's point: its setting, and the engine that really made this frame
-                op = self.ladder.points[point]
-                frame_qp, model_id = op.quality, self.engines[op.engine].model_id
+            # the setting this frame was coded at (the ladder's point, or a QP a monitor moved), and the engine
+            # that really made it
+            frame_qp = -1 if s.crf is not None else int(quality)
+            model_id = self.engine.model_id if point is None else \
+                self.engines[self.ladder.points[point].engine].model_id
             header = FrameHeader(s.stream_id, seq, frame.capture_time, s.codec, w, h, frame_qp, keyframe,
                                  frame.label, model_id, self.epoch, media_time=media,
                                  duration=duration, clock=self.clock)
@@ -443,9 +442,10 @@ class CaptureLoop:
             self.frames_handled += 1
             unsubscribed = self.publisher.unsubscribed
             source_image = self.references.take(frame)
-            still = self._reference_still(header, source_image, duration, len(payload))
+            doomed = broken and not keyframe  # refers to a dropped frame: it will not go out
+            still = None if doomed else self._reference_still(header, source_image, duration, len(payload))
             header.has_reference = still is not None
-            if broken and not keyframe:
+            if doomed:
                 self.stats.drop("reference_dropped_after_encode")
             elif self.publisher.send(header, payload, timeout=timeout, cancel=cancel):
                 broken = False
@@ -456,6 +456,8 @@ class CaptureLoop:
                     self._send_reference(header, *still, timeout, cancel)
             else:
                 self.stats.drop("network_hwm_after_encode")
+                if still is not None:  # its reference goes with it, counted
+                    self.stats.reference_skipped("frame_dropped")
                 if inter_coded:
                     broken = True
                     self._keyframe_wanted.set()  # resume with an IDR as soon as the network lets us
@@ -475,13 +477,26 @@ class CaptureLoop:
         reference and its share and budget allow it, else None."""
         if image is None or not self.references.due(header.seq):
             return None
-        picture = self.references.picture(image)
-        still = self.references.encode(picture)
-        if self.references.over_share(self.stats.reference_bytes, len(still), self.stats.bytes_sent + coded_bytes):
-            self.stats.reference_skipped("over_share")
+        refs = self.references
+        stream_bytes, stream_s = self.stats.bytes_sent + coded_bytes, self.stats.stream_s + duration
+
+        def cause(nbytes: int) -> str | None:
+            if refs.over_share(self.stats.reference_bytes, nbytes, stream_bytes):
+                return "over_share"
+            if refs.over_budget(self.stats.reference_bytes, nbytes, stream_s):
+                return "over_budget"
             return None
-        if self.references.over_budget(self.stats.reference_bytes, len(still), self.stats.stream_s + duration):
-            self.stats.reference_skipped("over_budget")
+
+        # judged first at the previous reference's size, so the many skips of a tight cap cost no crop and encode
+        # (with --reference-every 1 and the default 5 % share, most due references are skipped)
+        why = cause(refs.last_bytes)
+        if why is None:
+            picture = refs.picture(image)
+            still = refs.encode(picture)
+            refs.last_bytes = len(still)
+            why = cause(len(still))
+        if why is not None:
+            self.stats.reference_skipped(why)
             return None
         return still, picture.shape[:2]
 

@@ -51,6 +51,7 @@ class ReferencePolicy:
         if not 0 <= share <= 1:
             raise EdgepipeError(f"--reference-share must be a fraction from 0 (no cap) to 1, got {share}")
         self.every, self.budget_kbit, self.share = every, budget_kbit, share
+        self.last_bytes = 0  # the last encoded reference's size: the estimate a due one is judged at first
         # id(frame) -> its source image, between the engine and the send stage (the frame lives that long)
         self._sources: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()

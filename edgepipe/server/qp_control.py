@@ -21,8 +21,6 @@ import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from edgepipe.transport.control import parse_qp_range  # noqa: F401  (the monitor's --target-qp-range too)
-
 log = logging.getLogger(__name__)
 
 MEASURES = ("top5_overlap", "top1_agreement")

@@ -142,7 +142,8 @@ class MonitorSettings:
         if self.target_agreement is None:
             return None
         from edgepipe.core.errors import EdgepipeError
-        from edgepipe.server.qp_control import LoopSettings, parse_qp_range
+        from edgepipe.server.qp_control import LoopSettings
+        from edgepipe.transport.control import parse_qp_range
 
         if not self.control:
             raise EdgepipeError("--target-agreement needs --control ENDPOINT: the QP requests go to the capture's "

@@ -58,3 +58,14 @@ def test_over_share_counts_the_coded_frame_it_follows():
     assert not policy.over_share(0, 50, 1000)  # 50 of 1,000: at the share
     assert policy.over_share(0, 51, 1000)
     assert not ReferencePolicy(1).over_share(10**9, 10**9, 0)  # share 0: no cap
+
+
+def test_a_skipped_reference_is_judged_at_the_last_ones_size_before_any_encode(small_val_folder, monkeypatch):
+    """Under the default 5 % most due references are skipped; each skip that the previous reference's size
+    already decides costs no JPEG encode."""
+    encodes = []
+    real = ReferencePolicy.encode
+    monkeypatch.setattr(ReferencePolicy, "encode", staticmethod(lambda image: encodes.append(1) or real(image)))
+    refs = run(small_val_folder, reference_every=1)["references"]
+    assert refs["sent"] + refs["skipped"]["over_share"] == 12
+    assert refs["sent"] <= len(encodes) < 12  # every sent one was encoded; the clear skips were not
