@@ -20,7 +20,7 @@ BACKWARD = ("dct", "identity")  # gradient through the codec: soft-quantisation 
 # Arguments that define *what* is trained; a resumed run must not change them.
 IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
                  "n_blocks", "stem_stride", "recon_warmup", "codec", "backward", "lambda_rate", "lambda_mse", "distill",
-                 "clean_weight", "rescale_min", "holdout", "init")
+                 "clean_weight", "rescale_min", "holdout", "init", "lambda_temporal")
 
 
 def setting(default: Any, *name: str, **spec: Any) -> Any:
@@ -62,6 +62,9 @@ class TrainConfig:
     lambda_rate: float = setting(0.0, help="Weight of the block-DCT rate term, calibrated to measured bits per "
                                            "pixel (needs --codec).")
     lambda_mse: float = setting(0.0, help="Fidelity anchor: weight of MSE(ED(x), x), keeps the stream watchable.")
+    lambda_temporal: float = setting(0.0, help="Weight of the temporal-stability term: the ED's output must change "
+                                               "between a crop and a moved, noisier copy of it only as its input "
+                                               "does (so P-frames stay cheap).")
     distill: float | None = setting(None, metavar="T", help="Distil at temperature T: match the recognizer's "
                                                             "output on the original image, no labels.")
     rescale_min: float = setting(1.0, help="Area-downscale each image by a random factor in [RESCALE_MIN, 1] "
@@ -96,7 +99,7 @@ class TrainConfig:
             raise EdgepipeError(f"--stem-stride must be 1 or 2, got {self.stem_stride}")
         if self.epochs < 1:
             raise EdgepipeError(f"--epochs must be >= 1, got {self.epochs}")
-        for name in ("lambda_rate", "lambda_mse", "clean_weight"):
+        for name in ("lambda_rate", "lambda_mse", "clean_weight", "lambda_temporal"):
             if getattr(self, name) < 0:
                 raise EdgepipeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.distill is not None and not self.distill > 0:

@@ -25,6 +25,7 @@ from edgepipe.train.codec_loop import CodecRoundTrip, codec_proxy, parse_ranges,
 from edgepipe.train.config import IDENTITY_ARGS, TrainConfig
 from edgepipe.train.data import CropBatches, validation_set
 from edgepipe.train.losses import RateCalibration, RecognitionAwareLoss, dct_rate, per_image_tv
+from edgepipe.train.temporal import temporal_instability
 from edgepipe.train.validate import Validator
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class _Running:
     corr_rate: float = 0.0    # per-batch Pearson correlation of log proxy with log real bytes, across crops
     corr_tv: float = 0.0      # the same for per-crop TV
     n_corr: int = 0
+    temporal: float = 0.0     # temporal-instability term (--lambda-temporal)
+    n_temporal: int = 0
 
     def add(self, loss: float, ce: float, tv: float, correct: int, images: int) -> None:
         self.n += 1
@@ -78,15 +81,22 @@ class _Running:
             k = self.n_coded
             out.update(train_coded=self.coded / k, train_top1_coded=self.correct_coded / max(self.images, 1),
                        train_rate=self.rate / k, train_bpp_real=self.bpp_real / k, train_mse=self.mse / k)
+        if self.n_temporal:
+            out["train_temporal"] = self.temporal / self.n_temporal
         if self.n_corr:
             out.update(corr_rate_bits=self.corr_rate / self.n_corr, corr_tv_bits=self.corr_tv / self.n_corr)
         return out
 
 
 LOG_FIELDS = ["epoch", "step", "minutes", "reason", "train_loss", "train_ce", "train_tv", "train_top1",
-              "train_coded", "train_top1_coded", "train_rate", "train_bpp_real", "train_mse", "corr_rate_bits",
-              "corr_tv_bits", "top1_input", "top1_ed", "bpp_input", "bpp_ed", "bpp_saving", "tv_input", "tv_ed",
-              "psnr_ed", "val_images", "bpp_images", "unreadable"]
+              "train_coded", "train_top1_coded", "train_rate", "train_bpp_real", "train_mse", "train_temporal",
+              "corr_rate_bits", "corr_tv_bits", "top1_input", "top1_ed", "bpp_input", "bpp_ed", "bpp_saving",
+              "tv_input", "tv_ed", "psnr_ed", "val_images", "bpp_images", "unreadable"]
+
+
+def _number(v: float) -> str:
+    """Five decimals, or three significant digits for small terms (the temporal term is ~1e-4)."""
+    return f"{v:.5f}" if v == 0 or abs(v) >= 0.01 else f"{v:.3e}"
 
 
 def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
@@ -96,7 +106,7 @@ def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for row in history:
-            writer.writerow({k: (f"{v:.5f}" if isinstance(v, float) else v) for k, v in row.items()})
+            writer.writerow({k: (_number(v) if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def _steps_within_budget(total: int, step: int, elapsed: float, budget: float, bar: Any) -> int:
@@ -258,7 +268,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 state["batch"] += 1
                 if len(images):
                     _step(model, criterion, optimizer, images, labels, state["step"] < cfg.recon_warmup,
-                          device, running, codec, state["step"])
+                          device, running, codec, state["step"], cfg.lambda_temporal, cfg.seed)
                 state["step"] += 1
                 now = time.perf_counter()
                 state["elapsed"] += now - t_last
@@ -347,7 +357,7 @@ def _coded_terms(model_output: torch.Tensor, x: torch.Tensor, labels: torch.Tens
 
 def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: torch.optim.Optimizer,
           images: np.ndarray, labels: np.ndarray, reconstruct: bool, device: str, running: _Running,
-          codec: CodecLoop | None = None, step: int = 0) -> None:
+          codec: CodecLoop | None = None, step: int = 0, lambda_temporal: float = 0.0, seed: int = 0) -> None:
     x = torch.from_numpy(to_model_input(images)).to(device)
     y_true = torch.from_numpy(labels).to(device)
     y = model(x)
@@ -362,6 +372,13 @@ def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: tor
         terms = _coded_terms(model_output=y, x=x, labels=y_true, criterion=criterion, codec=codec, step=step,
                              device=device, running=running)
         loss = terms["loss"]
+    if lambda_temporal and not reconstruct:
+        # Drawn from (seed, step), so a resumed run simulates the same next frames.
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 11]).generate_state(1)[0]))
+        temporal = temporal_instability(model, x, y, generator)
+        loss = loss + lambda_temporal * temporal
+        running.temporal += float(temporal.detach())
+        running.n_temporal += 1
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
