@@ -21,6 +21,9 @@ rows (one per pre, source kind, clip or "pans", QP):
     bpp, bpp_i, bpp_p     bits per pixel over all frames, over I-frames (keyframes) only, over P-frames only
     frames, i_frames, p_frames, classified   coded frames, of them I and P, frames classified (--classify-every)
     agreement, p_reference, top5_overlap, kl   clip_agreement.py's measures of the decoded frames vs reference
+    top1                  pans only: top-1 accuracy of the decoded frames against the image's label (the measure
+                          that chooses models: the reference measures penalise a pre-transform that corrects the
+                          recognizer, and on Imagenette `ours` does so on ~1 image in 40)
     ed_*                  the same measures for the pre-transform's output before any codec
     temporal_gain         codec-free flicker diagnostic: mean |ED(x_t+1) - ED(x_t)| / mean |x_t+1 - x_t| over
                           consecutive frames (float, all pixels pooled over the source's sequences); 1.0 for
@@ -56,6 +59,7 @@ import clip_agreement  # noqa: E402
 from clip_agreement import DEFAULT_CLIPS, QUALITY, measures, read_frames  # noqa: E402
 
 from edgepipe.core.bdrate import compare  # noqa: E402
+from edgepipe.core.datasets import list_labelled_images  # noqa: E402
 from edgepipe.core.errors import EdgepipeError  # noqa: E402
 from edgepipe.engines import load_engine  # noqa: E402
 from edgepipe.engines.registry import parse_spec  # noqa: E402
@@ -106,6 +110,7 @@ def load_sources(args) -> tuple[str, dict[str, list[np.ndarray]], dict]:
     """(kind, {name: [sequence (T, H, W, 3) uint8, ...]}, details). Clips: one sequence each; pans: one name."""
     if args.images:
         files = list_images(Path(args.images), args.limit)
+        label_of = {i.path: i.label for i in list_labelled_images(args.images)}
         rng = np.random.default_rng(args.seed)
         seqs, velocities = [], []
         for f in files:
@@ -116,6 +121,7 @@ def load_sources(args) -> tuple[str, dict[str, list[np.ndarray]], dict]:
             seqs.append(seq)
             velocities.append(v)
         return "pans", {"pans": seqs}, {"images": [str(f.relative_to(args.images)) for f in files],
+                                        "labels": [int(label_of[f]) for f in files],
                                         "velocities_px_per_frame": velocities}
     clips = sorted(Path(args.clips).glob("*.mp4"))
     if not clips:
@@ -246,6 +252,13 @@ def main() -> int:
         return np.concatenate([s[::args.classify_every] for s in seqs])
 
     reference = {name: classifier.logits(picked(seqs)) for name, seqs in sources.items()}
+    labels = None
+    if kind == "pans":  # one label per classified frame
+        labels = np.concatenate([np.full(len(s[::args.classify_every]), label)
+                                 for s, label in zip(sources["pans"], details["labels"])])
+
+    def accuracy(logits: np.ndarray, prefix: str = "") -> dict:
+        return {} if labels is None else {f"{prefix}top1": float(np.mean(logits.argmax(1) == labels))}
     rows = []
     for spec in specs:
         try:
@@ -267,7 +280,8 @@ def main() -> int:
                 vs = details["velocities_px_per_frame"]
                 gain_mc = (sum(mc_residual(o, v, margin) for o, v in zip(outs, vs))
                            / sum(mc_residual(s, v, margin) for s, v in zip(seqs, vs)))
-            uncoded = measures(classifier.logits(picked(outs)), reference[name], "ed_")
+            ed_logits = classifier.logits(picked(outs))
+            uncoded = {**measures(ed_logits, reference[name], "ed_"), **accuracy(ed_logits, "ed_")}
             for qp in qps:
                 decoded, sizes, keys, pixels = [], [], [], []
                 for o in outs:
@@ -286,13 +300,14 @@ def main() -> int:
                              "frames": int(len(sizes)), "i_frames": int(keys.sum()), "p_frames": int((~keys).sum()),
                              "classified": int(len(logits)),
                              "bpp": bpp(np.ones_like(keys)), "bpp_i": bpp(keys), "bpp_p": bpp(~keys),
-                             **measures(logits, reference[name]), **uncoded,
+                             **measures(logits, reference[name]), **accuracy(logits), **uncoded,
                              "temporal_gain": gain, "temporal_gain_static": gain_static,
                              "temporal_gain_mc": gain_mc,
                              "ed_seconds": round(ed_seconds, 1)})
                 r = rows[-1]
                 print(f"{spec:>12s} {name:>36s} QP {qp}: {r['bpp']:.4f} bpp (I {r['bpp_i'] or 0:.4f}, "
-                      f"P {r['bpp_p'] or 0:.4f}), agreement {r['agreement']:.3f}, p(ref) {r['p_reference']:.3f}, "
+                      f"P {r['bpp_p'] or 0:.4f}), " + (f"top-1 {r['top1']:.3f}, " if "top1" in r else "")
+                      + f"agreement {r['agreement']:.3f}, p(ref) {r['p_reference']:.3f}, "
                       f"top-5 {r['top5_overlap']:.3f}, KL {r['kl']:.3f}, temporal gain {gain:.3f} (static {gain_static:.3f}"
                       + ("" if gain_mc is None else f", motion-compensated {gain_mc:.3f}") + ")", flush=True)
         engine.close()
@@ -314,7 +329,7 @@ def main() -> int:
                 return (np.array([mean(r["bpp"] for r in sel(pre, name, qp)) for qp in qps]),
                         sign * np.array([mean(r[key] for r in sel(pre, name, qp)) for qp in qps]))
             entry = {"pre": spec, "anchor": pres[0], "clip": name}
-            for key in QUALITY:
+            for key in QUALITY + (("top1",) if kind == "pans" else ()):
                 (ra, qa), (rt, qt) = curve(pres[0], key), curve(spec, key)
                 c = compare(ra, qa, rt, qt)
                 entry[f"bd_rate_{key}_cubic_pct"] = c.rate_cubic
@@ -323,7 +338,7 @@ def main() -> int:
             bd.append(entry)
             print(f"BD-Rate {spec} vs {pres[0]} on {name} (cubic / PCHIP): " + ", ".join(
                 f"{key} {entry[f'bd_rate_{key}_cubic_pct']:+.1f} % / {entry[f'bd_rate_{key}_pchip_pct']:+.1f} %"
-                for key in QUALITY))
+                for key in QUALITY + (("top1",) if kind == "pans" else ())))
             for qp in qps:
                 ratio = {"pre": spec, "anchor": pres[0], "clip": name, "qp": qp}
                 for key in ("bpp", "bpp_i", "bpp_p"):
