@@ -528,7 +528,7 @@ class Monitor:
         self._emit(released)
         for row_key, measures, coded_record in done:
             self.agreement.add(measures)
-            self.live_rd.add_agreement(*row_key, measures, time.time())
+            self.live_rd.add_agreement(*row_key, measures, time.time(), key[1:])
             row = self.rows.get(row_key)
             if row is not None:
                 row.add_agreement(measures)
@@ -554,7 +554,7 @@ class Monitor:
         latency = received_at - header.capture_time
         row.add(header, nbytes, None, latency)
         self._totals(header, nbytes, latency)
-        self.live_rd.add_frame(*key, nbytes, header.duration, received_at)
+        self.live_rd.add_frame(*key, nbytes, header.duration, received_at, (header.epoch, header.seq))
         return header
 
     # --- classification (server/classify.py) -----------------------------------------------------
@@ -613,7 +613,8 @@ class Monitor:
                 if item.header.label >= 0:
                     self.totals["labelled"] += 1
                     self.totals["correct"] += int(prediction == item.header.label)
-                    self.live_rd.add_label(*item.key, prediction == item.header.label, now)
+                    self.live_rd.add_label(*item.key, prediction == item.header.label, now,
+                                           (item.header.epoch, item.header.seq))
                 self.classify_latency.append(now - item.header.capture_time)
                 done.append(i)
             if done:

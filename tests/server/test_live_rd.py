@@ -108,7 +108,7 @@ def test_bd_rate_of_a_curve_needing_080_of_the_bits_is_minus_20_percent_with_its
     offline = from_predictions(anchor_lines + test_lines)
     assert {k: v for k, v in _bd(offline, model="ours-1").items()} == entry
     (line,) = report_lines(summary)
-    assert line.startswith("live BD-rate cam ours-1 vs none (hevc, the last 600 s; 95% CI: bootstrap over frames)")
+    assert line.startswith("live BD-rate cam ours-1 vs none (hevc, the last 600 s; 95% CI: bootstrap over GOPs)")
     assert "top-1 agreement -20.0% [" in line
 
 
@@ -175,3 +175,67 @@ def test_a_stream_that_never_ran_the_anchor_gets_no_bd_line():
     summary = rd.summary(now=101.0)
     assert summary["cam"]["bd"] == [] and len(summary["cam"]["points"]) == len(QPS)
     assert report_lines(summary) == []
+
+
+def test_blocks_are_visits_of_a_point_or_at_most_a_gop_of_frames():
+    rd = LiveRD()
+    for _visit in range(3):  # a ladder: none, ours, none, ours, ... one 5-frame GOP each
+        for model in ("none", "ours"):
+            for _ in range(5):
+                rd.add_frame("cam", model, 30, "hevc", 100, 0.04, 1.0)
+            rd.add_agreement("cam", model, 30, "hevc", {"top1_equal": True, "top5_overlap": 1.0}, 1.0)
+    for _ in range(45):  # one long visit: cut every BLOCK_FRAMES frames
+        rd.add_frame("cam", "none", 30, "hevc", 100, 0.04, 1.0)
+    _, streams = rd._copy(1.0)
+    bits, _, quality, bit_blocks, quality_blocks = streams["cam"][("hevc", 30, "none")]
+    assert list(np.unique(bit_blocks, return_counts=True)[1]) == [5, 5, 5, 20, 20, 5]
+    assert list(quality_blocks["top5_overlap"]) == [1, 2, 3]  # each pair joins the visit its point saw last
+    assert list(streams["cam"][("hevc", 30, "ours")][3]) == [1] * 5 + [2] * 5 + [3] * 5
+
+
+def test_with_sequence_numbers_a_measure_joins_its_own_frames_block_whenever_it_arrives():
+    rd = LiveRD()
+    for seq in range(45):
+        rd.add_frame("cam", "none", 30, "hevc", 100, 0.04, 1.0, (7, seq))
+    # pairs are classified later than their frames arrive: seq 3's after seq 44's frame
+    for seq in (3, 25, 44):
+        rd.add_agreement("cam", "none", 30, "hevc", {"top1_equal": True, "top5_overlap": 1.0}, 1.0, (7, seq))
+    rd.add_label("cam", "none", 30, "hevc", True, 1.0, (7, 19))
+    _, streams = rd._copy(1.0)
+    _, _, _, bit_blocks, quality_blocks = streams["cam"][("hevc", 30, "none")]
+    blocks = list(dict.fromkeys(bit_blocks))
+    assert len(blocks) == 3 and list(np.unique(bit_blocks, return_counts=True)[1]) == [20, 20, 5]
+    assert list(quality_blocks["top5_overlap"]) == [blocks[0], blocks[1], blocks[2]]
+    assert list(quality_blocks["top1"]) == [blocks[0]]
+    # another epoch (the capture restarted) never shares a block
+    rd.add_frame("cam", "none", 30, "hevc", 100, 0.04, 1.0, (8, 3))
+    assert rd._copy(1.0)[1]["cam"][("hevc", 30, "none")][3][-1] not in blocks
+
+
+def test_the_interval_resamples_whole_visits_so_a_changing_scene_widens_it(monkeypatch):
+    """Both models follow the same curve, but each GOP shows a scene of its own cost (bits x0.5-1.5). Resampled
+    frame by frame, 240 frames per point look like certainty and the interval misses the true 0; resampled by
+    visit (12 per point), it covers it."""
+    from edgepipe.server import live_rd
+
+    def interval() -> tuple[float, list[float]]:
+        rng = np.random.default_rng(2)
+        rd = LiveRD(resamples=400)
+        for _ in range(12):
+            for qp in QPS:
+                for model in ("none", "ours"):
+                    cost = rng.uniform(0.5, 1.5)
+                    for _ in range(20):
+                        rd.add_frame("cam", model, qp, "hevc", int(BITS[qp] * cost * rng.uniform(0.95, 1.05) / 8),
+                                     0.04, 1.0)
+                        measures = {"top1_equal": True, "top5_overlap": AGREE[qp] + rng.normal(0, 0.02)}
+                        rd.add_agreement("cam", model, qp, "hevc", measures, 1.0)
+        entry = _bd(rd.summary(now=1.0, fresh=True), "top5_overlap")
+        return entry["bd_rate"], entry["ci95"]
+
+    estimate, (lo, hi) = interval()
+    assert lo < 0 < hi
+    monkeypatch.setattr(live_rd, "BLOCK_FRAMES", 1)  # every frame a block of its own: the old bootstrap
+    same, (frame_lo, frame_hi) = interval()
+    assert same == estimate and not frame_lo < 0 < frame_hi
+    assert hi - lo > 3 * (frame_hi - frame_lo)
