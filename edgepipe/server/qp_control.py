@@ -4,14 +4,18 @@ QP to ask for (or None), and the service sends that over the control channel (tr
 
 Rules, per stream:
 - Judge only pairs coded at the QP the capture is coding now (the pair's own QP, from its header), and only once
-  `min_pairs` of them came since the last change; the measure is their mean over the last `window` of them.
+  `min_pairs` of them came since the last change. The measure is the mean of every pair at that QP over the last
+  `memory_s` seconds, all the loop's stays there counted (at most `window` pairs per QP): the measure follows the
+  scene as much as the QP, and a window of the last few dozen pairs chased each dip of the scene down to the
+  finest QPs (measured on the camera clips: 3.5-4.9 times the bits of the best fixed QP, docs/results).
 - Above `target + band`: one `step` coarser (fewer bits). Below `target`: one `step` finer. Between: hold (the
   dead band). Never beyond [low, high].
 - At most one change per `min_interval_s`; after a request, pairs of any other QP are in flight and ignored until
   the capture's frames come at the QP asked for (or, after `answer_timeout_s`, the request counts as unanswered
   and the capture's QP as it is).
-- A QP left because it fell below the floor is not tried again for `retry_s` (doubled at each new failure, at most
-  `max_retry_s`): without it the loop would swing between two QPs whose agreement straddles the band.
+- The coarser QP is not asked for while its own memory (at least `min_pairs` pairs in the last `memory_s`) is below
+  the floor: evidence, not a timer, stops the swing between two QPs whose agreement straddles the band; once that
+  memory has aged out the QP may be tried again.
 - Silence: `silence_s` without a pair (from the first pair on) asks for `safe` (the finest, `low`, by default) once
   per silence; pairs resume the loop where the capture is.
 """
@@ -31,18 +35,17 @@ DEFAULT_MEASURE = "top5_overlap"
 class LoopSettings:
     target: float
     measure: str = DEFAULT_MEASURE
-    band: float = 0.03
+    band: float = 0.0
     low: int = 22
     high: int = 42
     step: int = 2
     min_pairs: int = 20
-    window: int = 60
+    window: int = 4096  # pairs remembered per QP, at most
+    memory_s: float = 120.0
     min_interval_s: float = 5.0
     silence_s: float = 30.0
     safe: int | None = None  # None: low, the finest
     answer_timeout_s: float = 30.0
-    retry_s: float = 60.0
-    max_retry_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.measure not in MEASURES:
@@ -55,6 +58,8 @@ class LoopSettings:
             raise ValueError(f"the QP range {self.low}:{self.high} is not within 0:51 (low first)")
         if self.step < 1 or self.min_pairs < 1 or self.window < self.min_pairs:
             raise ValueError("step and min_pairs must be at least 1, and the window at least min_pairs")
+        if not self.memory_s > 0:
+            raise ValueError(f"the memory is a positive number of seconds: got {self.memory_s}")
         if self.safe is not None and not self.low <= self.safe <= self.high:
             raise ValueError(f"the safe QP {self.safe} is outside {self.low}:{self.high}")
 
@@ -89,13 +94,10 @@ class QpController:
     last_change: float = float("-inf")
     last_pair: float | None = None
     silent: bool = False  # the fallback was asked for in this silence
-    samples: deque = field(default_factory=deque)
-    failed: dict = field(default_factory=dict)  # qp -> (time it failed, retry seconds)
+    fresh: int = 0  # pairs at the current QP since the last change (or since the capture moved)
+    memory: dict = field(default_factory=dict)  # qp -> deque of (time, value), the last memory_s seconds
     counts: Counter = field(default_factory=Counter)  # pairs used/ignored, changes by reason, unanswered
     trace: deque = field(default_factory=lambda: deque(maxlen=1000))  # the Changes asked for, latest last
-
-    def __post_init__(self) -> None:
-        self.samples = deque(maxlen=self.settings.window)
 
     # --- input -------------------------------------------------------------------------------------------------
 
@@ -115,10 +117,25 @@ class QpController:
                 self.asked = None
         if qp != self.qp:
             self.qp = qp
-            self.samples.clear()
-        self.samples.append(_value(s.measure, measures))
+            self.fresh = 0
+        memory = self.memory.get(qp)
+        if memory is None:
+            memory = self.memory[qp] = deque(maxlen=s.window)
+        memory.append((now, _value(s.measure, measures)))
+        self.fresh += 1
         self.counts["pairs_judged"] += 1
         return self._judge(now)
+
+    def remembered(self, qp: int, now: float) -> tuple[float | None, int]:
+        """(mean, pairs) of the measure at `qp` over the last memory_s seconds; (None, 0) without any."""
+        memory = self.memory.get(qp)
+        if not memory:
+            return None, 0
+        while memory and memory[0][0] < now - self.settings.memory_s:
+            memory.popleft()
+        if not memory:
+            return None, 0
+        return sum(v for _, v in memory) / len(memory), len(memory)
 
     def tick(self, now: float) -> Change | None:
         """Call every second or so: the fallback when pairs stopped coming."""
@@ -134,41 +151,43 @@ class QpController:
 
     def _judge(self, now: float) -> Change | None:
         s = self.settings
-        if len(self.samples) < s.min_pairs or now - self.last_change < s.min_interval_s or self.qp is None:
+        if self.fresh < s.min_pairs or now - self.last_change < s.min_interval_s or self.qp is None:
             return None
-        measured = sum(self.samples) / len(self.samples)
+        measured, _ = self.remembered(self.qp, now)
         qp = self.qp
         if measured < s.target:
             if qp <= s.low:
                 self.counts["held_at_low"] += 1
                 return None
-            _, retry = self.failed.get(qp, (0.0, s.retry_s / 2))
-            self.failed[qp] = (now, min(s.max_retry_s, retry * 2))  # first failure: retry_s; then doubled
             return self._ask(max(s.low, qp - s.step), "finer", now, measured)
         if measured > s.target + s.band:
             up = min(s.high, qp + s.step)
             if up == qp:
                 self.counts["held_at_high"] += 1
                 return None
-            when, retry = self.failed.get(up, (float("-inf"), 0.0))
-            if now - when < retry:
-                self.counts["held_retry_wait"] += 1
+            known, pairs = self.remembered(up, now)
+            if known is not None and pairs >= s.min_pairs and known < s.target:
+                self.counts["held_coarser_failed"] += 1  # it failed within the memory: not again yet
                 return None
             return self._ask(up, "coarser", now, measured)
         return None
 
     def _ask(self, qp: int, reason: str, now: float, measured: float | None) -> Change:
-        change = Change(qp, reason, now - self.started, self.qp, measured, len(self.samples))
+        change = Change(qp, reason, now - self.started, self.qp, measured, self.fresh)
         self.asked, self.asked_at, self.last_change = qp, now, now
-        self.samples.clear()
+        self.fresh = 0
         self.counts[reason] += 1
         self.trace.append(change)
         return change
 
     def summary(self) -> dict:
         s = self.settings
+        now = self.last_pair if self.last_pair is not None else 0.0
+        remembered = {qp: self.remembered(qp, now) for qp in sorted(self.memory)}
         return {"target": s.target, "measure": s.measure, "band": s.band, "range": [s.low, s.high], "step": s.step,
-                "safe": s.safe_qp, "qp": self.qp, "asked": self.asked,
+                "safe": s.safe_qp, "memory_s": s.memory_s, "qp": self.qp, "asked": self.asked,
+                "remembered": {str(qp): {"mean": round(m, 4), "pairs": n} for qp, (m, n) in remembered.items()
+                               if m is not None},
                 "changes": sum(self.counts[r] for r in ("coarser", "finer", "fallback")),
                 "counts": dict(self.counts), "trace": [c.as_dict() for c in self.trace]}
 
@@ -270,7 +289,7 @@ def summary_lines(loops: dict) -> list[str]:
     for sid, s in loops.items():
         counts = s["counts"]
         lines.append(f"closed loop {sid[:14]}: {s['measure'].replace('_', ' ')} >= {s['target']:g} (band "
-                     f"{s['band']:g}), QP {s['range'][0]}:{s['range'][1]} step {s['step']}: QP now {s['qp']}; "
+                     f"{s['band']:g}, memory {s['memory_s']:g} s), QP {s['range'][0]}:{s['range'][1]} step {s['step']}: QP now {s['qp']}; "
                      f"{s['changes']} change(s) asked (coarser {counts.get('coarser', 0)}, finer "
                      f"{counts.get('finer', 0)}, fallback {counts.get('fallback', 0)}), {s['requests_sent']} sent, "
                      f"{s['requests_unsent']} unsent")

@@ -94,9 +94,10 @@ class MonitorSettings:
                                                   "it: --allow-remote-qp); docs/monitor.md.")
     target_measure: str = setting(DEFAULT_MEASURE, choices=LOOP_MEASURES,
                                   help="What --target-agreement holds: the mean top-5 overlap or top-1 agreement of "
-                                       "the recent pairs at the current QP.")
-    target_band: float = setting(0.03, min=0, max=1, metavar="B",
-                                 help="The dead band: no step coarser unless the measure is above X + B.")
+                                       "the pairs at the current QP over --target-memory.")
+    target_band: float = setting(0.0, min=0, max=1, metavar="B",
+                                 help="A dead band: no step coarser unless the measure is above X + B (a coarser "
+                                      "QP that failed within --target-memory is never retried before it ages out).")
     target_qp_range: str = setting("22:42", metavar="MIN:MAX",
                                    help="The QPs the loop may ask for; MIN is also the safe QP it asks for when "
                                         "pairs stop.")
@@ -104,6 +105,9 @@ class MonitorSettings:
     target_pairs: int = setting(20, min=1, metavar="K",
                                 help="Pairs at the current QP before it is judged (after each change).")
     target_interval: float = setting(5.0, min=0, metavar="SECONDS", help="At most one change per SECONDS.")
+    target_memory: float = setting(120.0, min=0, min_open=True, metavar="SECONDS",
+                                   help="Judge a QP by all its pairs of the last SECONDS (every stay there): the "
+                                        "measure follows the scene, so a short window chases each dip.")
     target_silence: float = setting(30.0, min=0, min_open=True, metavar="SECONDS",
                                     help="After SECONDS without a pair, ask for the safe QP (MIN of "
                                          "--target-qp-range).")
@@ -155,8 +159,8 @@ class MonitorSettings:
             low, high = parse_qp_range(self.target_qp_range, "--target-qp-range")
             return LoopSettings(target=self.target_agreement, measure=self.target_measure, band=self.target_band,
                                 low=low, high=high, step=self.target_step, min_pairs=self.target_pairs,
-                                window=max(60, self.target_pairs), min_interval_s=self.target_interval,
-                                silence_s=self.target_silence)
+                                window=max(4096, self.target_pairs), memory_s=self.target_memory,
+                                min_interval_s=self.target_interval, silence_s=self.target_silence)
         except ValueError as exc:
             raise EdgepipeError(str(exc)) from None
 

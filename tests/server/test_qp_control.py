@@ -1,5 +1,5 @@
 """The closed loop's controller (server/qp_control.py), on an injected clock: steps, dead band, range, rate limit,
-in-flight pairs, the retry wait that stops oscillation, and the fallback on silence."""
+in-flight pairs, the memory of each QP that judges it and stops oscillation, and the fallback on silence."""
 from __future__ import annotations
 
 import pytest
@@ -13,8 +13,8 @@ def pair(overlap: float, top1: bool = True) -> dict:
 
 
 def loop(**kw) -> QpController:
-    base = dict(target=0.9, band=0.04, low=22, high=42, step=2, min_pairs=5, window=10, min_interval_s=10.0,
-                silence_s=30.0, answer_timeout_s=20.0, retry_s=60.0)
+    base = dict(target=0.9, band=0.04, low=22, high=42, step=2, min_pairs=5, window=1000, min_interval_s=10.0,
+                silence_s=30.0, answer_timeout_s=20.0, memory_s=60.0)
     base.update(kw)
     return QpController(LoopSettings(**base))
 
@@ -90,19 +90,34 @@ def test_an_unanswered_request_times_out_and_the_loop_judges_the_capture_as_it_i
     assert c.counts["unanswered"] == 1 and [x.qp for x in changes] == [34]
 
 
-def test_a_qp_that_failed_is_not_tried_again_at_once_and_the_wait_doubles():
-    c = loop(min_interval_s=0.0, retry_s=60.0, max_retry_s=100.0)
+def test_a_coarser_qp_that_failed_waits_until_its_memory_has_aged_out():
+    c = loop(min_interval_s=0.0, memory_s=60.0)
     changes, t = feed(c, 32, 1.0, 5, 0.0)
     assert changes[0].qp == 34
     changes, t = feed(c, 34, 0.5, 5, t)
     assert changes[0].qp == 32 and changes[0].reason == "finer"
-    failed_at = changes[0].at + c.started
-    changes, t = feed(c, 32, 1.0, 20, t)  # 32 is above the band again: 34 waits 60 s
-    assert changes == [] and c.counts["held_retry_wait"] > 0
-    changes, t = feed(c, 32, 1.0, 5, failed_at + 60.0)
-    assert changes[0].qp == 34  # tried again after the wait
-    changes, t = feed(c, 34, 0.5, 5, t)  # fails again: the wait is 120, capped at 100
-    assert c.failed[34][1] == 100.0
+    last_at_34 = t - 1.0
+    changes, t = feed(c, 32, 1.0, 20, t)  # 32 is above the band again, but 34 failed within the memory
+    assert changes == [] and c.counts["held_coarser_failed"] > 0
+    assert c.remembered(34, t) == (0.5, 5)
+    changes, t = feed(c, 32, 1.0, 5, last_at_34 + 60.5)  # 34's pairs are older than the memory now
+    assert changes[0].qp == 34 and c.remembered(34, t) == (None, 0)
+
+
+def test_a_qp_is_judged_by_all_its_pairs_in_the_memory_not_the_last_few():
+    """A dip of the scene at a QP that held the floor for a minute does not send the loop finer."""
+    c = loop(min_interval_s=0.0, memory_s=120.0, band=0.0, high=32)
+    changes, t = feed(c, 32, 0.98, 60, 0.0)  # a minute well above the floor (at the top of the range)
+    assert changes == []
+    changes, t = feed(c, 32, 0.7, 20, t)  # 20 s of a hard scene: the last 20 pairs are far below 0.9
+    assert changes == []  # (60 * 0.98 + 20 * 0.7) / 80 = 0.91: held
+    changes, t = feed(c, 32, 0.7, 20, t)  # it lasts: the memory's mean falls below the floor
+    assert [x.reason for x in changes] == ["finer"] and changes[0].measured < 0.9
+    # only pairs of the last memory_s count
+    c = loop(min_interval_s=0.0, memory_s=30.0, band=0.0, high=32)
+    changes, t = feed(c, 32, 0.98, 60, 0.0)
+    changes, t = feed(c, 32, 0.7, 20, t)
+    assert [x.reason for x in changes] == ["finer"]
 
 
 def test_silence_asks_for_the_safe_qp_once_and_pairs_resume_the_loop():
@@ -127,10 +142,12 @@ def test_the_summary_and_trace():
     s = c.summary()
     assert s["changes"] == 1 and s["asked"] == 34 and s["qp"] == 32 and s["range"] == [22, 42] and s["safe"] == 22
     assert s["trace"] == [{"t": 4.0, "from": 32, "to": 34, "reason": "coarser", "measured": 1.0, "pairs": 5}]
+    assert s["memory_s"] == 60.0 and s["remembered"] == {"32": {"mean": 1.0, "pairs": 5}}
 
 
 @pytest.mark.parametrize("kw", [dict(target=1.5), dict(measure="kl"), dict(low=40, high=30), dict(high=52),
-                                dict(safe=50), dict(min_pairs=20, window=10), dict(step=0)])
+                                dict(safe=50), dict(min_pairs=20, window=10), dict(step=0),
+                                dict(memory_s=0.0)])
 def test_bad_settings_say_what_is_wrong(kw):
     with pytest.raises(ValueError):
         loop(**kw)
@@ -170,4 +187,5 @@ def test_the_closed_loop_feeds_each_stream_its_controller_and_retries_an_unsent_
     assert summary["a"]["requests_sent"] == 1 and summary["a"]["asked"] == 32 and summary["b"]["changes"] == 1
     from edgepipe.server.qp_control import summary_lines
 
-    assert summary_lines(summary)[0].startswith("closed loop a: top5 overlap >= 0.9 (band 0.03), QP 22:42 step 2")
+    assert summary_lines(summary)[0].startswith(
+        "closed loop a: top5 overlap >= 0.9 (band 0, memory 120 s), QP 22:42 step 2")
