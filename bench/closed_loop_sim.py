@@ -15,7 +15,9 @@ from frame 0), so the bytes of a GOP at a QP are those of the cached stream. QPs
 simulated range: `--low/--high` default to the cached grid's ends, and a step onto a missing QP is an error.
 
 Output: loop bits/frame, mean overlap over all frames, the best fixed QP in hindsight (the coarsest cached QP whose
-mean holds the floor) and the ratio, the number of changes; `--json` writes them with the QP trace.
+mean holds the floor) and the ratio, the number of changes, and the bits a fixed QP would need for the overlap the
+loop reached (log bits interpolated between cached QPs): over that, the loop's cost of mixing QPs, apart from what
+it spends above the floor. `--json` writes them with the QP trace.
 """
 from __future__ import annotations
 
@@ -89,7 +91,7 @@ def main() -> int:
     ap.add_argument("--low", type=int, default=None)
     ap.add_argument("--high", type=int, default=None)
     ap.add_argument("--step", type=int, default=2)
-    ap.add_argument("--band", type=float, default=0.03)
+    ap.add_argument("--band", type=float, default=0.0, help="monitor --target-band")
     ap.add_argument("--target-pairs", type=int, default=20, help="the controller's min_pairs")
     ap.add_argument("--memory", type=float, default=120.0, help="monitor --target-memory")
     ap.add_argument("--interval", type=float, default=5.0)
@@ -109,12 +111,18 @@ def main() -> int:
     holding = [q for q in qps if curves[q][1][:result["frames"]].mean() >= args.floor]
     best = max(holding) if holding else None
     best_bits = float(curves[best][0][:result["frames"]].mean() * 8) if best is not None else None
+    # the fixed-QP curve at the quality the loop reached: log bits interpolated in overlap between cached QPs
+    n = result["frames"]
+    points = sorted((curves[q][1][:n].mean(), np.log(curves[q][0][:n].mean() * 8)) for q in qps)
+    same_quality = float(np.exp(np.interp(result["overlap"], [p[0] for p in points], [p[1] for p in points])))
     result.update(floor=args.floor, cached_qps=qps, best_fixed_qp=best, best_fixed_bits_per_frame=best_bits,
                   ratio=result["bits_per_frame"] / best_bits if best_bits else None,
-                  settings=vars(args))
+                  fixed_bits_at_loop_quality=same_quality,
+                  ratio_at_loop_quality=result["bits_per_frame"] / same_quality, settings=vars(args))
     print(f"{args.clip}: loop {result['bits_per_frame']:.0f} bits/frame, overlap {result['overlap']:.3f} "
           f"(floor {args.floor}), {result['changes']} changes; best fixed QP {best}: {best_bits:.0f} bits/frame; "
-          f"ratio {result['ratio']:.2f}")
+          f"ratio {result['ratio']:.2f}; a fixed QP reaching the loop's overlap: {same_quality:.0f} bits/frame "
+          f"(ratio {result['ratio_at_loop_quality']:.2f})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
