@@ -94,6 +94,7 @@ def main() -> int:
     ap.add_argument("--band", type=float, default=0.0, help="monitor --target-band")
     ap.add_argument("--target-pairs", type=int, default=20, help="the controller's min_pairs")
     ap.add_argument("--memory", type=float, default=120.0, help="monitor --target-memory")
+    ap.add_argument("--target-seconds", type=float, default=20.0, help="monitor --target-seconds")
     ap.add_argument("--interval", type=float, default=5.0)
     ap.add_argument("--json", default=None, help="write the result here")
     args = ap.parse_args()
@@ -105,7 +106,7 @@ def main() -> int:
     qps = sorted(curves)
     settings = LoopSettings(target=args.floor, band=args.band, low=args.low or qps[0], high=args.high or qps[-1],
                             step=args.step, min_pairs=args.target_pairs,
-                            window=max(4096, args.target_pairs), memory_s=args.memory,
+                            window=max(4096, args.target_pairs), memory_s=args.memory, min_seconds=args.target_seconds,
                             min_interval_s=args.interval)
     result = simulate(curves, settings, args.start_qp, args.fps, args.gop, args.answer_frames)
     holding = [q for q in qps if curves[q][1][:result["frames"]].mean() >= args.floor]

@@ -4,7 +4,8 @@ QP to ask for (or None), and the service sends that over the control channel (tr
 
 Rules, per stream:
 - Judge only pairs coded at the QP the capture is coding now (the pair's own QP, from its header), and only once
-  `min_pairs` of them came since the last change. The measure is the mean of every pair at that QP over the last
+  `min_pairs` of them came since the last change, over at least `min_seconds` of the stream (a count alone means
+  2 s of a stream that references every frame, and the scene changes slower than that). The measure is the mean of every pair at that QP over the last
   `memory_s` seconds, all the loop's stays there counted (at most `window` pairs per QP): the measure follows the
   scene as much as the QP, and a window of the last few dozen pairs chased each dip of the scene down to the
   finest QPs (measured on the camera clips: 3.5-4.9 times the bits of the best fixed QP, docs/results).
@@ -40,6 +41,7 @@ class LoopSettings:
     high: int = 42
     step: int = 2
     min_pairs: int = 20
+    min_seconds: float = 20.0
     window: int = 4096  # pairs remembered per QP, at most
     memory_s: float = 120.0
     min_interval_s: float = 5.0
@@ -58,6 +60,8 @@ class LoopSettings:
             raise ValueError(f"the QP range {self.low}:{self.high} is not within 0:51 (low first)")
         if self.step < 1 or self.min_pairs < 1 or self.window < self.min_pairs:
             raise ValueError("step and min_pairs must be at least 1, and the window at least min_pairs")
+        if self.min_seconds < 0:
+            raise ValueError(f"the seconds before a QP is judged cannot be negative: got {self.min_seconds}")
         if not self.memory_s > 0:
             raise ValueError(f"the memory is a positive number of seconds: got {self.memory_s}")
         if self.safe is not None and not self.low <= self.safe <= self.high:
@@ -95,6 +99,7 @@ class QpController:
     last_pair: float | None = None
     silent: bool = False  # the fallback was asked for in this silence
     fresh: int = 0  # pairs at the current QP since the last change (or since the capture moved)
+    fresh_since: float = 0.0  # when the first of them came
     memory: dict = field(default_factory=dict)  # qp -> deque of (time, value), the last memory_s seconds
     counts: Counter = field(default_factory=Counter)  # pairs used/ignored, changes by reason, unanswered
     trace: deque = field(default_factory=lambda: deque(maxlen=1000))  # the Changes asked for, latest last
@@ -122,6 +127,8 @@ class QpController:
         if memory is None:
             memory = self.memory[qp] = deque(maxlen=s.window)
         memory.append((now, _value(s.measure, measures)))
+        if self.fresh == 0:
+            self.fresh_since = now
         self.fresh += 1
         self.counts["pairs_judged"] += 1
         return self._judge(now)
@@ -151,7 +158,8 @@ class QpController:
 
     def _judge(self, now: float) -> Change | None:
         s = self.settings
-        if self.fresh < s.min_pairs or now - self.last_change < s.min_interval_s or self.qp is None:
+        if (self.fresh < s.min_pairs or now - self.fresh_since < s.min_seconds
+                or now - self.last_change < s.min_interval_s or self.qp is None):
             return None
         measured, _ = self.remembered(self.qp, now)
         qp = self.qp

@@ -104,6 +104,9 @@ class MonitorSettings:
     target_step: int = setting(2, min=1, max=51, help="QP step of each change.")
     target_pairs: int = setting(20, min=1, metavar="K",
                                 help="Pairs at the current QP before it is judged (after each change).")
+    target_seconds: float = setting(20.0, min=0, metavar="SECONDS",
+                                    help="...and at least SECONDS of them: a scene changes slower than a stream "
+                                         "that references every frame sends K pairs.")
     target_interval: float = setting(5.0, min=0, metavar="SECONDS", help="At most one change per SECONDS.")
     target_memory: float = setting(120.0, min=0, min_open=True, metavar="SECONDS",
                                    help="Judge a QP by all its pairs of the last SECONDS (every stay there): the "
@@ -159,6 +162,7 @@ class MonitorSettings:
             low, high = parse_qp_range(self.target_qp_range, "--target-qp-range")
             return LoopSettings(target=self.target_agreement, measure=self.target_measure, band=self.target_band,
                                 low=low, high=high, step=self.target_step, min_pairs=self.target_pairs,
+                                min_seconds=self.target_seconds,
                                 window=max(4096, self.target_pairs), memory_s=self.target_memory,
                                 min_interval_s=self.target_interval, silence_s=self.target_silence)
         except ValueError as exc:

@@ -14,7 +14,7 @@ def pair(overlap: float, top1: bool = True) -> dict:
 
 def loop(**kw) -> QpController:
     base = dict(target=0.9, band=0.04, low=22, high=42, step=2, min_pairs=5, window=1000, min_interval_s=10.0,
-                silence_s=30.0, answer_timeout_s=20.0, memory_s=60.0)
+                silence_s=30.0, answer_timeout_s=20.0, memory_s=60.0, min_seconds=0.0)
     base.update(kw)
     return QpController(LoopSettings(**base))
 
@@ -47,6 +47,14 @@ def test_below_the_target_steps_finer_and_inside_the_band_holds():
     c = loop()
     changes, _ = feed(c, 32, 0.92, 50, 0.0)  # 0.9 <= 0.92 <= 0.94: the dead band
     assert changes == [] and c.counts["pairs_judged"] == 50
+
+
+def test_a_qp_is_judged_only_after_enough_seconds_of_pairs_as_well():
+    c = loop(min_seconds=20.0)
+    changes, t = feed(c, 32, 1.0, 50, 0.0, dt=0.1)  # 50 pairs, but 4.9 s of them
+    assert changes == []
+    changes, t = feed(c, 32, 1.0, 152, t, dt=0.1)  # the first pair came at 0: judged at 20.0 s
+    assert [x.qp for x in changes] == [34] and changes[0].at == pytest.approx(20.0)
 
 
 def test_top1_agreement_is_the_measure_when_asked():
@@ -147,7 +155,7 @@ def test_the_summary_and_trace():
 
 @pytest.mark.parametrize("kw", [dict(target=1.5), dict(measure="kl"), dict(low=40, high=30), dict(high=52),
                                 dict(safe=50), dict(min_pairs=20, window=10), dict(step=0),
-                                dict(memory_s=0.0)])
+                                dict(memory_s=0.0), dict(min_seconds=-1.0)])
 def test_bad_settings_say_what_is_wrong(kw):
     with pytest.raises(ValueError):
         loop(**kw)
@@ -170,7 +178,8 @@ def test_the_closed_loop_feeds_each_stream_its_controller_and_retries_an_unsent_
         return ok[0]
 
     t = [0.0]
-    cl = ClosedLoop(LoopSettings(target=0.9, min_pairs=3, window=10, min_interval_s=0.0), send, clock=lambda: t[0])
+    cl = ClosedLoop(LoopSettings(target=0.9, min_pairs=3, window=10, min_interval_s=0.0, min_seconds=0.0), send,
+                    clock=lambda: t[0])
     for _ in range(3):
         cl.on_pair(("a", "none", 30, "hevc"), pair(1.0))
         cl.on_pair(("b", "none", 30, "hevc"), pair(0.5))

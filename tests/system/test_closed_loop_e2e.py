@@ -25,7 +25,7 @@ def test_the_loop_moves_the_capture_qp_finer_to_reach_the_floor_and_both_sides_c
     report, stats = tmp_path / "report.json", tmp_path / "stats.json"
     monitor = subprocess.Popen(EDGEPIPE + ["-v", "monitor", "--connect", data, "--control", control, "--report",
                                            str(report), "--idle-timeout", "8", "--classify-policy", "all",
-                                           "--target-agreement", "1.0", "--target-pairs", "4", "--target-interval",
+                                           "--target-agreement", "1.0", "--target-pairs", "4", "--target-seconds", "0", "--target-interval",
                                            "0", "--target-step", "4", "--target-qp-range", "22:42", "-q"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
