@@ -77,6 +77,21 @@ def measures(logits: np.ndarray, ref_logits: np.ndarray, prefix: str = "") -> di
 QUALITY = ("agreement", "p_reference", "top5_overlap", "kl")  # kl enters BD as -kl (lower is better)
 
 
+def bd_entry(spec: str, anchor: str, name: str, keys, curve) -> dict:
+    """BD-Rate of `spec` against `anchor` on source `name` for each measure in `keys` (cubic, PCHIP and notes),
+    printed in one line; curve(pre, key) gives that pre-transform's (rates, qualities) over the QPs."""
+    entry = {"pre": spec, "anchor": anchor, "clip": name}
+    for key in keys:
+        c = compare(*curve(anchor, key), *curve(spec, key))
+        entry[f"bd_rate_{key}_cubic_pct"] = c.rate_cubic
+        entry[f"bd_rate_{key}_pchip_pct"] = c.rate_pchip
+        entry[f"{key}_notes"] = list(c.notes)
+    print(f"BD-Rate {spec} vs {anchor} on {name} (cubic / PCHIP): " + ", ".join(
+        f"{key} {entry[f'bd_rate_{key}_cubic_pct']:+.1f} % / {entry[f'bd_rate_{key}_pchip_pct']:+.1f} %"
+        for key in keys))
+    return entry
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pre", default="none,ours", help="comma list: none, shipped model names or model files")
@@ -125,17 +140,7 @@ def main() -> int:
                 sign = -1.0 if key == "kl" else 1.0
                 return (np.array([np.mean([r["bpp"] for r in v]) for v in by_qp.values()]),
                         sign * np.array([np.mean([r[key] for r in v]) for v in by_qp.values()]))
-            entry = {"pre": spec, "anchor": pres[0], "clip": name}
-            for key in QUALITY:
-                (ra, qa), (rt, qt) = curve(pres[0], key), curve(spec, key)
-                c = compare(ra, qa, rt, qt)
-                entry[f"bd_rate_{key}_cubic_pct"] = c.rate_cubic
-                entry[f"bd_rate_{key}_pchip_pct"] = c.rate_pchip
-                entry[f"{key}_notes"] = list(c.notes)
-            bd.append(entry)
-            print(f"BD-Rate {spec} vs {pres[0]} on {name} (cubic / PCHIP): " + ", ".join(
-                f"{key} {entry[f'bd_rate_{key}_cubic_pct']:+.1f} % / {entry[f'bd_rate_{key}_pchip_pct']:+.1f} %"
-                for key in QUALITY))
+            bd.append(bd_entry(spec, pres[0], name, QUALITY, curve))
     result = {"command": " ".join(sys.argv), "every": args.every, "limit": args.limit, "qps": QPS,
               "seconds": round(time.time() - started, 1), "machine": platform.platform(), "rows": rows, "bd": bd}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -56,9 +56,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import clip_agreement  # noqa: E402
-from clip_agreement import DEFAULT_CLIPS, QUALITY, measures, read_frames  # noqa: E402
+from clip_agreement import DEFAULT_CLIPS, QUALITY, bd_entry, measures, read_frames  # noqa: E402
 
-from edgepipe.core.bdrate import compare  # noqa: E402
 from edgepipe.core.datasets import list_labelled_images  # noqa: E402
 from edgepipe.core.errors import EdgepipeError  # noqa: E402
 from edgepipe.engines import load_engine  # noqa: E402
@@ -328,17 +327,7 @@ def main() -> int:
                 sign = -1.0 if key == "kl" else 1.0
                 return (np.array([mean(r["bpp"] for r in sel(pre, name, qp)) for qp in qps]),
                         sign * np.array([mean(r[key] for r in sel(pre, name, qp)) for qp in qps]))
-            entry = {"pre": spec, "anchor": pres[0], "clip": name}
-            for key in QUALITY + (("top1",) if kind == "pans" else ()):
-                (ra, qa), (rt, qt) = curve(pres[0], key), curve(spec, key)
-                c = compare(ra, qa, rt, qt)
-                entry[f"bd_rate_{key}_cubic_pct"] = c.rate_cubic
-                entry[f"bd_rate_{key}_pchip_pct"] = c.rate_pchip
-                entry[f"{key}_notes"] = list(c.notes)
-            bd.append(entry)
-            print(f"BD-Rate {spec} vs {pres[0]} on {name} (cubic / PCHIP): " + ", ".join(
-                f"{key} {entry[f'bd_rate_{key}_cubic_pct']:+.1f} % / {entry[f'bd_rate_{key}_pchip_pct']:+.1f} %"
-                for key in QUALITY + (("top1",) if kind == "pans" else ())))
+            bd.append(bd_entry(spec, pres[0], name, QUALITY + (("top1",) if kind == "pans" else ()), curve))
             for qp in qps:
                 ratio = {"pre": spec, "anchor": pres[0], "clip": name, "qp": qp}
                 for key in ("bpp", "bpp_i", "bpp_p"):
