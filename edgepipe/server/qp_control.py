@@ -72,6 +72,33 @@ class LoopSettings:
         return self.low if self.safe is None else self.safe
 
 
+class _Memory:
+    """The pairs of one QP over the last seconds, at most `maxlen`, with their running sum (a judged pair must not
+    cost a pass over thousands)."""
+
+    __slots__ = ("pairs", "total", "maxlen")
+
+    def __init__(self, maxlen: int):
+        self.pairs: deque = deque()
+        self.total = 0.0
+        self.maxlen = maxlen
+
+    def add(self, now: float, value: float) -> None:
+        if len(self.pairs) == self.maxlen:
+            self.total -= self.pairs.popleft()[1]
+        self.pairs.append((now, value))
+        self.total += value
+
+    def since(self, oldest: float) -> tuple[float | None, int]:
+        """Forget the pairs before `oldest`; (mean, count) of the rest, (None, 0) without any."""
+        while self.pairs and self.pairs[0][0] < oldest:
+            self.total -= self.pairs.popleft()[1]
+        if not self.pairs:
+            self.total = 0.0  # no rounding residue carried into the next stay
+            return None, 0
+        return self.total / len(self.pairs), len(self.pairs)
+
+
 @dataclass
 class Change:
     """A QP the controller asks for, and why: `coarser`, `finer` or `fallback`."""
@@ -100,7 +127,7 @@ class QpController:
     silent: bool = False  # the fallback was asked for in this silence
     fresh: int = 0  # pairs at the current QP since the last change (or since the capture moved)
     fresh_since: float = 0.0  # when the first of them came
-    memory: dict = field(default_factory=dict)  # qp -> deque of (time, value), the last memory_s seconds
+    memory: dict = field(default_factory=dict)  # qp -> its _Memory, the last memory_s seconds
     counts: Counter = field(default_factory=Counter)  # pairs used/ignored, changes by reason, unanswered
     trace: deque = field(default_factory=lambda: deque(maxlen=1000))  # the Changes asked for, latest last
 
@@ -125,8 +152,8 @@ class QpController:
             self.fresh = 0
         memory = self.memory.get(qp)
         if memory is None:
-            memory = self.memory[qp] = deque(maxlen=s.window)
-        memory.append((now, _value(s.measure, measures)))
+            memory = self.memory[qp] = _Memory(s.window)
+        memory.add(now, _value(s.measure, measures))
         if self.fresh == 0:
             self.fresh_since = now
         self.fresh += 1
@@ -136,13 +163,7 @@ class QpController:
     def remembered(self, qp: int, now: float) -> tuple[float | None, int]:
         """(mean, pairs) of the measure at `qp` over the last memory_s seconds; (None, 0) without any."""
         memory = self.memory.get(qp)
-        if not memory:
-            return None, 0
-        while memory and memory[0][0] < now - self.settings.memory_s:
-            memory.popleft()
-        if not memory:
-            return None, 0
-        return sum(v for _, v in memory) / len(memory), len(memory)
+        return (None, 0) if memory is None else memory.since(now - self.settings.memory_s)
 
     def tick(self, now: float) -> Change | None:
         """Call every second or so: the fallback when pairs stopped coming."""
