@@ -3,6 +3,8 @@ refused and counted by cause; the keyframe verb is as it was; over real CURVE so
 request moves the capture's QP, at a GOP boundary, and a capture without --allow-remote-qp refuses every one."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import zmq
@@ -12,7 +14,7 @@ from edgepipe.edge.service import CaptureService
 from edgepipe.ops.service import SecurityOptions, ServiceOptions
 from edgepipe.server.service import MonitorService
 from edgepipe.transport.control import CONTROL_MAGIC, KEYFRAME, QP, ControlServer
-from edgepipe.transport.security import CurveClient, configure_client, load_keypair, load_public_key, write_keypair
+from edgepipe.transport.security import CurveClient, configure_client, load_keypair, load_public_key
 from edgepipe.transport.sockets import free_tcp_endpoint
 
 from field_helpers import PacedSource, Running, decode_frames, wait_for
@@ -99,15 +101,10 @@ def test_the_loop_checks_the_range_again():
 
 # --- over real CURVE sockets ---------------------------------------------------------------------------------------
 
-@pytest.fixture
-def keys(tmp_path):
-    d = tmp_path / "keys"
-    for name in ("capture", "monitor", "stranger"):
-        write_keypair(d, name)
-    return d
-
-
-def _run_pair(keys, video_clip, allow_remote_qp):
+@contextmanager
+def _running_pair(keys, video_clip, allow_remote_qp):
+    """A capture (CURVE, control socket, --allow-remote-qp as given) and its allowed monitor, both running, and a
+    stranger's DEALER on the control socket; all stopped and closed on the way out."""
     data, control = free_tcp_endpoint(), free_tcp_endpoint()
     server = SecurityOptions(key=str(keys / "capture.key_secret"), allow=(str(keys / "monitor.key"),))
     service = CaptureService(CaptureSettings(source="paced", publish=data, gop=10, qp=40, stream_id="vault",
@@ -121,14 +118,20 @@ def _run_pair(keys, video_clip, allow_remote_qp):
     configure_client(stranger, CurveClient(load_keypair(str(keys / "stranger.key_secret")),
                                            load_public_key(str(keys / "capture.key"))))
     stranger.connect(control)
-    return service, good, stranger
+    runs = [Running(good.run), Running(service.run)]
+    try:
+        yield service, good, stranger
+    finally:
+        for r in reversed(runs):
+            r.stop()
+        good.close()
+        service.close()
+        stranger.close(0)
 
 
 def test_only_an_allowed_monitor_moves_the_qp_at_a_gop_boundary(keys, video_clip):
-    service, good, stranger = _run_pair(keys, video_clip, "22:42")
-    loop, control, client = service.loop, service.control, good.control
-    runs = [Running(good.run), Running(service.run)]
-    try:
+    with _running_pair(keys, video_clip, "22:42") as (service, good, stranger):
+        loop, control, client = service.loop, service.control, good.control
         assert wait_for(lambda: good.monitor.decoded >= 10, 15)
         for _ in range(5):
             try:
@@ -140,12 +143,6 @@ def test_only_an_allowed_monitor_moves_the_qp_at_a_gop_boundary(keys, video_clip
         assert wait_for(lambda: any(k[2] == 30 for k in good.monitor.rows), 10)  # frames now say QP 30
         assert good.control.request_qp("vault", 50)  # sent, and refused by the capture
         assert wait_for(lambda: service.control.rejects.get("qp_out_of_range") == 1, 10)
-    finally:
-        for r in reversed(runs):
-            r.stop()
-        good.close()
-        service.close()
-        stranger.close(0)
     # the stranger's requests never arrived; the good monitor's: one obeyed, one refused, each counted
     assert control.qp_requests == 1 and loop.stats.qp_requests == 1 and loop.stats.qp_changes == 1
     assert loop.stats.qp_refusals == {"qp_out_of_range": 1}
@@ -159,20 +156,12 @@ def test_only_an_allowed_monitor_moves_the_qp_at_a_gop_boundary(keys, video_clip
 
 
 def test_a_capture_without_the_opt_in_refuses_every_qp_request(keys, video_clip):
-    service, good, stranger = _run_pair(keys, video_clip, None)
-    loop, control = service.loop, service.control
-    runs = [Running(good.run), Running(service.run)]
-    try:
+    with _running_pair(keys, video_clip, None) as (service, good, _):
+        loop, control = service.loop, service.control
         assert wait_for(lambda: good.monitor.decoded >= 5, 15)
         for qp in (30, 40, 22):
             assert good.control.request_qp("vault", qp)
         assert wait_for(lambda: service.control.rejects.get("qp_not_allowed") == 3, 10)
-    finally:
-        for r in reversed(runs):
-            r.stop()
-        good.close()
-        service.close()
-        stranger.close(0)
     assert control.rejects == {"qp_not_allowed": 3}
     assert loop.qp_now == 40 and loop.stats.qp_changes == 0 and loop.stats.qp_refusals == {"qp_not_allowed": 3}
     assert loop.stats.as_dict()["remote_qp"]["allowed"] is None

@@ -25,21 +25,12 @@ from edgepipe.transport.security import (
     load_allow_list,
     load_keypair,
     load_public_key,
-    write_keypair,
 )
 from edgepipe.transport.sockets import free_tcp_endpoint
 
 from field_helpers import PacedSource, Running, decode_frames, wait_for
 
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
-
-
-@pytest.fixture
-def keys(tmp_path):
-    d = tmp_path / "keys"
-    for name in ("capture", "monitor", "stranger"):
-        write_keypair(d, name)
-    return d
 
 
 def run(*args):
