@@ -121,8 +121,10 @@ def main() -> int:
                   fixed_bits_at_loop_quality=same_quality,
                   ratio_at_loop_quality=result["bits_per_frame"] / same_quality, settings=vars(args))
     print(f"{args.clip}: loop {result['bits_per_frame']:.0f} bits/frame, overlap {result['overlap']:.3f} "
-          f"(floor {args.floor}), {result['changes']} changes; best fixed QP {best}: {best_bits:.0f} bits/frame; "
-          f"ratio {result['ratio']:.2f}; a fixed QP reaching the loop's overlap: {same_quality:.0f} bits/frame "
+          f"(floor {args.floor}), {result['changes']} changes; "
+          + (f"best fixed QP {best}: {best_bits:.0f} bits/frame; ratio {result['ratio']:.2f}; " if best is not None
+             else "no cached QP holds the floor; ")
+          + f"a fixed QP reaching the loop's overlap: {same_quality:.0f} bits/frame "
           f"(ratio {result['ratio_at_loop_quality']:.2f})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

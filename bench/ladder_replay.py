@@ -85,6 +85,11 @@ def gops_of(lines: list[dict], gop: int, first_seq: int) -> dict[int, dict]:
     return {g: e for g, e in out.items() if e["keyframes"] and e["keyframes"][0]}
 
 
+def _fmt(value: float | None) -> str:
+    """A ratio, or n/a where a QP had no GOP of that engine (a short run)."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def code_gop(frames: np.ndarray, qp: int, gop: int, fps: float) -> tuple[list[int], list[bool]]:
     """Bytes and keyframe flags of each frame, coded as one fresh stream the way the capture codes a ladder GOP."""
     t, h, w = frames.shape[:3]
@@ -202,11 +207,12 @@ def main() -> int:
         summary.append(entry)
         for m in names[1:]:
             p, live = entry["P"], entry["all"]
-            print(f"QP {qp}: {m} / {anchor} bytes, live (different GOPs) all {live[f'live_ratio[{m}]']:.3f} "
-                  f"P {p[f'live_ratio[{m}]']:.3f}; replayed on the same GOPs all {live[f'paired_ratio[{m}]']:.3f} "
-                  f"P {p[f'paired_ratio[{m}]']:.3f}; replay/live of each engine's own GOPs: "
-                  + ", ".join(f"{x} {live[f'replay_same[{x}]'] / live[f'live_bytes[{x}]']:.3f}" for x in names),
-                  flush=True)
+            own = {x: (live[f"replay_same[{x}]"] / live[f"live_bytes[{x}]"] if live[f"live_bytes[{x}]"] else None)
+                   for x in names}
+            print(f"QP {qp}: {m} / {anchor} bytes, live (different GOPs) all {_fmt(live[f'live_ratio[{m}]'])} "
+                  f"P {_fmt(p[f'live_ratio[{m}]'])}; replayed on the same GOPs all {_fmt(live[f'paired_ratio[{m}]'])} "
+                  f"P {_fmt(p[f'paired_ratio[{m}]'])}; replay/live of each engine's own GOPs: "
+                  + ", ".join(f"{x} {_fmt(v)}" for x, v in own.items()), flush=True)
     print(f"I-frames byte for byte equal to the live ones: {exact['equal']} of {exact['iframes']}")
     result = {"command": " ".join(sys.argv), "predictions": args.predictions, "clip": args.clip,
               "engines": dict(zip(names, specs)), "gop": args.gop, "fps": args.fps, "first_seq": args.first_seq,
