@@ -238,6 +238,8 @@ def live_commands(args, clip: Path, n: int, out: Path, data: str, control: str) 
         "--target-qp-range", f"{args.low}:{args.high}", "--target-step", str(args.step),
         "--target-pairs", str(args.target_pairs), "--target-interval", str(args.target_interval),
         "--target-band", str(args.band), "--target-memory", str(args.target_memory),
+        "--target-seconds", str(args.target_seconds),
+        *(["--target-per-qp"] if args.target_per_qp else []),
         "--predictions", str(preds), "--report", str(report), "--idle-timeout", "20", "-q"]
     capture = EDGEPIPE + [
         "capture", "--source", str(clip), "--publish", data, "--control", control, "--realtime", "--loop",
@@ -342,10 +344,12 @@ def main() -> int:
     ap.add_argument("--low", type=int, default=22, help="finest QP the loop may ask for (and the safe QP)")
     ap.add_argument("--high", type=int, default=42, help="coarsest QP the loop may ask for")
     ap.add_argument("--step", type=int, default=2, help="monitor --target-step")
-    ap.add_argument("--band", type=float, default=0.0, help="monitor --target-band")
-    ap.add_argument("--target-memory", type=float, default=120.0, help="monitor --target-memory")
+    ap.add_argument("--band", type=float, default=0.01, help="monitor --target-band")
+    ap.add_argument("--target-memory", type=float, default=240.0, help="monitor --target-memory")
     ap.add_argument("--target-pairs", type=int, default=20, help="monitor --target-pairs")
     ap.add_argument("--target-interval", type=float, default=5.0, help="monitor --target-interval")
+    ap.add_argument("--target-seconds", type=float, default=10.0, help="monitor --target-seconds")
+    ap.add_argument("--target-per-qp", action="store_true", help="monitor --target-per-qp (no time-sharing)")
     ap.add_argument("--jobs", type=int, default=2, help="offline encoder processes (one QP each)")
     ap.add_argument("--max-load", type=float, default=2.5, help="wait before the live run while the load is above")
     ap.add_argument("--max-wait", type=float, default=900.0, help="longest wait for the load, seconds")

@@ -95,7 +95,7 @@ class MonitorSettings:
     target_measure: str = setting(DEFAULT_MEASURE, choices=LOOP_MEASURES,
                                   help="What --target-agreement holds: the mean top-5 overlap or top-1 agreement of "
                                        "the pairs at the current QP over --target-memory.")
-    target_band: float = setting(0.0, min=0, max=1, metavar="B",
+    target_band: float = setting(0.01, min=0, max=1, metavar="B",
                                  help="A dead band: no step coarser unless the measure is above X + B (a coarser "
                                       "QP that failed within --target-memory is never retried before it ages out).")
     target_qp_range: str = setting("22:42", metavar="MIN:MAX",
@@ -104,13 +104,17 @@ class MonitorSettings:
     target_step: int = setting(2, min=1, max=51, help="QP step of each change.")
     target_pairs: int = setting(20, min=1, metavar="K",
                                 help="Pairs at the current QP before it is judged (after each change).")
-    target_seconds: float = setting(20.0, min=0, metavar="SECONDS",
+    target_seconds: float = setting(10.0, min=0, metavar="SECONDS",
                                     help="...and at least SECONDS of them: a scene changes slower than a stream "
                                          "that references every frame sends K pairs.")
     target_interval: float = setting(5.0, min=0, metavar="SECONDS", help="At most one change per SECONDS.")
-    target_memory: float = setting(120.0, min=0, min_open=True, metavar="SECONDS",
+    target_memory: float = setting(240.0, min=0, min_open=True, metavar="SECONDS",
                                    help="Judge a QP by all its pairs of the last SECONDS (every stay there): the "
                                         "measure follows the scene, so a short window chases each dip.")
+    target_share: bool = setting(True, "--target-per-qp", invert=True,
+                                 help="Judge each QP alone. By default the loop time-shares the two QPs around the "
+                                      "floor, holding the mean of every pair of the last --target-memory at X, "
+                                      "which costs fewer bits than the finer one alone.")
     target_silence: float = setting(30.0, min=0, min_open=True, metavar="SECONDS",
                                     help="After SECONDS without a pair, ask for the safe QP (MIN of "
                                          "--target-qp-range).")
@@ -164,7 +168,8 @@ class MonitorSettings:
                                 low=low, high=high, step=self.target_step, min_pairs=self.target_pairs,
                                 min_seconds=self.target_seconds,
                                 window=max(4096, self.target_pairs), memory_s=self.target_memory,
-                                min_interval_s=self.target_interval, silence_s=self.target_silence)
+                                min_interval_s=self.target_interval, silence_s=self.target_silence,
+                                share=self.target_share)
         except ValueError as exc:
             raise EdgepipeError(str(exc)) from None
 

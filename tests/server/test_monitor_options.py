@@ -5,7 +5,7 @@ import dataclasses
 
 from edgepipe.commands.from_dataclass import build, flagged_fields
 from edgepipe.commands.monitor import monitor
-from edgepipe.core.options import flag_name
+from edgepipe.core.options import flag_name, flag_of
 from edgepipe.server.settings import CLASSIFY_DEFAULTS, MonitorSettings
 
 # the command's own flags: the config file, this side's secret key and --insecure (shared with the capture),
@@ -17,8 +17,8 @@ def argv_of(settings: MonitorSettings) -> list[str]:
     argv = []
     for field, _ in flagged_fields(MonitorSettings):
         value = getattr(settings, field.name)
-        if isinstance(value, bool):
-            argv += [flag_name(field)] if value else []
+        if isinstance(value, bool):  # an inverted flag (--target-per-qp) is given to set False
+            argv += [flag_name(field)] if value != flag_of(field)["invert"] else []
         elif value is not None:
             argv += [flag_name(field), str(value)]
     return argv
@@ -44,7 +44,7 @@ def test_the_settings_round_trip_through_the_command_line():
                                weights="vgg16.pth", recognizer_view="tiles", recognizer_server="grpc://t:8001",
                                classify_policy="keyframes-first", classify_every=3, classify_queue=8, classify_batch=4,
                                predictions="p.jsonl", report="r.json", frames=100, idle_timeout=2.5, record="o.mkv",
-                               save_frames="frames", save_every=10)
+                               save_frames="frames", save_every=10, target_share=False)
     assert parsed(argv_of(settings)) == settings
     quiet = MonitorSettings(connect="tcp://camera:5555", streams="cam1,cam3", no_classify=True,
                             classify_policy="all")

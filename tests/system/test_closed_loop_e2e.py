@@ -64,4 +64,5 @@ def test_the_loop_moves_the_capture_qp_finer_to_reach_the_floor_and_both_sides_c
     # the frames say so: rows at QP 42 and at each QP the capture moved to
     assert {START_QP, *trace} <= {r["qp"] for r in rep["rows"]}
     assert rep["lost"] == 0
-    assert "closed loop loop: top5 overlap >= 1 (band 0, memory 120 s), QP 22:42 step 4" in out
+    assert "closed loop loop: top5 overlap >= 1 (band 0.01, memory 240 s, time-shared, stream mean " in out
+    assert "), QP 22:42 step 4: QP now " in out
