@@ -53,6 +53,7 @@ from edgepipe.media.codecs import decode_image  # noqa: E402
 from edgepipe.media.codecs.hevc import HevcDecoder, HevcEncoder  # noqa: E402
 from edgepipe.recognition import Classifier  # noqa: E402
 from edgepipe.server.agreement import agreement  # noqa: E402
+from edgepipe.server.qp_control import LOOP_DEFAULTS  # noqa: E402
 
 EDGEPIPE = [str(ROOT / ".venv" / "bin" / "edgepipe")]
 CACHE = ROOT / "runs" / "closed_loop" / "cache"
@@ -344,11 +345,11 @@ def main() -> int:
     ap.add_argument("--low", type=int, default=22, help="finest QP the loop may ask for (and the safe QP)")
     ap.add_argument("--high", type=int, default=42, help="coarsest QP the loop may ask for")
     ap.add_argument("--step", type=int, default=2, help="monitor --target-step")
-    ap.add_argument("--band", type=float, default=0.01, help="monitor --target-band")
-    ap.add_argument("--target-memory", type=float, default=240.0, help="monitor --target-memory")
-    ap.add_argument("--target-pairs", type=int, default=20, help="monitor --target-pairs")
-    ap.add_argument("--target-interval", type=float, default=5.0, help="monitor --target-interval")
-    ap.add_argument("--target-seconds", type=float, default=10.0, help="monitor --target-seconds")
+    ap.add_argument("--band", type=float, default=LOOP_DEFAULTS["band"], help="monitor --target-band")
+    ap.add_argument("--target-memory", type=float, default=LOOP_DEFAULTS["memory_s"], help="monitor --target-memory")
+    ap.add_argument("--target-pairs", type=int, default=LOOP_DEFAULTS["min_pairs"], help="monitor --target-pairs")
+    ap.add_argument("--target-interval", type=float, default=LOOP_DEFAULTS["min_interval_s"], help="monitor --target-interval")
+    ap.add_argument("--target-seconds", type=float, default=LOOP_DEFAULTS["min_seconds"], help="monitor --target-seconds")
     ap.add_argument("--target-per-qp", action="store_true", help="monitor --target-per-qp (no time-sharing)")
     ap.add_argument("--jobs", type=int, default=2, help="offline encoder processes (one QP each)")
     ap.add_argument("--max-load", type=float, default=2.5, help="wait before the live run while the load is above")

@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgepipe.server.qp_control import LoopSettings, QpController  # noqa: E402
+from edgepipe.server.qp_control import LOOP_DEFAULTS, LoopSettings, QpController  # noqa: E402
 
 CACHE = ROOT / "runs" / "closed_loop" / "cache"
 
@@ -96,10 +96,10 @@ def main() -> int:
     ap.add_argument("--low", type=int, default=None)
     ap.add_argument("--high", type=int, default=None)
     ap.add_argument("--step", type=int, default=2)
-    ap.add_argument("--band", type=float, default=0.01, help="monitor --target-band")
+    ap.add_argument("--band", type=float, default=LOOP_DEFAULTS["band"], help="monitor --target-band")
     ap.add_argument("--target-pairs", type=int, default=20, help="the controller's min_pairs")
-    ap.add_argument("--memory", type=float, default=240.0, help="monitor --target-memory")
-    ap.add_argument("--target-seconds", type=float, default=10.0, help="monitor --target-seconds")
+    ap.add_argument("--memory", type=float, default=LOOP_DEFAULTS["memory_s"], help="monitor --target-memory")
+    ap.add_argument("--target-seconds", type=float, default=LOOP_DEFAULTS["min_seconds"], help="monitor --target-seconds")
     ap.add_argument("--interval", type=float, default=5.0)
     ap.add_argument("--repeat", type=int, default=1, help="play the cached run N times in a row (a longer run of "
                     "the same scene; the cached run is a whole number of GOPs, so each replay starts at an IDR)")
@@ -135,7 +135,7 @@ def run_floor(args, curves: dict, floor: float) -> dict:
     cached = min(len(s) for s, _ in curves.values())
     settings = LoopSettings(target=floor, band=args.band, low=args.low or qps[0], high=args.high or qps[-1],
                             step=args.step, min_pairs=args.target_pairs,
-                            window=max(4096, args.target_pairs), memory_s=args.memory, min_seconds=args.target_seconds,
+                            window=max(LOOP_DEFAULTS["window"], args.target_pairs), memory_s=args.memory, min_seconds=args.target_seconds,
                             min_interval_s=args.interval, share=not args.no_share)
     # every run covers whole plays of the cached frames, so each QP's means over it are those of one play
     holding = [q for q in qps if curves[q][1].mean() >= floor]

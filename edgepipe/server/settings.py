@@ -15,7 +15,7 @@ from edgepipe.ops.service import SecurityOptions, ServiceOptions
 from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, VIEWS
 from edgepipe.server.classify import POLICIES, ClassifyOptions
 from edgepipe.server.live_rd import DEFAULT_WINDOW_S
-from edgepipe.server.qp_control import DEFAULT_MEASURE
+from edgepipe.server.qp_control import DEFAULT_MEASURE, LOOP_DEFAULTS
 from edgepipe.server.qp_control import MEASURES as LOOP_MEASURES
 
 # The command's classify defaults: a live camera never waits for its recognizer (the library's is `all`).
@@ -95,27 +95,28 @@ class MonitorSettings:
     target_measure: str = setting(DEFAULT_MEASURE, choices=LOOP_MEASURES,
                                   help="What --target-agreement holds: the mean top-5 overlap or top-1 agreement of "
                                        "the pairs at the current QP over --target-memory.")
-    target_band: float = setting(0.01, min=0, max=1, metavar="B",
+    target_band: float = setting(LOOP_DEFAULTS["band"], min=0, max=1, metavar="B",
                                  help="A dead band: no step coarser unless the measure is above X + B (a coarser "
-                                      "QP that failed within --target-memory is never retried before it ages out).")
-    target_qp_range: str = setting("22:42", metavar="MIN:MAX",
+                                      "QP that failed within --target-memory is not tried again before it ages out, unless "
+                                      "time-sharing pays for it; docs/monitor.md).")
+    target_qp_range: str = setting(f"{LOOP_DEFAULTS['low']}:{LOOP_DEFAULTS['high']}", metavar="MIN:MAX",
                                    help="The QPs the loop may ask for; MIN is also the safe QP it asks for when "
                                         "pairs stop.")
-    target_step: int = setting(2, min=1, max=51, help="QP step of each change.")
-    target_pairs: int = setting(20, min=1, metavar="K",
+    target_step: int = setting(LOOP_DEFAULTS["step"], min=1, max=51, help="QP step of each change.")
+    target_pairs: int = setting(LOOP_DEFAULTS["min_pairs"], min=1, metavar="K",
                                 help="Pairs at the current QP before it is judged (after each change).")
-    target_seconds: float = setting(10.0, min=0, metavar="SECONDS",
+    target_seconds: float = setting(LOOP_DEFAULTS["min_seconds"], min=0, metavar="SECONDS",
                                     help="...and at least SECONDS of them: a scene changes slower than a stream "
                                          "that references every frame sends K pairs.")
-    target_interval: float = setting(5.0, min=0, metavar="SECONDS", help="At most one change per SECONDS.")
-    target_memory: float = setting(240.0, min=0, min_open=True, metavar="SECONDS",
+    target_interval: float = setting(LOOP_DEFAULTS["min_interval_s"], min=0, metavar="SECONDS", help="At most one change per SECONDS.")
+    target_memory: float = setting(LOOP_DEFAULTS["memory_s"], min=0, min_open=True, metavar="SECONDS",
                                    help="Judge a QP by all its pairs of the last SECONDS (every stay there): the "
                                         "measure follows the scene, so a short window chases each dip.")
-    target_share: bool = setting(True, "--target-per-qp", invert=True,
+    target_share: bool = setting(LOOP_DEFAULTS["share"], "--target-per-qp", invert=True,
                                  help="Judge each QP alone. By default the loop time-shares the two QPs around the "
                                       "floor, holding the mean of every pair of the last --target-memory at X, "
                                       "which costs fewer bits than the finer one alone.")
-    target_silence: float = setting(30.0, min=0, min_open=True, metavar="SECONDS",
+    target_silence: float = setting(LOOP_DEFAULTS["silence_s"], min=0, min_open=True, metavar="SECONDS",
                                     help="After SECONDS without a pair, ask for the safe QP (MIN of "
                                          "--target-qp-range).")
     report: str | None = setting(None, path="file", help="Write the report as JSON.")
@@ -167,7 +168,7 @@ class MonitorSettings:
             return LoopSettings(target=self.target_agreement, measure=self.target_measure, band=self.target_band,
                                 low=low, high=high, step=self.target_step, min_pairs=self.target_pairs,
                                 min_seconds=self.target_seconds,
-                                window=max(4096, self.target_pairs), memory_s=self.target_memory,
+                                window=max(LOOP_DEFAULTS["window"], self.target_pairs), memory_s=self.target_memory,
                                 min_interval_s=self.target_interval, silence_s=self.target_silence,
                                 share=self.target_share)
         except ValueError as exc:
