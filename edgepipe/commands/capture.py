@@ -169,10 +169,9 @@ def _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf, t
 
 def _capture_service(settings, options):
     """Keys, source and model before the service binds its sockets (it would find their problems after)."""
-    from edgepipe.edge.capture import budget_engine
+    from edgepipe.edge.capture import loop_budget
     from edgepipe.edge.ladder import load_engines, make_ladder
     from edgepipe.edge.service import CaptureService
-    from edgepipe.edge.threads import capture_budget
     from edgepipe.engines import load_engine
     from edgepipe.media.sources import open_source
     from edgepipe.ops.service import server_curve
@@ -183,9 +182,9 @@ def _capture_service(settings, options):
             check_plaintext_allowed(endpoint.replace("://*:", "://0.0.0.0:"), False, "capture")  # as bound
     ladder = make_ladder(settings.ladder, settings.ab, settings.codec, settings.qp, settings.crf, settings.engine,
                          settings.gop)
-    budget = capture_budget(settings.threads, budget_engine(settings, ladder), settings.codec,
-                            settings.encoder)  # as the loop's
+    budget = loop_budget(settings, ladder)  # as the loop's: the source's threads first, then for its frame size
     source = open_source(settings.source, settings.size, settings.crop, settings.loop, threads=budget.source)
+    budget = loop_budget(settings, ladder, source)
     engines: dict = {}
     try:
         if ladder is None:

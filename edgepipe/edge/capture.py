@@ -39,7 +39,7 @@ from edgepipe.core.options import flag
 from edgepipe.edge.ladder import Ladder, load_engines, make_ladder
 from edgepipe.edge.references import REFERENCE_CODEC, REFERENCE_QUALITY, REFERENCE_VIEWS, ReferencePolicy
 from edgepipe.edge.stats import CaptureStats
-from edgepipe.edge.threads import THREADS_HELP, capture_budget
+from edgepipe.edge.threads import THREADS_HELP, ThreadBudget, capture_budget
 from edgepipe.engines import Engine, describe_specs, load_engine
 from edgepipe.media.codecs import CODECS, HEVC_ENCODERS, STREAM_CODECS, X265_PRESETS, StreamEncoder
 from edgepipe.media.frames import DEFAULT_FPS, Frame, ReadStatus
@@ -173,6 +173,21 @@ def budget_engine(settings: CaptureSettings, ladder: Ladder | None) -> str:
     return next((e for e in ladder.engines if e != "none"), ladder.engines[0])
 
 
+def loop_budget(settings: CaptureSettings, ladder: Ladder | None, source: Source | None = None) -> ThreadBudget:
+    """The loop's thread budget; with its source open, planned for the frame size too. The size moves only the
+    engine's share, so the source opens with the budget planned before it."""
+    return capture_budget(settings.threads, budget_engine(settings, ladder), settings.codec, settings.encoder,
+                          None if source is None else planned_frame(settings, source))
+
+
+def planned_frame(settings: CaptureSettings, source: Source) -> tuple[int, int] | None:
+    """The frame size the thread budget plans for: --size, else the source's own size when it knows it before
+    its first frame (a video file), else None."""
+    if settings.size is not None:
+        return settings.size
+    return getattr(source, "frame_size", None)
+
+
 def default_stream_id() -> str:
     """`cam-<hostname>`: two cameras left on the default never merge into one stream at a monitor."""
     import socket
@@ -212,10 +227,10 @@ class CaptureLoop:
         # Open everything before any thread starts, so bad input fails here with one clear line.
         self.ladder: Ladder | None = make_ladder(settings.ladder, settings.ab, settings.codec, settings.qp,
                                                  settings.crf, settings.engine, settings.gop)
-        self.budget = capture_budget(settings.threads, budget_engine(settings, self.ladder), settings.codec,
-                                     settings.encoder)
+        self.budget = loop_budget(settings, self.ladder)
         self.source = source or open_source(settings.source, settings.size, settings.crop, settings.loop,
                                             threads=self.budget.source)
+        self.budget = loop_budget(settings, self.ladder, self.source)
         if self.ladder is None:
             self.engines = {settings.engine: engine or load_engine(settings.engine, self.budget.engine_threads())}
         elif isinstance(engine, dict):
