@@ -122,6 +122,13 @@ CASES = [
      "--allow-remote-qp moves the HEVC QP; --codec is jpeg"),
     (capture("--allow-remote-qp", "22:42", "--control", "tcp://127.0.0.1:5792", "--ladder", "hevc:30,40"),
      "--allow-remote-qp and --ladder/--ab are exclusive"),
+    (capture("--allow-remote-engine", "none,ours"), "--allow-remote-engine needs --control ENDPOINT"),
+    (capture("--allow-remote-engine", "ours,tvl1", "--control", "tcp://127.0.0.1:5792"),
+     "--engine none is not in --allow-remote-engine ours,tvl1"),
+    (capture("--allow-remote-engine", "none,nosuch", "--control", "tcp://127.0.0.1:5792"),
+     "model not found: 'nosuch'"),
+    (capture("--allow-remote-engine", "none,ours", "--control", "tcp://127.0.0.1:5792", "--ab", "none,ours"),
+     "--allow-remote-engine and --ladder/--ab are exclusive"),
     # capture: dialling out to a relay (issue 15)
     (capture("--publish", "pub+bnd:tcp://127.0.0.1:5791"), "--publish: unknown role 'pub+bnd'"),
     (capture("--publish", "pub+connect:tcp://relay"), "--publish: cannot connect to tcp://relay: it needs tcp://HOST:PORT"),

@@ -59,10 +59,13 @@ def capture(control, key, insecure, allow, metrics, stats_path, quiet, status_ev
     if p["codec"] == "hevc":
         p["encoder"] = resolve_encoder(p["encoder"])
     settings = build(CaptureSettings, p)  # parses --size
-    from edgepipe.edge.capture import remote_qp_range
+    from edgepipe.edge.capture import remote_engine_specs, remote_qp_range
 
     if remote_qp_range(settings) is not None and not control:
         raise EdgepipeError("--allow-remote-qp needs --control ENDPOINT: QP requests come on the control socket")
+    if remote_engine_specs(settings) is not None and not control:
+        raise EdgepipeError("--allow-remote-engine needs --control ENDPOINT: engine requests come on the control "
+                            "socket")
     codec, publish = settings.codec, settings.publish
     options = ServiceOptions(control=control, metrics=metrics,
                              security=SecurityOptions(key=key, allow=tuple(allow), insecure=insecure))
@@ -72,7 +75,7 @@ def capture(control, key, insecure, allow, metrics, stats_path, quiet, status_ev
 
     secure = "CURVE" if service.curve else "plain text"
     if not quiet:
-        engines = loop.engine.model_id if loop.ladder is None else \
+        engines = loop.engine.model_id if len(loop.engines) == 1 else \
             "|".join(engine.model_id for engine in loop.engines.values())
         click.echo(f"capture: {loop.source.name} -> {engines} -> {codec} -> {publish} ({secure}); "
                    f"stream clock: {_clock_words(loop)}; threads: {loop.budget.describe()}", err=True)
@@ -114,6 +117,12 @@ def capture(control, key, insecure, allow, metrics, stats_path, quiet, status_ev
         allowed = "{}:{}".format(*remote["allowed"]) if remote["allowed"] else "none (no --allow-remote-qp)"
         click.echo(f"capture: remote QP: allowed {allowed}, {remote['requests']} requests obeyed, "
                    f"{remote['changes']} changes, QP now {remote['qp']}; refused: {refused}", err=True)
+    remote = summary.get("remote_engine")
+    if remote is not None:
+        refused = ", ".join(f"{k}={v}" for k, v in remote["refused"].items()) or "none"
+        allowed = ",".join(remote["allowed"]) if remote["allowed"] else "none (no --allow-remote-engine)"
+        click.echo(f"capture: remote engine: allowed {allowed}, {remote['requests']} requests obeyed, "
+                   f"{remote['changes']} changes, engine now {remote['engine']}; refused: {refused}", err=True)
     if summary.get("end_of_stream") == "unsent":
         click.echo("capture: the end-of-stream message could not be sent: a monitor counts this stream's tail "
                    "only from later frames", err=True)
@@ -169,10 +178,9 @@ def _check_capture_flags(publish, control, metrics, stream_id, codec, qp, crf, t
 
 def _capture_service(settings, options):
     """Keys, source and model before the service binds its sockets (it would find their problems after)."""
-    from edgepipe.edge.capture import loop_budget
+    from edgepipe.edge.capture import budget_engines, loop_budget
     from edgepipe.edge.ladder import load_engines, make_ladder
     from edgepipe.edge.service import CaptureService
-    from edgepipe.engines import load_engine
     from edgepipe.media.sources import open_source
     from edgepipe.ops.service import server_curve
     from edgepipe.transport.security import check_plaintext_allowed
@@ -187,12 +195,9 @@ def _capture_service(settings, options):
     budget = loop_budget(settings, ladder, source)
     engines: dict = {}
     try:
-        if ladder is None:
-            engines[settings.engine] = load_engine(settings.engine, budget.engine_threads())
-        else:  # each of the ladder's engines once, before any socket binds
-            engines = load_engines(ladder.engines, budget.engine_threads())
-        engine = engines if ladder is not None else engines[settings.engine]
-        return CaptureService(settings, options, source=source, engine=engine)
+        # each engine once (the ladder's, or those a monitor may switch to), before any socket binds
+        engines = load_engines(budget_engines(settings, ladder), budget.engine_threads())
+        return CaptureService(settings, options, source=source, engine=engines)
     except BaseException:
         source.close()  # closing twice is harmless where the service's loop closed them already
         for engine in engines.values():

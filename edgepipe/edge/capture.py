@@ -147,6 +147,12 @@ class CaptureSettings:
                                                "effect at the next GOP, each change logged and counted. HEVC at a "
                                                "fixed --qp only. Without it every QP request is refused and "
                                                "counted.")
+    allow_remote_engine: str | None = setting(None, metavar="ENGINE,ENGINE",
+                                              help="Obey pre-transform requests from monitors on --control, among "
+                                                   "these (each loaded once at start; --engine is the first run), "
+                                                   "e.g. none,ours: the new one takes effect at the next GOP, with "
+                                                   "an IDR, each change logged and counted. Without it every "
+                                                   "engine request is refused and counted.")
 
     def __post_init__(self) -> None:
         if isinstance(self.size, str):  # the flag's WIDTHxHEIGHT
@@ -166,11 +172,36 @@ def stream_clock(source: Source, fps: float | None) -> tuple[float, str]:
 
 
 def budget_engine(settings: CaptureSettings, ladder: Ladder | None) -> str:
-    """The engine the thread budget plans for: with a ladder its heaviest kind of engine (one that is not `none`),
-    since the engines take turns on the same cores."""
-    if ladder is None:
-        return settings.engine
-    return next((e for e in ladder.engines if e != "none"), ladder.engines[0])
+    """The engine the thread budget plans for: with a ladder or remote engines its heaviest kind of engine (one
+    that is not `none`), since the engines take turns on the same cores."""
+    engines = budget_engines(settings, ladder)
+    return next((e for e in engines if e != "none"), engines[0])
+
+
+def remote_engine_specs(settings: CaptureSettings) -> tuple[str, ...] | None:
+    """--allow-remote-engine as a tuple of specs, or None; one line when it does not go with the other settings."""
+    if not settings.allow_remote_engine:
+        return None
+    specs = tuple(part.strip() for part in settings.allow_remote_engine.split(","))
+    if any(not spec for spec in specs):
+        raise EdgepipeError(f"--allow-remote-engine {settings.allow_remote_engine!r}: an empty item; "
+                            "give engines separated by commas, e.g. none,ours")
+    if len(set(specs)) != len(specs):
+        raise EdgepipeError(f"--allow-remote-engine {settings.allow_remote_engine!r}: an engine is given twice")
+    if settings.engine not in specs:
+        raise EdgepipeError(f"--engine {settings.engine} is not in --allow-remote-engine "
+                            f"{settings.allow_remote_engine}: the engine the capture starts with must be one of them")
+    if settings.ladder or settings.ab:
+        raise EdgepipeError("--allow-remote-engine and --ladder/--ab are exclusive: the ladder sets the engine of "
+                            "each GOP")
+    return specs
+
+
+def budget_engines(settings: CaptureSettings, ladder: Ladder | None) -> list[str]:
+    """Every engine the capture loads: the ladder's, those a monitor may switch to, else --engine."""
+    if ladder is not None:
+        return list(ladder.engines)
+    return list(remote_engine_specs(settings) or (settings.engine,))
 
 
 def loop_budget(settings: CaptureSettings, ladder: Ladder | None, source: Source | None = None) -> ThreadBudget:
@@ -231,16 +262,17 @@ class CaptureLoop:
         self.source = source or open_source(settings.source, settings.size, settings.crop, settings.loop,
                                             threads=self.budget.source)
         self.budget = loop_budget(settings, self.ladder, self.source)
-        if self.ladder is None:
-            self.engines = {settings.engine: engine or load_engine(settings.engine, self.budget.engine_threads())}
-        elif isinstance(engine, dict):
+        self.remote_engines = remote_engine_specs(settings)
+        if isinstance(engine, dict):
             self.engines = engine
+        elif self.ladder is None and self.remote_engines is None:
+            self.engines = {settings.engine: engine or load_engine(settings.engine, self.budget.engine_threads())}
         else:
-            self.engines = load_engines(self.ladder.engines, self.budget.engine_threads())
+            self.engines = load_engines(budget_engines(settings, self.ladder), self.budget.engine_threads())
+        missing = [e for e in budget_engines(settings, self.ladder) if e not in self.engines]
+        if missing:
+            raise EdgepipeError(f"the engine {missing[0]!r} was not loaded")
         if self.ladder is not None:
-            missing = [e for e in self.ladder.engines if e not in self.engines]
-            if missing:
-                raise EdgepipeError(f"the ladder's engine {missing[0]!r} was not loaded")
             self.stats.ladder_points = [(p.quality, p.engine, self.engines[p.engine].model_id)
                                         for p in self.ladder.points]
         self.operating_point = None  # with a ladder, the point being coded now (its setting and engine)
@@ -251,8 +283,14 @@ class CaptureLoop:
         self.qp_now = settings.qp
         self.stats.remote_qp = self.remote_qp
         self.stats.qp_now = settings.qp
-        self.engine = next(iter(self.engines.values())) if self.ladder is None else \
-            self.engines[self.ladder.engines[0]]
+        # the engine running now (without a ladder; a monitor may change it at a GOP boundary), and one asked for
+        self.engine_spec = settings.engine if self.ladder is None else self.ladder.engines[0]
+        if self.engine_spec not in self.engines:  # an engine handed in under another name
+            self.engine_spec = next(iter(self.engines))
+        self.engine = self.engines[self.engine_spec]
+        self._engine_wanted: str | None = None
+        self.stats.remote_engines = self.remote_engines
+        self.stats.engine_now = self.engine_spec if self.remote_engines is not None else None
         self._own_publisher = publisher is None
         self.publisher = publisher or Publisher(settings.publish)
         self.epoch = int(time.time() * 1000) & 0xFFFFFFFF  # a restart starts a new accounting period
@@ -281,6 +319,15 @@ class CaptureLoop:
             return
         self.stats.qp_request()
         self._qp_wanted = qp
+
+    def request_engine(self, spec: str) -> None:
+        """Thread-safe: run the pre-transform `spec` from the next GOP boundary (a monitor's request, already checked
+        by the control server against --allow-remote-engine; checked again here)."""
+        if self.remote_engines is None or spec not in self.remote_engines:
+            self.stats.engine_refused("not_allowed" if self.remote_engines is None else "unknown")
+            return
+        self.stats.engine_request()
+        self._engine_wanted = spec
 
     def _cancelled(self) -> bool:
         return self._stop.is_set() or self._abort.is_set()
@@ -342,15 +389,22 @@ class CaptureLoop:
     def _infer(self, inp: queue.Queue, out: queue.Queue) -> None:
         n = 0  # frames through this stage: with a ladder, block n // GOP takes the next operating point
         ladder = self.ladder
+        gop = max(1, self.settings.gop)
         while (frame := self._get(inp)) is not _END:
             t0 = time.perf_counter()
             point = ladder.index(n) if ladder is not None else None
+            wanted = self._engine_wanted
+            if wanted is not None and point is None and n % gop == 0:
+                self._engine_wanted = None  # a later request (set while this runs) waits for the next boundary
+                if wanted != self.engine_spec:
+                    self._engine_changed(self.engine_spec, wanted)
+                    self.engine_spec, self.engine = wanted, self.engines[wanted]
             n += 1
-            engine = self.engine if point is None else self.engines[ladder.points[point].engine]
+            spec = self.engine_spec if point is None else ladder.points[point].engine
             self.references.keep(frame)  # the answer we want to keep: before the pre-transform
-            frame.image = engine.run(frame.image[np.newaxis])[0]
+            frame.image = self.engines[spec].run(frame.image[np.newaxis])[0]
             self.stats.timed("engine", time.perf_counter() - t0)
-            if not self._put(out, (frame, point)):
+            if not self._put(out, (frame, point, spec)):
                 return
         self._put(out, _END)
 
@@ -358,16 +412,21 @@ class CaptureLoop:
         s = self.settings
         codec = CODECS[s.codec]
         encoder: StreamEncoder | None = None
-        # frames whose packets have not come out yet (none with zerolatency), with their operating points and QPs
-        pending: list[tuple[Frame, int | None, int | None]] = []
+        # frames whose packets have not come out yet (none with zerolatency), with their operating points, QPs and
+        # engines
+        pending: list[tuple[Frame, int | None, int | None, str]] = []
         last_forced = float("-inf")
         current: int | None = None  # the ladder's operating point being coded
+        engine_coded: str | None = None  # the engine of the frames being coded (a change starts a GOP)
         opened = 0  # frames into the current encoder: a GOP boundary where opened % gop == 0
         while (item := self._get(inp)) is not _END:
-            frame, point = item
+            frame, point, spec = item
             t0 = time.perf_counter()
             h, w = frame.image.shape[:2]
             switched = reopen = point is not None and point != current
+            if point is None and engine_coded is not None and spec != engine_coded:
+                reopen = encoder is not None  # a monitor changed the engine: its first frame is an IDR
+            engine_coded = spec
             wanted = self._qp_wanted
             if wanted is not None and point is None and (s.gop <= 1 or opened % s.gop == 0):
                 self._qp_wanted = None  # a later request (set while this runs) waits for the next boundary
@@ -395,14 +454,14 @@ class CaptureLoop:
                     self._keyframe_wanted.clear()
                     last_forced = t0
                     self.forced_keyframes += 1
-                pending.append((frame, point, quality))
+                pending.append((frame, point, quality, spec))
                 opened += 1
                 packets = encoder.encode(frame.image, force_keyframe=force)
                 if any(p.keyframe for p in packets):
                     self._keyframe_wanted.clear()  # a GOP keyframe answers any request as well
                 items += [(*pending.pop(0), p.data, p.keyframe) for p in packets]
             else:
-                items = [(frame, point, quality, codec.encode(frame.image, quality, None), True)]  # each a still
+                items = [(frame, point, quality, spec, codec.encode(frame.image, quality, None), True)]  # a still
             self.stats.timed("encoder", time.perf_counter() - t0)
             for item in items:
                 if not self._put(out, item):
@@ -417,6 +476,11 @@ class CaptureLoop:
         """A monitor's QP request applied at a GOP boundary: counted and logged."""
         n = self.stats.qp_change(new)
         log.info("remote QP: change %d, QP %s -> %d at the next GOP (asked by a monitor)", n, old, new)
+
+    def _engine_changed(self, old: str, new: str) -> None:
+        """A monitor's engine request applied at a GOP boundary: counted and logged."""
+        n = self.stats.engine_change(new)
+        log.info("remote engine: change %d, %s -> %s at the next GOP (asked by a monitor)", n, old, new)
 
     def _switched(self, point: int) -> None:
         """The ladder moved to `point` at a GOP boundary: counted and logged."""
@@ -439,7 +503,7 @@ class CaptureLoop:
         size = (1, 1)
         last_sent: float | None = None  # media time of the previous frame sent
         while (item := self._get(inp)) is not _END:
-            frame, point, quality, payload, keyframe = item
+            frame, point, quality, spec, payload, keyframe = item
             t0 = time.perf_counter()
             h, w = size = frame.image.shape[:2]
             media = frame.media_time  # set by _read for every frame (the source's clock or a derived one)
@@ -448,8 +512,7 @@ class CaptureLoop:
             # the setting this frame was coded at (the ladder's point, or a QP a monitor moved), and the engine
             # that really made it
             frame_qp = -1 if s.crf is not None else int(quality)
-            model_id = self.engine.model_id if point is None else \
-                self.engines[self.ladder.points[point].engine].model_id
+            model_id = self.engines[spec].model_id
             header = FrameHeader(s.stream_id, seq, frame.capture_time, s.codec, w, h, frame_qp, keyframe,
                                  frame.label, model_id, self.epoch, media_time=media,
                                  duration=duration, clock=self.clock)

@@ -45,7 +45,9 @@ class CaptureService:
 
                 self.control = ControlServer(options.control, settings.stream_id, self.loop.request_keyframe,
                                              self.context, curve, qp_range=self.loop.remote_qp,
-                                             on_qp=self.loop.request_qp, on_qp_refused=self.loop.stats.qp_refused)
+                                             on_qp=self.loop.request_qp, on_qp_refused=self.loop.stats.qp_refused,
+                                             engines=self.loop.remote_engines, on_engine=self.loop.request_engine,
+                                             on_engine_refused=self.loop.stats.engine_refused)
                 if curve is not None:
                     self.handshakes.watch(self.control.sock, "capture control")
             if options.metrics:

@@ -52,6 +52,14 @@ class CaptureStats:
     qp_refusals: Counter = field(default_factory=Counter)
     qp_changes: int = 0
     qp_trace: list = field(default_factory=list)  # [wall_s, QP] per change, the last MAX_QP_TRACE
+    # the same for the pre-transform (capture --allow-remote-engine): the specs allowed, the one running now,
+    # requests obeyed and refused, changes applied and their trace ([wall_s, spec] per change)
+    remote_engines: tuple[str, ...] | None = None
+    engine_now: str | None = None
+    engine_requests: int = 0
+    engine_refusals: Counter = field(default_factory=Counter)
+    engine_changes: int = 0
+    engine_trace: list = field(default_factory=list)
     latency: LatencyWindow = field(default_factory=LatencyWindow, repr=False)  # read -> sent, recent frames
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -102,6 +110,23 @@ class CaptureStats:
             del self.qp_trace[:-MAX_QP_TRACE]
             return self.qp_changes
 
+    def engine_request(self) -> None:
+        with self._lock:
+            self.engine_requests += 1
+
+    def engine_refused(self, cause: str) -> None:
+        with self._lock:
+            self.engine_refusals[cause] += 1
+
+    def engine_change(self, spec: str) -> int:
+        """The pre-transform changed (at a GOP boundary); returns how many changes so far."""
+        with self._lock:
+            self.engine_changes += 1
+            self.engine_now = spec
+            self.engine_trace.append([round(time.monotonic() - self.started, 3), spec])
+            del self.engine_trace[:-MAX_QP_TRACE]
+            return self.engine_changes
+
     def reference_sent(self, nbytes: int) -> None:
         with self._lock:
             self.references_sent += 1
@@ -145,6 +170,11 @@ class CaptureStats:
                 out["remote_qp"] = {"allowed": list(self.remote_qp) if self.remote_qp else None, "qp": self.qp_now,
                                     "requests": self.qp_requests, "refused": dict(self.qp_refusals),
                                     "changes": self.qp_changes, "trace": list(self.qp_trace)}
+            if self.remote_engines is not None or self.engine_refusals:
+                out["remote_engine"] = {"allowed": list(self.remote_engines) if self.remote_engines else None,
+                                        "engine": self.engine_now, "requests": self.engine_requests,
+                                        "refused": dict(self.engine_refusals), "changes": self.engine_changes,
+                                        "trace": list(self.engine_trace)}
             if self.references_on:
                 out["references"] = self._references()
             return out

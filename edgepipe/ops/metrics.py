@@ -120,6 +120,11 @@ class CaptureCollector:
                                               "control_rejects).", value=st.qp_requests)
             yield Counter_(p + "qp_changes", "QP changes applied at a GOP boundary (monitor --target-agreement).",
                            value=st.qp_changes)
+        if getattr(loop, "remote_engines", None) is not None:
+            yield Counter_(p + "engine_requests", "Pre-transform requests obeyed (capture --allow-remote-engine; "
+                                                  "refusals are in control_rejects).", value=st.engine_requests)
+            yield Counter_(p + "engine_changes", "Pre-transform changes applied at a GOP boundary.",
+                           value=st.engine_changes)
         if getattr(loop, "ladder", None) is not None:
             yield Counter_(p + "ladder_switches", "Switches of operating point (capture --ladder/--ab), one per GOP.",
                            value=st.ladder_switches)

@@ -1,5 +1,5 @@
 """The control back channel: a monitor that lost frames asks the capture for a keyframe; a monitor that runs the
-closed loop (server/qp_control.py) asks it for a new HEVC QP.
+closed loop (server/qp_control.py) asks it for a new HEVC QP, or another of the pre-transforms it has loaded.
 
 Direction: capture binds a ROUTER (`--control tcp://0.0.0.0:5556`, next to its data port) and each
 monitor connects a DEALER. Capture binds both of its sockets, so one firewall rule, one CURVE
@@ -12,6 +12,10 @@ Messages (monitor -> capture):
   the answer is the frames' QP on the data socket, from the next GOP on. The capture obeys only when it allows it
   (`capture --allow-remote-qp MIN:MAX`) and only a QP within MIN:MAX; otherwise it refuses (counted by cause:
   qp_not_allowed, qp_out_of_range, bad_qp).
+- four parts: b"EPCTL1", b"engine", stream_id (UTF-8), the pre-transform's spec as the capture names it (ASCII,
+  e.g. b"none" or b"ours"). No reply: the answer is the frames' model id on the data socket, from the next GOP
+  on. The capture obeys only when it allows it (`capture --allow-remote-engine none,ours`) and only a spec in
+  that list; otherwise it refuses (counted by cause: engine_not_allowed, engine_unknown, bad_engine).
 Anything else is counted as a reject and ignored.
 """
 from __future__ import annotations
@@ -29,6 +33,8 @@ log = logging.getLogger(__name__)
 CONTROL_MAGIC = b"EPCTL1"
 KEYFRAME = b"keyframe"
 QP = b"qp"
+ENGINE = b"engine"
+MAX_ENGINE_SPEC = 200  # bytes: a shipped model's name or a model file's path
 
 
 def parse_qp_range(spec: str, what: str) -> tuple[int, int]:
@@ -45,11 +51,14 @@ def parse_qp_range(spec: str, what: str) -> tuple[int, int]:
 
 class ControlServer:
     """Capture side: receives keyframe requests and calls `on_keyframe()` for its stream; with `qp_range` (the
-    capture's --allow-remote-qp) and `on_qp`, a QP request within the range calls `on_qp(qp)`."""
+    capture's --allow-remote-qp) and `on_qp`, a QP request within the range calls `on_qp(qp)`; with `engines` (its
+    --allow-remote-engine) and `on_engine`, a request for one of them calls `on_engine(spec)`."""
 
     def __init__(self, endpoint: str, stream_id: str, on_keyframe: Callable[[], None], context=None, curve=None,
                  defaults: SocketDefaults = DEFAULTS, qp_range: tuple[int, int] | None = None,
-                 on_qp: Callable[[int], None] | None = None, on_qp_refused: Callable[[str], None] | None = None):
+                 on_qp: Callable[[int], None] | None = None, on_qp_refused: Callable[[str], None] | None = None,
+                 engines: tuple[str, ...] | None = None, on_engine: Callable[[str], None] | None = None,
+                 on_engine_refused: Callable[[str], None] | None = None):
         import zmq
 
         self._zmq = zmq
@@ -61,6 +70,10 @@ class ControlServer:
         self._on_qp = on_qp
         self._on_qp_refused = on_qp_refused  # the capture's stats count the QP requests refused, by cause
         self.qp_requests = 0  # QP requests obeyed (within the range)
+        self.engines = tuple(engines) if engines is not None and on_engine is not None else None
+        self._on_engine = on_engine
+        self._on_engine_refused = on_engine_refused
+        self.engine_requests = 0  # engine requests obeyed (one of the allowed)
         self.rejects: Counter = Counter()
         self.sock = self._ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -96,7 +109,7 @@ class ControlServer:
         if len(request) not in (3, 4) or request[0] != CONTROL_MAGIC:
             return self._reject("bad_request", f"{len(request)} parts")
         verb = request[1]
-        if verb not in (KEYFRAME, QP):
+        if verb not in (KEYFRAME, QP, ENGINE):
             return self._reject("unknown_command", repr(verb[:32]))
         if len(request) != (3 if verb == KEYFRAME else 4):
             return self._reject("bad_request", f"{verb.decode()} with {len(request)} parts")
@@ -104,6 +117,8 @@ class ControlServer:
             return self._reject("unknown_stream", repr(request[2][:64]))
         if verb == QP:
             return self._qp(request[3])
+        if verb == ENGINE:
+            return self._engine(request[3])
         self.requests += 1
         log.info("keyframe requested by a monitor for %s (%d so far)", self.stream_id, self.requests)
         self._on_keyframe()
@@ -123,6 +138,28 @@ class ControlServer:
         log.info("QP %d requested by a monitor for %s (%d QP requests so far)", qp, self.stream_id, self.qp_requests)
         self._on_qp(qp)
         return True
+
+    def _engine(self, value: bytes) -> bool:
+        # printable ASCII without spaces: what a spec in a comma list on a command line can be
+        if not (1 <= len(value) <= MAX_ENGINE_SPEC and all(33 <= b <= 126 for b in value)):
+            return self._refuse_engine("bad_engine", repr(value[:32]))
+        spec = value.decode()
+        if self.engines is None:
+            return self._refuse_engine("engine_not_allowed", f"engine {spec} asked for, but this capture does not "
+                                                             "take engine requests (capture --allow-remote-engine)")
+        if spec not in self.engines:
+            return self._refuse_engine("engine_unknown", f"engine {spec} is not in --allow-remote-engine "
+                                                         f"{','.join(self.engines)}")
+        self.engine_requests += 1
+        log.info("engine %s requested by a monitor for %s (%d engine requests so far)", spec, self.stream_id,
+                 self.engine_requests)
+        self._on_engine(spec)
+        return True
+
+    def _refuse_engine(self, cause: str, detail: str) -> bool:
+        if self._on_engine_refused is not None:
+            self._on_engine_refused(cause)
+        return self._reject(cause, detail)
 
     def _refuse_qp(self, cause: str, detail: str) -> bool:
         if self._on_qp_refused is not None:
@@ -170,6 +207,8 @@ class ControlClient:
         self.unsent = 0
         self.qp_sent = 0
         self.qp_unsent = 0
+        self.engine_sent = 0
+        self.engine_unsent = 0
         self._lock = threading.Lock()  # on_loss may come from any thread that calls Monitor.handle
 
     def request_keyframe(self, stream_id: str) -> bool:
@@ -198,6 +237,22 @@ class ControlClient:
                 return False
             self.qp_sent += 1
             log.info("asked %s for QP %d for %s", self.endpoint, qp, stream_id)
+            return True
+
+    def request_engine(self, stream_id: str, spec: str) -> bool:
+        """Ask the capture of `stream_id` to run the pre-transform `spec` (as the capture names it) from its next
+        GOP; False when it could not be sent now."""
+        zmq = self._zmq
+        with self._lock:
+            try:
+                self.sock.send_multipart((CONTROL_MAGIC, ENGINE, stream_id.encode(), spec.encode()),
+                                         flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.engine_unsent += 1
+                log.warning("could not ask %s for engine %s for %s (not connected)", self.endpoint, spec, stream_id)
+                return False
+            self.engine_sent += 1
+            log.info("asked %s for engine %s for %s", self.endpoint, spec, stream_id)
             return True
 
     def close(self) -> None:
