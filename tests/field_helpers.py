@@ -26,6 +26,35 @@ def decode_frames(path, n: int, size: tuple[int, int]) -> list[np.ndarray]:
     return frames
 
 
+class AskingSource:
+    """Noise frames (64x64); reading frame `at` calls `ask(loop)` once two frames went out of the loop set as
+    `.loop`: a monitor's request in the middle of a run."""
+
+    live = False
+    fps = None
+    name = "asking"
+
+    def __init__(self, n: int, at: int, ask, seed: int = 4):
+        rng = np.random.default_rng(seed)
+        self.images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(n)]
+        self.at, self.ask, self.i, self.loop = at, ask, 0, None
+
+    def read(self):
+        if self.i >= len(self.images):
+            return ReadStatus.EOS, None
+        if self.i == self.at:
+            deadline = time.monotonic() + 20
+            while self.loop.stats.frames_sent < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.ask(self.loop)
+        frame = Frame(self.images[self.i], self.i, 0.0)
+        self.i += 1
+        return ReadStatus.OK, frame
+
+    def close(self):
+        pass
+
+
 class PacedSource:
     """Real frames replayed forever as a live camera at `fps`. `freeze` makes read() hang like a
     stuck V4L2 driver; `produced` counts frames handed out."""

@@ -350,9 +350,9 @@ class MonitorCollector:
             yield Counter_(p + "keyframe_requests_unsent", "Keyframe requests that could not be sent.",
                            value=self.control.unsent)
             yield Counter_(p + "qp_requests", "QP requests sent to the capture by the closed loop "
-                                              "(--target-agreement).", value=getattr(self.control, "qp_sent", 0))
+                                              "(--target-agreement).", value=self.control.requests_sent["qp"])
             yield Counter_(p + "qp_requests_unsent", "QP requests that could not be sent (retried while wanted).",
-                           value=getattr(self.control, "qp_unsent", 0))
+                           value=self.control.requests_unsent["qp"])
         yield from _auth_metrics(p, None, self.handshakes)
 
 

@@ -205,10 +205,9 @@ class ControlClient:
         self.endpoint = endpoint
         self.sent = 0
         self.unsent = 0
-        self.qp_sent = 0
-        self.qp_unsent = 0
-        self.engine_sent = 0
-        self.engine_unsent = 0
+        # QP and engine requests sent, and those that could not be sent (not connected), by verb ("qp", "engine")
+        self.requests_sent: Counter = Counter()
+        self.requests_unsent: Counter = Counter()
         self._lock = threading.Lock()  # on_loss may come from any thread that calls Monitor.handle
 
     def request_keyframe(self, stream_id: str) -> bool:
@@ -226,33 +225,25 @@ class ControlClient:
 
     def request_qp(self, stream_id: str, qp: int) -> bool:
         """Ask the capture of `stream_id` to code at `qp` from its next GOP; False when it could not be sent now."""
-        zmq = self._zmq
-        with self._lock:
-            try:
-                self.sock.send_multipart((CONTROL_MAGIC, QP, stream_id.encode(), str(int(qp)).encode()),
-                                         flags=zmq.NOBLOCK)
-            except zmq.Again:
-                self.qp_unsent += 1
-                log.warning("could not ask %s for QP %d for %s (not connected)", self.endpoint, qp, stream_id)
-                return False
-            self.qp_sent += 1
-            log.info("asked %s for QP %d for %s", self.endpoint, qp, stream_id)
-            return True
+        return self._request(QP, stream_id, str(int(qp)), f"QP {int(qp)}")
 
     def request_engine(self, stream_id: str, spec: str) -> bool:
         """Ask the capture of `stream_id` to run the pre-transform `spec` (as the capture names it) from its next
         GOP; False when it could not be sent now."""
+        return self._request(ENGINE, stream_id, spec, f"engine {spec}")
+
+    def _request(self, verb: bytes, stream_id: str, value: str, what: str) -> bool:
         zmq = self._zmq
         with self._lock:
             try:
-                self.sock.send_multipart((CONTROL_MAGIC, ENGINE, stream_id.encode(), spec.encode()),
+                self.sock.send_multipart((CONTROL_MAGIC, verb, stream_id.encode(), value.encode()),
                                          flags=zmq.NOBLOCK)
             except zmq.Again:
-                self.engine_unsent += 1
-                log.warning("could not ask %s for engine %s for %s (not connected)", self.endpoint, spec, stream_id)
+                self.requests_unsent[verb.decode()] += 1
+                log.warning("could not ask %s for %s for %s (not connected)", self.endpoint, what, stream_id)
                 return False
-            self.engine_sent += 1
-            log.info("asked %s for engine %s for %s", self.endpoint, spec, stream_id)
+            self.requests_sent[verb.decode()] += 1
+            log.info("asked %s for %s for %s", self.endpoint, what, stream_id)
             return True
 
     def close(self) -> None:

@@ -3,51 +3,20 @@ the next GOP boundary, from an IDR, each frame carries the model id of the engin
 logged and counted (stats, metrics); bad combinations are one line."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.edge.capture import CaptureLoop, CaptureSettings, budget_engine, remote_engine_specs
-from edgepipe.media.frames import Frame, ReadStatus
 from edgepipe.transport.protocol import parse_message
 from edgepipe.transport.sockets import free_tcp_endpoint
 
-from field_helpers import capture_messages
-
-
-class AskingSource:
-    """Noise frames; reading frame `at` asks the loop for engine `spec` (after two frames went out)."""
-
-    live = False
-    fps = None
-    name = "asking"
-
-    def __init__(self, n: int, at: int, spec: str):
-        rng = np.random.default_rng(5)
-        self.images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(n)]
-        self.at, self.spec, self.i, self.loop = at, spec, 0, None
-
-    def read(self):
-        if self.i >= len(self.images):
-            return ReadStatus.EOS, None
-        if self.i == self.at:
-            deadline = time.monotonic() + 20
-            while self.loop.stats.frames_sent < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            self.loop.request_engine(self.spec)
-        frame = Frame(self.images[self.i], self.i, 0.0)
-        self.i += 1
-        return ReadStatus.OK, frame
-
-    def close(self):
-        pass
+from field_helpers import AskingSource, capture_messages
 
 
 def test_a_requested_engine_takes_effect_at_the_next_gop_from_an_idr_and_is_counted(caplog):
     caplog.set_level("INFO")
-    source = AskingSource(16, at=6, spec="ours")
+    source = AskingSource(16, at=6, ask=lambda loop: loop.request_engine("ours"), seed=5)
     settings = CaptureSettings(source="asking", publish=free_tcp_endpoint(), gop=4, qp=36, engine="none",
                                allow_remote_engine="none,ours", wait_subscriber_s=10, stream_id="re")
     loop = CaptureLoop(settings, source=source)

@@ -3,51 +3,19 @@ an IDR (the encoder re-opens at the new QP, as for a ladder), each frame carries
 change is logged and counted (stats, metrics); bad combinations are one line."""
 from __future__ import annotations
 
-import time
-
-import numpy as np
 import pytest
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.edge.capture import CaptureLoop, CaptureSettings, remote_qp_range
-from edgepipe.media.frames import Frame, ReadStatus
 from edgepipe.transport.protocol import parse_message
 from edgepipe.transport.sockets import free_tcp_endpoint
 
-from field_helpers import capture_messages
-
-
-class AskingSource:
-    """Noise frames; reading frame `at` asks the loop for `qp` (after two frames went out)."""
-
-    live = False
-    fps = None
-    name = "asking"
-
-    def __init__(self, n: int, at: int, qp: int):
-        rng = np.random.default_rng(4)
-        self.images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(n)]
-        self.at, self.qp, self.i, self.loop = at, qp, 0, None
-
-    def read(self):
-        if self.i >= len(self.images):
-            return ReadStatus.EOS, None
-        if self.i == self.at:  # once the first frames are out of the encoder: a request in the middle of a run
-            deadline = time.monotonic() + 20
-            while self.loop.stats.frames_sent < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            self.loop.request_qp(self.qp)
-        frame = Frame(self.images[self.i], self.i, 0.0)
-        self.i += 1
-        return ReadStatus.OK, frame
-
-    def close(self):
-        pass
+from field_helpers import AskingSource, capture_messages
 
 
 def test_a_requested_qp_takes_effect_at_the_next_gop_from_an_idr_and_is_counted(caplog):
     caplog.set_level("INFO")
-    source = AskingSource(16, at=6, qp=30)
+    source = AskingSource(16, at=6, ask=lambda loop: loop.request_qp(30))
     settings = CaptureSettings(source="asking", publish=free_tcp_endpoint(), gop=4, qp=40, allow_remote_qp="22:42",
                                wait_subscriber_s=10, stream_id="rq")
     loop = CaptureLoop(settings, source=source)

@@ -88,6 +88,6 @@ def test_an_allowed_monitor_moves_the_engine_over_curve(keys, video_clip):
         good.close()
         service.close()
     assert loop.stats.engine_requests == 1 and loop.stats.engine_changes == 1
-    assert loop.stats.engine_refusals == {"engine_unknown": 1} and client.engine_sent == 2
+    assert loop.stats.engine_refusals == {"engine_unknown": 1} and client.requests_sent["engine"] == 2
     assert {k[1] for k in good.monitor.rows} == {"none", ours_id}
     assert good.monitor.report()["lost"] == 0

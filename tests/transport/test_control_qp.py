@@ -146,7 +146,7 @@ def test_only_an_allowed_monitor_moves_the_qp_at_a_gop_boundary(keys, video_clip
     # the stranger's requests never arrived; the good monitor's: one obeyed, one refused, each counted
     assert control.qp_requests == 1 and loop.stats.qp_requests == 1 and loop.stats.qp_changes == 1
     assert loop.stats.qp_refusals == {"qp_out_of_range": 1}
-    assert client.qp_sent == 2
+    assert client.requests_sent["qp"] == 2
     rows = {k[2] for k in good.monitor.rows}
     assert rows == {40, 30}
     stats = loop.stats.as_dict()["remote_qp"]
