@@ -36,6 +36,7 @@ def check_monitor_flags(s: MonitorSettings) -> None:
     if s.dashboard:
         parse_listen(s.dashboard, "dashboard")
     s.loop_settings()  # --target-agreement and its parameters
+    s.trial_settings()  # --target-engines
     if s.save_every is not None and not s.save_frames:
         raise EdgepipeError("--save-every needs --save-frames DIR: it says which decoded frames to save there")
 
@@ -99,7 +100,7 @@ def monitor(key, insecure, quiet, status_every, print_config, **params):
     service = MonitorService(settings.connect, settings.load_recognizer(), options,
                              classifying=settings.classify_options(), predictions=settings.predictions,
                              selection=takes, rd_window_s=settings.rd_window,
-                             closed_loop=settings.loop_settings())
+                             closed_loop=settings.loop_settings(), engine_trials=settings.trial_settings())
     from edgepipe.ops.status import StatusReporter, monitor_line, monitor_sample
 
     secure = "CURVE" if key else "plain text"

@@ -22,10 +22,11 @@ from edgepipe.engines.registry import (
     EngineThreads,
     describe_specs,
     load_engine,
+    model_id_of,
     parse_spec,
     register_engine,
     resolve_model,
 )
 
 __all__ = ["ENGINES", "Engine", "EngineKind", "EngineThreads", "IdentityEngine", "describe_specs", "load_engine",
-           "parse_spec", "register_engine", "resolve_model"]
+           "model_id_of", "parse_spec", "register_engine", "resolve_model"]

@@ -111,6 +111,15 @@ def load_engine(spec: str | None, threads: int | EngineThreads | None = None) ->
     return kind.load(argument, EngineThreads.of(threads))
 
 
+def model_id_of(spec: str) -> str:
+    """The model id frames made by this engine carry (loaded once to read it); one line when it does not load."""
+    engine = load_engine(spec, 1)
+    try:
+        return engine.model_id
+    finally:
+        engine.close()
+
+
 def describe_specs() -> str:
     """Every way to name a pre-transform, for help texts and errors."""
     named = [k.spec or k.name for k in ENGINES.values() if not k.suffixes]

@@ -132,6 +132,8 @@ class QpController:
     settings: LoopSettings
     started: float = 0.0
     qp: int | None = None  # the QP the capture codes at, as its latest pair says
+    model: str | None = None  # the engine that made it (its model id): each engine's QPs are remembered apart
+    frozen: bool = False  # an engine trial (server/engine_trial.py) is comparing engines at this QP: no QP change
     asked: int | None = None  # the QP last asked for and not yet seen in a pair
     asked_at: float = float("-inf")
     last_change: float = float("-inf")
@@ -139,15 +141,16 @@ class QpController:
     silent: bool = False  # the fallback was asked for in this silence
     fresh: int = 0  # pairs at the current QP since the last change (or since the capture moved)
     fresh_since: float = 0.0  # when the first of them came
-    memory: dict = field(default_factory=dict)  # qp -> its _Memory, the last memory_s seconds
+    memory: dict = field(default_factory=dict)  # (model, qp) -> its _Memory, the last memory_s seconds
     stream: _Memory | None = None  # every judged pair of the stream, whatever its QP, the last memory_s seconds
     counts: Counter = field(default_factory=Counter)  # pairs used/ignored, changes by reason, unanswered
     trace: deque = field(default_factory=lambda: deque(maxlen=1000))  # the Changes asked for, latest last
 
     # --- input -------------------------------------------------------------------------------------------------
 
-    def observe(self, qp: int, measures: dict, now: float) -> Change | None:
-        """One reference pair coded at `qp` (server/agreement.py's measures); the QP to ask for, or None."""
+    def observe(self, qp: int, measures: dict, now: float, model: str | None = None) -> Change | None:
+        """One reference pair coded at `qp` by `model` (server/agreement.py's measures); the QP to ask for, or
+        None."""
         s = self.settings
         self.last_pair = now
         self.silent = False
@@ -160,12 +163,12 @@ class QpController:
             else:
                 self.counts["unanswered"] += 1
                 self.asked = None
-        if qp != self.qp:
-            self.qp = qp
+        if qp != self.qp or model != self.model:
+            self.qp, self.model = qp, model
             self.fresh = 0
-        memory = self.memory.get(qp)
+        memory = self.memory.get((model, qp))
         if memory is None:
-            memory = self.memory[qp] = _Memory(s.window)
+            memory = self.memory[(model, qp)] = _Memory(s.window)
         value = _value(s.measure, measures)
         memory.add(now, value)
         if self.stream is None:
@@ -178,8 +181,9 @@ class QpController:
         return self._judge(now)
 
     def remembered(self, qp: int, now: float) -> tuple[float | None, int]:
-        """(mean, pairs) of the measure at `qp` over the last memory_s seconds; (None, 0) without any."""
-        memory = self.memory.get(qp)
+        """(mean, pairs) of the measure at `qp` with the current engine over the last memory_s seconds; (None, 0)
+        without any."""
+        memory = self.memory.get((self.model, qp))
         return (None, 0) if memory is None else memory.since(now - self.settings.memory_s)
 
     def served(self, now: float) -> float | None:
@@ -191,6 +195,18 @@ class QpController:
         """The mean `qp` remembers, once it has at least min_pairs pairs in the memory; else None."""
         mean, pairs = self.remembered(qp, now)
         return mean if pairs >= self.settings.min_pairs else None
+
+    def agreement_per_qp(self, now: float) -> float | None:
+        """What one QP finer buys at the current QP with the current engine, from the memory of a neighbour (the
+        finer one first); None when neither is remembered."""
+        here = self._known(self.qp, now) if self.qp is not None else None
+        if here is None:
+            return None
+        step = self.settings.step
+        finer, coarser = self._known(self.qp - step, now), self._known(self.qp + step, now)
+        if finer is not None:
+            return (finer - here) / step
+        return None if coarser is None else (here - coarser) / step
 
     def tick(self, now: float) -> Change | None:
         """Call every second or so: the fallback when pairs stopped coming."""
@@ -208,6 +224,9 @@ class QpController:
         s = self.settings
         if (self.fresh < s.min_pairs or now - self.fresh_since < s.min_seconds
                 or now - self.last_change < s.min_interval_s or self.qp is None):
+            return None
+        if self.frozen:
+            self.counts["held_engine_trial"] += 1
             return None
         measured, _ = self.remembered(self.qp, now)
         qp = self.qp
@@ -254,7 +273,7 @@ class QpController:
     def summary(self) -> dict:
         s = self.settings
         now = self.last_pair if self.last_pair is not None else 0.0
-        remembered = {qp: self.remembered(qp, now) for qp in sorted(self.memory)}
+        remembered = {qp: self.remembered(qp, now) for qp in sorted(q for m, q in self.memory if m == self.model)}
         served = self.served(now)
         return {"target": s.target, "measure": s.measure, "band": s.band, "range": [s.low, s.high], "step": s.step,
                 "safe": s.safe_qp, "memory_s": s.memory_s, "share": s.share, "qp": self.qp, "asked": self.asked,
@@ -277,11 +296,18 @@ class ClosedLoop:
     control client's request_qp; False: not sent now). Requests that could not be sent are counted and retried at
     the next tick while the controller still wants that QP."""
 
-    def __init__(self, settings: LoopSettings, send, clock=None, tick_s: float = 0.5, max_streams: int = 64):
+    def __init__(self, settings: LoopSettings, send, clock=None, tick_s: float = 0.5, max_streams: int = 64,
+                 trials=None, send_engine=None):
+        """`trials`: engine_trial.TrialSettings to compare the capture's engines too, each asked for through
+        `send_engine(stream, spec)` (the control client's request_engine)."""
         import threading
         import time
 
         self.settings, self._send, self.tick_s, self.max_streams = settings, send, tick_s, max_streams
+        self.trials, self._send_engine = trials, send_engine
+        self.engine_trials: dict = {}  # stream -> engine_trial.EngineTrial
+        self.engine_sent = Counter()
+        self.engine_unsent = Counter()
         self.clock = clock or time.monotonic
         self.controllers: dict[str, QpController] = {}
         self.sent = Counter()  # stream -> requests sent
@@ -294,7 +320,7 @@ class ClosedLoop:
 
     def on_pair(self, key: tuple, measures: dict, now: float | None = None) -> None:
         """The Monitor's hook, one completed reference pair: key is its row (stream, model, qp, codec)."""
-        stream, _, qp, codec = key
+        stream, model, qp, codec = key
         if codec != "hevc" or qp is None or qp < 0:
             return  # the loop moves an HEVC QP: pairs of other codecs (or CRF, qp -1) say nothing about one
         t = self.clock() if now is None else now
@@ -305,9 +331,34 @@ class ClosedLoop:
                     self.ignored += 1
                     return
                 c = self.controllers[stream] = QpController(self.settings, started=t)
-            change = c.observe(int(qp), measures, t)
+            trial = self._trial(stream, t)
+            if trial is not None:
+                trial.pair(model, int(qp), _value(self.settings.measure, measures), t)
+                c.frozen = trial.active
+            change = c.observe(int(qp), measures, t, model)
         if change is not None:
             self._ask(stream, change)
+
+    def on_frame(self, key: tuple, nbytes: int, now: float | None = None) -> None:
+        """The Monitor's hook, every decoded frame: its row key and bytes (an engine trial compares bytes)."""
+        stream, model, qp, codec = key
+        if self.trials is None or codec != "hevc" or qp is None or qp < 0:
+            return
+        t = self.clock() if now is None else now
+        with self._lock:
+            if stream in self.controllers:  # streams the loop steers: created at their first pair
+                self._trial(stream, t).frame(model, int(qp), nbytes, t)
+
+    def _trial(self, stream: str, t: float):
+        """Under the lock: the stream's engine trial (None without --target-engines)."""
+        if self.trials is None:
+            return None
+        trial = self.engine_trials.get(stream)
+        if trial is None:
+            from edgepipe.server.engine_trial import EngineTrial
+
+            trial = self.engine_trials[stream] = EngineTrial(self.trials, started=t)
+        return trial
 
     def tick(self, now: float | None = None) -> None:
         t = self.clock() if now is None else now
@@ -315,9 +366,21 @@ class ClosedLoop:
             changes = [(sid, c.tick(t)) for sid, c in self.controllers.items()]
             retries = [(sid, qp) for sid, qp in self._unsent_qp.items()
                        if self.controllers[sid].asked == qp]
+            engines = []
+            for sid, trial in self.engine_trials.items():
+                c = self.controllers[sid]
+                spec = trial.poll(t, c.agreement_per_qp(t))
+                c.frozen = trial.active
+                if spec is not None:
+                    engines.append((sid, spec))
         for sid, change in changes:
             if change is not None:
                 self._ask(sid, change)
+        for sid, spec in engines:
+            ok = self._send_engine(sid, spec)
+            log.info("closed loop %s: asking for engine %s (%s)", sid, spec, "sent" if ok else "not sent")
+            with self._lock:
+                (self.engine_sent if ok else self.engine_unsent)[sid] += 1
         for sid, qp in retries:
             if self._send(sid, qp):
                 with self._lock:
@@ -352,8 +415,12 @@ class ClosedLoop:
 
     def summary(self) -> dict:
         with self._lock:
-            return {sid: {**c.summary(), "requests_sent": self.sent[sid], "requests_unsent": self.unsent[sid]}
-                    for sid, c in sorted(self.controllers.items())}
+            out = {sid: {**c.summary(), "requests_sent": self.sent[sid], "requests_unsent": self.unsent[sid]}
+                   for sid, c in sorted(self.controllers.items())}
+            for sid, trial in self.engine_trials.items():
+                out[sid]["engine_trials"] = {**trial.summary(), "requests_sent": self.engine_sent[sid],
+                                             "requests_unsent": self.engine_unsent[sid]}
+            return out
 
 
 def summary_lines(loops: dict) -> list[str]:
@@ -368,4 +435,11 @@ def summary_lines(loops: dict) -> list[str]:
                      f"{s['changes']} change(s) asked (coarser {counts.get('coarser', 0)}, finer "
                      f"{counts.get('finer', 0)}, fallback {counts.get('fallback', 0)}), {s['requests_sent']} sent, "
                      f"{s['requests_unsent']} unsent")
+        trials = s.get("engine_trials")
+        if trials is not None:
+            counts = trials["counts"]
+            aborted = sum(n for k, n in counts.items() if k.startswith("aborted_"))
+            lines.append(f"engine trials {sid[:14]}: {' vs '.join(trials['engines'])}: engine now "
+                         f"{trials['model']}; {counts.get('trials', 0)} trial(s): other engine won "
+                         f"{counts.get('b_won', 0)}, kept {counts.get('a_kept', 0)}, aborted {aborted}")
     return lines

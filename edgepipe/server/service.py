@@ -23,12 +23,14 @@ class MonitorService:
     frames reach the recognizer (server/classify.py), `predictions` is a JSONL file for every classified frame,
     `selection` the streams it takes (transport/topics.py: every stream, some by name, or a shard of them),
     `rd_window_s` the live BD-rate's window (server/live_rd.py), `closed_loop` the LoopSettings of monitor
-    --target-agreement (server/qp_control.py; needs options.control)."""
+    --target-agreement (server/qp_control.py; needs options.control), `engine_trials` its TrialSettings for
+    --target-engines (server/engine_trial.py)."""
 
     def __init__(self, connect: str, classify: Recognizer | Callable[[np.ndarray], int] | None,
                  options: ServiceOptions | None = None, max_streams: int = 256,
                  classifying: ClassifyOptions | None = None, predictions: str | None = None,
-                 selection: StreamSelection | None = None, rd_window_s: float | None = None, closed_loop=None):
+                 selection: StreamSelection | None = None, rd_window_s: float | None = None, closed_loop=None,
+                 engine_trials=None):
         import zmq
 
         from edgepipe.server.monitor import Monitor
@@ -77,8 +79,11 @@ class MonitorService:
 
                 if self.control is None:
                     raise ValueError("the closed loop needs the control channel (options.control)")
-                self.qp_loop = ClosedLoop(closed_loop, self.control.request_qp)
+                self.qp_loop = ClosedLoop(closed_loop, self.control.request_qp, trials=engine_trials,
+                                          send_engine=self.control.request_engine)
                 self.monitor.on_pair = self.qp_loop.on_pair
+                if engine_trials is not None:
+                    self.monitor.on_frame = self.qp_loop.on_frame
             self.monitor.predictions = self.predictions
             if options.metrics:
                 from edgepipe.ops.metrics import MetricsServer, MonitorCollector, registry_for

@@ -14,6 +14,7 @@ from edgepipe.core.options import flag
 from edgepipe.ops.service import SecurityOptions, ServiceOptions
 from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZERS, VIEWS
 from edgepipe.server.classify import POLICIES, ClassifyOptions
+from edgepipe.server.engine_trial import TRIAL_DEFAULTS
 from edgepipe.server.live_rd import DEFAULT_WINDOW_S
 from edgepipe.server.qp_control import DEFAULT_MEASURE, LOOP_DEFAULTS
 from edgepipe.server.qp_control import MEASURES as LOOP_MEASURES
@@ -119,6 +120,18 @@ class MonitorSettings:
     target_silence: float = setting(LOOP_DEFAULTS["silence_s"], min=0, min_open=True, metavar="SECONDS",
                                     help="After SECONDS without a pair, ask for the safe QP (MIN of "
                                          "--target-qp-range).")
+    target_engines: str | None = setting(None, metavar="ENGINE,ENGINE",
+                                         help="Also compare these pre-transforms (the capture's "
+                                              "--allow-remote-engine list) in A-B-A trials at the QP of the moment, "
+                                              "and leave the capture on the one that holds more agreement per bit "
+                                              "(needs --target-agreement; each must load here too, to know its "
+                                              "model id); docs/monitor.md.")
+    engine_trial_every: float = setting(TRIAL_DEFAULTS["every_s"], min=0, metavar="SECONDS",
+                                        help="At most one engine trial per SECONDS per stream.")
+    engine_trial_window: float = setting(TRIAL_DEFAULTS["window_s"], min=0, min_open=True, metavar="SECONDS",
+                                         help="Each of a trial's three windows (A, B, A again).")
+    engine_trial_margin: float = setting(TRIAL_DEFAULTS["margin"], min=0, max=1, metavar="M",
+                                         help="The other engine must save this share of bits at equal agreement.")
     report: str | None = setting(None, path="file", help="Write the report as JSON.")
     frames: int | None = setting(None, min=1, help="Stop after N decoded frames.")
     idle_timeout: float | None = setting(None, min=0, min_open=True, help="Stop after S seconds without a message.")
@@ -173,6 +186,28 @@ class MonitorSettings:
                                 share=self.target_share)
         except ValueError as exc:
             raise EdgepipeError(str(exc)) from None
+
+    def trial_settings(self):
+        """The engine trials' settings (server/engine_trial.py), or None without --target-engines; one line when
+        they do not go together or an engine does not load here."""
+        if self.target_engines is None:
+            return None
+        from edgepipe.core.errors import EdgepipeError
+        from edgepipe.engines import model_id_of
+        from edgepipe.server.engine_trial import TrialSettings
+
+        if self.target_agreement is None:
+            raise EdgepipeError("--target-engines needs --target-agreement: the trials judge engines by the loop's "
+                                "measure, at the loop's QP")
+        specs = tuple(part.strip() for part in self.target_engines.split(","))
+        if len(specs) < 2 or not all(specs):
+            raise EdgepipeError(f"--target-engines {self.target_engines!r}: give two engines or more separated by "
+                                "commas, as the capture's --allow-remote-engine names them, e.g. none,ours")
+        try:
+            return TrialSettings(specs, tuple(model_id_of(spec) for spec in specs), every_s=self.engine_trial_every,
+                                 window_s=self.engine_trial_window, margin=self.engine_trial_margin)
+        except ValueError as exc:
+            raise EdgepipeError(f"--target-engines: {exc}") from None
 
     def load_recognizer(self):
         """The batched recognizer (its view's crop before batching), or None with --no-classify; one line, no
