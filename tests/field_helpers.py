@@ -3,6 +3,8 @@ replayed as a live camera, threads that run a capture or a monitor, polling with
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -230,3 +232,21 @@ def capture_messages(loop, endpoint: str, before_close=None) -> list[list[bytes]
         sub.close(0)
         ctx.term()
     return messages
+
+
+EDGEPIPE = [sys.executable, "-m", "edgepipe.cli"]
+
+
+def run_monitor_and_capture(monitor_args: list[str], capture_args: list[str], timeout: float = 240):
+    """A real `edgepipe monitor` started first, then a real `edgepipe capture` run to its end: (the capture's
+    CompletedProcess, the monitor's stdout, its stderr), both exited 0 without a traceback."""
+    monitor = subprocess.Popen(EDGEPIPE + monitor_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        cap = subprocess.run(EDGEPIPE + capture_args, capture_output=True, text=True, timeout=timeout)
+        assert cap.returncode == 0, cap.stderr
+        out, err = monitor.communicate(timeout=timeout)
+    finally:
+        monitor.kill()
+    assert monitor.returncode == 0, err
+    assert "Traceback" not in cap.stderr + err
+    return cap, out, err

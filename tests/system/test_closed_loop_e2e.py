@@ -6,16 +6,15 @@ monitor decoded carry the new QPs. Assertions are on counts and directions, not 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from edgepipe.transport.sockets import free_tcp_endpoint
 
+from field_helpers import run_monitor_and_capture
+
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
-EDGEPIPE = [sys.executable, "-m", "edgepipe.cli"]
 START_QP = 42
 
 
@@ -23,25 +22,18 @@ def test_the_loop_moves_the_capture_qp_finer_to_reach_the_floor_and_both_sides_c
                                                                                                 small_val_folder):
     data, control = free_tcp_endpoint(), free_tcp_endpoint()
     report, stats = tmp_path / "report.json", tmp_path / "stats.json"
-    monitor = subprocess.Popen(EDGEPIPE + ["-v", "monitor", "--connect", data, "--control", control, "--report",
-                                           str(report), "--idle-timeout", "8", "--classify-policy", "all",
-                                           "--target-agreement", "1.0", "--target-pairs", "4", "--target-seconds", "0", "--target-interval",
-                                           "0", "--target-step", "4", "--target-qp-range", "22:42", "-q"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        # paced (6 frames/s, 72 frames: 12 s of stream) so the monitor's requests come while the capture runs
-        cap = subprocess.run(EDGEPIPE + ["-v", "capture", "--source", f"folder:{small_val_folder}", "--loop",
-                                         "--frames", "72", "--realtime", "--fps", "6", "--publish", data,
-                                         "--control", control, "--allow-remote-qp", "22:42", "--qp", str(START_QP),
-                                         "--gop", "4", "--size", "96x96", "--reference-every", "1", "--reference-share", "0",
-                                         "--wait-subscriber", "60", "--stream-id", "loop", "--stats", str(stats)],
-                             capture_output=True, text=True, timeout=240)
-        assert cap.returncode == 0, cap.stderr
-        out, err = monitor.communicate(timeout=240)
-    finally:
-        monitor.kill()
-    assert monitor.returncode == 0, err
-    assert "Traceback" not in cap.stderr + err
+    # paced (6 frames/s, 72 frames: 12 s of stream) so the monitor's requests come while the capture runs
+    cap, out, err = run_monitor_and_capture(
+        ["-v", "monitor", "--connect", data, "--control", control, "--report",
+         str(report), "--idle-timeout", "8", "--classify-policy", "all",
+         "--target-agreement", "1.0", "--target-pairs", "4", "--target-seconds", "0", "--target-interval",
+         "0", "--target-step", "4", "--target-qp-range", "22:42", "-q"],
+        ["-v", "capture", "--source", f"folder:{small_val_folder}", "--loop",
+         "--frames", "72", "--realtime", "--fps", "6", "--publish", data,
+         "--control", control, "--allow-remote-qp", "22:42", "--qp", str(START_QP),
+         "--gop", "4", "--size", "96x96", "--reference-every", "1", "--reference-share", "0",
+         "--wait-subscriber", "60", "--stream-id", "loop", "--stats", str(stats)],
+        timeout=240)
 
     # the capture: it obeyed requests, each moving the QP finer, logged and counted
     remote = json.loads(stats.read_text())["remote_qp"]

@@ -7,44 +7,36 @@ on counts, not on which engine wins (that is the scene's)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from edgepipe.engines import model_id_of
 from edgepipe.transport.sockets import free_tcp_endpoint
 
+from field_helpers import run_monitor_and_capture
+
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
-EDGEPIPE = [sys.executable, "-m", "edgepipe.cli"]
 
 
 def test_a_trial_runs_a_b_a_and_both_sides_count_each_engine_request(tmp_path, small_val_folder):
     data, control = free_tcp_endpoint(), free_tcp_endpoint()
     report, stats = tmp_path / "report.json", tmp_path / "stats.json"
-    monitor = subprocess.Popen(EDGEPIPE + ["-v", "monitor", "--connect", data, "--control", control, "--report",
-                                           str(report), "--idle-timeout", "8", "--classify-policy", "all",
-                                           "--target-agreement", "0.5", "--target-pairs", "4",
-                                           "--target-seconds", "0", "--target-qp-range", "36:36",
-                                           "--target-engines", "none,ours", "--engine-trial-window", "4",
-                                           "--engine-trial-every", "1000", "-q"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        # paced (8 frames/s, 280 frames: 35 s of stream), so the trial's three windows fit while the capture runs
-        cap = subprocess.run(EDGEPIPE + ["-v", "capture", "--source", f"folder:{small_val_folder}", "--loop",
-                                         "--frames", "280", "--realtime", "--fps", "8", "--publish", data,
-                                         "--control", control, "--allow-remote-engine", "none,ours",
-                                         "--engine", "none", "--qp", "36", "--gop", "8", "--size", "96x96",
-                                         "--reference-every", "1", "--reference-share", "0",
-                                         "--wait-subscriber", "60", "--stream-id", "trial", "--stats", str(stats)],
-                             capture_output=True, text=True, timeout=240)
-        assert cap.returncode == 0, cap.stderr
-        out, err = monitor.communicate(timeout=240)
-    finally:
-        monitor.kill()
-    assert monitor.returncode == 0, err
-    assert "Traceback" not in cap.stderr + err
+    # paced (8 frames/s, 280 frames: 35 s of stream), so the trial's three windows fit while the capture runs
+    cap, out, err = run_monitor_and_capture(
+        ["-v", "monitor", "--connect", data, "--control", control, "--report",
+         str(report), "--idle-timeout", "8", "--classify-policy", "all",
+         "--target-agreement", "0.5", "--target-pairs", "4",
+         "--target-seconds", "0", "--target-qp-range", "36:36",
+         "--target-engines", "none,ours", "--engine-trial-window", "4",
+         "--engine-trial-every", "1000", "-q"],
+        ["-v", "capture", "--source", f"folder:{small_val_folder}", "--loop",
+         "--frames", "280", "--realtime", "--fps", "8", "--publish", data,
+         "--control", control, "--allow-remote-engine", "none,ours",
+         "--engine", "none", "--qp", "36", "--gop", "8", "--size", "96x96",
+         "--reference-every", "1", "--reference-share", "0",
+         "--wait-subscriber", "60", "--stream-id", "trial", "--stats", str(stats)],
+        timeout=240)
 
     # the monitor: one trial, A-B-A, with a verdict; its engine requests all sent
     rep = json.loads(report.read_text())

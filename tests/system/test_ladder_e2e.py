@@ -6,17 +6,16 @@ from the monitor's --predictions lines."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from edgepipe.server.live_rd import from_predictions
 from edgepipe.transport.sockets import free_tcp_endpoint
 
+from field_helpers import run_monitor_and_capture
+
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
-EDGEPIPE = [sys.executable, "-m", "edgepipe.cli"]
 QPS = (30, 36, 42, 48)
 FRAMES = 32  # 8 operating points x 2 GOPs of 2 frames
 
@@ -25,23 +24,16 @@ def test_a_ladder_draws_both_curves_and_the_live_bd_rate_matches_the_offline_one
     # the monitor stops 8 s after the capture's last message (--frames would stop it before the last reference)
     endpoint = free_tcp_endpoint()
     report, stats, predictions = (tmp_path / name for name in ("report.json", "stats.json", "predictions.jsonl"))
-    monitor = subprocess.Popen(EDGEPIPE + ["monitor", "--connect", endpoint, "--report", str(report),
-                                           "--idle-timeout", "8", "--classify-policy",
-                                           "all", "--predictions", str(predictions), "--rd-window", "3600", "-q"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        cap = subprocess.run(EDGEPIPE + ["-v", "capture", "--source", f"folder:{small_val_folder}", "--loop",
-                                         "--frames", str(FRAMES), "--publish", endpoint, "--ladder",
-                                         "hevc:" + ",".join(map(str, QPS)), "--ab", "none,ours", "--gop", "2",
-                                         "--size", "96x96", "--reference-every", "1", "--reference-share", "0", "--wait-subscriber", "60",
-                                         "--stream-id", "lab", "--stats", str(stats)],
-                             capture_output=True, text=True, timeout=180)
-        assert cap.returncode == 0, cap.stderr
-        out, err = monitor.communicate(timeout=180)
-    finally:
-        monitor.kill()
-    assert monitor.returncode == 0, err
-    assert "Traceback" not in cap.stderr + err
+    cap, out, err = run_monitor_and_capture(
+        ["monitor", "--connect", endpoint, "--report", str(report),
+         "--idle-timeout", "8", "--classify-policy",
+         "all", "--predictions", str(predictions), "--rd-window", "3600", "-q"],
+        ["-v", "capture", "--source", f"folder:{small_val_folder}", "--loop",
+         "--frames", str(FRAMES), "--publish", endpoint, "--ladder",
+         "hevc:" + ",".join(map(str, QPS)), "--ab", "none,ours", "--gop", "2",
+         "--size", "96x96", "--reference-every", "1", "--reference-share", "0", "--wait-subscriber", "60",
+         "--stream-id", "lab", "--stats", str(stats)],
+        timeout=180)
 
     # the capture: 15 switches, logged; 4 frames at each of the 8 points
     sent = json.loads(stats.read_text())
