@@ -23,7 +23,9 @@ Per clip:
 3. Writes bench/results/closed_loop_<clip>.json and docs/images/closed_loop_<clip>.png (QP over time with the
    best fixed QP as a line; the running top-5 overlap with the floor on a second axis).
 
-`--offline-only` runs step 2 alone for n = fps * duration frames (to see the curve before choosing a floor).
+`--offline-only` runs step 2 alone for n = fps * duration frames (to see the curve before choosing a floor);
+with `--engine ours` it caches the curves of the frames through that pre-transform (the clip's frames go through
+it once, kept as .npy beside the cache), for bench/closed_loop_sim.py --engines.
 Before the live run it waits (polling every 30 s, at most --max-wait s) while the 1-minute load is above
 --max-load: a real-time replay on a busy CPU drops frames.
 """
@@ -89,6 +91,22 @@ def read_clip(path: Path) -> np.ndarray:
 # --- offline: the fixed-QP curve on the loop's frames ---------------------------------------------------------
 
 _FRAMES: np.ndarray | None = None  # the clip, shared with forked workers
+_CODED: np.ndarray | None = None  # what the capture codes: the clip through its pre-transform (--engine)
+
+
+def pretransform(job: tuple) -> str:
+    """The clip's frames through the engine, saved as .npy (run in a worker forked before any library starts
+    threads; the coding workers are forked after this one has exited, with the result mapped in)."""
+    from edgepipe.engines import load_engine
+
+    engine_spec, path = job
+    engine = load_engine(engine_spec, 1)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=_FRAMES.shape)
+    for i in range(0, len(_FRAMES), 16):
+        out[i:i + 16] = engine.run(_FRAMES[i:i + 16])
+    out.flush()
+    engine.close()
+    return path
 
 
 def references(_=None) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +125,7 @@ def references(_=None) -> tuple[np.ndarray, np.ndarray]:
 def code_fixed_qp(job: tuple) -> tuple[int, np.ndarray, np.ndarray]:
     """One QP over the first n frames of the looped clip: (qp, bytes per frame, top-5 overlap per frame)."""
     qp, n, gop, preset, fps, (ref_classes, ref_probs) = job
-    frames = _FRAMES
+    frames = _CODED
     length, h, w = frames.shape[:3]
     classifier = Classifier(view="centre-crop", threads=1)
     enc = HevcEncoder(w, h, qp=qp, gop=gop, preset=preset, fps=fps, pool_threads=1)
@@ -143,16 +161,20 @@ def code_fixed_qp(job: tuple) -> tuple[int, np.ndarray, np.ndarray]:
     return qp, np.array(sizes, np.int64), np.array(overlaps, np.float64)
 
 
-def cache_path(clip: Path, qp: int, gop: int, preset: str) -> Path:
-    return CACHE / f"{clip.stem}_qp{qp}_gop{gop}_{preset}.npz"
+def cache_path(clip: Path, qp: int, gop: int, preset: str, engine: str = "none") -> Path:
+    """The cached curve of one QP; a pre-transform other than none puts its name after the clip's."""
+    tag = "" if engine == "none" else f"_{Path(engine).stem}"
+    return CACHE / f"{clip.stem}{tag}_qp{qp}_gop{gop}_{preset}.npz"
 
 
-def offline_curve(clip: Path, qps: list[int], n: int, gop: int, preset: str, fps: float, jobs: int) -> dict:
-    """{qp: (bytes per frame, overlap per frame)} over the first n frames, from the cache or computed."""
-    global _FRAMES
+def offline_curve(clip: Path, qps: list[int], n: int, gop: int, preset: str, fps: float, jobs: int,
+                  engine: str = "none") -> dict:
+    """{qp: (bytes per frame, overlap per frame)} over the first n frames, from the cache or computed; `engine`:
+    the capture's pre-transform (the references are of the source frames, as the capture sends them)."""
+    global _FRAMES, _CODED
     out, todo = {}, []
     for qp in qps:
-        p = cache_path(clip, qp, gop, preset)
+        p = cache_path(clip, qp, gop, preset, engine)
         if p.exists():
             z = np.load(p)
             if len(z["sizes"]) >= n:
@@ -163,18 +185,27 @@ def offline_curve(clip: Path, qps: list[int], n: int, gop: int, preset: str, fps
         return out
     t0 = time.time()
     _FRAMES = read_clip(clip)
-    print(f"closed_loop: offline {clip.name}: {n} frames at QPs {todo} ({jobs} jobs)", flush=True)
+    print(f"closed_loop: offline {clip.name}: {n} frames at QPs {todo}, engine {engine} ({jobs} jobs)", flush=True)
     CACHE.mkdir(parents=True, exist_ok=True)
+    _CODED = _FRAMES
+    if engine != "none":
+        frames_path = CACHE / f"{clip.stem}_{Path(engine).stem}_frames.npy"
+        if not frames_path.exists():
+            with mp.get_context("fork").Pool(1) as pool:
+                pool.apply(pretransform, ((engine, str(frames_path) + ".tmp.npy"),))
+            os.replace(str(frames_path) + ".tmp.npy", frames_path)
+            print(f"  {len(_FRAMES)} clip frames through {engine} ({time.time() - t0:.0f} s)", flush=True)
+        _CODED = np.load(frames_path, mmap_mode="r")
     # the workers are forked before this process starts any recognizer (a fork after its threads start hangs)
     with mp.get_context("fork").Pool(jobs) as pool:
         ref = pool.apply(references)
         todo_jobs = [(q, n, gop, preset, fps, ref) for q in todo]
         for qp, sizes, overlaps in pool.imap_unordered(code_fixed_qp, todo_jobs):
-            np.savez(cache_path(clip, qp, gop, preset), sizes=sizes, overlaps=overlaps)
+            np.savez(cache_path(clip, qp, gop, preset, engine), sizes=sizes, overlaps=overlaps)
             out[qp] = (sizes, overlaps)
             print(f"  QP {qp}: {sizes.mean() * 8:.0f} bits/frame, top-5 overlap {overlaps.mean():.4f} "
                   f"({time.time() - t0:.0f} s)", flush=True)
-    _FRAMES = None
+    _FRAMES = _CODED = None
     return out
 
 
@@ -357,6 +388,8 @@ def main() -> int:
     ap.add_argument("--full-grid", action="store_true",
                     help="code every QP of the grid offline, not only those that bracket the floor")
     ap.add_argument("--offline-only", action="store_true", help="only the fixed-QP curve (see above)")
+    ap.add_argument("--engine", default="none", help="with --offline-only: the capture's pre-transform for the "
+                    "cached curves (bench/closed_loop_sim.py --engines compares them); live runs use none")
     ap.add_argument("--reuse-live", action="store_true", help="do not run live: use the raw files of a previous run")
     ap.add_argument("--live-load", type=float, default=None,
                     help="with --reuse-live: the 1-minute load when that live run started (as noted)")
@@ -378,7 +411,7 @@ def main() -> int:
         grid = list(range(args.low, args.high + 1, args.step))
         raw = ROOT / "runs" / "closed_loop" / name
         if args.offline_only:
-            curve = offline_curve(clip, grid, n, args.gop, args.preset, fps, args.jobs)
+            curve = offline_curve(clip, grid, n, args.gop, args.preset, fps, args.jobs, args.engine)
             for r in curve_rows(curve):
                 print(f"QP {r['qp']}: {r['bits_per_frame']:.0f} bits/frame, top-5 overlap {r['top5_overlap']:.4f}")
             return 0

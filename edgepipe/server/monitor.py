@@ -351,7 +351,7 @@ class Monitor:
         self.subscriber = subscriber
         self.on_loss = on_loss  # hook for the keyframe back channel
         self.on_pair = None  # hook for the closed loop (server/qp_control.py): (row key, measures) of each pair
-        self.on_frame = None  # and its engine trials: (row key, bytes) of each decoded frame
+        self.on_frame = None  # and its engine trials: (row key, bytes, keyframe) of each decoded frame
         self.ticks = 0  # decoding-loop iterations
         # The watchdog's sign of life: rises with every message handled, and while idle only if the
         # transport is healthy (connected, or reconnecting by itself). A connection the transport
@@ -557,7 +557,7 @@ class Monitor:
         self._totals(header, nbytes, latency)
         self.live_rd.add_frame(*key, nbytes, header.duration, received_at, (header.epoch, header.seq))
         if self.on_frame is not None:
-            self.on_frame(key, nbytes)
+            self.on_frame(key, nbytes, header.keyframe)
         return header
 
     # --- classification (server/classify.py) -----------------------------------------------------

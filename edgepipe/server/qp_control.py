@@ -339,15 +339,16 @@ class ClosedLoop:
         if change is not None:
             self._ask(stream, change)
 
-    def on_frame(self, key: tuple, nbytes: int, now: float | None = None) -> None:
-        """The Monitor's hook, every decoded frame: its row key and bytes (an engine trial compares bytes)."""
+    def on_frame(self, key: tuple, nbytes: int, keyframe: bool = False, now: float | None = None) -> None:
+        """The Monitor's hook, every decoded frame: its row key, bytes and keyframe flag (an engine trial compares
+        the bytes of whole GOPs)."""
         stream, model, qp, codec = key
         if self.trials is None or codec != "hevc" or qp is None or qp < 0:
             return
         t = self.clock() if now is None else now
         with self._lock:
             if stream in self.controllers:  # streams the loop steers: created at their first pair
-                self._trial(stream, t).frame(model, int(qp), nbytes, t)
+                self._trial(stream, t).frame(model, int(qp), nbytes, t, keyframe)
 
     def _trial(self, stream: str, t: float):
         """Under the lock: the stream's engine trial (None without --target-engines)."""

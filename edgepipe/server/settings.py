@@ -122,14 +122,17 @@ class MonitorSettings:
                                          "--target-qp-range).")
     target_engines: str | None = setting(None, metavar="ENGINE,ENGINE",
                                          help="Also compare these pre-transforms (the capture's "
-                                              "--allow-remote-engine list) in A-B-A trials at the QP of the moment, "
+                                              "--allow-remote-engine list) in alternating trials at the QP of the "
+                                              "moment, "
                                               "and leave the capture on the one that holds more agreement per bit "
                                               "(needs --target-agreement; each must load here too, to know its "
                                               "model id); docs/monitor.md.")
     engine_trial_every: float = setting(TRIAL_DEFAULTS["every_s"], min=0, metavar="SECONDS",
                                         help="At most one engine trial per SECONDS per stream.")
     engine_trial_window: float = setting(TRIAL_DEFAULTS["window_s"], min=0, min_open=True, metavar="SECONDS",
-                                         help="Each of a trial's three windows (A, B, A again).")
+                                         help="Each window of a trial (A, B, A, B, ..., A).")
+    engine_trial_cycles: int = setting(TRIAL_DEFAULTS["cycles"], min=2, metavar="N",
+                                       help="B windows in a trial, each judged against the A windows around it.")
     engine_trial_margin: float = setting(TRIAL_DEFAULTS["margin"], min=0, max=1, metavar="M",
                                          help="The other engine must save this share of bits at equal agreement.")
     report: str | None = setting(None, path="file", help="Write the report as JSON.")
@@ -205,7 +208,8 @@ class MonitorSettings:
                                 "commas, as the capture's --allow-remote-engine names them, e.g. none,ours")
         try:
             return TrialSettings(specs, tuple(model_id_of(spec) for spec in specs), every_s=self.engine_trial_every,
-                                 window_s=self.engine_trial_window, margin=self.engine_trial_margin)
+                                 window_s=self.engine_trial_window, cycles=self.engine_trial_cycles,
+                                 margin=self.engine_trial_margin)
         except ValueError as exc:
             raise EdgepipeError(f"--target-engines: {exc}") from None
 
