@@ -258,4 +258,5 @@ class EngineTrial:
 
     def summary(self) -> dict:
         return {"engines": list(self.settings.engines), "models": list(self.settings.models), "model": self.model,
+                "engine": None if self.model is None else self.settings.spec_of(self.model),
                 "active": self.active, "counts": dict(self.counts), "trace": list(self.trace)}

@@ -441,6 +441,6 @@ def summary_lines(loops: dict) -> list[str]:
             counts = trials["counts"]
             aborted = sum(n for k, n in counts.items() if k.startswith("aborted_"))
             lines.append(f"engine trials {sid[:14]}: {' vs '.join(trials['engines'])}: engine now "
-                         f"{trials['model']}; {counts.get('trials', 0)} trial(s): other engine won "
+                         f"{trials['engine'] or trials['model']}; {counts.get('trials', 0)} trial(s): other engine won "
                          f"{counts.get('b_won', 0)}, kept {counts.get('a_kept', 0)}, aborted {aborted}")
     return lines

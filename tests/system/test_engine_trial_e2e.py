@@ -59,4 +59,5 @@ def test_a_trial_runs_a_b_a_and_both_sides_count_each_engine_request(tmp_path, s
     # the frames say so: rows of both engines at QP 36, nothing lost
     assert {(r["model"], r["qp"]) for r in rep["rows"]} == {("none", 36), (model_id_of("ours"), 36)}
     assert rep["lost"] == 0
-    assert "engine trials trial: none vs ours: engine now " in out
+    assert f"engine trials trial: none vs ours: engine now {remote['engine']}; 1 trial(s): other engine won " in out
+    assert trials["engine"] == remote["engine"]
