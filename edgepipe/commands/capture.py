@@ -190,9 +190,8 @@ def _capture_service(settings, options):
             check_plaintext_allowed(endpoint.replace("://*:", "://0.0.0.0:"), False, "capture")  # as bound
     ladder = make_ladder(settings.ladder, settings.ab, settings.codec, settings.qp, settings.crf, settings.engine,
                          settings.gop)
-    budget = loop_budget(settings, ladder)  # as the loop's: the source's threads first, then for its frame size
+    budget = loop_budget(settings, ladder)  # as the loop's
     source = open_source(settings.source, settings.size, settings.crop, settings.loop, threads=budget.source)
-    budget = loop_budget(settings, ladder, source)
     engines: dict = {}
     try:
         # each engine once (the ladder's, or those a monitor may switch to), before any socket binds

@@ -204,19 +204,9 @@ def budget_engines(settings: CaptureSettings, ladder: Ladder | None) -> list[str
     return list(remote_engine_specs(settings) or (settings.engine,))
 
 
-def loop_budget(settings: CaptureSettings, ladder: Ladder | None, source: Source | None = None) -> ThreadBudget:
-    """The loop's thread budget; with its source open, planned for the frame size too. The size moves only the
-    engine's share, so the source opens with the budget planned before it."""
-    return capture_budget(settings.threads, budget_engine(settings, ladder), settings.codec, settings.encoder,
-                          None if source is None else planned_frame(settings, source))
-
-
-def planned_frame(settings: CaptureSettings, source: Source) -> tuple[int, int] | None:
-    """The frame size the thread budget plans for: --size, else the source's own size when it knows it before
-    its first frame (a video file), else None."""
-    if settings.size is not None:
-        return settings.size
-    return getattr(source, "frame_size", None)
+def loop_budget(settings: CaptureSettings, ladder: Ladder | None) -> ThreadBudget:
+    """The loop's thread budget (edge/threads.py), for the heaviest engine it loads."""
+    return capture_budget(settings.threads, budget_engine(settings, ladder), settings.codec, settings.encoder)
 
 
 def default_stream_id() -> str:
@@ -261,7 +251,6 @@ class CaptureLoop:
         self.budget = loop_budget(settings, self.ladder)
         self.source = source or open_source(settings.source, settings.size, settings.crop, settings.loop,
                                             threads=self.budget.source)
-        self.budget = loop_budget(settings, self.ladder, self.source)
         self.remote_engines = remote_engine_specs(settings)
         if isinstance(engine, dict):
             self.engines = engine

@@ -9,8 +9,6 @@ Policy `auto`, over C usable cores (the CPU affinity mask, capped by a cgroup CP
     cores, C - 1 from 3 on: on 2 cores, 1 thread would halve it for stages that need a fraction of the
     other core; from 3 on, one core is left to the others, so the heavy stage never waits for them;
   - each other stage gets 1 thread (source: decoder threads and OpenCV's pool; encoder: x265 workers);
-  - on 2 cores, an engine on frames under SMALL_FRAME_PIXELS gets 1 thread, not 2: on small frames its
-    second thread buys little (1.35x at 224x224 here) and then takes the core the encoder needs;
   - where the engine's and the encoder's threads together outnumber the cores, ONNX Runtime's idle
     threads sleep instead of spin-waiting for the next operator (a spinning thread holds a core the
     encoder needs).
@@ -29,19 +27,14 @@ from edgepipe.core.errors import EdgepipeError
 from edgepipe.engines import EngineThreads, parse_spec
 
 STAGES = ("source", "engine", "encoder")
-# Below this many pixels a frame is small: on 2 cores the engine gets one thread (bench/pipeline_bench.py's
-# size sweep, docs/benchmarks.md: at 224x224 the split 1/1/1 ran 72.6 frames/s against auto's 60.7; at 720p
-# auto's two engine threads won, 5.0 against 3.0).
-SMALL_FRAME_PIXELS = 640 * 360
 MAX_THREADS = 256  # per stage, and cores for `N`: far above any edge box, low enough to catch a typo
 CGROUP = Path("/sys/fs/cgroup")
 MEMBERSHIP = Path("/proc/self/cgroup")
 
 THREADS_HELP = ("CPU threads per stage, so the stages do not fight for the cores. auto: the heavy stage (the engine "
-                "when it runs on the CPU, else the encoder) gets every core (all but one from 3 cores on; on 2 cores "
-                "an engine on frames under 640x360 gets 1), the others 1 each; N: the same over N cores; STAGE=N "
-                "sets source, engine or encoder; spin=on|off: ONNX Runtime's idle threads; defaults: each library's "
-                "own. Items combine: auto,encoder=2.")
+                "when it runs on the CPU, else the encoder) gets every core (all but one from 3 cores on), the "
+                "others 1 each; N: the same over N cores; STAGE=N sets source, engine or encoder; spin=on|off: "
+                "ONNX Runtime's idle threads; defaults: each library's own. Items combine: auto,encoder=2.")
 
 
 # --- the cores --------------------------------------------------------------------------------------
@@ -186,7 +179,6 @@ class ThreadBudget:
     engine: int | None = None   # ONNX Runtime intra-op threads, or PyTorch's
     encoder: int | None = None  # x265 worker (pool) threads; frame threads stay 1 (tune zerolatency)
     engine_spin: bool | None = None
-    frame: tuple[int, int] | None = None  # the frame size planned for (width, height), when known
 
     @property
     def opencv(self) -> int | None:
@@ -199,7 +191,7 @@ class ThreadBudget:
     def as_dict(self) -> dict:
         return {"policy": self.policy, "cores": self.cores, "cores_found": self.cores_found, "heavy": self.heavy,
                 "source": self.source, "engine": self.engine, "encoder": self.encoder, "opencv": self.opencv,
-                "engine_spin": self.engine_spin, "frame": None if self.frame is None else list(self.frame)}
+                "engine_spin": self.engine_spin}
 
     def describe(self) -> str:
         """One line for the start-up message: "engine 2 (idle threads sleep), encoder 1, source 1 of 2 cores (auto)"."""
@@ -210,18 +202,11 @@ class ThreadBudget:
                 text += " (idle threads spin)" if self.engine_spin else " (idle threads sleep)"
             return text
 
-        frame = "" if self.frame is None else f", {self.frame[0]}x{self.frame[1]} frames"
-        return f"{', '.join(one(s) for s in ('engine', 'encoder', 'source'))} of {self.cores} cores ({self.policy}{frame})"
+        return f"{', '.join(one(s) for s in ('engine', 'encoder', 'source'))} of {self.cores} cores ({self.policy})"
 
 
-def small_frame(frame: tuple[int, int] | None) -> bool:
-    return frame is not None and frame[0] * frame[1] < SMALL_FRAME_PIXELS
-
-
-def plan_threads(request: ThreadRequest, cores: Cores, heavy: str,
-                 frame: tuple[int, int] | None = None) -> ThreadBudget:
-    """The budget a request gives on these cores, `heavy` being the stage that does the most work, for frames
-    of `frame` (width, height) when known."""
+def plan_threads(request: ThreadRequest, cores: Cores, heavy: str) -> ThreadBudget:
+    """The budget a request gives on these cores, `heavy` being the stage that does the most work."""
     if request.cores is not None:
         cores = Cores(request.cores, f"--threads {request.cores} ({cores.found} here)")
     c = cores.count
@@ -230,14 +215,12 @@ def plan_threads(request: ThreadRequest, cores: Cores, heavy: str,
     else:
         counts = {stage: 1 for stage in STAGES}
         counts[heavy] = c if c <= 2 else c - 1
-        if heavy == "engine" and c == 2 and small_frame(frame):
-            counts["engine"] = 1
     counts.update(request.stages)
     spin = request.spin
     if spin is None and counts["engine"] is not None and not request.defaults:
         spin = counts["engine"] + (counts["encoder"] or c) <= c
     return ThreadBudget(request.text, c, cores.found, heavy, counts["source"], counts["engine"], counts["encoder"],
-                        spin, frame)
+                        spin)
 
 
 def heavy_stage(engine_spec: str | None, codec: str, encoder: str) -> str:
@@ -252,9 +235,6 @@ def heavy_stage(engine_spec: str | None, codec: str, encoder: str) -> str:
 
 
 def capture_budget(threads: str, engine_spec: str | None, codec: str = "hevc", encoder: str = "libx265",
-                   frame: tuple[int, int] | None = None, root: Path = CGROUP,
-                   membership: Path = MEMBERSHIP) -> ThreadBudget:
-    """The capture's budget from its settings (`--threads`, `--engine`, `--codec`, `--encoder`) and its frame size
-    (`--size`, or the video file's own), when known."""
-    return plan_threads(parse_threads(threads), usable_cores(root, membership), heavy_stage(engine_spec, codec, encoder),
-                        frame)
+                   root: Path = CGROUP, membership: Path = MEMBERSHIP) -> ThreadBudget:
+    """The capture's budget from its settings (`--threads`, `--engine`, `--codec`, `--encoder`)."""
+    return plan_threads(parse_threads(threads), usable_cores(root, membership), heavy_stage(engine_spec, codec, encoder))

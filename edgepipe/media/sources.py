@@ -145,9 +145,6 @@ class VideoFileSource:
         fmt = self._container.format.name
         self.timestamps = not (fmt == "image2" or fmt.endswith("_pipe"))  # a still image has no clock
         self.fps = float(stream.average_rate) if stream.average_rate and self.timestamps else None
-        # (width, height) of the frames it will give, known before the first one (the capture's thread plan)
-        w, h = stream.codec_context.width, stream.codec_context.height
-        self.frame_size = shaper.size or ((w - w % 2, h - h % 2) if w > 1 and h > 1 else None)
         self._index = 0
         self._first: float | None = None  # time of the first frame: media times count from it
         self._offset = 0.0  # added on each loop, so media time never goes back

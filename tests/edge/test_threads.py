@@ -51,33 +51,6 @@ def test_split_per_policy(text, cores, heavy, expected):
     assert plan(text, cores, heavy) == expected
 
 
-@pytest.mark.parametrize("text, cores, heavy, frame, expected", [
-    # on 2 cores an engine on small frames gets one thread: its second buys little and takes the encoder's core
-    ("auto", 2, "engine", (224, 224), (1, 1, 1, True)),
-    ("auto", 2, "engine", (639, 360), (1, 1, 1, True)),
-    ("auto", 2, "engine", (640, 360), (1, 2, 1, False)),
-    ("auto", 2, "engine", (1280, 720), (1, 2, 1, False)),
-    ("auto", 2, "engine", None, (1, 2, 1, False)),  # size unknown: as before
-    # from 3 cores the engine already leaves one to the others; the encoder's share never depends on the size
-    ("auto", 4, "engine", (224, 224), (1, 3, 1, True)),
-    ("auto", 2, "encoder", (224, 224), (1, 1, 2, False)),
-    # what the user names wins
-    ("engine=2", 2, "engine", (224, 224), (1, 2, 1, False)),
-    ("defaults", 2, "engine", (224, 224), (None, None, None, None)),
-])
-def test_small_frames_on_two_cores_give_the_engine_one_thread(text, cores, heavy, frame, expected):
-    b = plan_threads(parse_threads(text), Cores(cores, f"affinity {cores}"), heavy, frame)
-    assert (b.source, b.engine, b.encoder, b.engine_spin) == expected
-    assert b.frame == frame
-
-
-def test_the_frame_size_planned_for_is_said():
-    b = plan_threads(parse_threads("auto"), Cores(2, "affinity 2"), "engine", (224, 224))
-    assert b.describe() == "engine 1, encoder 1, source 1 of 2 cores (auto, 224x224 frames)"
-    assert b.as_dict()["frame"] == [224, 224]
-    assert plan_threads(parse_threads("auto"), Cores(2, "affinity 2"), "engine").as_dict()["frame"] is None
-
-
 def test_a_core_count_is_said_against_what_the_machine_has():
     b = plan_threads(parse_threads("4"), Cores(2, "affinity 2"), "engine")
     assert b.cores == 4 and b.cores_found == "--threads 4 (affinity 2 here)"
@@ -197,8 +170,7 @@ def test_the_budget_reads_as_one_line_and_as_json(tmp_path, eight_cores):
     b = capture_budget("auto", "tvl1", root=tmp_path, membership=tmp_path / "none")
     assert b.describe() == "engine 7 (idle threads spin), encoder 1, source 1 of 8 cores (auto)"
     assert b.as_dict() == {"policy": "auto", "cores": 8, "cores_found": "affinity 8", "heavy": "engine",
-                           "source": 1, "engine": 7, "encoder": 1, "opencv": 1, "engine_spin": True,
-                           "frame": None}
+                           "source": 1, "engine": 7, "encoder": 1, "opencv": 1, "engine_spin": True}
     default = ThreadBudget("defaults", 2, "affinity 2", "engine")
     assert default.describe() == "engine default, encoder default, source default of 2 cores (defaults)"
     assert plan_threads(parse_threads("engine=1"), Cores(2, "affinity 2"), "engine").describe().startswith(
