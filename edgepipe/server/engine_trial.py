@@ -24,7 +24,8 @@ bits at that rate let the scene decide (bench/closed_loop_sim.py, docs/monitor.m
 B, otherwise it goes back to A; the QP loop then holds the floor with whichever engine runs.
 
 A trial starts when the QP and the engine have not changed for `window_s` (A's first window is then all at this
-QP), at most once per `every_s` per stream, and holds the QP controller still while it runs. A QP change, silence
+QP), at most once per `every_s` per stream (twice, four, then eight times that after B was shown worse in a row:
+each trial of an engine that loses by far costs the floor its B windows), and holds the QP controller still while it runs. A QP change, silence
 (`window_s` without a frame) or a window that has not `min_pairs` pairs after 3 x `window_s` ends it without a
 verdict, back on A.
 """
@@ -115,6 +116,7 @@ class EngineTrial:
     qp: int | None = None     # and its QP
     qp_since: float = 0.0     # when that QP (or engine) started
     last_trial: float = float("-inf")
+    spacing: int = 1  # every_s times this until the next trial: doubled (to 8) each time B was shown worse
     last_frame: float | None = None
     qp_trial: int | None = None
     windows: list = field(default_factory=list)  # the trial's windows, A B A B ... A; empty: no trial
@@ -185,7 +187,7 @@ class EngineTrial:
     def _maybe_start(self, now: float) -> str | None:
         s = self.settings
         if (self.model not in s.models or self.qp is None or now - self.qp_since < s.window_s
-                or now - self.last_trial < s.every_s or now - self.started < s.window_s):
+                or now - self.last_trial < s.every_s * self.spacing or now - self.started < s.window_s):
             return None
         a = self._last_whole_gops(now)
         if a is None or a.pairs < s.min_pairs:
@@ -246,13 +248,16 @@ class EngineTrial:
         gains_agreement = least_gain > 0 and (most_bits - least_gain * rate < -s.margin if rate is not None
                                               else bits <= 0)
         wins = saves_bits or gains_agreement
+        worse = (gain + t * gain_se < -tolerance and bits > -s.margin) or (bits - t * bits_se > s.margin and gain <= 0)
+        self.spacing = min(8, self.spacing * 2) if worse else 1
         self.counts["b_won" if wins else "a_kept"] += 1
         a_model, b_model = w[0].model, w[1].model
         self._end(now, {"bytes_ratio": round(math.exp(bits), 4), "log_bytes_se": round(bits_se, 4),
                         "agreement_gain": round(gain, 4), "agreement_se": round(gain_se, 4), "cycles": len(gains),
                         "bits_per_agreement": None if rate is None else round(rate, 2),
                         "verdict": "b" if wins else "a",
-                        "why": "fewer bits" if saves_bits else "more agreement" if gains_agreement else "not shown"})
+                        "why": "fewer bits" if saves_bits else "more agreement" if gains_agreement else
+                        "b worse" if worse else "not shown", "next_in_s": s.every_s * self.spacing})
         self.last_trial = now
         return s.spec_of(b_model) if wins else s.spec_of(a_model) if self.model != a_model else None
 

@@ -135,11 +135,23 @@ def test_a_qp_change_during_a_trial_ends_it_back_on_a():
 
 def test_no_trial_before_the_qp_settles_and_at_most_one_per_spacing():
     trial, cap = EngineTrial(settings(every_s=300.0)), Capture()
-    end = run(trial, cap, 19, flat(1000, 1100, 0.8, 0.8))
+    end = run(trial, cap, 19, flat(1000, 1000, 0.8, 0.8))
     assert cap.asked == []  # not yet window_s of A at this QP
-    run(trial, cap, 400, flat(1000, 1100, 0.8, 0.8), t0=end)
+    run(trial, cap, 400, flat(1000, 1000, 0.8, 0.8), t0=end)
     assert trial.counts["trials"] == 2 and cap.asked[4] == (404.0, "ours")  # the second trial's first B window
     assert cap.asked[4][0] - cap.asked[0][0] >= 300
+
+
+def test_an_engine_shown_worse_is_tried_less_and_less_often():
+    """B loses a tenth of the agreement at equal bits: each trial that shows it doubles the wait, up to 8 times."""
+    trial, cap = EngineTrial(settings(every_s=100.0)), Capture()
+    run(trial, cap, 2000, flat(1000, 1000, 0.8, 0.7))
+    verdicts = [t for t in trial.trace if t["verdict"] == "a"]
+    assert [v["why"] for v in verdicts] == ["b worse"] * len(verdicts) and len(verdicts) >= 3
+    assert [v["next_in_s"] for v in verdicts][:4] == [200.0, 400.0, 800.0, 800.0][:len(verdicts)]
+    trial, cap = EngineTrial(settings(every_s=100.0)), Capture()
+    run(trial, cap, 2000, flat(1000, 1000, 0.8, 0.8))  # no worse, no better: the spacing stays
+    assert {t["next_in_s"] for t in trial.trace} == {100.0} and trial.counts["trials"] >= 8
 
 
 @pytest.mark.parametrize("kw, phrase", [

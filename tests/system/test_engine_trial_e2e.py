@@ -22,16 +22,16 @@ pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 def test_a_trial_runs_a_b_a_and_both_sides_count_each_engine_request(tmp_path, small_val_folder):
     data, control = free_tcp_endpoint(), free_tcp_endpoint()
     report, stats = tmp_path / "report.json", tmp_path / "stats.json"
-    # paced (16 frames/s, 400 frames: 25 s of stream), so the trial's five windows fit while the capture runs
+    # paced (8 frames/s, 400 frames: 50 s of stream), so the trial's five windows fit while the capture runs
     cap, out, err = run_monitor_and_capture(
         ["-v", "monitor", "--connect", data, "--control", control, "--report",
          str(report), "--idle-timeout", "8", "--classify-policy", "all",
          "--target-agreement", "0.5", "--target-pairs", "4",
          "--target-seconds", "0", "--target-qp-range", "36:36",
-         "--target-engines", "none,ours", "--engine-trial-window", "2", "--engine-trial-cycles", "2",
+         "--target-engines", "none,ours", "--engine-trial-window", "4", "--engine-trial-cycles", "2",
          "--engine-trial-every", "1000", "-q"],
         ["-v", "capture", "--source", f"folder:{small_val_folder}", "--loop",
-         "--frames", "400", "--realtime", "--fps", "16", "--publish", data,
+         "--frames", "400", "--realtime", "--fps", "8", "--publish", data,
          "--control", control, "--allow-remote-engine", "none,ours",
          "--engine", "none", "--qp", "36", "--gop", "8", "--size", "96x96",
          "--reference-every", "1", "--reference-share", "0",
