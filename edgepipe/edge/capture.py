@@ -252,13 +252,14 @@ class CaptureLoop:
         self.source = source or open_source(settings.source, settings.size, settings.crop, settings.loop,
                                             threads=self.budget.source)
         self.remote_engines = remote_engine_specs(settings)
+        specs = budget_engines(settings, self.ladder)
         if isinstance(engine, dict):
             self.engines = engine
-        elif self.ladder is None and self.remote_engines is None:
-            self.engines = {settings.engine: engine or load_engine(settings.engine, self.budget.engine_threads())}
+        elif len(specs) == 1:
+            self.engines = {specs[0]: engine or load_engine(specs[0], self.budget.engine_threads())}
         else:
-            self.engines = load_engines(budget_engines(settings, self.ladder), self.budget.engine_threads())
-        missing = [e for e in budget_engines(settings, self.ladder) if e not in self.engines]
+            self.engines = load_engines(specs, self.budget.engine_threads())
+        missing = [e for e in specs if e not in self.engines]
         if missing:
             raise EdgepipeError(f"the engine {missing[0]!r} was not loaded")
         if self.ladder is not None:
@@ -274,9 +275,6 @@ class CaptureLoop:
         self.stats.qp_now = settings.qp
         # the engine running now (without a ladder; a monitor may change it at a GOP boundary), and one asked for
         self.engine_spec = settings.engine if self.ladder is None else self.ladder.engines[0]
-        if self.engine_spec not in self.engines:  # an engine handed in under another name
-            self.engine_spec = next(iter(self.engines))
-        self.engine = self.engines[self.engine_spec]
         self._engine_wanted: str | None = None
         self.stats.remote_engines = self.remote_engines
         self.stats.engine_now = self.engine_spec if self.remote_engines is not None else None
@@ -294,6 +292,11 @@ class CaptureLoop:
         self._threads: list[threading.Thread] = []  # the stage threads of run(), joined by close()
         # OpenCV's pool is process-wide: set for the loop's life, put back by close()
         self._opencv_before = set_opencv_threads(self.budget.opencv)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine running now (with a ladder: the first point's until the ladder moves)."""
+        return self.engines[self.engine_spec]
 
     def request_keyframe(self) -> None:
         """Thread-safe: the next encoded frame will be an IDR frame (e.g. after loss at the monitor)."""
@@ -387,7 +390,7 @@ class CaptureLoop:
                 self._engine_wanted = None  # a later request (set while this runs) waits for the next boundary
                 if wanted != self.engine_spec:
                     self._engine_changed(self.engine_spec, wanted)
-                    self.engine_spec, self.engine = wanted, self.engines[wanted]
+                    self.engine_spec = wanted
             n += 1
             spec = self.engine_spec if point is None else ladder.points[point].engine
             self.references.keep(frame)  # the answer we want to keep: before the pre-transform

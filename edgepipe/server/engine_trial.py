@@ -19,15 +19,16 @@ each a mean and a 95 % interval (Student's t: the cycles are few). B wins when e
 "Worth" is the loop's own exchange rate: one QP finer costs about ln 2 / 6 more log bits (HEVC's quantiser step
 doubles every 6 QPs) and buys the agreement the QP controller remembers between this QP and its neighbour, with
 this engine; without it (no neighbour remembered, or one that bought nothing) B saving bits may not be shown to
-lose any agreement, and B gaining agreement may not cost bits on the mean. The agreement of a window is a few dozen noisy pairs, so it only bounds the verdict; converting it all into
-bits at that rate let the scene decide (bench/closed_loop_sim.py, docs/monitor.md). A win leaves the capture on
+lose any agreement, and B gaining agreement may not cost bits on the mean. The agreement of a window is a few
+dozen noisy pairs, so it only bounds the verdict; converting it all into bits at that rate let the scene decide
+(bench/closed_loop_sim.py, docs/monitor.md). A win leaves the capture on
 B, otherwise it goes back to A; the QP loop then holds the floor with whichever engine runs.
 
 A trial starts when the QP and the engine have not changed for `window_s` (A's first window is then all at this
 QP), at most once per `every_s` per stream (twice, four, then eight times that after B was shown worse in a row:
-each trial of an engine that loses by far costs the floor its B windows), and holds the QP controller still while it runs. A QP change, silence
-(`window_s` without a frame) or a window that has not `min_pairs` pairs after 3 x `window_s` ends it without a
-verdict, back on A.
+each trial of an engine that loses by far costs the floor its B windows), and holds the QP controller still while
+it runs. A QP change, silence (`window_s` without a frame) or a window that has not `min_pairs` pairs after
+3 x `window_s` ends it without a verdict, back on A.
 """
 from __future__ import annotations
 
@@ -121,7 +122,8 @@ class EngineTrial:
     qp_trial: int | None = None
     windows: list = field(default_factory=list)  # the trial's windows, A B A B ... A; empty: no trial
     window_since: float = 0.0  # when the window in progress was asked for
-    history: deque = field(default_factory=deque)  # (t, model, qp, nbytes or None, measure or None), A's window
+    # (t, model, qp, nbytes or None, measure or None, keyframe) over the last 2 x window_s: A's first window
+    history: deque = field(default_factory=deque)
     counts: Counter = field(default_factory=Counter)
     trace: deque = field(default_factory=lambda: deque(maxlen=200))  # the trials' verdicts, latest last
 
@@ -143,7 +145,8 @@ class EngineTrial:
             if not keyframe:
                 return  # frames of the engine before its first keyframe: a GOP begun before the switch
             window.start = now
-        elif not window.closed and now - window.start >= s.window_s and (keyframe or now - window.start >= 2 * s.window_s):
+        elif not window.closed and now - window.start >= s.window_s \
+                and (keyframe or now - window.start >= 2 * s.window_s):
             window.closed = True  # whole GOPs (a stream without keyframes: after twice the window)
         if not window.closed:
             window.frames += 1
