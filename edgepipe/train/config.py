@@ -20,7 +20,7 @@ BACKWARD = ("dct", "identity")  # gradient through the codec: soft-quantisation 
 # Arguments that define *what* is trained; a resumed run must not change them.
 IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
                  "n_blocks", "stem_stride", "recon_warmup", "codec", "backward", "lambda_rate", "lambda_mse", "distill",
-                 "clean_weight", "rescale_min", "holdout", "init", "lambda_temporal")
+                 "clean_weight", "rescale_min", "holdout", "init", "lambda_temporal", "ema")
 
 
 def setting(default: Any, *name: str, **spec: Any) -> Any:
@@ -71,6 +71,9 @@ class TrainConfig:
                                            "before cropping (washes out the JPEG grid of the training images).")
     holdout: float = setting(0.0, help="Fraction of --data left out for choosing models (write it with "
                                        "edgepipe holdout).")
+    ema: float = setting(0.0, metavar="DECAY", help="Ship an exponential moving average of the weights (decay "
+                                                    "per step, e.g. 0.999) instead of the last step's: it "
+                                                    "averages out the scatter of the final steps. 0: off.")
     init: str | None = setting(None, path=True, help="Fine-tune: start from this checkpoint's weights and "
                                                      "architecture (new optimiser, new run).")
     max_minutes: float | None = setting(None, help="Wall-clock training budget (summed over resumes).")
@@ -104,6 +107,8 @@ class TrainConfig:
                 raise EdgepipeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.distill is not None and not self.distill > 0:
             raise EdgepipeError(f"--distill (a temperature) must be > 0, got {self.distill}")
+        if not 0 <= self.ema < 1:
+            raise EdgepipeError(f"--ema (a decay per step) must be in [0, 1), got {self.ema}")
         if not 0 <= self.holdout < 1:
             raise EdgepipeError(f"--holdout must be in [0, 1), got {self.holdout}")
         if self.backward not in BACKWARD:

@@ -21,6 +21,7 @@ from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.files import atomic_path
 from edgepipe.engines.base import from_model_output, to_model_input
 from edgepipe.models.ed import EDConfig, EncoderDecoder, model_from_checkpoint, read_checkpoint, save_checkpoint
+from edgepipe.train.averaging import WeightAverage
 from edgepipe.train.codec_loop import CodecRoundTrip, codec_proxy, parse_ranges, qstep, straight_through
 from edgepipe.train.config import IDENTITY_ARGS, TrainConfig
 from edgepipe.train.data import CropBatches, validation_set
@@ -184,6 +185,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = EncoderDecoder(EDConfig(bypass=cfg.bypass, widths=cfg.widths, n_blocks=cfg.n_blocks,
                                         stem_stride=cfg.stem_stride))
     model.to(device).train()
+    averager = WeightAverage(model, cfg.ema) if cfg.ema else None
+    if averager is not None and ckpt is not None:
+        # The checkpoint ships the average as its state_dict; the raw weights go on training.
+        averager.load(ckpt["state_dict"], ckpt.get("ema_updates", 0))
+        model.load_state_dict(ckpt["train_state_dict"])
+    shipped_model = EncoderDecoder(model.config).to(device).eval() if averager is not None else None
+
+    def shipped() -> EncoderDecoder:
+        """The weights a checkpoint ships and validation judges: the average with --ema, else the model."""
+        return averager.copy_into(shipped_model) if averager is not None else model
     criterion = RecognitionAwareLoss(recognizer, cfg.lambda_tv, cfg.tv_kind, lambda_rate=cfg.lambda_rate,
                                      lambda_mse=cfg.lambda_mse, distill_temperature=cfg.distill,
                                      clean_weight=cfg.clean_weight).to(device)
@@ -200,10 +211,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         batches.unreadable.update(state["unreadable"])
         if codec is not None:
             codec.calibration.scale.update(ckpt.get("rate_scale", {}))
-    elif init_ckpt is not None and codec is not None:
-        codec.calibration.scale.update(init_ckpt.get("rate_scale", {}))  # skip re-learning the bits scale
         log.info("resuming %s at epoch %d, batch %d (step %d, %.1f min done)", out, state["epoch"],
                  state["batch"], state["step"], state["elapsed"] / 60)
+    elif init_ckpt is not None and codec is not None:
+        codec.calibration.scale.update(init_ckpt.get("rate_scale", {}))  # skip re-learning the bits scale
     running = _Running(**state["running"])
     history: list[dict[str, Any]] = list(state["history"])
 
@@ -216,11 +227,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             log.warning("%d unreadable validation image(s) skipped", bad)
 
     def checkpoint(done: bool = False) -> None:
-        save_checkpoint(out, model, optimizer=optimizer.state_dict(), epoch=state["epoch"], batch=state["batch"],
+        raw = {} if averager is None else {"ema_updates": averager.updates,
+                                           "train_state_dict": {k: v.detach().cpu() for k, v in
+                                                                model.state_dict().items()}}
+        save_checkpoint(out, shipped(), optimizer=optimizer.state_dict(), epoch=state["epoch"], batch=state["batch"],
                         step=state["step"], elapsed=state["elapsed"], history=history,
                         running=asdict(running), unreadable=sorted(batches.unreadable), args=cfg.args(), done=done,
                         rate_scale=dict(codec.calibration.scale) if codec else {},
-                        device=str(device))
+                        device=str(device), **raw)
 
     def validate(reason: str) -> dict[str, Any]:
         nonlocal running
@@ -228,7 +242,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                "minutes": state["elapsed"] / 60, "reason": reason, **running.means(),
                                "unreadable": len(batches.unreadable)}
         if validator is not None:
-            row.update(validator(model))
+            row.update(validator(shipped()))
             log.info("epoch %d step %d: top-1 %.3f (input %.3f), bpp %.4f (input %.4f, %+.1f %%)",
                      state["epoch"], state["step"], row["top1_ed"], row["top1_input"], row["bpp_ed"],
                      row["bpp_input"], -100 * row["bpp_saving"])
@@ -269,6 +283,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 if len(images):
                     _step(model, criterion, optimizer, images, labels, state["step"] < cfg.recon_warmup,
                           device, running, codec, state["step"], cfg.lambda_temporal, cfg.seed)
+                    if averager is not None:
+                        averager.update(model)
                 state["step"] += 1
                 now = time.perf_counter()
                 state["elapsed"] += now - t_last

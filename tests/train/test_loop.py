@@ -186,3 +186,46 @@ def test_init_fine_tunes_from_a_checkpoint(small_val_folder: Path, tmp_path: Pat
                    init=str(tmp_path / "base.pt")))
     with pytest.raises(EdgepipeError, match="no such checkpoint"):
         train(_cfg(small_val_folder, tmp_path / "bad.pt", max_steps=1, init=str(tmp_path / "nope.pt")))
+
+
+def test_weight_average_follows_its_formula() -> None:
+    """avg_n = d_n avg_{n-1} + (1 - d_n) w_n with d_n = min(decay, (1 + n) / (10 + n)), from the start weights."""
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    from edgepipe.train.averaging import WeightAverage
+
+    average, expected = WeightAverage(model, 0.5), 1.0
+    for n, w in enumerate([3.0, -2.0, 5.0, 0.5]):
+        with torch.no_grad():
+            model.weight.fill_(w)
+        average.update(model)
+        d = min(0.5, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * w
+    torch.testing.assert_close(average.state_dict()["weight"], torch.full((1, 2), expected))
+    assert average.updates == 4 and float(model.weight.detach()[0, 0]) == 0.5  # the model itself is untouched
+    with pytest.raises(ValueError):
+        WeightAverage(model, 1.0)
+
+
+def test_ema_ships_the_average_and_resumes_exactly(small_val_folder: Path, tmp_path: Path) -> None:
+    """--ema: state_dict is the average (what eval and export load), train_state_dict the raw weights; a
+    run stopped and resumed gives both exactly as one run straight through."""
+    train(_cfg(small_val_folder, tmp_path / "a.pt", max_steps=4, epochs=3, ema=0.9))
+    train(_cfg(small_val_folder, tmp_path / "b.pt", max_steps=2, epochs=3, ema=0.9))
+    train(_cfg(small_val_folder, tmp_path / "b.pt", max_steps=4, epochs=3, ema=0.9, resume=True))
+    a, b = read_checkpoint(tmp_path / "a.pt"), read_checkpoint(tmp_path / "b.pt")
+    assert a["ema_updates"] == b["ema_updates"] == 4
+    for part in ("state_dict", "train_state_dict"):
+        for key, value in a[part].items():
+            torch.testing.assert_close(b[part][key], value, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(a["state_dict"]["out.weight"], a["train_state_dict"]["out.weight"])
+    shipped = load_ed(tmp_path / "a.pt").state_dict()
+    torch.testing.assert_close(shipped["out.weight"], a["state_dict"]["out.weight"])
+    # without --ema the checkpoint is as before: no second copy of the weights
+    train(_cfg(small_val_folder, tmp_path / "c.pt", max_steps=1))
+    assert "train_state_dict" not in read_checkpoint(tmp_path / "c.pt")
+    with pytest.raises(EdgepipeError, match="ema"):
+        train(_cfg(small_val_folder, tmp_path / "b.pt", max_steps=6, epochs=3, ema=0.99, resume=True))
+    with pytest.raises(EdgepipeError, match="--ema"):
+        _cfg(small_val_folder, tmp_path / "d.pt", ema=1.0)
