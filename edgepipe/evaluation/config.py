@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.options import flag
 from edgepipe.engines import describe_specs
 from edgepipe.media.codecs import CODECS, STILL_CODECS
@@ -50,6 +51,10 @@ class EvalSettings:
                                    help="What the recognizer sees: each image as it is (datasets prepared at 224), "
                                         "its centre square at 224, or square tiles with probabilities averaged (the "
                                         "monitor's choices).")
+    compare_to: str | None = setting(None, metavar="NAME",
+                                     help="Also compare every pre-transform with this one (its name in the tables, "
+                                          "e.g. ours or a model file's stem), paired on the same images: "
+                                          "OUT/bdrate_vs_NAME.csv and a section of results.md.")
     cached_only: bool = setting(False, help="Compute nothing: report the largest run the cache completes.")
     progress: bool = setting(True, "--no-progress", invert=True, help="No progress bar.")
 
@@ -69,8 +74,13 @@ def evaluate(settings: EvalSettings, command: str) -> str:
     runner = Runner(s.data, s.recognizer, s.weights, list(s.pre), list(s.codec), points=s.points,
                     max_bpp=s.max_bpp, limit=s.limit, jobs=s.jobs, out=s.out, cached_only=s.cached_only,
                     progress=s.progress, view=s.recognizer_view)
+    labels = [p.label for p in runner.pres]
+    if s.compare_to is not None and s.compare_to not in labels:
+        raise EdgepipeError(f"--compare-to {s.compare_to}: not one of the pre-transforms ({', '.join(labels)})")
+    if s.compare_to == "none":
+        raise EdgepipeError("--compare-to none: every BD-rate is already against the codec alone")
     ev = runner.run()
-    paths = write_all(ev, Path(s.out), command)
+    paths = write_all(ev, Path(s.out), command, s.compare_to)
     meta = {
         "command": command, "images": ev.n_images, "skipped": ev.n_skipped, "points": ev.points,
         "pre": {p.label: p.identity for p in ev.pres}, "seconds": round(time.time() - started, 1),

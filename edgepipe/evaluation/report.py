@@ -71,13 +71,14 @@ def uncompressed_rows(ev: Evaluation) -> list[dict]:
     return out
 
 
-def bd_rows(rows: list[dict]) -> list[dict]:
-    """BD-Rate(accuracy) and BD-accuracy of every pre-transform against `none`, per codec."""
+def bd_rows(rows: list[dict], anchor_pre: str = "none") -> list[dict]:
+    """BD-Rate(accuracy) and BD-accuracy of every other pre-transform against `anchor_pre` (the codec alone
+    unless asked otherwise), per codec."""
     out = []
     codecs = list(dict.fromkeys(r["codec"] for r in rows))
-    pres = [p for p in dict.fromkeys(r["pre"] for r in rows) if p != "none"]
+    pres = [p for p in dict.fromkeys(r["pre"] for r in rows) if p != anchor_pre]
     for codec in codecs:
-        anchor = sorted((r for r in rows if r["pre"] == "none" and r["codec"] == codec), key=lambda r: r["bpp"])
+        anchor = sorted((r for r in rows if r["pre"] == anchor_pre and r["codec"] == codec), key=lambda r: r["bpp"])
         for pre in pres:
             test = sorted((r for r in rows if r["pre"] == pre and r["codec"] == codec), key=lambda r: r["bpp"])
             # accuracy in percent: BD-accuracy comes out in percentage points
@@ -94,9 +95,11 @@ def bd_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def bootstrap_bd(ev: Evaluation, n_boot: int = 200, seed: int = 0) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
+def bootstrap_bd(ev: Evaluation, n_boot: int = 200, seed: int = 0,
+                 anchor_pre: str = "none") -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
     """95 % intervals of the BD numbers under resampling of the images (paired: one resample of the
-    image set serves every curve), i.e. how much of a BD-rate is just which images were drawn."""
+    image set serves every curve), i.e. how much of a BD-rate is just which images were drawn. Keys of
+    each entry: "cubic" and "pchip" (BD-rate), "top1_pchip" (BD-top-1 points)."""
     import warnings
 
     ok = ev.results[("none",) + RAW].correct >= 0
@@ -114,10 +117,11 @@ def bootstrap_bd(ev: Evaluation, n_boot: int = 200, seed: int = 0) -> dict[tuple
                                  "top1": float(r.correct[idx].mean())})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for b in bd_rows(rows):
-                d = samples.setdefault((b["pre"], b["codec"]), {"cubic": [], "pchip": []})
+            for b in bd_rows(rows, anchor_pre):
+                d = samples.setdefault((b["pre"], b["codec"]), {"cubic": [], "pchip": [], "top1_pchip": []})
                 d["cubic"].append(b["bd_rate_cubic_pct"])
                 d["pchip"].append(b["bd_rate_pchip_pct"])
+                d["top1_pchip"].append(b["bd_top1_pchip_pts"])
     out = {}
     for key, d in samples.items():
         out[key] = {}
@@ -151,7 +155,8 @@ def _cell(b: dict | None) -> str:
     return f"{_pct(b['bd_rate_cubic_pct'])} / {_pct(b['bd_rate_pchip_pct'])}{flag}"
 
 
-def markdown(ev: Evaluation, rows: list[dict], bds: list[dict], command: str) -> str:
+def markdown(ev: Evaluation, rows: list[dict], bds: list[dict], command: str, versus: list[dict] = (),
+             compare_to: str | None = None) -> str:
     find = {(b["pre"], b["codec"]): b for b in bds}
     pres = [p.label for p in ev.pres if p.label != "none"]
     L = [
@@ -203,6 +208,22 @@ def markdown(ev: Evaluation, rows: list[dict], bds: list[dict], command: str) ->
                  f"{_pct(b['bd_rate_pchip_pct'])}{ci('pchip')} | "
                  f"{pts(b['bd_top1_cubic_pts'])} | {pts(b['bd_top1_pchip_pts'])} | {rng} | {b['overlap_iou']:.2f} | "
                  f"{_pct(b['paper_bd_rate_pct'])} | {b['notes']} |")
+    if compare_to is not None:
+        L += ["", f"## Against {compare_to} (paired)", "",
+              f"Each pre-transform's curve against {compare_to}'s at the same operating points, on the same images: "
+              "negative BD-rate = fewer bits than it for the same top-1. One bootstrap resample serves both curves, "
+              "so what the images have in common cancels and the intervals are narrower than the difference of "
+              "two BD-rates against the codec alone would suggest.", "",
+              "| Method | Codec | BD-rate cubic | BD-rate PCHIP | BD-top-1 PCHIP | IoU | notes |",
+              "|---|---|---|---|---|---|---|"]
+        for b in versus:
+            def interval(column: str, unit: str) -> str:
+                lo, hi = b.get(f"{column}_ci95_lo", math.nan), b.get(f"{column}_ci95_hi", math.nan)
+                return "" if math.isnan(lo) else f" [{lo:+.{2 if unit == 'pt' else 1}f}, {hi:+.{2 if unit == 'pt' else 1}f}]"
+            top1 = "n/a" if math.isnan(b["bd_top1_pchip_pts"]) else f"{b['bd_top1_pchip_pts']:+.2f} pt"
+            L.append(f"| {b['pre']} | {codec_title(b['codec'])} | {_pct(b['bd_rate_cubic_pct'])}{interval('bd_rate_cubic', '%')} | "
+                     f"{_pct(b['bd_rate_pchip_pct'])}{interval('bd_rate_pchip', '%')} | {top1}{interval('bd_top1_pchip', 'pt')} | "
+                     f"{b['overlap_iou']:.2f} | {b['notes']} |")
     L += ["", "## Operating points (anchor on the calibration images)", ""]
     for c in ev.codecs:
         chosen = set(ev.points[c])
@@ -245,20 +266,31 @@ def plot(ev: Evaluation, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_all(ev: Evaluation, out: Path, command: str) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    rows = curve_rows(ev)
-    bds = bd_rows(rows)
-    ci = bootstrap_bd(ev) if ev.n_images >= 50 else {}  # too few images: an interval would mean nothing
+def _with_intervals(ev: Evaluation, bds: list[dict], anchor_pre: str) -> list[dict]:
+    """Attach the bootstrap's 95 % intervals to each BD row (NaN with too few images to mean anything)."""
+    ci = bootstrap_bd(ev, anchor_pre=anchor_pre) if ev.n_images >= 50 else {}
     for b in bds:
         c = ci.get((b["pre"], b["codec"]), {})
-        for m in ("cubic", "pchip"):
+        for m, column in (("cubic", "bd_rate_cubic"), ("pchip", "bd_rate_pchip"), ("top1_pchip", "bd_top1_pchip")):
             lo, hi = c.get(m, (math.nan, math.nan))
-            b[f"bd_rate_{m}_ci95_lo"], b[f"bd_rate_{m}_ci95_hi"] = lo, hi
+            b[f"{column}_ci95_lo"], b[f"{column}_ci95_hi"] = lo, hi
+    return bds
+
+
+def write_all(ev: Evaluation, out: Path, command: str, compare_to: str | None = None) -> dict[str, Path]:
+    """The reports; with `compare_to` (a pre-transform's label) also every other one against it, paired."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = curve_rows(ev)
+    bds = _with_intervals(ev, bd_rows(rows), "none")
     paths = {"csv": out / "results.csv", "bd": out / "bdrate.csv", "md": out / "results.md", "png": out / "rd.png"}
+    versus: list[dict] = []
+    if compare_to is not None:
+        versus = _with_intervals(ev, [b for b in bd_rows(rows, compare_to) if b["pre"] != "none"], compare_to)
+        paths["versus"] = out / f"bdrate_vs_{compare_to}.csv"
+        write_csv(versus, paths["versus"])
     write_csv(rows, paths["csv"], CSV_FIELDS)
     if bds:
         write_csv(bds, paths["bd"])
-    paths["md"].write_text(markdown(ev, rows, bds, command))
+    paths["md"].write_text(markdown(ev, rows, bds, command, versus, compare_to))
     plot(ev, rows, paths["png"])
     return paths

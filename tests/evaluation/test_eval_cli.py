@@ -73,6 +73,19 @@ def test_end_to_end_two_codecs(small_val_folder, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads((out / "run.json").read_text())["computed_tasks"] == 0
     assert (out / "results.csv").read_text() == first
+    # --compare-to: every other pre-transform against tvl1, from the same cache. Against B, the codec alone
+    # (and the identity file) is exactly the inverse of B against the codec alone: same fits, same range.
+    res = _eval(*args, "--compare-to", "tvl1")
+    assert res.exit_code == 0, res.output
+    versus = {(r["pre"], r["codec"]): r for r in _rows(out / "bdrate_vs_tvl1.csv")}
+    assert set(versus) == {("ident", "jpeg"), ("ident", "jpeg2000")}
+    for codec in ("jpeg", "jpeg2000"):
+        # cubic: on 12 images tied accuracies can leave PCHIP undefined (NaN both ways)
+        forward, back = float(bd[("tvl1", codec)]["bd_rate_cubic_pct"]), float(versus[("ident", codec)]["bd_rate_cubic_pct"])
+        assert (1 + forward / 100) * (1 + back / 100) == pytest.approx(1.0, abs=1e-5)  # the CSV keeps 6 digits
+        assert float(versus[("ident", codec)]["bd_top1_cubic_pts"]) == pytest.approx(
+            -float(bd[("tvl1", codec)]["bd_top1_cubic_pts"]), abs=1e-5)
+    assert "## Against tvl1 (paired)" in (out / "results.md").read_text()
 
 
 def test_jpeg2000_at_a_target_psnr_end_to_end(small_val_folder, tmp_path):

@@ -39,7 +39,7 @@ def test_every_setting_is_a_flag_with_help():
 def test_the_settings_round_trip_through_the_command_line():
     settings = EvalSettings(data="val", out="o", recognizer="vgg16", weights="w.pth", pre=("none", "ours.onnx"),
                             codec=("jpeg2000",), points=6, max_bpp=0.5, limit=40, jobs=1, recognizer_view="tiles",
-                            cached_only=True, progress=False)
+                            compare_to="ours", cached_only=True, progress=False)
     assert parsed(argv_of(settings)) == settings
     assert parsed(["--data", "d", "--out", "o"]) == EvalSettings(data="d", out="o")
     assert EvalSettings(data="d", out="o", pre=" none, tvl1 ,", codec="hevc").pre == ("none", "tvl1")
@@ -49,6 +49,8 @@ def test_the_settings_round_trip_through_the_command_line():
     (["--points", "x"], "'x' is not a valid integer"),
     (["--recognizer-view", "whole"], "'whole' is not one of"),
     (["--jobs", "0"], "--jobs must be at least 1"),
+    (["--compare-to", "ours"], "--compare-to ours: not one of the pre-transforms (none, tvl1)"),
+    (["--compare-to", "none"], "--compare-to none: every BD-rate is already against the codec alone"),
 ])
 def test_bad_flags_are_one_line(tmp_path, small_val_folder, args, message):
     result = CliRunner().invoke(cli, ["eval", "--data", str(small_val_folder), "--out", str(tmp_path / "o"), *args])
