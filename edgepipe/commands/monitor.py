@@ -23,8 +23,10 @@ from edgepipe.server.settings import CLASSIFY_FLAGS, MonitorSettings
 NOTHING_ARRIVED = 3  # the monitor's exit status when not a single message arrived
 
 
-def check_monitor_flags(s: MonitorSettings) -> None:
-    """Every monitor flag that can be judged without opening anything, one line for the first that is wrong."""
+def check_monitor_flags(s: MonitorSettings):
+    """Every monitor flag that can be judged without opening anything, one line for the first that is wrong.
+    Returns the engine trials' settings (None without --target-engines): checking them loads each engine once
+    to read its model id, which need not happen twice."""
     from edgepipe.ops.metrics import parse_listen
 
     check_endpoint("--connect", s.connect, bind=False)
@@ -36,9 +38,10 @@ def check_monitor_flags(s: MonitorSettings) -> None:
     if s.dashboard:
         parse_listen(s.dashboard, "dashboard")
     s.loop_settings()  # --target-agreement and its parameters
-    s.trial_settings()  # --target-engines
+    trials = s.trial_settings()  # --target-engines
     if s.save_every is not None and not s.save_frames:
         raise EdgepipeError("--save-every needs --save-frames DIR: it says which decoded frames to save there")
+    return trials
 
 
 def check_classify_flags(s: MonitorSettings) -> None:
@@ -90,7 +93,7 @@ def monitor(key, insecure, quiet, status_every, print_config, **params):
     from edgepipe.server.service import MonitorService
 
     settings = build(MonitorSettings, params)
-    check_monitor_flags(settings)
+    trials = check_monitor_flags(settings)
     mode, every = status_mode(quiet, status_every)
     check_classify_flags(settings)
     check_sink_flags(settings)
@@ -100,7 +103,7 @@ def monitor(key, insecure, quiet, status_every, print_config, **params):
     service = MonitorService(settings.connect, settings.load_recognizer(), options,
                              classifying=settings.classify_options(), predictions=settings.predictions,
                              selection=takes, rd_window_s=settings.rd_window,
-                             closed_loop=settings.loop_settings(), engine_trials=settings.trial_settings())
+                             closed_loop=settings.loop_settings(), engine_trials=trials)
     from edgepipe.ops.status import StatusReporter, monitor_line, monitor_sample
 
     secure = "CURVE" if key else "plain text"
