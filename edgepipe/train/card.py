@@ -110,7 +110,7 @@ def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, notes: str,
     args, model = ckpt.get("args", {}), model_from_checkpoint(ckpt, checkpoint)
     name = name or checkpoint.stem
     m = metrics
-    flags = [f"{k}={args[k]}" for k in ("rescale_min", "holdout") if args.get(k) not in (None, 1.0, 0.0)]
+    flags = [f"{k}={args[k]}" for k in ("rescale_min", "rescale_max", "holdout") if args.get(k) not in (None, 1.0, 0.0)]
     lines = [
         f"# `{name}`: ED pre-transform ({'bypass' if model.config.bypass else 'no bypass'})", "",
         "| | |", "|---|---|",

@@ -20,7 +20,7 @@ BACKWARD = ("dct", "identity")  # gradient through the codec: soft-quantisation 
 # Arguments that define *what* is trained; a resumed run must not change them.
 IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
                  "n_blocks", "stem_stride", "recon_warmup", "codec", "backward", "lambda_rate", "lambda_mse", "distill",
-                 "clean_weight", "rescale_min", "holdout", "init", "lambda_temporal", "ema")
+                 "clean_weight", "rescale_min", "rescale_max", "holdout", "init", "lambda_temporal", "ema")
 
 
 def setting(default: Any, *name: str, **spec: Any) -> Any:
@@ -67,8 +67,11 @@ class TrainConfig:
                                                "does (so P-frames stay cheap).")
     distill: float | None = setting(None, metavar="T", help="Distil at temperature T: match the recognizer's "
                                                             "output on the original image, no labels.")
-    rescale_min: float = setting(1.0, help="Area-downscale each image by a random factor in [RESCALE_MIN, 1] "
-                                           "before cropping (washes out the JPEG grid of the training images).")
+    rescale_min: float = setting(1.0, help="Area-downscale each image by a random factor in [RESCALE_MIN, "
+                                           "RESCALE_MAX] before cropping (washes out the JPEG grid of the "
+                                           "training images).")
+    rescale_max: float = setting(1.0, help="Upper end of that factor: under 1, no crop keeps the JPEG's own grid "
+                                           "(needs --rescale-min below 1).")
     holdout: float = setting(0.0, help="Fraction of --data left out for choosing models (write it with "
                                        "edgepipe holdout).")
     ema: float = setting(0.0, metavar="DECAY", help="Ship an exponential moving average of the weights (decay "

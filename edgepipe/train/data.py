@@ -61,9 +61,10 @@ def area_rescale(image: np.ndarray, scale: float) -> np.ndarray:
 class CropBatches:
     """Random crops (native pixel scale: the ED runs at native scale in the pipeline) + horizontal flips.
 
-    `rescale_min` < 1 draws a scale in [rescale_min, 1] per crop and area-downscales the image first:
-    every Imagenette image is a q~75 JPEG, and without this an ED can learn to undo that one codec's
-    artefacts, a gain that vanishes on any other source. `holdout` > 0 leaves out the images that
+    `rescale_min` < 1 draws a scale in [rescale_min, rescale_max] per crop and area-downscales the image
+    first: every Imagenette image is a q~75 JPEG, and without this an ED can learn to undo that one codec's
+    artefacts, a gain that vanishes on any other source. A `rescale_max` under 1 leaves no crop at the
+    JPEG's own grid. `holdout` > 0 leaves out the images that
     `edgepipe.train.split` reserves for choosing models."""
 
     root: str | Path
@@ -72,6 +73,7 @@ class CropBatches:
     seed: int = 0
     rescale_min: float = 1.0
     holdout: float = 0.0
+    rescale_max: float = 1.0
     items: list[LabelledImage] = field(init=False)
     unreadable: set[str] = field(init=False, default_factory=set)
 
@@ -80,6 +82,9 @@ class CropBatches:
             raise EdgepipeError(f"crop must be >= 8 and batch size >= 1 (got {self.crop}, {self.batch_size})")
         if not 0.1 <= self.rescale_min <= 1.0:
             raise EdgepipeError(f"--rescale-min must be in 0.1..1, got {self.rescale_min}")
+        if not self.rescale_min <= self.rescale_max <= 1.0:
+            raise EdgepipeError(f"--rescale-max must be in --rescale-min..1 ({self.rescale_min}..1), "
+                                f"got {self.rescale_max}")
         from edgepipe.train.split import training_items
 
         self.items = training_items(list_labelled_images(self.root), self.holdout)
@@ -100,7 +105,7 @@ class CropBatches:
             item = self.items[int(i)]
             # rng draws happen even for unreadable files, so the other crops do not shift
             dy, dx, flip = rng.random(), rng.random(), rng.random() < 0.5
-            scale = 1.0 if self.rescale_min >= 1.0 else float(rng.uniform(self.rescale_min, 1.0))
+            scale = 1.0 if self.rescale_min >= 1.0 else float(rng.uniform(self.rescale_min, self.rescale_max))
             image = read_rgb(item.path)
             if image is None:
                 if str(item.path) not in self.unreadable:

@@ -153,7 +153,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # Validate every input before any work, so bad input fails in one line and nothing is written.
     from edgepipe.recognition import Classifier, build_recognizer
 
-    batches = CropBatches(cfg.data, cfg.crop, cfg.batch_size, cfg.seed, cfg.rescale_min, cfg.holdout)
+    batches = CropBatches(cfg.data, cfg.crop, cfg.batch_size, cfg.seed, cfg.rescale_min, cfg.holdout,
+                           cfg.rescale_max)
     if cfg.val_data is not None:
         from edgepipe.core.datasets import list_labelled_images
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from edgepipe.cli import cli
 from edgepipe.core.datasets import list_labelled_images, read_rgb
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.train.data import CropBatches
 from edgepipe.train.split import holdout_items, is_holdout, training_items
 
@@ -66,3 +68,24 @@ def test_holdout_refuses_a_file_and_a_tiny_washed_size(small_val_folder: Path, t
                                        "--fraction", "0.3", *extra])
         assert res.exit_code != 0 and "Traceback" not in res.output and res.output.startswith("Error:")
     assert target.read_text() == "x" and not (tmp_path / "new").exists()
+
+
+def test_rescale_range_is_what_each_crop_draws(small_val_folder: Path, monkeypatch) -> None:
+    """--rescale-min/--rescale-max bound every crop's area downscale; equal ends give one fixed scale."""
+    from edgepipe.train import data
+
+    seen: list[float] = []
+    real = data.area_rescale
+    monkeypatch.setattr(data, "area_rescale", lambda image, scale: seen.append(scale) or real(image, scale))
+    CropBatches(small_val_folder, crop=48, batch_size=4, rescale_min=0.5, rescale_max=0.7).batch(0, 0)
+    assert len(seen) == 4 and all(0.5 <= s <= 0.7 for s in seen) and len(set(seen)) == 4
+    seen.clear()
+    crops = CropBatches(small_val_folder, crop=48, batch_size=4, rescale_min=0.6, rescale_max=0.6).batch(0, 0)[0]
+    assert seen == [0.6] * 4 and crops.shape == (4, 48, 48, 3)
+    # the default range is unchanged: the same crops as before --rescale-max existed
+    a = CropBatches(small_val_folder, crop=64, batch_size=4, rescale_min=0.6).batch(0, 1)[0]
+    b = CropBatches(small_val_folder, crop=64, batch_size=4, rescale_min=0.6, rescale_max=1.0).batch(0, 1)[0]
+    np.testing.assert_array_equal(a, b)
+    for lo, hi in ((0.7, 0.6), (0.6, 1.2), (1.0, 0.9)):
+        with pytest.raises(EdgepipeError, match="--rescale-max"):
+            CropBatches(small_val_folder, crop=48, batch_size=4, rescale_min=lo, rescale_max=hi)
