@@ -146,6 +146,7 @@ def main() -> int:
     ap.add_argument("--trial-every", type=float, default=TRIAL_DEFAULTS["every_s"], help="--engine-trial-every")
     ap.add_argument("--trial-cycles", type=int, default=TRIAL_DEFAULTS["cycles"], help="--engine-trial-cycles")
     ap.add_argument("--trial-margin", type=float, default=TRIAL_DEFAULTS["margin"], help="--engine-trial-margin")
+    ap.add_argument("--trial-early", type=int, default=TRIAL_DEFAULTS["early_cycles"], help="--engine-trial-early")
     ap.add_argument("--json", default=None, help="write the result here")
     args = ap.parse_args()
 
@@ -188,7 +189,7 @@ def run_floor(args, curves: dict, floor: float, engines: dict) -> dict:
     trials = None
     if len(engines) > 1:
         trials = TrialSettings(tuple(engines), tuple(engines), every_s=args.trial_every, window_s=args.trial_window,
-                               cycles=args.trial_cycles, margin=args.trial_margin)
+                               cycles=args.trial_cycles, margin=args.trial_margin, early_cycles=args.trial_early)
     settings = LoopSettings(target=floor, band=args.band, low=args.low or qps[0], high=args.high or qps[-1],
                             step=args.step, min_pairs=args.target_pairs,
                             window=max(LOOP_DEFAULTS["window"], args.target_pairs), memory_s=args.memory, min_seconds=args.target_seconds,

@@ -22,7 +22,9 @@ this engine; without it (no neighbour remembered, or one that bought nothing) B 
 lose any agreement, and B gaining agreement may not cost bits on the mean. The agreement of a window is a few
 dozen noisy pairs, so it only bounds the verdict; converting it all into bits at that rate let the scene decide
 (bench/closed_loop_sim.py, docs/monitor.md). A win leaves the capture on
-B, otherwise it goes back to A; the QP loop then holds the floor with whichever engine runs.
+B, otherwise it goes back to A; the QP loop then holds the floor with whichever engine runs. A trial whose B is
+shown worse at one look after `early_cycles` cycles ends there, back on A: B's windows are what a trial costs the floor
+(bench/closed_loop_sim.py with the real `ours` on the car clip), and the remaining cycles could not make it a win.
 
 A trial starts when the QP and the engine have not changed for `window_s` (A's first window is then all at this
 QP), at most once per `every_s` per stream (twice, four, then eight times that after B was shown worse in a row:
@@ -67,6 +69,7 @@ class TrialSettings:
     cycles: int = 6
     margin: float = 0.03
     min_pairs: int = 20
+    early_cycles: int = 3  # after this many cycles a B shown worse ends the trial (0: never)
 
     def __post_init__(self) -> None:
         if len(self.engines) < 2 or len(self.engines) != len(self.models):
@@ -77,6 +80,8 @@ class TrialSettings:
             raise ValueError("the trial's window must be positive and its spacing not negative")
         if not 0 <= self.margin < 1 or self.min_pairs < 1 or self.cycles < 2:
             raise ValueError("the margin is a share (0 to 1), min_pairs at least 1 and cycles at least 2")
+        if self.early_cycles == 1 or self.early_cycles < 0:
+            raise ValueError("the early stop needs 2 cycles or more to show anything (0: never)")
 
     def spec_of(self, model: str) -> str | None:
         return self.engines[self.models.index(model)] if model in self.models else None
@@ -182,6 +187,11 @@ class EngineTrial:
             return None
         if len(self.windows) == 2 * s.cycles + 1:
             return self._verdict(now, agreement_per_qp)
+        # One early look, after early_cycles whole cycles (a B window with its closing A): looking after every
+        # cycle would test the same trial again and again, and call an equal engine worse far more than 1 in 20.
+        done = (len(self.windows) - 1) // 2
+        if len(self.windows) % 2 and done == s.early_cycles and self._score(agreement_per_qp)["worse"]:
+            return self._verdict(now, agreement_per_qp)
         a, b = self.windows[0].model, self.windows[1].model
         self.windows.append(_Window(b if len(self.windows) % 2 else a))
         self.window_since = now
@@ -232,13 +242,14 @@ class EngineTrial:
         self._end(now, {"windows": len(self.windows), "verdict": f"aborted: {cause}"})
         return self.settings.spec_of(back) if self.model != back else None
 
-    def _verdict(self, now: float, agreement_per_qp: float | None) -> str | None:
+    def _score(self, agreement_per_qp: float | None) -> dict:
+        """The cycles so far: B's log bytes and agreement gain against its A neighbours, and what they show."""
         s = self.settings
         w = self.windows
         rate = math.log(2) / HEVC_QP_PER_DOUBLING / agreement_per_qp if agreement_per_qp and agreement_per_qp > 0 \
             else None  # log bits per unit of agreement, at this QP with this engine
         log_bits, gains = [], []
-        for i in range(1, len(w), 2):  # each B window against the mean of the A windows around it
+        for i in range(1, len(w) - 1, 2):  # each B window against the mean of the A windows around it
             before, b, after = w[i - 1], w[i], w[i + 1]
             log_bits.append(math.log(b.bytes_per_frame / ((before.bytes_per_frame + after.bytes_per_frame) / 2)))
             gains.append(b.mean - (before.mean + after.mean) / 2)
@@ -250,17 +261,29 @@ class EngineTrial:
         least_gain, most_bits = gain - t * gain_se, bits + t * bits_se
         gains_agreement = least_gain > 0 and (most_bits - least_gain * rate < -s.margin if rate is not None
                                               else bits <= 0)
-        wins = saves_bits or gains_agreement
         worse = (gain + t * gain_se < -tolerance and bits > -s.margin) or (bits - t * bits_se > s.margin and gain <= 0)
+        return {"rate": rate, "bits": bits, "bits_se": bits_se, "gain": gain, "gain_se": gain_se, "cycles": len(gains),
+                "saves_bits": saves_bits, "gains_agreement": gains_agreement, "worse": worse}
+
+    def _verdict(self, now: float, agreement_per_qp: float | None) -> str | None:
+        s, w = self.settings, self.windows
+        score = self._score(agreement_per_qp)
+        rate, bits, bits_se, gain, gain_se = (score[k] for k in ("rate", "bits", "bits_se", "gain", "gain_se"))
+        saves_bits, gains_agreement, worse = score["saves_bits"], score["gains_agreement"], score["worse"]
+        wins = saves_bits or gains_agreement
+        early = score["cycles"] < s.cycles
         self.spacing = min(8, self.spacing * 2) if worse else 1
+        if early:
+            self.counts["ended_early"] += 1
         self.counts["b_won" if wins else "a_kept"] += 1
         a_model, b_model = w[0].model, w[1].model
         self._end(now, {"bytes_ratio": round(math.exp(bits), 4), "log_bytes_se": round(bits_se, 4),
-                        "agreement_gain": round(gain, 4), "agreement_se": round(gain_se, 4), "cycles": len(gains),
+                        "agreement_gain": round(gain, 4), "agreement_se": round(gain_se, 4), "cycles": score["cycles"],
                         "bits_per_agreement": None if rate is None else round(rate, 2),
                         "verdict": "b" if wins else "a",
                         "why": "fewer bits" if saves_bits else "more agreement" if gains_agreement else
-                        "b worse" if worse else "not shown", "next_in_s": s.every_s * self.spacing})
+                        ("b worse, ended early" if early else "b worse") if worse else "not shown",
+                        "next_in_s": s.every_s * self.spacing})
         self.last_trial = now
         return s.spec_of(b_model) if wins else s.spec_of(a_model) if self.model != a_model else None
 

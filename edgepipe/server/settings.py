@@ -135,6 +135,9 @@ class MonitorSettings:
                                        help="B windows in a trial, each judged against the A windows around it.")
     engine_trial_margin: float = setting(TRIAL_DEFAULTS["margin"], min=0, max=1, metavar="M",
                                          help="The other engine must save this share of bits at equal agreement.")
+    engine_trial_early: int = setting(TRIAL_DEFAULTS["early_cycles"], min=0, metavar="N",
+                                      help="End a trial after N cycles, back on A, once the other engine is shown "
+                                           "worse (0: always run every cycle).")
     report: str | None = setting(None, path="file", help="Write the report as JSON.")
     frames: int | None = setting(None, min=1, help="Stop after N decoded frames.")
     idle_timeout: float | None = setting(None, min=0, min_open=True, help="Stop after S seconds without a message.")
@@ -209,7 +212,7 @@ class MonitorSettings:
         try:
             return TrialSettings(specs, tuple(model_id_of(spec) for spec in specs), every_s=self.engine_trial_every,
                                  window_s=self.engine_trial_window, cycles=self.engine_trial_cycles,
-                                 margin=self.engine_trial_margin)
+                                 margin=self.engine_trial_margin, early_cycles=self.engine_trial_early)
         except ValueError as exc:
             raise EdgepipeError(f"--target-engines: {exc}") from None
 

@@ -4,6 +4,7 @@ still meanwhile."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -160,6 +161,7 @@ def test_an_engine_shown_worse_is_tried_less_and_less_often():
     (dict(window_s=0.0), "window must be positive"),
     (dict(margin=1.0), "the margin is a share"),
     (dict(cycles=1), "cycles at least 2"),
+    (dict(early_cycles=1), "2 cycles or more"),
 ])
 def test_bad_settings_are_one_line(kw, phrase):
     with pytest.raises(ValueError, match=phrase):
@@ -191,3 +193,29 @@ def test_the_closed_loop_holds_its_qp_still_while_a_trial_runs():
     assert loops["trial"].controllers["cam"].counts["held_engine_trial"] > 0
     summary = loops["trial"].summary()["cam"]["engine_trials"]
     assert summary["active"] and summary["requests_sent"] == 1
+
+
+def test_a_trial_whose_engine_is_shown_worse_ends_early_back_on_a():
+    """Six cycles asked, B loses a tenth of the agreement at equal bits (noisy enough to need cycles): after three
+    it is shown worse and the trial ends there, on A; with the early stop off it runs all six, same verdict."""
+    def noisy(worse_by: float):
+        rng = random.Random(7)  # each pair's measure wobbles, whichever engine runs
+
+        def scene(t, engine):
+            return 1000, (0.8 if engine == "none" else 0.8 - worse_by) + rng.gauss(0.0, 0.15)
+        return scene
+
+    early, cap = EngineTrial(settings(cycles=6, early_cycles=3)), Capture()
+    run(early, cap, 400, noisy(0.1))
+    verdict = early.trace[0]
+    assert verdict["verdict"] == "a" and verdict["why"] == "b worse, ended early" and verdict["cycles"] == 3
+    assert early.counts["ended_early"] == 1 and cap.engine == "none"
+    assert [spec for _, spec in cap.asked][:6] == ["ours", "none", "ours", "none", "ours", "none"]
+    full, cap = EngineTrial(settings(cycles=6, early_cycles=0)), Capture()
+    run(full, cap, 600, noisy(0.1))
+    assert full.trace[0]["why"] == "b worse" and full.trace[0]["cycles"] == 6 and "ended_early" not in full.counts
+    assert full.trace[0]["t"] > verdict["t"] + 100  # three more B and A windows of 20 s
+    # an engine that is no worse is never stopped early: all six cycles, then the usual verdict
+    same, cap = EngineTrial(settings(cycles=6, early_cycles=3)), Capture()
+    run(same, cap, 600, noisy(0.0))
+    assert same.trace[0]["cycles"] == 6 and same.trace[0]["verdict"] == "a" and "ended_early" not in same.counts
