@@ -71,10 +71,41 @@ class CudaStream:
 
 
 class CudaMemory(ABC):
-    """The interface. Buffers are freed explicitly (`free`), or all at once by `close`."""
+    """The interface. Buffers are freed explicitly (`free`), or all at once by `close`: each backend remembers
+    what it allocated (`_remember`) and says how to release one kind of handle (`_release`)."""
 
     backend: str
     device: int
+
+    def __init__(self) -> None:
+        self._live: dict[int, tuple[str, Any]] = {}  # id -> (kind, handle), freed by close()
+        self._lock = threading.Lock()
+
+    def _remember(self, obj, kind: str, handle) -> None:
+        with self._lock:
+            self._live[id(obj)] = (kind, handle)
+
+    def free(self, buf: DeviceBuffer | PinnedBuffer | CudaStream) -> None:
+        with self._lock:
+            entry = self._live.pop(id(buf), None)
+        if entry is not None:
+            self._release(*entry)
+
+    @abstractmethod
+    def _release(self, kind: str, handle) -> None: ...
+
+    def _release_all(self) -> None:
+        """Free everything still live: streams first (nothing may still be queued on the buffers), then device
+        and host buffers; a failure is logged and the rest still freed (teardown must not stop half way)."""
+        with self._lock:
+            entries, self._live = list(self._live.values()), {}
+        for kind in ("stream", "device", "host"):
+            for k, handle in entries:
+                if k == kind:
+                    try:
+                        self._release(k, handle)
+                    except Exception as exc:  # each backend raises its own error types
+                        log.warning("freeing a CUDA %s failed: %s", k, exc)
 
     @abstractmethod
     def gpu_info(self) -> GpuInfo: ...
@@ -96,9 +127,6 @@ class CudaMemory(ABC):
 
     @abstractmethod
     def copy_dtoh_async(self, dst: np.ndarray, src: DeviceBuffer, stream: CudaStream) -> None: ...
-
-    @abstractmethod
-    def free(self, buf: DeviceBuffer | PinnedBuffer | CudaStream) -> None: ...
 
     @abstractmethod
     def close(self) -> None: ...
@@ -137,10 +165,9 @@ class CudaPythonMemory(CudaMemory):
     backend = "cuda-python"
 
     def __init__(self, device: int = 0):
+        super().__init__()
         self._rt = _import_cudart()
         self.device = device
-        self._live: dict[int, tuple[str, Any]] = {}  # id -> (kind, handle), freed by close()
-        self._lock = threading.Lock()
         count = self._call(self._rt.cudaGetDeviceCount(), "cudaGetDeviceCount")
         if device >= count:
             raise EdgepipeError(f"CUDA device {device} not found ({count} device(s) visible)")
@@ -199,30 +226,12 @@ class CudaPythonMemory(CudaMemory):
         self._call(self._rt.cudaMemcpyAsync(dst.ctypes.data, src.ptr, dst.nbytes, kind, stream.raw),
                    "cudaMemcpyAsync(D2H)")
 
-    def _remember(self, obj, kind: str, handle) -> None:
-        with self._lock:
-            self._live[id(obj)] = (kind, handle)
-
-    def free(self, buf) -> None:
-        with self._lock:
-            entry = self._live.pop(id(buf), None)
-        if entry is not None:
-            self._release(*entry)
-
     def _release(self, kind: str, handle) -> None:
         fn = {"host": self._rt.cudaFreeHost, "device": self._rt.cudaFree, "stream": self._rt.cudaStreamDestroy}[kind]
         self._call(fn(handle), fn.__name__)
 
     def close(self) -> None:
-        with self._lock:
-            entries, self._live = list(self._live.values()), {}
-        for kind in ("stream", "device", "host"):  # streams first: nothing may still be queued on the buffers
-            for k, handle in entries:
-                if k == kind:
-                    try:
-                        self._release(k, handle)
-                    except EdgepipeError as exc:  # at teardown, report and go on freeing the rest
-                        log.warning("freeing a CUDA %s failed: %s", k, exc)
+        self._release_all()
 
 
 # --- pycuda -------------------------------------------------------------------------------------
@@ -234,6 +243,7 @@ class PyCudaMemory(CudaMemory):
     def __init__(self, device: int = 0):
         import pycuda.driver as cuda  # ImportError when absent
 
+        super().__init__()
         self._cuda = cuda
         self.device = device
         try:
@@ -245,8 +255,6 @@ class PyCudaMemory(CudaMemory):
             self._ctx = self._dev.retain_primary_context()
         except cuda.Error as exc:
             raise EdgepipeError(f"CUDA error (pycuda): {exc}") from None
-        self._live: dict[int, tuple[str, Any]] = {}
-        self._lock = threading.Lock()
 
     def gpu_info(self) -> GpuInfo:
         major, minor = self._dev.compute_capability()
@@ -297,16 +305,6 @@ class PyCudaMemory(CudaMemory):
         with self.activate():
             self._cuda.memcpy_dtoh_async(dst, src.ptr, stream.raw)  # fills dst's whole buffer
 
-    def _remember(self, obj, kind: str, handle) -> None:
-        with self._lock:
-            self._live[id(obj)] = (kind, handle)
-
-    def free(self, buf) -> None:
-        with self._lock:
-            entry = self._live.pop(id(buf), None)
-        if entry is not None:
-            self._release(*entry)
-
     def _release(self, kind: str, handle) -> None:
         with self.activate():
             if kind == "host":
@@ -316,16 +314,7 @@ class PyCudaMemory(CudaMemory):
             # streams: pycuda destroys them when the Stream object goes (inside this context)
 
     def close(self) -> None:
-        with self._lock:
-            entries, self._live = list(self._live.values()), {}
-        for kind in ("stream", "device", "host"):
-            for k, handle in entries:
-                if k == kind:
-                    try:
-                        self._release(k, handle)
-                    except Exception as exc:  # pycuda raises its own error types; keep freeing the rest
-                        log.warning("freeing a CUDA %s failed: %s", k, exc)
-        entries.clear()
+        self._release_all()
         if self._ctx is not None:
             self._ctx.detach()  # drop our retain of the primary context
             self._ctx = None
