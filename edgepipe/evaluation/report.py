@@ -155,6 +155,12 @@ def _cell(b: dict | None) -> str:
     return f"{_pct(b['bd_rate_cubic_pct'])} / {_pct(b['bd_rate_pchip_pct'])}{flag}"
 
 
+def _interval(b: dict, column: str, decimals: int) -> str:
+    """' [lo, hi]' of a BD row's bootstrap interval for `column`, or nothing when there is none."""
+    lo, hi = b.get(f"{column}_ci95_lo", math.nan), b.get(f"{column}_ci95_hi", math.nan)
+    return "" if math.isnan(lo) else f" [{lo:+.{decimals}f}, {hi:+.{decimals}f}]"
+
+
 def markdown(ev: Evaluation, rows: list[dict], bds: list[dict], command: str, versus: list[dict] = (),
              compare_to: str | None = None) -> str:
     find = {(b["pre"], b["codec"]): b for b in bds}
@@ -217,13 +223,11 @@ def markdown(ev: Evaluation, rows: list[dict], bds: list[dict], command: str, ve
               "| Method | Codec | BD-rate cubic | BD-rate PCHIP | BD-top-1 PCHIP | IoU | notes |",
               "|---|---|---|---|---|---|---|"]
         for b in versus:
-            def interval(column: str, unit: str) -> str:
-                lo, hi = b.get(f"{column}_ci95_lo", math.nan), b.get(f"{column}_ci95_hi", math.nan)
-                return "" if math.isnan(lo) else f" [{lo:+.{2 if unit == 'pt' else 1}f}, {hi:+.{2 if unit == 'pt' else 1}f}]"
             top1 = "n/a" if math.isnan(b["bd_top1_pchip_pts"]) else f"{b['bd_top1_pchip_pts']:+.2f} pt"
-            L.append(f"| {b['pre']} | {codec_title(b['codec'])} | {_pct(b['bd_rate_cubic_pct'])}{interval('bd_rate_cubic', '%')} | "
-                     f"{_pct(b['bd_rate_pchip_pct'])}{interval('bd_rate_pchip', '%')} | {top1}{interval('bd_top1_pchip', 'pt')} | "
-                     f"{b['overlap_iou']:.2f} | {b['notes']} |")
+            L.append(f"| {b['pre']} | {codec_title(b['codec'])} | "
+                     f"{_pct(b['bd_rate_cubic_pct'])}{_interval(b, 'bd_rate_cubic', 1)} | "
+                     f"{_pct(b['bd_rate_pchip_pct'])}{_interval(b, 'bd_rate_pchip', 1)} | "
+                     f"{top1}{_interval(b, 'bd_top1_pchip', 2)} | {b['overlap_iou']:.2f} | {b['notes']} |")
     L += ["", "## Operating points (anchor on the calibration images)", ""]
     for c in ev.codecs:
         chosen = set(ev.points[c])
