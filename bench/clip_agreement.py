@@ -36,13 +36,19 @@ DEFAULT_CLIPS = ROOT.parent / "shared" / "data" / "video"
 QPS = (47, 43, 37, 31)
 
 
-def read_frames(path: Path, every: int, limit: int) -> np.ndarray:
+def read_frames(path: Path, every: int, limit: int, start: float = 0.0) -> np.ndarray:
+    """Every `every`-th frame, at most `limit`, from the fraction `start` of the clip on (0.7: the tail that
+    `edgepipe train --frames` leaves for judging, edgepipe/train/frames.py)."""
     import av
 
+    first = 0
+    if start > 0:
+        with av.open(str(path)) as container:
+            first = int(sum(1 for _ in container.decode(video=0)) * start)
     frames = []
     with av.open(str(path)) as container:
         for i, frame in enumerate(container.decode(video=0)):
-            if i % every == 0:
+            if i >= first and (i - first) % every == 0:
                 frames.append(frame.to_ndarray(format="rgb24"))
             if len(frames) >= limit:
                 break
@@ -98,6 +104,8 @@ def main() -> int:
     ap.add_argument("--clips", default=str(DEFAULT_CLIPS), help="folder of .mp4 clips")
     ap.add_argument("--every", type=int, default=10, help="take every K-th frame")
     ap.add_argument("--limit", type=int, default=40, help="frames per clip")
+    ap.add_argument("--start", type=float, default=0.0,
+                    help="skip this fraction of each clip first (0.7: only the part `train --frames` never saw)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "clip_agreement.json"))
     args = ap.parse_args()
 
@@ -106,7 +114,7 @@ def main() -> int:
         print(f"clip_agreement: no .mp4 clips in {args.clips}", file=sys.stderr)
         return 2
     classifier = Classifier(threads=2)
-    frames = {c.name: read_frames(c, args.every, args.limit) for c in clips}
+    frames = {c.name: read_frames(c, args.every, args.limit, args.start) for c in clips}
     reference = {name: classifier.logits(f) for name, f in frames.items()}
     started = time.time()
     rows = []
@@ -141,7 +149,7 @@ def main() -> int:
                 return (np.array([np.mean([r["bpp"] for r in v]) for v in by_qp.values()]),
                         sign * np.array([np.mean([r[key] for r in v]) for v in by_qp.values()]))
             bd.append(bd_entry(spec, pres[0], name, QUALITY, curve))
-    result = {"command": " ".join(sys.argv), "every": args.every, "limit": args.limit, "qps": QPS,
+    result = {"command": " ".join(sys.argv), "every": args.every, "limit": args.limit, "start": args.start, "qps": QPS,
               "seconds": round(time.time() - started, 1), "machine": platform.platform(), "rows": rows, "bd": bd}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

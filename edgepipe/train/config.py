@@ -20,7 +20,8 @@ BACKWARD = ("dct", "identity")  # gradient through the codec: soft-quantisation 
 # Arguments that define *what* is trained; a resumed run must not change them.
 IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
                  "n_blocks", "stem_stride", "recon_warmup", "codec", "backward", "lambda_rate", "lambda_mse", "distill",
-                 "clean_weight", "rescale_min", "rescale_max", "holdout", "init", "lambda_temporal", "ema")
+                 "clean_weight", "rescale_min", "rescale_max", "holdout", "init", "lambda_temporal", "ema",
+                 "frames", "lambda_frames")
 
 
 def setting(default: Any, *name: str, **spec: Any) -> Any:
@@ -65,6 +66,11 @@ class TrainConfig:
     lambda_temporal: float = setting(0.0, help="Weight of the temporal-stability term: the ED's output must change "
                                                "between a crop and a moved, noisier copy of it only as its input "
                                                "does (so P-frames stay cheap).")
+    frames: str | None = setting(None, metavar="CLIP,CLIP", help="Camera footage (video files) for a label-free "
+                                 "term: the recognizer's answer on the decoded ED output of these frames must stay "
+                                 "what it is on the frames (the first 70 % of each clip; the rest is left for "
+                                 "judging). Needs --lambda-frames.")
+    lambda_frames: float = setting(0.0, help="Weight of that term (docs/training.md).")
     distill: float | None = setting(None, metavar="T", help="Distil at temperature T: match the recognizer's "
                                                             "output on the original image, no labels.")
     rescale_min: float = setting(1.0, help="Area-downscale each image by a random factor in [RESCALE_MIN, "
@@ -105,7 +111,7 @@ class TrainConfig:
             raise EdgepipeError(f"--stem-stride must be 1 or 2, got {self.stem_stride}")
         if self.epochs < 1:
             raise EdgepipeError(f"--epochs must be >= 1, got {self.epochs}")
-        for name in ("lambda_rate", "lambda_mse", "clean_weight", "lambda_temporal"):
+        for name in ("lambda_rate", "lambda_mse", "clean_weight", "lambda_temporal", "lambda_frames"):
             if getattr(self, name) < 0:
                 raise EdgepipeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.distill is not None and not self.distill > 0:
@@ -116,6 +122,8 @@ class TrainConfig:
             raise EdgepipeError(f"--holdout must be in [0, 1), got {self.holdout}")
         if self.backward not in BACKWARD:
             raise EdgepipeError(f"--backward must be one of {', '.join(BACKWARD)}, got {self.backward!r}")
+        if bool(self.frames) != bool(self.lambda_frames):
+            raise EdgepipeError("--frames and --lambda-frames go together: the clips, and the weight of their term")
         if self.lambda_rate and not parse_ranges(self.codec):
             raise EdgepipeError("--lambda-rate needs --codec: the rate term is calibrated to the bytes it measures")
 

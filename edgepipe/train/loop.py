@@ -25,6 +25,7 @@ from edgepipe.train.averaging import WeightAverage
 from edgepipe.train.codec_loop import CodecRoundTrip, codec_proxy, parse_ranges, qstep, straight_through
 from edgepipe.train.config import IDENTITY_ARGS, TrainConfig
 from edgepipe.train.data import CropBatches, validation_set
+from edgepipe.train.frames import FramePool, frames_divergence
 from edgepipe.train.losses import RateCalibration, RecognitionAwareLoss, dct_rate, per_image_tv
 from edgepipe.train.temporal import temporal_instability
 from edgepipe.train.validate import Validator
@@ -52,6 +53,8 @@ class _Running:
     n_corr: int = 0
     temporal: float = 0.0     # temporal-instability term (--lambda-temporal)
     n_temporal: int = 0
+    frames: float = 0.0       # camera-frame divergence (--lambda-frames)
+    n_frames: int = 0
 
     def add(self, loss: float, ce: float, tv: float, correct: int, images: int) -> None:
         self.n += 1
@@ -84,13 +87,15 @@ class _Running:
                        train_rate=self.rate / k, train_bpp_real=self.bpp_real / k, train_mse=self.mse / k)
         if self.n_temporal:
             out["train_temporal"] = self.temporal / self.n_temporal
+        if self.n_frames:
+            out["train_frames"] = self.frames / self.n_frames
         if self.n_corr:
             out.update(corr_rate_bits=self.corr_rate / self.n_corr, corr_tv_bits=self.corr_tv / self.n_corr)
         return out
 
 
 LOG_FIELDS = ["epoch", "step", "minutes", "reason", "train_loss", "train_ce", "train_tv", "train_top1",
-              "train_coded", "train_top1_coded", "train_rate", "train_bpp_real", "train_mse", "train_temporal",
+              "train_coded", "train_top1_coded", "train_rate", "train_bpp_real", "train_mse", "train_temporal", "train_frames",
               "corr_rate_bits", "corr_tv_bits", "top1_input", "top1_ed", "bpp_input", "bpp_ed", "bpp_saving",
               "tv_input", "tv_ed", "psnr_ed", "val_images", "bpp_images", "unreadable"]
 
@@ -155,6 +160,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     batches = CropBatches(cfg.data, cfg.crop, cfg.batch_size, cfg.seed, cfg.rescale_min, cfg.holdout,
                            cfg.rescale_max)
+    frames = FramePool(tuple(p.strip() for p in cfg.frames.split(",")), cfg.crop, cfg.batch_size, cfg.seed) \
+        if cfg.frames else None
     if cfg.val_data is not None:
         from edgepipe.core.datasets import list_labelled_images
 
@@ -283,7 +290,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 state["batch"] += 1
                 if len(images):
                     _step(model, criterion, optimizer, images, labels, state["step"] < cfg.recon_warmup,
-                          device, running, codec, state["step"], cfg.lambda_temporal, cfg.seed)
+                          device, running, codec, state["step"], cfg.lambda_temporal, cfg.seed,
+                          frames, cfg.lambda_frames)
                     if averager is not None:
                         averager.update(model)
                 state["step"] += 1
@@ -374,7 +382,8 @@ def _coded_terms(model_output: torch.Tensor, x: torch.Tensor, labels: torch.Tens
 
 def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: torch.optim.Optimizer,
           images: np.ndarray, labels: np.ndarray, reconstruct: bool, device: str, running: _Running,
-          codec: CodecLoop | None = None, step: int = 0, lambda_temporal: float = 0.0, seed: int = 0) -> None:
+          codec: CodecLoop | None = None, step: int = 0, lambda_temporal: float = 0.0, seed: int = 0,
+          frames: FramePool | None = None, lambda_frames: float = 0.0) -> None:
     x = torch.from_numpy(to_model_input(images)).to(device)
     y_true = torch.from_numpy(labels).to(device)
     y = model(x)
@@ -396,6 +405,11 @@ def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: tor
         loss = loss + lambda_temporal * temporal
         running.temporal += float(temporal.detach())
         running.n_temporal += 1
+    if frames is not None and lambda_frames and not reconstruct:
+        divergence = frames_divergence(model, criterion.recognizer, frames, codec, step, device)
+        loss = loss + lambda_frames * divergence
+        running.frames += float(divergence.detach())
+        running.n_frames += 1
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

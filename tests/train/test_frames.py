@@ -1,0 +1,117 @@
+"""The label-free camera-frame term (--frames, --lambda-frames): which frames train, deterministic crops, the
+divergence it adds, and its bad input in one line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgepipe.core.datasets import read_rgb
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.media.sources import FrameShaper
+from edgepipe.models.ed import EDConfig, EncoderDecoder, read_checkpoint
+from edgepipe.train.frames import TAIL, FramePool, frames_divergence, read_clip
+from edgepipe.train.loop import TrainConfig, train
+
+
+def _write_clip(path: Path, images: list[np.ndarray]) -> Path:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = images[0].shape[1], images[0].shape[0], "yuv420p"
+        stream.options = {"qscale": "2"}
+        for image in images:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture
+def clip(tmp_path, small_val_folder) -> Path:
+    """10 real photos as a 160x96 clip: frame i is photo i, so which frames train can be told apart."""
+    images = [FrameShaper((160, 96))(read_rgb(p)) for p in sorted(small_val_folder.glob("*/*"))[:10]]
+    return _write_clip(tmp_path / "camera.mp4", images)
+
+
+def test_only_the_head_of_each_clip_trains_and_crops_repeat(clip):
+    every_frame = read_clip(str(clip), 1)
+    assert every_frame.shape == (10, 96, 160, 3)
+    pool = FramePool((str(clip),), crop=48, batch_size=6, seed=3, every=1)
+    assert len(pool.frames) == int(10 * (1 - TAIL)) == 7
+    for kept, frame in zip(pool.frames, every_frame):
+        np.testing.assert_array_equal(kept, frame)
+    a, b = pool.batch(5), FramePool((str(clip),), crop=48, batch_size=6, seed=3, every=1).batch(5)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (6, 48, 48, 3) and not np.array_equal(a, pool.batch(6))
+    # every crop comes from a training frame (or its mirror), never from the tail
+    heads = [f for f in pool.frames] + [f[:, ::-1] for f in pool.frames]
+    for crop in a:
+        assert any(_contains(frame, crop) for frame in heads)
+
+
+def _contains(frame: np.ndarray, crop: np.ndarray) -> bool:
+    h, w = crop.shape[:2]
+    for top in range(frame.shape[0] - h + 1):
+        rows = frame[top:top + h]
+        for left in range(frame.shape[1] - w + 1):
+            if np.array_equal(rows[:, left:left + w], crop):
+                return True
+    return False
+
+
+def test_the_divergence_is_zero_for_the_identity_and_trains_toward_it(clip, recognizer):
+    """An ED whose output is its input gives the recognizer's own answer: KL 0. A fresh plain encoder-decoder (no
+    bypass: its output starts far from its input) does not, and steps on the term alone bring it down."""
+    pool = FramePool((str(clip),), crop=64, batch_size=4, seed=0, every=1)
+    torch.manual_seed(0)
+    model = EncoderDecoder(EDConfig(bypass=False))
+    identity = lambda x: x  # noqa: E731
+    assert float(frames_divergence(identity, recognizer, pool, None, 0, "cpu")) == pytest.approx(0.0, abs=1e-6)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    before = float(frames_divergence(model, recognizer, pool, None, 0, "cpu").detach())
+    for _ in range(15):
+        loss = frames_divergence(model, recognizer, pool, None, 0, "cpu")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(frames_divergence(model, recognizer, pool, None, 0, "cpu").detach()) < 0.92 * before  # 3.96 -> 3.42 when written
+
+
+def test_training_with_frames_logs_the_term_and_resumes_exactly(small_val_folder, clip, tmp_path):
+    def cfg(out, **kw):
+        return TrainConfig(data=str(small_val_folder), out=str(out), crop=48, batch_size=4, progress=False,
+                           checkpoint_every=1, threads=2, frames=str(clip), lambda_frames=2.0, epochs=3, **kw)
+
+    train(cfg(tmp_path / "a.pt", max_steps=3, codec="jpeg:20-40"))
+    train(cfg(tmp_path / "b.pt", max_steps=2, codec="jpeg:20-40"))
+    train(cfg(tmp_path / "b.pt", max_steps=3, codec="jpeg:20-40", resume=True))
+    a, b = read_checkpoint(tmp_path / "a.pt"), read_checkpoint(tmp_path / "b.pt")
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=1e-5, atol=1e-6)
+    assert any(row.get("train_frames", 0) > 0 for row in a["history"])
+    assert "train_frames" in (tmp_path / "a.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("kw, phrase", [
+    (dict(frames="x.mp4"), "--frames and --lambda-frames go together"),
+    (dict(lambda_frames=1.0), "--frames and --lambda-frames go together"),
+    (dict(frames="x.mp4", lambda_frames=-1.0), "--lambda-frames must be >= 0"),
+])
+def test_bad_frame_settings_are_one_line(kw, phrase):
+    with pytest.raises(EdgepipeError, match=phrase):
+        TrainConfig(data="d", out="o", **kw)
+
+
+def test_a_file_that_is_not_a_video_is_one_line(tmp_path, small_val_folder):
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video")
+    with pytest.raises(EdgepipeError, match="--frames: .*notes.mp4 is not a video"):
+        FramePool((str(notes),))
+    clip = _write_clip(tmp_path / "small.mp4", [np.zeros((32, 48, 3), np.uint8)] * 4)
+    with pytest.raises(EdgepipeError, match="nothing to crop 128x128"):
+        FramePool((str(clip),), crop=128, every=1)
+    with pytest.raises(EdgepipeError, match="--frames nope.mp4: no such video file"):
+        FramePool(("nope.mp4",))
