@@ -160,7 +160,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     batches = CropBatches(cfg.data, cfg.crop, cfg.batch_size, cfg.seed, cfg.rescale_min, cfg.holdout,
                            cfg.rescale_max)
-    frames = FramePool(tuple(p.strip() for p in cfg.frames.split(",")), cfg.crop, cfg.batch_size, cfg.seed) \
+    camera = FramePool(tuple(p.strip() for p in cfg.frames.split(",")), cfg.crop, cfg.batch_size, cfg.seed) \
         if cfg.frames else None
     if cfg.val_data is not None:
         from edgepipe.core.datasets import list_labelled_images
@@ -290,8 +290,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 state["batch"] += 1
                 if len(images):
                     _step(model, criterion, optimizer, images, labels, state["step"] < cfg.recon_warmup,
-                          device, running, codec, state["step"], cfg.lambda_temporal, cfg.seed,
-                          frames, cfg.lambda_frames)
+                          device, running, codec, state["step"], cfg, camera)
                     if averager is not None:
                         averager.update(model)
                 state["step"] += 1
@@ -382,8 +381,12 @@ def _coded_terms(model_output: torch.Tensor, x: torch.Tensor, labels: torch.Tens
 
 def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: torch.optim.Optimizer,
           images: np.ndarray, labels: np.ndarray, reconstruct: bool, device: str, running: _Running,
-          codec: CodecLoop | None = None, step: int = 0, lambda_temporal: float = 0.0, seed: int = 0,
-          frames: FramePool | None = None, lambda_frames: float = 0.0) -> None:
+          codec: CodecLoop | None = None, step: int = 0, cfg: TrainConfig | None = None,
+          camera: FramePool | None = None) -> None:
+    """One optimiser step on one batch; `cfg` carries the optional terms' weights (None: none of them), `camera`
+    the --frames pool."""
+    lambda_temporal = cfg.lambda_temporal if cfg is not None else 0.0
+    lambda_frames = cfg.lambda_frames if cfg is not None else 0.0
     x = torch.from_numpy(to_model_input(images)).to(device)
     y_true = torch.from_numpy(labels).to(device)
     y = model(x)
@@ -400,13 +403,13 @@ def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: tor
         loss = terms["loss"]
     if lambda_temporal and not reconstruct:
         # Drawn from (seed, step), so a resumed run simulates the same next frames.
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 11]).generate_state(1)[0]))
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, step, 11]).generate_state(1)[0]))
         temporal = temporal_instability(model, x, y, generator)
         loss = loss + lambda_temporal * temporal
         running.temporal += float(temporal.detach())
         running.n_temporal += 1
-    if frames is not None and lambda_frames and not reconstruct:
-        divergence = frames_divergence(model, criterion.recognizer, frames, codec, step, device)
+    if camera is not None and lambda_frames and not reconstruct:
+        divergence = frames_divergence(model, criterion.recognizer, camera, codec, step, device)
         loss = loss + lambda_frames * divergence
         running.frames += float(divergence.detach())
         running.n_frames += 1

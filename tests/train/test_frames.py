@@ -95,6 +95,15 @@ def test_training_with_frames_logs_the_term_and_resumes_exactly(small_val_folder
     assert "train_frames" in (tmp_path / "a.csv").read_text().splitlines()[0]
 
 
+def test_frames_and_validation_data_together(small_val_folder, clip, tmp_path):
+    """The validation set's frames and the camera pool are two things (they once shared a name in the loop)."""
+    cfg = TrainConfig(data=str(small_val_folder), out=str(tmp_path / "v.pt"), crop=48, batch_size=4, progress=False,
+                      threads=2, frames=str(clip), lambda_frames=1.0, max_steps=2, val_data=str(small_val_folder),
+                      val_limit=4, bpp_limit=1)
+    result = train(cfg)
+    assert result["stopped"] == "max-steps" and result["train_frames"] > 0 and 0 <= result["top1_ed"] <= 1
+
+
 @pytest.mark.parametrize("kw, phrase", [
     (dict(frames="x.mp4"), "--frames and --lambda-frames go together"),
     (dict(lambda_frames=1.0), "--frames and --lambda-frames go together"),
