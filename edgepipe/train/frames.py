@@ -91,11 +91,10 @@ class FramePool:
 def frames_divergence(model, recognizer, pool: FramePool, codec, step: int, device: str):
     """The term: KL(recognizer(frames) || recognizer(decoded ED(frames))) at temperature 1 on one batch of the
     pool. `codec` is the loop's CodecLoop (None without --codec): the batch goes through the same round trip and
-    setting as the labelled one, with the same gradient model."""
+    setting as the labelled one (`CodecLoop.coded`), with the same gradient model."""
     import torch
 
-    from edgepipe.engines.base import from_model_output, to_model_input
-    from edgepipe.train.codec_loop import codec_proxy, straight_through
+    from edgepipe.engines.base import to_model_input
     from edgepipe.train.losses import distillation
 
     x = torch.from_numpy(to_model_input(pool.batch(step))).to(device)
@@ -103,8 +102,5 @@ def frames_divergence(model, recognizer, pool: FramePool, codec, step: int, devi
     with torch.no_grad():
         teacher = recognizer(x)
     if codec is not None:
-        name, setting = codec.setting(step)
-        decoded, _ = codec.roundtrip(from_model_output(y.detach().float().cpu().numpy()), name, setting)
-        proxy = codec_proxy(y, name, setting) if codec.backward == "dct" else None
-        y = straight_through(y, torch.from_numpy(to_model_input(decoded)).to(device), proxy)
+        y, _ = codec.coded(y, step, device)
     return distillation(recognizer(y), teacher, 1.0)

@@ -140,8 +140,10 @@ def _adopt_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any], path: str) 
 
 
 def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, out: Path) -> None:
-    old = ckpt.get("args", {})
-    changed = [k for k in IDENTITY_ARGS if k in old and old[k] != cfg.args()[k]]
+    # A setting newer than the checkpoint was trained at its default: asking for another value is another run
+    # (resuming --ema on a run saved without one would also find no raw weights to go on from).
+    old = {**TrainConfig(data="", out="").args(), **ckpt.get("args", {})}
+    changed = [k for k in IDENTITY_ARGS if old[k] != cfg.args()[k]]
     if changed:
         pairs = ", ".join(f"{k}: {old[k]} -> {cfg.args()[k]}" for k in changed)
         raise EdgepipeError(f"cannot resume {out}: it was trained with other settings ({pairs})")
@@ -348,6 +350,15 @@ class CodecLoop:
         r = self.ranges[step % len(self.ranges)]
         return r.codec, r.draw(np.random.default_rng([self.seed, step, 7]))
 
+    def coded(self, y: torch.Tensor, step: int, device: str) -> tuple[torch.Tensor, np.ndarray]:
+        """y through the real round trip at this step's setting (forward: the decoded pictures; backward: through
+        the codec's model, or the identity), and each picture's bytes."""
+        name, setting = self.setting(step)
+        y8 = from_model_output(y.detach().float().cpu().numpy())  # exactly what an encoder would receive
+        decoded, sizes = self.roundtrip(y8, name, setting)
+        model_of_codec = codec_proxy(y, name, setting) if self.backward == "dct" else None
+        return straight_through(y, torch.from_numpy(to_model_input(decoded)).to(device), model_of_codec), sizes
+
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
@@ -362,15 +373,12 @@ def _coded_terms(model_output: torch.Tensor, x: torch.Tensor, labels: torch.Tens
     y = model_output
     name, setting = codec.setting(step)
     step_q = qstep(name, setting)
-    y8 = from_model_output(y.detach().float().cpu().numpy())  # exactly what an encoder would receive
-    decoded, sizes = codec.roundtrip(y8, name, setting)
-    real = sizes * 8.0 / (y8.shape[1] * y8.shape[2])
+    coded, sizes = codec.coded(y, step, device)
+    real = sizes * 8.0 / (y.shape[-2] * y.shape[-1])
     with torch.no_grad():
         rate_proxy = dct_rate(y, step_q).cpu().numpy()
         tv = per_image_tv(y).cpu().numpy()
     codec.calibration.update(name, float(rate_proxy.mean()), float(real.mean()))
-    model_of_codec = codec_proxy(y, name, setting) if codec.backward == "dct" else None
-    coded = straight_through(y, torch.from_numpy(to_model_input(decoded)).to(device), model_of_codec)
     terms = criterion(y, labels, x=x, coded=coded, rate_step=step_q, rate_scale=codec.calibration(name))
     rate = float(terms["rate"].detach()) if "rate" in terms else float(rate_proxy.mean() * codec.calibration(name))
     running.add_coded(float(terms["coded"].detach()), int((terms["logits_coded"].argmax(1) == labels).sum()),

@@ -229,3 +229,16 @@ def test_ema_ships_the_average_and_resumes_exactly(small_val_folder: Path, tmp_p
         train(_cfg(small_val_folder, tmp_path / "b.pt", max_steps=6, epochs=3, ema=0.99, resume=True))
     with pytest.raises(EdgepipeError, match="--ema"):
         _cfg(small_val_folder, tmp_path / "d.pt", ema=1.0)
+
+
+def test_a_setting_newer_than_the_checkpoint_counts_as_its_default(small_val_folder: Path, tmp_path: Path) -> None:
+    """A checkpoint saved before --ema existed has no 'ema' in its args: resuming it with --ema is another run,
+    refused in one line (not a KeyError on the raw weights it never saved); with the default it resumes."""
+    train(_cfg(small_val_folder, tmp_path / "old.pt", max_steps=1, epochs=3))
+    ckpt = torch.load(tmp_path / "old.pt", weights_only=True)
+    del ckpt["args"]["ema"], ckpt["args"]["rescale_max"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(EdgepipeError, match=r"ema: 0.0 -> 0.9"):
+        train(_cfg(small_val_folder, tmp_path / "old.pt", max_steps=2, epochs=3, ema=0.9, resume=True))
+    train(_cfg(small_val_folder, tmp_path / "old.pt", max_steps=2, epochs=3, resume=True))
+    assert read_checkpoint(tmp_path / "old.pt")["step"] == 2
