@@ -27,10 +27,12 @@ shown worse at one look after `early_cycles` cycles ends there, back on A: B's w
 (bench/closed_loop_sim.py with the real `ours` on the car clip), and the remaining cycles could not make it a win.
 
 A trial starts when the QP and the engine have not changed for `window_s` (A's first window is then all at this
-QP), at most once per `every_s` per stream (twice, four, then eight times that after B was shown worse in a row:
-each trial of an engine that loses by far costs the floor its B windows), and holds the QP controller still while
-it runs. A QP change, silence (`window_s` without a frame) or a window that has not `min_pairs` pairs after
-3 x `window_s` ends it without a verdict, back on A.
+QP), at most once per `every_s` per stream, and holds the QP controller still while it runs. After each trial that
+B did not win the wait doubles, up to eight times `every_s`; a win brings it back to `every_s`. Whichever way a
+trial ends its B windows cost the floor (on the person clip `ours` was "not shown" either way in 15 of 16 trials,
+and those trials are what let the floor slip, bench/closed_loop_sim.py), and a scene that changes enough for B to
+win is still tried again within eight times `every_s`. A QP change, silence (`window_s` without a frame) or a
+window that has not `min_pairs` pairs after 3 x `window_s` ends it without a verdict, back on A.
 """
 from __future__ import annotations
 
@@ -122,7 +124,7 @@ class EngineTrial:
     qp: int | None = None     # and its QP
     qp_since: float = 0.0     # when that QP (or engine) started
     last_trial: float = float("-inf")
-    spacing: int = 1  # every_s times this until the next trial: doubled (to 8) each time B was shown worse
+    spacing: int = 1  # every_s times this until the next trial: doubled (to 8) each time B did not win
     last_frame: float | None = None
     qp_trial: int | None = None
     windows: list = field(default_factory=list)  # the trial's windows, A B A B ... A; empty: no trial
@@ -272,7 +274,7 @@ class EngineTrial:
         saves_bits, gains_agreement, worse = score["saves_bits"], score["gains_agreement"], score["worse"]
         wins = saves_bits or gains_agreement
         early = score["cycles"] < s.cycles
-        self.spacing = min(8, self.spacing * 2) if worse else 1
+        self.spacing = 1 if wins else min(8, self.spacing * 2)
         if early:
             self.counts["ended_early"] += 1
         self.counts["b_won" if wins else "a_kept"] += 1

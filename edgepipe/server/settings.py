@@ -128,7 +128,8 @@ class MonitorSettings:
                                               "(needs --target-agreement; each must load here too, to know its "
                                               "model id); docs/monitor.md.")
     engine_trial_every: float = setting(TRIAL_DEFAULTS["every_s"], min=0, metavar="SECONDS",
-                                        help="At most one engine trial per SECONDS per stream.")
+                                        help="At most one engine trial per SECONDS per stream; doubled (up to 8x) after each trial the "
+                                             "other engine does not win.")
     engine_trial_window: float = setting(TRIAL_DEFAULTS["window_s"], min=0, min_open=True, metavar="SECONDS",
                                          help="Each window of a trial (A, B, A, B, ..., A).")
     engine_trial_cycles: int = setting(TRIAL_DEFAULTS["cycles"], min=2, metavar="N",

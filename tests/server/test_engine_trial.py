@@ -138,21 +138,30 @@ def test_no_trial_before_the_qp_settles_and_at_most_one_per_spacing():
     trial, cap = EngineTrial(settings(every_s=300.0)), Capture()
     end = run(trial, cap, 19, flat(1000, 1000, 0.8, 0.8))
     assert cap.asked == []  # not yet window_s of A at this QP
-    run(trial, cap, 400, flat(1000, 1000, 0.8, 0.8), t0=end)
-    assert trial.counts["trials"] == 2 and cap.asked[4] == (404.0, "ours")  # the second trial's first B window
-    assert cap.asked[4][0] - cap.asked[0][0] >= 300
+    run(trial, cap, 700, flat(1000, 1000, 0.8, 0.8), t0=end)
+    assert trial.counts["trials"] == 2 and cap.asked[4][1] == "ours"  # the second trial's first B window
+    assert 600 <= cap.asked[4][0] - cap.asked[0][0] < 700  # twice every_s: the first was not won
 
 
-def test_an_engine_shown_worse_is_tried_less_and_less_often():
-    """B loses a tenth of the agreement at equal bits: each trial that shows it doubles the wait, up to 8 times."""
+@pytest.mark.parametrize("b_agreement, why", [(0.7, "b worse"), (0.8, "not shown")])
+def test_an_engine_that_does_not_win_is_tried_less_and_less_often(b_agreement, why):
+    """B loses a tenth of the agreement at equal bits, or is the same: each trial it does not win doubles the
+    wait, up to 8 times (every trial costs the floor its B windows)."""
     trial, cap = EngineTrial(settings(every_s=100.0)), Capture()
-    run(trial, cap, 2000, flat(1000, 1000, 0.8, 0.7))
+    run(trial, cap, 2000, flat(1000, 1000, 0.8, b_agreement))
     verdicts = [t for t in trial.trace if t["verdict"] == "a"]
-    assert [v["why"] for v in verdicts] == ["b worse"] * len(verdicts) and len(verdicts) >= 3
+    assert [v["why"] for v in verdicts] == [why] * len(verdicts) and len(verdicts) >= 3
     assert [v["next_in_s"] for v in verdicts][:4] == [200.0, 400.0, 800.0, 800.0][:len(verdicts)]
+
+
+def test_a_win_brings_the_wait_back():
+    """B is the same for 1,000 s (not shown: the wait grows), then 20 % cheaper: it wins, and the wait is back to
+    every_s for the trial after, which (now B is A) keeps the cheaper engine."""
     trial, cap = EngineTrial(settings(every_s=100.0)), Capture()
-    run(trial, cap, 2000, flat(1000, 1000, 0.8, 0.8))  # no worse, no better: the spacing stays
-    assert {t["next_in_s"] for t in trial.trace} == {100.0} and trial.counts["trials"] >= 8
+    run(trial, cap, 3000, lambda t, engine: (800 if engine == "ours" and t > 1000 else 1000, 0.8))
+    whys = [(v["why"], v["next_in_s"]) for v in trial.trace if "why" in v]
+    assert whys[0] == ("not shown", 200.0) and ("fewer bits", 100.0) in whys
+    assert cap.engine == "ours"
 
 
 @pytest.mark.parametrize("kw, phrase", [
