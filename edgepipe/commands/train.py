@@ -8,6 +8,7 @@ import json
 import click
 
 from edgepipe.commands.from_dataclass import build, options_from
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.train.config import TrainConfig
 
 
@@ -48,11 +49,20 @@ def export(checkpoint, onnx_path, opset, check_data, tolerance) -> None:
 @click.option("--out", required=True, type=click.Path(), help="New folder to write the hold-out to.")
 @click.option("--fraction", type=float, default=0.05, show_default=True,
               help="The same fraction as train --holdout.")
-@click.option("--washed", type=int, default=None, metavar="SIZE",
-              help="Area-downscale to SIZE x SIZE and save PNG (washes out the JPEG grid), instead of links.")
+@click.option("--washed", default=None, metavar="SIZE[,SIZE...]",
+              help="Area-downscale to SIZE x SIZE and save PNG (washes out the JPEG grid), instead of links. "
+                   "Several sizes write every image at each (<name>@SIZE.png); eval's intervals then draw photos "
+                   "with all their views.")
 def holdout(data, out, fraction, washed) -> None:
     """Write the images `train --holdout FRACTION` leaves out, as a labelled folder for `edgepipe eval`."""
     from edgepipe.train.split import write_holdout
 
-    n = write_holdout(data, out, fraction, washed)
-    click.echo(f"{n} images written to {out}" + (f" ({washed}x{washed} PNG)" if washed else " (links)"))
+    sizes = None
+    if washed is not None:
+        try:
+            sizes = tuple(int(v) for v in washed.split(","))
+        except ValueError:
+            raise EdgepipeError(f"--washed takes sizes like 160 or 144,160,176, got {washed!r}") from None
+    n = write_holdout(data, out, fraction, sizes)
+    shown = ", ".join(f"{s}x{s}" for s in sizes or ())
+    click.echo(f"{n} images written to {out}" + (f" ({shown} PNG)" if sizes else " (links)"))

@@ -14,6 +14,7 @@ from edgepipe.core.labels import synset_to_index
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIEW_MARK = "@"  # <stem>@<view>.png: one of several views of one source image (edgepipe holdout --washed A,B)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,13 @@ def list_labelled_images(root: str | Path) -> list[LabelledImage]:
             f"no labelled images in {root}: expected ImageNet layout ROOT/<synset, e.g. n01440764>/*.JPEG"
         )
     return items
+
+
+def source_of(path: str | Path) -> str:
+    """`<synset>/<stem>` of the image a file shows: views written as `<stem>@<view>.<ext>` share their source's,
+    so a bootstrap over images can draw a source with all its views (they are not independent samples)."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.stem.split(VIEW_MARK)[0]}"
 
 
 def read_rgb(path: str | Path) -> np.ndarray | None:

@@ -95,19 +95,38 @@ def bd_rows(rows: list[dict], anchor_pre: str = "none") -> list[dict]:
     return out
 
 
+def _views_note(ev: Evaluation) -> str:
+    photos = len(set(ev.sources or ()))
+    return f" ({photos} photos, several views each; intervals draw photos)" if ev.sources and photos < len(ev.sources) else ""
+
+
+def _photo_draw(ok: np.ndarray, sources: list[str] | None):
+    """A function rng -> image indices of one bootstrap resample: readable images drawn with replacement,
+    or, where several images are views of one photo, photos drawn with replacement, each with all its views."""
+    idx_ok = np.flatnonzero(ok)
+    if sources is None or len(set(sources[i] for i in idx_ok)) == len(idx_ok):  # one image per photo
+        return lambda rng: rng.choice(idx_ok, size=len(idx_ok), replace=True)
+    groups: dict[str, list[int]] = {}
+    for i in idx_ok:
+        groups.setdefault(sources[i], []).append(int(i))
+    members = [np.asarray(v) for v in groups.values()]
+    return lambda rng: np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
+
+
 def bootstrap_bd(ev: Evaluation, n_boot: int = 200, seed: int = 0,
                  anchor_pre: str = "none") -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
     """95 % intervals of the BD numbers under resampling of the images (paired: one resample of the
-    image set serves every curve), i.e. how much of a BD-rate is just which images were drawn. Keys of
-    each entry: "cubic" and "pchip" (BD-rate), "top1_pchip" (BD-top-1 points)."""
+    image set serves every curve), i.e. how much of a BD-rate is just which images were drawn. Several views
+    of one photo (`ev.sources`) are drawn together, as one sample. Keys of each entry: "cubic" and "pchip"
+    (BD-rate), "top1_pchip" (BD-top-1 points)."""
     import warnings
 
     ok = ev.results[("none",) + RAW].correct >= 0
-    idx_ok = np.flatnonzero(ok)
+    draw = _photo_draw(ok, ev.sources)
     rng = np.random.default_rng(seed)
     samples: dict[tuple[str, str], dict[str, list[float]]] = {}
     for _ in range(n_boot):
-        idx = rng.choice(idx_ok, size=len(idx_ok), replace=True)
+        idx = draw(rng)
         rows = []
         for pre in ev.pres:
             for codec in ev.codecs:
@@ -168,7 +187,7 @@ def markdown(ev: Evaluation, rows: list[dict], bds: list[dict], command: str, ve
     L = [
         "# edgepipe eval: accuracy vs bpp and BD-Rate(accuracy)", "",
         f"Command: `{command}`", "",
-        f"Images: {ev.n_images} evaluated, {ev.n_skipped} skipped (unreadable). "
+        f"Images: {ev.n_images} evaluated{_views_note(ev)}, {ev.n_skipped} skipped (unreadable). "
         f"Operating points chosen on the first {ev.calibration_images} images (anchor, codec alone).", "",
         "BD numbers are `cubic / PCHIP`: cubic = VCEG-M33 polynomial fit (what the paper used), "
         "PCHIP = piecewise cubic Hermite (JCT-VC CTC). Negative BD-rate = fewer bits for the same top-1. "

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.core.datasets import LabelledImage, list_labelled_images, read_rgb
+from edgepipe.core.datasets import LabelledImage, list_labelled_images, read_rgb, source_of
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.fidelity import psnr
 from edgepipe.core.files import atomic_path, sha256_file
@@ -293,6 +293,7 @@ class Evaluation:
     results: dict[tuple[str, str, int], Result] = field(default_factory=dict)  # (pre label, codec, q)
     seconds: float = 0.0
     computed_tasks: int = 0
+    sources: list[str] | None = None     # per image, the photo it shows (core.datasets.source_of): views share one
 
 
 class Runner:
@@ -440,6 +441,7 @@ class Runner:
         for pre in self.pres:
             for s in settings:
                 ev.results[(pre.label, s[0], s[1])] = self._gather(pre, s, chunks)
+        ev.sources = [source_of(it.path) for c in chunks for it in self.chunks[c]]  # the results' order
         first = ev.results[("none",) + RAW]
         ev.n_skipped = int((first.correct < 0).sum())
         ev.n_images = int((first.correct >= 0).sum())

@@ -8,6 +8,10 @@ training loop and `edgepipe holdout` agree without sharing any state.
 - as symbolic links to the originals (the same q~75 JPEGs as val), or
 - `washed=SIZE`: area-downscaled to SIZE x SIZE and saved as PNG, which washes the JPEG block grid out,
   the second validation set the training must also win on (a gain there is not "undoing q75").
+- `washed=(SIZE, SIZE, ...)`: every image at each size, as `<stem>@<SIZE>.png`. The views of one photo meet the
+  codec's quantiser and the recognizer's decision boundary at different pixels, so two pre-transforms that differ
+  by a point of top-1 are told apart with fewer photos; `edgepipe eval` draws its bootstrap over the photos, each
+  with all its views (core.datasets.source_of), so its intervals do not count the views as new photos.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.core.datasets import LabelledImage, list_labelled_images, read_rgb
+from edgepipe.core.datasets import VIEW_MARK, LabelledImage, list_labelled_images, read_rgb
 from edgepipe.core.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
@@ -43,16 +47,20 @@ def holdout_items(items: list[LabelledImage], fraction: float) -> list[LabelledI
     return [i for i in items if is_holdout(i.path, fraction)]
 
 
-def write_holdout(root: str | Path, out: str | Path, fraction: float, washed: int | None = None) -> int:
-    """Write the hold-out of ROOT as OUT/<synset>/...; returns how many images were written."""
+def write_holdout(root: str | Path, out: str | Path, fraction: float,
+                  washed: int | tuple[int, ...] | None = None) -> int:
+    """Write the hold-out of ROOT as OUT/<synset>/...; returns how many files were written (views count)."""
     import cv2
 
     from edgepipe.train.data import center_view
 
     if not 0 < fraction < 1:
         raise EdgepipeError(f"--fraction must be between 0 and 1, got {fraction}")
-    if washed is not None and washed < 8:
-        raise EdgepipeError(f"--washed must be a side of at least 8 pixels, got {washed}")
+    sizes = (washed,) if isinstance(washed, int) else tuple(washed or ())
+    if any(s < 8 for s in sizes):
+        raise EdgepipeError(f"--washed must be sides of at least 8 pixels, got {','.join(map(str, sizes))}")
+    if len(set(sizes)) != len(sizes):
+        raise EdgepipeError(f"--washed lists a size twice: {','.join(map(str, sizes))}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise EdgepipeError(f"{out} exists and is a file or not empty: choose a new folder")
@@ -63,7 +71,7 @@ def write_holdout(root: str | Path, out: str | Path, fraction: float, washed: in
     for item in chosen:
         folder = out / item.path.parent.name
         folder.mkdir(parents=True, exist_ok=True)
-        if washed is None:
+        if not sizes:
             os.symlink(item.path.resolve(), folder / item.path.name)
             written += 1
             continue
@@ -71,10 +79,12 @@ def write_holdout(root: str | Path, out: str | Path, fraction: float, washed: in
         if image is None:
             log.warning("skipping unreadable image %s", item.path)
             continue
-        small = center_view(image, washed) if min(image.shape[:2]) > washed else image
-        ok, buf = cv2.imencode(".png", np.ascontiguousarray(small[..., ::-1]))
-        if not ok:
-            raise EdgepipeError(f"could not write PNG for {item.path}")
-        (folder / (item.path.stem + ".png")).write_bytes(buf.tobytes())
-        written += 1
+        for size in sizes:
+            small = center_view(image, size) if min(image.shape[:2]) > size else image
+            ok, buf = cv2.imencode(".png", np.ascontiguousarray(small[..., ::-1]))
+            if not ok:
+                raise EdgepipeError(f"could not write PNG for {item.path}")
+            name = item.path.stem + (f"{VIEW_MARK}{size}" if len(sizes) > 1 else "") + ".png"
+            (folder / name).write_bytes(buf.tobytes())
+            written += 1
     return written

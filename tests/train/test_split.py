@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgepipe.cli import cli
-from edgepipe.core.datasets import list_labelled_images, read_rgb
+from edgepipe.core.datasets import list_labelled_images, read_rgb, source_of
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.train.data import CropBatches
 from edgepipe.train.split import holdout_items, is_holdout, training_items
@@ -59,10 +59,26 @@ def test_holdout_command_writes_links_and_washed_pngs(small_val_folder: Path, tm
     assert again.exit_code != 0 and "not empty" in again.output and "Traceback" not in again.output
 
 
+def test_several_washed_sizes_write_every_image_at_each_as_views_of_one_photo(small_val_folder: Path,
+                                                                              tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["holdout", "--data", str(small_val_folder), "--out", str(tmp_path / "v"),
+                                   "--fraction", "0.3", "--washed", "144,160"])
+    assert res.exit_code == 0, res.output
+    expected = holdout_items(list_labelled_images(small_val_folder), 0.3)
+    views = list_labelled_images(tmp_path / "v")
+    assert len(views) == 2 * len(expected) and f"{len(views)} images written" in res.output
+    by_photo: dict[str, list[tuple[int, int]]] = {}
+    for v in views:
+        by_photo.setdefault(source_of(v.path), []).append(read_rgb(v.path).shape[:2])
+    assert sorted(by_photo) == sorted(source_of(i.path) for i in expected)
+    assert all(sorted(shapes) == [(144, 144), (160, 160)] for shapes in by_photo.values())
+    assert {v.path.stem.split("@")[1] for v in views} == {"144", "160"}
+
+
 def test_holdout_refuses_a_file_and_a_tiny_washed_size(small_val_folder: Path, tmp_path: Path) -> None:
     target = tmp_path / "a-file"
     target.write_text("x")
-    for extra in ([], ["--washed", "0"]):
+    for extra in ([], ["--washed", "0"], ["--washed", "160,x"], ["--washed", "160,160"]):
         out = target if not extra else tmp_path / "new"
         res = CliRunner().invoke(cli, ["holdout", "--data", str(small_val_folder), "--out", str(out),
                                        "--fraction", "0.3", *extra])
