@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.models.ed import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint
+
 
 class WeightAverage:
     """avg <- d * avg + (1 - d) * w after each step, with d warming up as min(decay, (1 + n) / (10 + n)).
@@ -43,3 +46,40 @@ class WeightAverage:
     def copy_into(self, model: torch.nn.Module) -> torch.nn.Module:
         model.load_state_dict(self.params)
         return model
+
+
+def average_checkpoints(paths: list[str]) -> dict:
+    """One checkpoint whose weights are the mean of several runs' (a "model soup", Wortsman et al. 2022).
+
+    Runs fine-tuned from the same start with different seeds land in one basin, and their mean often beats
+    each of them; runs from different starts do not average into anything useful, so the caller must pass
+    siblings. Every input must have the same architecture. The result carries no optimizer or raw weights,
+    so it can be evaluated, exported and used as `--init`, not resumed.
+    """
+    if len(paths) < 2:
+        raise EdgepipeError("averaging needs at least two checkpoints")
+    ckpts = [read_checkpoint(p) for p in paths]
+    first = ckpts[0]
+    for path, ckpt in zip(paths[1:], ckpts[1:]):
+        if ckpt["config"] != first["config"]:
+            raise EdgepipeError(f"{path} has another ED architecture than {paths[0]}: cannot average them")
+        if ckpt["state_dict"].keys() != first["state_dict"].keys():
+            raise EdgepipeError(f"{path} has other weight names than {paths[0]}: cannot average them")
+    state = {}
+    for k, v in first["state_dict"].items():
+        if v.is_floating_point():
+            state[k] = torch.stack([c["state_dict"][k].float() for c in ckpts]).mean(0).to(v.dtype)
+        else:  # integer buffers (counters) are not weights: keep the first run's
+            state[k] = v.clone()
+    scales: dict[str, list[float]] = {}
+    for c in ckpts:
+        for codec, s in c.get("rate_scale", {}).items():
+            scales.setdefault(codec, []).append(float(s))
+    return {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": first["config"],
+        "state_dict": state, "args": first.get("args", {}),
+        "step": sum(int(c.get("step") or 0) for c in ckpts), "elapsed": sum(float(c.get("elapsed") or 0) for c in ckpts),
+        "device": first.get("device", "cpu"), "done": True,
+        "rate_scale": {codec: sum(v) / len(v) for codec, v in scales.items()},
+        "averaged_from": [str(p) for p in paths],
+    }
