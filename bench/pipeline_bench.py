@@ -3,7 +3,8 @@
     python bench/pipeline_bench.py --out bench/results/pipeline.json
     python bench/pipeline_bench.py --threads auto --threads defaults ...   # thread policies side by side
 
-For each resolution (224x224 from Imagenette val, other sizes from a real fixed-camera clip) and each
+For each resolution (224x224 from Imagenette val, other sizes from a real fixed-camera clip; `224x224:clip`
+the clip at that size) and each
 --threads policy it measures frames/s of source, engine and encoder alone, each with the threads the
 policy gives it in the capture loop (edge/threads.py), and of send+receive, decode and recognizer; the
 serial sum of the four capture stages' times, as a rate; then the capture loop (source -> engine ->
@@ -145,7 +146,8 @@ def bench_resolution(spec, size, engine_spec, n, repeats, qp, gop, preset, class
     n = len(images)
     engine = load_engine(engine_spec, budget.engine_threads())
     engine.run(images[0][None])
-    out = {"resolution": f"{size[0]}x{size[1]}", "frames": n, "engine": engine.model_id, "qp": qp, "gop": gop,
+    out = {"resolution": f"{size[0]}x{size[1]}", "content": "photos" if spec.startswith("folder:") else "clip",
+           "frames": n, "engine": engine.model_id, "qp": qp, "gop": gop,
            "preset": preset, "threads": budget.as_dict(), "stages_fps": {}}
     s = out["stages_fps"]
     s["source"] = median_rate(lambda: read_all(spec, size, n, budget.source), n, repeats, "source")
@@ -277,8 +279,15 @@ def hardware() -> dict:
             "onnxruntime": onnxruntime.__version__}
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    return [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",")]
+def parse_sizes(text: str) -> list[tuple[tuple[int, int], str | None]]:
+    """WxH[:photos|:clip],...: the size, and the content when named (default: photos at 224x224, else the clip)."""
+    out = []
+    for item in text.split(","):
+        size, _, content = item.partition(":")
+        if content not in ("", "photos", "clip"):
+            raise ValueError(f"content must be photos or clip, got {content!r} in {item!r}")
+        out.append((tuple(int(v) for v in size.lower().split("x")), content or None))
+    return out
 
 
 def main() -> None:
@@ -291,7 +300,9 @@ def main() -> None:
     ap.add_argument("--gop", type=int, default=30)
     ap.add_argument("--preset", default="ultrafast")
     ap.add_argument("--sizes", default="224x224,1280x720",
-                    help="WxH,...: 224x224 replays Imagenette val, any other size the car-detection clip")
+                    help="WxH[:photos|:clip],...: 224x224 replays Imagenette val, any other size the car-detection "
+                         "clip; :clip or :photos names the content (224x224:clip: camera frames at a size whose "
+                         "sides divide the ED's stride)")
     ap.add_argument("--threads", action="append", default=None,
                     help="a capture --threads policy; repeat to measure several side by side (default: auto)")
     ap.add_argument("--compare-frames", type=int, default=100, help="frames of the imagezmq comparison; 0: skip it")
@@ -308,8 +319,13 @@ def main() -> None:
     classifier = Classifier("efficientnet-lite0")
     result = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "hardware": hardware(),
               "date": time.strftime("%Y-%m-%d"), "load_average_at_start": load_average(), "resolutions": []}
-    for size in parse_sizes(args.sizes):
-        spec = f"folder:{val}" if size == (224, 224) else str(clip)
+    try:
+        sizes = parse_sizes(args.sizes)
+    except ValueError as exc:
+        ap.error(f"--sizes: {exc}")
+    for size, content in sizes:
+        photos = content == "photos" or (content is None and size == (224, 224))
+        spec = f"folder:{val}" if photos else str(clip)
         for policy in policies:
             r = bench_resolution(spec, size, engine_spec, args.frames, args.repeats, args.qp, args.gop, args.preset,
                                  classifier, policy)

@@ -8,6 +8,8 @@ middle; it is what the checkpoint ships (`state_dict`), while the raw weights tr
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from edgepipe.core.errors import EdgepipeError
@@ -82,4 +84,7 @@ def average_checkpoints(paths: list[str]) -> dict:
         "device": first.get("device", "cpu"), "done": True,
         "rate_scale": {codec: sum(v) / len(v) for codec, v in scales.items()},
         "averaged_from": [str(p) for p in paths],
+        # what each run was, so a card can give every command that reproduces the average
+        "members": [{"name": Path(p).stem, "args": c.get("args", {}), "step": c.get("step"),
+                     "elapsed": c.get("elapsed"), "device": c.get("device", "cpu")} for p, c in zip(paths, ckpts)],
     }

@@ -104,6 +104,22 @@ def _bd_table(eval_dir: Path, name: str) -> list[str]:
     return out if rows else []
 
 
+def _steps(ckpt: dict, args: dict) -> str:
+    members = ckpt.get("members") or []
+    if not members:
+        return f"{ckpt.get('step')} steps of {args.get('batch_size')} crops"
+    steps = ", ".join(f"{m['step']:,}" for m in members)
+    return (f"the mean of the weights of {len(members)} runs of one recipe (a weight soup: {steps} steps of "
+            f"{args.get('batch_size')} crops, {ckpt.get('step'):,} in all)")
+
+
+def _seeds(ckpt: dict, args: dict) -> str:
+    members = ckpt.get("members") or []
+    if not members:
+        return f"seed {args.get('seed')}"
+    return "seeds " + ", ".join(str(m["args"].get("seed")) for m in members)
+
+
 def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, notes: str, out: Path,
                eval_dir: Path | None = None, name: str | None = None) -> None:
     ckpt = read_checkpoint(checkpoint)
@@ -111,6 +127,7 @@ def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, notes: str,
     name = name or checkpoint.stem
     m = metrics
     flags = [f"{k}={args[k]}" for k in ("rescale_min", "rescale_max", "holdout") if args.get(k) not in (None, 1.0, 0.0)]
+    members = ckpt.get("members") or []
     lines = [
         f"# `{name}`: ED pre-transform ({'bypass' if model.config.bypass else 'no bypass'})", "",
         "| | |", "|---|---|",
@@ -125,13 +142,14 @@ def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, notes: str,
         f"{model.config.stem_stride}, {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"**{flops_per_pixel(model) / 1e3:.1f} kFLOP/pixel** |",
         f"| Reconstruction warm-up | {args.get('recon_warmup', 0)} steps of MSE(ED(x), x) |",
-        f"| Steps | {ckpt.get('step')} steps of {args.get('batch_size')} crops"
+        f"| Steps | {_steps(ckpt, args)}"
         + (f", fine-tuning `{Path(args['init']).name}` (its own steps not counted)" if args.get("init") else "") + " |",
         f"| Crop | {args.get('crop')}×{args.get('crop')} random crops, horizontal flips |",
         f"| Optimiser | Adam, lr {args.get('lr')}"
-        + (f", {args['finetune_lr']} after the warm-up" if args.get("finetune_lr") else "") + f", seed {args.get('seed')} |",
+        + (f", {args['finetune_lr']} after the warm-up" if args.get("finetune_lr") else "") + f", {_seeds(ckpt, args)} |",
         f"| Training time | {ckpt.get('elapsed', 0) / 60:.1f} min wall clock of training steps "
-        f"on {ckpt.get('device', 'cpu')} (validation and checkpoints not counted) |",
+        f"on {ckpt.get('device', 'cpu')}{' (all runs together)' if members else ''} "
+        "(validation and checkpoints not counted) |",
         "",
     ]
     if eval_dir is not None and (table := _bd_table(eval_dir, name)):
@@ -150,12 +168,17 @@ def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, notes: str,
         f"{m['bpp_ed']:.4f} | {-100 * m['bpp_saving']:+.1f} % |",
         "",
         "## Reproduce", "", "```",
-        command_of(args, f"runs/final/{name}.pt"),
+        *([command_of(m["args"], f"runs/final/{m['name']}.pt") for m in members]
+          + ["python bench/average_checkpoints.py " + " ".join(f"runs/final/{m['name']}.pt" for m in members)
+             + f" --out runs/final/{name}.pt"] if members else [command_of(args, f"runs/final/{name}.pt")]),
         f"edgepipe export runs/final/{name}.pt --onnx edgepipe/data/models/{name}.onnx "
         "--check-data ../shared/data/imagenette/val",
         "```", "",
-        "The `.pt` next to this card is the training checkpoint (model, optimiser, step, arguments, validation "
-        "history); the `.onnx` is its export (opset 17, dynamic batch, H and W).",
+        ("The `.pt` next to this card is the average of the runs' weights, with each run's arguments, steps and "
+         "time (no optimiser: it can be evaluated, exported and trained on with --init, not resumed)"
+         if members else
+         "The `.pt` next to this card is the training checkpoint (model, optimiser, step, arguments, validation "
+         "history)") + "; the `.onnx` is its export (opset 17, dynamic batch, H and W).",
     ]
     if notes:
         lines += ["", "## Notes", "", notes.strip()]

@@ -33,6 +33,7 @@ def test_the_average_is_the_mean_of_the_weights_and_loads_as_a_model(tmp_path: P
     assert soup["rate_scale"] == {"hevc": 2.0}
     assert soup["step"] == 150 and soup["args"] == {"seed": 1}
     assert soup["averaged_from"] == [a, b]
+    assert [(m["name"], m["args"], m["step"]) for m in soup["members"]] == [("a", {"seed": 1}, 100), ("b", {"seed": 2}, 50)]
     out = tmp_path / "soup.pt"
     torch.save(soup, out)
     x = torch.rand(1, 3, 32, 32)

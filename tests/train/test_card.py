@@ -40,3 +40,33 @@ def test_every_setting_is_a_flag_with_help() -> None:
     assert set(options) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert all(p.help for p in options.values())
     assert options["bypass"].opts == ["--no-bypass"] and options["tv_kind"].opts == ["--tv"]
+
+
+def test_a_soup_card_gives_every_run_and_the_average(tmp_path) -> None:
+    """A checkpoint averaged from sibling runs: its card names the runs, their seeds and steps, and reproduces it
+    as one train command per run, then the average, then the export."""
+    import torch
+
+    from edgepipe.models.ed import EDConfig, EncoderDecoder, save_checkpoint
+    from edgepipe.train.averaging import average_checkpoints
+    from edgepipe.train.card import write_card
+
+    paths = []
+    for seed, steps in ((61, 4700), (62, 4650)):
+        cfg = TrainConfig(data="d", out="o", init="edgepipe/data/models/ours.pt", seed=seed, lambda_mse=5.0)
+        path = tmp_path / f"w{seed}.pt"
+        save_checkpoint(path, EncoderDecoder(EDConfig()), args=cfg.args(), step=steps, elapsed=660.0, device="cuda")
+        paths.append(str(path))
+    soup = tmp_path / "ours.pt"
+    torch.save(average_checkpoints(paths), soup)
+    metrics = {"val_images": 10, "bpp_images": 5, "top1_input": 0.7, "top1_ed": 0.72, "psnr_ed": 24.0,
+               "bpp_input": 1.0, "bpp_ed": 0.9, "bpp_saving": 0.1}
+    write_card(soup, metrics, 32, "", tmp_path / "ours.md")
+    card = (tmp_path / "ours.md").read_text()
+    assert "weight soup: 4,700, 4,650 steps" in card and "9,350 in all" in card and "seeds 61, 62" in card
+    block = card.split("```")[1].strip().splitlines()
+    assert [parsed(line).seed for line in block[:2]] == [61, 62]
+    assert [parsed(line).out for line in block[:2]] == ["runs/final/w61.pt", "runs/final/w62.pt"]
+    assert block[2] == "python bench/average_checkpoints.py runs/final/w61.pt runs/final/w62.pt --out runs/final/ours.pt"
+    assert block[3].startswith("edgepipe export runs/final/ours.pt")
+    assert "22.0 min" in card and "no optimiser" in card
