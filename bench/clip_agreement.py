@@ -12,6 +12,11 @@ often has p < 0.02); the last two are steadier (issue 14). `ed_*` fields: the pr
 any codec against the reference, i.e. what the pre-transform alone changes. BD-Rate of each quality measure
 (KL as its negative) against `none` uses the evaluation's BD code; negative means the same quality for fewer
 bits.
+
+`--compare-to NAME` (one of --pre) adds, for each other pre-transform, its top-5-overlap BD against NAME
+(BD-rate, and BD-overlap: points of top-5 overlap at equal bits, PCHIP) with 95 % intervals from a paired block
+bootstrap: the sampled frames of a clip in blocks of --block (consecutive frames are not independent), the
+same resampled blocks for both pre-transforms.
 """
 from __future__ import annotations
 
@@ -60,9 +65,46 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def top5_overlap(logits: np.ndarray, ref_logits: np.ndarray) -> float:
+def top5_overlaps(logits: np.ndarray, ref_logits: np.ndarray) -> np.ndarray:
+    """Per frame: classes shared by the two top-5 lists, / 5."""
     top, ref = np.argsort(-logits, 1)[:, :5], np.argsort(-ref_logits, 1)[:, :5]
-    return float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top, ref)]))
+    return np.array([len(set(a) & set(b)) / 5 for a, b in zip(top, ref)])
+
+
+def top5_overlap(logits: np.ndarray, ref_logits: np.ndarray) -> float:
+    return float(np.mean(top5_overlaps(logits, ref_logits)))
+
+
+def paired_overlap_bd(anchor: dict, test: dict, block: int, n_boot: int = 200, seed: int = 0) -> dict:
+    """BD of `test` against `anchor` on top-5 overlap, with a paired block bootstrap over frames. Each argument:
+    {clip: {qp: (bits per frame, overlap per frame)}}; the clips' blocks are pooled."""
+    import warnings
+
+    def bd(pick):
+        curves = []
+        for arrays in (anchor, test):
+            rates, quality = [], []
+            for qp in QPS:
+                bits = np.concatenate([arrays[c][qp][0][i] for c, i in pick])
+                over = np.concatenate([arrays[c][qp][1][i] for c, i in pick])
+                rates.append(bits.mean())
+                quality.append(over.mean())
+            curves += [np.array(rates), np.array(quality)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c = compare(*curves)
+        return c.rate_pchip, 100 * c.quality_pchip
+    blocks = [(c, np.arange(len(anchor[c][QPS[0]][0]))[i:i + block]) for c in anchor
+              for i in range(0, len(anchor[c][QPS[0]][0]), block)]
+    rate, points = bd(blocks)
+    rng = np.random.default_rng(seed)
+    draws = [bd([blocks[j] for j in rng.integers(0, len(blocks), len(blocks))]) for _ in range(n_boot)]
+    r = np.array([d[0] for d in draws], float)
+    q = np.array([d[1] for d in draws], float)
+    r, q = r[np.isfinite(r)], q[np.isfinite(q)]
+    ci = lambda v: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) >= 0.9 * n_boot else None
+    return {"bd_rate_top5_pchip_pct": rate, "bd_rate_ci95": ci(r), "bd_top5_overlap_pchip_pts": points,
+            "bd_top5_overlap_ci95": ci(q), "blocks": len(blocks), "block": block}
 
 
 def mean_kl(logits: np.ndarray, ref_logits: np.ndarray) -> float:
@@ -106,8 +148,15 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=40, help="frames per clip")
     ap.add_argument("--start", type=float, default=0.0,
                     help="skip this fraction of each clip first (0.7: only the part `train --frames` never saw)")
+    ap.add_argument("--compare-to", default=None, help="one of --pre: every other one's paired BD against it, "
+                    "with block-bootstrap intervals")
+    ap.add_argument("--block", type=int, default=10, help="sampled frames per bootstrap block")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "clip_agreement.json"))
     args = ap.parse_args()
+    specs = [s.strip() for s in args.pre.split(",") if s.strip()]
+    if args.compare_to is not None and args.compare_to not in specs:
+        print(f"clip_agreement: --compare-to {args.compare_to} is not one of --pre", file=sys.stderr)
+        return 2
 
     clips = sorted(Path(args.clips).glob("*.mp4"))
     if not clips:
@@ -118,18 +167,22 @@ def main() -> int:
     reference = {name: classifier.logits(f) for name, f in frames.items()}
     started = time.time()
     rows = []
-    for spec in [s.strip() for s in args.pre.split(",") if s.strip()]:
+    per_frame: dict[str, dict] = {}  # spec -> clip -> qp -> (bits per frame, top-5 overlap per frame)
+    for spec in specs:
         engine = load_engine(spec)
         for name, source in frames.items():
             out = engine.run(source)
             uncoded = measures(classifier.logits(out), reference[name], "ed_")
             for qp in QPS:
-                decoded, bits = [], 0
+                decoded, sizes = [], []
                 for f in out:
                     data = encode_image("hevc", f, qp)
-                    bits += len(data)
+                    sizes.append(8 * len(data))
                     decoded.append(decode_image("hevc", data, f.shape[1], f.shape[0]))
+                bits = sum(sizes) // 8
                 logits = classifier.logits(np.stack(decoded))
+                per_frame.setdefault(spec, {}).setdefault(name, {})[qp] = (
+                    np.array(sizes, float) / (out.shape[1] * out.shape[2]), top5_overlaps(logits, reference[name]))
                 rows.append({"pre": spec, "clip": name, "qp": qp, "frames": len(out),
                              "bpp": bits_per_pixel(bits, out.shape[2], out.shape[1]) / len(out),
                              **measures(logits, reference[name]), **uncoded})
@@ -149,8 +202,21 @@ def main() -> int:
                 return (np.array([np.mean([r["bpp"] for r in v]) for v in by_qp.values()]),
                         sign * np.array([np.mean([r[key] for r in v]) for v in by_qp.values()]))
             bd.append(bd_entry(spec, pres[0], name, QUALITY, curve))
+    paired = []
+    if args.compare_to is not None:
+        for spec in specs:
+            if spec != args.compare_to:
+                p = {"pre": spec, "against": args.compare_to,
+                     **paired_overlap_bd(per_frame[args.compare_to], per_frame[spec], args.block)}
+                paired.append(p)
+                span = lambda v: "[n/a]" if v is None else f"[{v[0]:+.2f}, {v[1]:+.2f}]"
+                print(f"paired {spec} vs {args.compare_to}, both clips: top-5 overlap BD-rate (PCHIP) "
+                      f"{p['bd_rate_top5_pchip_pct']:+.1f} % {span(p['bd_rate_ci95'])}, BD-overlap "
+                      f"{p['bd_top5_overlap_pchip_pts']:+.2f} points {span(p['bd_top5_overlap_ci95'])} "
+                      f"({p['blocks']} blocks of {args.block} frames)")
     result = {"command": " ".join(sys.argv), "every": args.every, "limit": args.limit, "start": args.start, "qps": QPS,
-              "seconds": round(time.time() - started, 1), "machine": platform.platform(), "rows": rows, "bd": bd}
+              "seconds": round(time.time() - started, 1), "machine": platform.platform(), "rows": rows, "bd": bd,
+              "paired": paired}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
