@@ -98,7 +98,8 @@ def simulate(curves: dict, settings: LoopSettings, start_qp: int, fps: float, go
         change = ctl.tick(now)
         if change is not None:
             wanted, wanted_at = change.qp, t
-        if trial is not None and t % poll_every == 0:
+        # as the monitor (ClosedLoop.tick): no trial starts while a QP change is on its way
+        if trial is not None and t % poll_every == 0 and (trial.active or (change is None and ctl.asked is None)):
             spec = trial.poll(now, ctl.agreement_per_qp(now))
             ctl.frozen = trial.active
             if spec is not None:

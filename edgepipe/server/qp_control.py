@@ -368,8 +368,11 @@ class ClosedLoop:
             retries = [(sid, qp) for sid, qp in self._unsent_qp.items()
                        if self.controllers[sid].asked == qp]
             engines = []
+            asking = {sid for sid, change in changes if change is not None}
             for sid, trial in self.engine_trials.items():
                 c = self.controllers[sid]
+                if not trial.active and (sid in asking or c.asked is not None):
+                    continue  # a QP change is on its way: a trial started at the old QP would be aborted by it
                 spec = trial.poll(t, c.agreement_per_qp(t))
                 c.frozen = trial.active
                 if spec is not None:

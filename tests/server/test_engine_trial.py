@@ -228,3 +228,45 @@ def test_a_trial_whose_engine_is_shown_worse_ends_early_back_on_a():
     same, cap = EngineTrial(settings(cycles=6, early_cycles=3)), Capture()
     run(same, cap, 600, noisy(0.0))
     assert same.trace[0]["cycles"] == 6 and same.trace[0]["verdict"] == "a" and "ended_early" not in same.counts
+
+
+def test_no_trial_starts_in_the_tick_that_asks_for_a_new_qp():
+    """Live (runs/live_trial), a trial started in the same tick as a QP request, and the new QP ended it two seconds
+    later as `aborted: qp_changed`. No trial starts now in a tick that sends a QP change, nor while one is on its
+    way (asked, not yet seen in the frames)."""
+    from edgepipe.server.qp_control import Change
+
+    class Controller:
+        def __init__(self):
+            self.change, self.frozen, self.asked = None, False, None
+
+        def tick(self, t):
+            return self.change
+
+        def agreement_per_qp(self, t):
+            return None
+
+    class Trial:
+        active = False
+
+        def __init__(self):
+            self.polls = []
+
+        def poll(self, t, per_qp):
+            self.polls.append(t)
+            return "ours"
+
+    asked, engines = [], []
+    loop = ClosedLoop(LoopSettings(target=0.85), lambda sid, qp: asked.append(qp) or True, trials=settings(),
+                      send_engine=lambda sid, spec: engines.append(spec) or True)
+    controller, trial = Controller(), Trial()
+    loop.controllers["cam"], loop.engine_trials["cam"] = controller, trial
+    controller.change = Change(qp=36, reason="coarser", at=10.0, from_qp=34)
+    loop.tick(10.0)
+    assert asked == [36] and trial.polls == [] and engines == []
+    controller.change, controller.asked = None, 36  # asked, not yet answered by frames at QP 36
+    loop.tick(11.0)
+    assert trial.polls == [] and engines == []
+    controller.asked = None  # the capture obeyed
+    loop.tick(12.0)
+    assert trial.polls == [12.0] and engines == ["ours"]
