@@ -102,7 +102,8 @@ def paired_overlap_bd(anchor: dict, test: dict, block: int, n_boot: int = 200, s
     r = np.array([d[0] for d in draws], float)
     q = np.array([d[1] for d in draws], float)
     r, q = r[np.isfinite(r)], q[np.isfinite(q)]
-    ci = lambda v: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) >= 0.9 * n_boot else None
+    def ci(v: np.ndarray) -> list[float] | None:  # none from fewer than 90 % valid resamples: it would be biased
+        return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) >= 0.9 * n_boot else None
     return {"bd_rate_top5_pchip_pct": rate, "bd_rate_ci95": ci(r), "bd_top5_overlap_pchip_pts": points,
             "bd_top5_overlap_ci95": ci(q), "blocks": len(blocks), "block": block}
 
@@ -123,6 +124,10 @@ def measures(logits: np.ndarray, ref_logits: np.ndarray, prefix: str = "") -> di
 
 
 QUALITY = ("agreement", "p_reference", "top5_overlap", "kl")  # kl enters BD as -kl (lower is better)
+
+
+def _span(interval: list[float] | None) -> str:
+    return "[n/a]" if interval is None else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]"
 
 
 def bd_entry(spec: str, anchor: str, name: str, keys, curve) -> dict:
@@ -209,10 +214,9 @@ def main() -> int:
                 p = {"pre": spec, "against": args.compare_to,
                      **paired_overlap_bd(per_frame[args.compare_to], per_frame[spec], args.block)}
                 paired.append(p)
-                span = lambda v: "[n/a]" if v is None else f"[{v[0]:+.2f}, {v[1]:+.2f}]"
                 print(f"paired {spec} vs {args.compare_to}, both clips: top-5 overlap BD-rate (PCHIP) "
-                      f"{p['bd_rate_top5_pchip_pct']:+.1f} % {span(p['bd_rate_ci95'])}, BD-overlap "
-                      f"{p['bd_top5_overlap_pchip_pts']:+.2f} points {span(p['bd_top5_overlap_ci95'])} "
+                      f"{p['bd_rate_top5_pchip_pct']:+.1f} % {_span(p['bd_rate_ci95'])}, BD-overlap "
+                      f"{p['bd_top5_overlap_pchip_pts']:+.2f} points {_span(p['bd_top5_overlap_ci95'])} "
                       f"({p['blocks']} blocks of {args.block} frames)")
     result = {"command": " ".join(sys.argv), "every": args.every, "limit": args.limit, "start": args.start, "qps": QPS,
               "seconds": round(time.time() - started, 1), "machine": platform.platform(), "rows": rows, "bd": bd,

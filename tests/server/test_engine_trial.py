@@ -231,7 +231,7 @@ def test_a_trial_whose_engine_is_shown_worse_ends_early_back_on_a():
 
 
 def test_no_trial_starts_in_the_tick_that_asks_for_a_new_qp():
-    """Live (runs/live_trial), a trial started in the same tick as a QP request, and the new QP ended it two seconds
+    """Live (bench/live_trial.sh), a trial started in the same tick as a QP request, and the new QP ended it two seconds
     later as `aborted: qp_changed`. No trial starts now in a tick that sends a QP change, nor while one is on its
     way (asked, not yet seen in the frames)."""
     from edgepipe.server.qp_control import Change
