@@ -114,6 +114,21 @@ class _Window:
         return self.total / self.pairs if self.pairs else math.nan
 
 
+@dataclass(frozen=True)
+class _Score:
+    """The cycles so far, B against its A neighbours: log bytes and agreement gain (means and standard errors), and
+    what they show at 95 %."""
+    rate: float | None  # log bits per unit of agreement at this QP (the loop's exchange rate), None if unknown
+    bits: float
+    bits_se: float
+    gain: float
+    gain_se: float
+    cycles: int
+    saves_bits: bool
+    gains_agreement: bool
+    worse: bool
+
+
 @dataclass
 class EngineTrial:
     """One stream's trials. `frame` and `pair` take what comes; `poll` says which engine to ask for."""
@@ -192,7 +207,7 @@ class EngineTrial:
         # One early look, after early_cycles whole cycles (a B window with its closing A): looking after every
         # cycle would test the same trial again and again, and call an equal engine worse far more than 1 in 20.
         done = (len(self.windows) - 1) // 2
-        if len(self.windows) % 2 and done == s.early_cycles and self._score(agreement_per_qp)["worse"]:
+        if len(self.windows) % 2 and done == s.early_cycles and self._score(agreement_per_qp).worse:
             return self._verdict(now, agreement_per_qp)
         a, b = self.windows[0].model, self.windows[1].model
         self.windows.append(_Window(b if len(self.windows) % 2 else a))
@@ -244,7 +259,7 @@ class EngineTrial:
         self._end(now, {"windows": len(self.windows), "verdict": f"aborted: {cause}"})
         return self.settings.spec_of(back) if self.model != back else None
 
-    def _score(self, agreement_per_qp: float | None) -> dict:
+    def _score(self, agreement_per_qp: float | None) -> _Score:
         """The cycles so far: B's log bytes and agreement gain against its A neighbours, and what they show."""
         s = self.settings
         w = self.windows
@@ -264,23 +279,22 @@ class EngineTrial:
         gains_agreement = least_gain > 0 and (most_bits - least_gain * rate < -s.margin if rate is not None
                                               else bits <= 0)
         worse = (gain + t * gain_se < -tolerance and bits > -s.margin) or (bits - t * bits_se > s.margin and gain <= 0)
-        return {"rate": rate, "bits": bits, "bits_se": bits_se, "gain": gain, "gain_se": gain_se, "cycles": len(gains),
-                "saves_bits": saves_bits, "gains_agreement": gains_agreement, "worse": worse}
+        return _Score(rate, bits, bits_se, gain, gain_se, len(gains), saves_bits, gains_agreement, worse)
 
     def _verdict(self, now: float, agreement_per_qp: float | None) -> str | None:
         s, w = self.settings, self.windows
         score = self._score(agreement_per_qp)
-        rate, bits, bits_se, gain, gain_se = (score[k] for k in ("rate", "bits", "bits_se", "gain", "gain_se"))
-        saves_bits, gains_agreement, worse = score["saves_bits"], score["gains_agreement"], score["worse"]
+        rate, bits, bits_se, gain, gain_se = score.rate, score.bits, score.bits_se, score.gain, score.gain_se
+        saves_bits, gains_agreement, worse = score.saves_bits, score.gains_agreement, score.worse
         wins = saves_bits or gains_agreement
-        early = score["cycles"] < s.cycles
+        early = score.cycles < s.cycles
         self.spacing = 1 if wins else min(8, self.spacing * 2)
         if early:
             self.counts["ended_early"] += 1
         self.counts["b_won" if wins else "a_kept"] += 1
         a_model, b_model = w[0].model, w[1].model
         self._end(now, {"bytes_ratio": round(math.exp(bits), 4), "log_bytes_se": round(bits_se, 4),
-                        "agreement_gain": round(gain, 4), "agreement_se": round(gain_se, 4), "cycles": score["cycles"],
+                        "agreement_gain": round(gain, 4), "agreement_se": round(gain_se, 4), "cycles": score.cycles,
                         "bits_per_agreement": None if rate is None else round(rate, 2),
                         "verdict": "b" if wins else "a",
                         "why": "fewer bits" if saves_bits else "more agreement" if gains_agreement else
