@@ -48,10 +48,12 @@ def list_labelled_images(root: str | Path) -> list[LabelledImage]:
 
 
 def source_of(path: str | Path) -> str:
-    """`<synset>/<stem>` of the image a file shows: views written as `<stem>@<view>.<ext>` share their source's,
-    so a bootstrap over images can draw a source with all its views (they are not independent samples)."""
+    """`<synset>/<stem>` of the image a file shows: views written as `<stem>@<size>.<ext>` share their source's,
+    so a bootstrap over images can draw a source with all its views (they are not independent samples). Only a
+    number after the mark makes a view: a user's `photo@home.jpg` is its own photo."""
     path = Path(path)
-    return f"{path.parent.name}/{path.stem.split(VIEW_MARK)[0]}"
+    stem, mark, view = path.stem.rpartition(VIEW_MARK)
+    return f"{path.parent.name}/{stem if mark and stem and view.isdigit() else path.stem}"
 
 
 def read_rgb(path: str | Path) -> np.ndarray | None:

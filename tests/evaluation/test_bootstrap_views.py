@@ -35,3 +35,9 @@ def test_views_of_a_photo_are_drawn_together_and_unreadable_ones_never():
         assert sum(n // (2 if p == "n01440764/img1" else 3) for p, n in counts.items()) == 6  # six photos a resample
         seen_photos |= set(photos)
     assert len(seen_photos) == 6
+
+
+def test_only_a_number_after_the_mark_makes_a_view():
+    assert source_of("n01440764/img3@160.png") == "n01440764/img3"
+    assert source_of("n01440764/photo@home.jpg") == "n01440764/photo@home"
+    assert source_of("n01440764/@160.png") == "n01440764/@160"
