@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
@@ -51,18 +52,21 @@ def to_model_input(frames: np.ndarray, out: np.ndarray | None = None) -> np.ndar
 
 
 def from_model_output(x: np.ndarray) -> np.ndarray:
-    """float NCHW in [0, 1] -> uint8 NHWC RGB, rounded and clamped to valid pixels.
+    """float NCHW in [0, 1] -> uint8 NHWC RGB, rounded (half to even) and clamped to valid pixels; NaN -> 0.
 
-    Two buffers, four passes: scale into one float temporary, round and clamp it in place, then one strided
-    copy both casts and transposes into the contiguous frame the encoder takes. (It was five passes and five
-    buffers; the values are the same: the same float operations in the same precision as x.)
+    OpenCV scales, rounds and saturates each plane in one pass (in double precision, so exactly
+    rint(x * 255)), then interleaves the planes into the contiguous frame the encoder takes: 0.8 ms for a
+    720p frame where numpy's strided casting copy took 6.8 (bench/engine_io_speed.py).
     """
-    y = np.multiply(x, 255.0)
-    y += 0.5
-    np.clip(y, 0, 255, out=y)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     n, c, h, w = x.shape
     out = np.empty((n, h, w, c), np.uint8)
-    np.copyto(out, y.transpose(0, 2, 3, 1), casting="unsafe")  # truncation, as astype: y >= 0, so rounding
+    for i in range(n):
+        planes = [cv2.multiply(x[i, k], 255.0, dtype=cv2.CV_8U) for k in range(c)]
+        if c == 1:
+            out[i, :, :, 0] = planes[0]
+        else:
+            cv2.merge(planes, dst=out[i])
     return out
 
 

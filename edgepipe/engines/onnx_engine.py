@@ -80,6 +80,7 @@ class OnnxEngine:
         odd, even = (3 * a + 1, 5 * a + 3), (4 * a, 6 * a)  # check sizes: odd sides (crops at work), aligned
         generic = copy.deepcopy(model)
         n = onnx_graph.pixel_shuffle_as_conv_transpose(generic)
+        n += onnx_graph.depth_to_space_as_conv_transpose(generic)
         if n:
             session = self._checked(ort, generic, options, odd, path, "pixel-shuffle as ConvTranspose")
             if session is not None:

@@ -40,7 +40,9 @@ def _batches(photos: list[np.ndarray]) -> list[np.ndarray]:
 def test_the_rewritten_graph_gives_the_files_pixels(name, photos):
     fast, plain = OnnxEngine(MODELS / f"{name}.onnx", threads=1), OnnxEngine(MODELS / f"{name}.onnx", threads=1,
                                                                              rewrite=False)
-    assert fast.rewrites == ["conv_transpose:2", f"without_crops:{8 if name == 'ours-fast' else 4}"]
+    # ours-fast's last DepthToSpace follows a 3x3 conv: rewritten alone, with 0/1 weights
+    assert fast.rewrites == [f"conv_transpose:{3 if name == 'ours-fast' else 2}",
+                             f"without_crops:{8 if name == 'ours-fast' else 4}"]
     assert plain.rewrites == [] and fast.model_id == plain.model_id  # the same model, by its weights
     for batch in _batches(photos):
         got, ref = fast.run(batch), plain.run(batch)
@@ -73,6 +75,50 @@ def test_the_export_has_the_pattern_and_the_rewrite_removes_it():
     assert onnx_graph.without_crops(model) == 4
     assert "Slice" not in [n.op_type for n in model.graph.node]
     onnx.checker.check_model(model)
+
+
+def test_ours_fast_keeps_one_depth_to_space_that_the_second_rewrite_removes():
+    import onnx
+
+    model = onnx.load(str(MODELS / "ours-fast.onnx"))
+    assert onnx_graph.pixel_shuffle_as_conv_transpose(model) == 2
+    assert [n.op_type for n in model.graph.node].count("DepthToSpace") == 1
+    assert onnx_graph.depth_to_space_as_conv_transpose(model) == 1
+    assert "DepthToSpace" not in [n.op_type for n in model.graph.node]
+    assert onnx_graph.alignment(model) == 8
+    onnx.checker.check_model(model)
+
+
+@pytest.mark.parametrize("mode", ["CRD", "DCR"])
+@pytest.mark.parametrize("fed_by_conv", [True, False])
+def test_depth_to_space_as_conv_transpose_is_exact(mode, fed_by_conv):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    nodes, inits = [], []
+    if fed_by_conv:  # a 3x3 conv, as in ours-fast; otherwise the channel count comes from shape inference
+        inits.append(numpy_helper.from_array(rng.standard_normal((12, 5, 3, 3)).astype(np.float32), "w"))
+        nodes.append(helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]))
+        c_in = 5
+    else:
+        nodes.append(helper.make_node("Relu", ["x"], ["h"]))
+        c_in = 12
+    nodes.append(helper.make_node("DepthToSpace", ["h"], ["y"], blocksize=2, mode=mode))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", c_in, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert onnx_graph.depth_to_space_as_conv_transpose(rewritten) == 1
+    assert [n.op_type for n in rewritten.graph.node][-1] == "ConvTranspose"
+    x = rng.standard_normal((2, c_in, 5, 7)).astype(np.float32)
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+           for m in (model, rewritten)]
+    assert run[0].shape == run[1].shape == (2, 3, 10, 14)
+    assert np.array_equal(run[0], run[1])  # each output pixel is one input value times one
 
 
 def test_a_graph_without_the_pattern_is_left_alone(tmp_path):
