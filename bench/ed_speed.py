@@ -164,6 +164,7 @@ def _rewritten(ort, path: Path, options):
     model = onnx.load(str(path))
     a = onnx_graph.alignment(model)
     onnx_graph.pixel_shuffle_as_conv_transpose(model)
+    onnx_graph.depth_to_space_as_conv_transpose(model)
     aligned = copy.deepcopy(model)
     onnx_graph.without_crops(aligned)
     generic, aligned = (ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
