@@ -1,6 +1,6 @@
 """Exact rewrites of an exported ED graph that ONNX Runtime's CPU provider runs faster (issue 13 item 2).
 
-Both keep the model's function; measured in bench/ed_speed.py and docs/benchmarks.md.
+Each keeps the model's function; measured in bench/ed_speed.py and docs/benchmarks.md.
 
 - `pixel_shuffle_as_conv_transpose`: a 1x1 Conv followed by DepthToSpace (PyTorch's conv + pixel-shuffle, CRD
   mode) is one ConvTranspose with kernel = stride = the block size. ORT's DepthToSpace is a slow strided copy
