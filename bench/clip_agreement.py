@@ -179,17 +179,17 @@ def main() -> int:
             out = engine.run(source)
             uncoded = measures(classifier.logits(out), reference[name], "ed_")
             for qp in QPS:
-                decoded, sizes = [], []
+                decoded, sizes = [], []  # sizes: bytes per frame
                 for f in out:
                     data = encode_image("hevc", f, qp)
-                    sizes.append(8 * len(data))
+                    sizes.append(len(data))
                     decoded.append(decode_image("hevc", data, f.shape[1], f.shape[0]))
-                bits = sum(sizes) // 8
                 logits = classifier.logits(np.stack(decoded))
                 per_frame.setdefault(spec, {}).setdefault(name, {})[qp] = (
-                    np.array(sizes, float) / (out.shape[1] * out.shape[2]), top5_overlaps(logits, reference[name]))
+                    np.array([bits_per_pixel(s, out.shape[2], out.shape[1]) for s in sizes]),
+                    top5_overlaps(logits, reference[name]))
                 rows.append({"pre": spec, "clip": name, "qp": qp, "frames": len(out),
-                             "bpp": bits_per_pixel(bits, out.shape[2], out.shape[1]) / len(out),
+                             "bpp": bits_per_pixel(sum(sizes), out.shape[2], out.shape[1]) / len(out),
                              **measures(logits, reference[name]), **uncoded})
                 r = rows[-1]
                 print(f"{spec:>12s} {name:>36s} QP {qp}: {r['bpp']:.4f} bpp, agreement {r['agreement']:.3f}, "

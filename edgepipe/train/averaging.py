@@ -55,8 +55,9 @@ def average_checkpoints(paths: list[str]) -> dict:
 
     Runs fine-tuned from the same start with different seeds land in one basin, so their mean is a model too,
     with less of any one run's noise (in sweep 9 it scored near its members' mean, not above them); runs from
-    different starts do not average into anything useful, so the caller must pass siblings. Every input must have the same architecture. The result carries no optimizer or raw weights,
-    so it can be evaluated, exported and used as `--init`, not resumed.
+    different starts do not average into anything useful, so the caller must pass siblings. Every input must
+    have the same architecture. The result carries no optimizer or raw weights, so it can be evaluated,
+    exported and used as `--init`, not resumed.
     """
     if len(paths) < 2:
         raise EdgepipeError("averaging needs at least two checkpoints")

@@ -120,6 +120,15 @@ def _seeds(ckpt: dict, args: dict) -> str:
     return "seeds " + ", ".join(str(m["args"].get("seed")) for m in members)
 
 
+def _train_commands(args: dict, members: list[dict], name: str) -> list[str]:
+    """The commands that make runs/final/<name>.pt: one train command, or one per run of a soup and the average."""
+    if not members:
+        return [command_of(args, f"runs/final/{name}.pt")]
+    runs = [f"runs/final/{m['name']}.pt" for m in members]
+    return ([command_of(m["args"], run) for m, run in zip(members, runs)]
+            + [f"python bench/average_checkpoints.py {' '.join(runs)} --out runs/final/{name}.pt"])
+
+
 def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, notes: str, out: Path,
                eval_dir: Path | None = None, name: str | None = None) -> None:
     ckpt = read_checkpoint(checkpoint)
@@ -168,9 +177,7 @@ def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, notes: str,
         f"{m['bpp_ed']:.4f} | {-100 * m['bpp_saving']:+.1f} % |",
         "",
         "## Reproduce", "", "```",
-        *([command_of(m["args"], f"runs/final/{m['name']}.pt") for m in members]
-          + ["python bench/average_checkpoints.py " + " ".join(f"runs/final/{m['name']}.pt" for m in members)
-             + f" --out runs/final/{name}.pt"] if members else [command_of(args, f"runs/final/{name}.pt")]),
+        *_train_commands(args, members, name),
         f"edgepipe export runs/final/{name}.pt --onnx edgepipe/data/models/{name}.onnx "
         "--check-data ../shared/data/imagenette/val",
         "```", "",
