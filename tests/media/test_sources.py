@@ -13,6 +13,7 @@ from edgepipe.media.sources import (
     FolderSource,
     FrameShaper,
     LiveSource,
+    VideoFileSource,
     bgr_to_rgb,
     open_source,
     parse_size,
@@ -209,3 +210,51 @@ def test_camera_frames_are_swapped_after_shaping_with_the_same_pixels(small_val_
     out = bgr_to_rgb(shaper(bgr))
     assert out.flags.c_contiguous
     assert np.array_equal(out, shaper(np.ascontiguousarray(bgr[..., ::-1])))
+
+
+def _first_frame_both_ways(video_clip, shaper):
+    """The clip's first frame through VideoFileSource (4:2:0 planes shaped, then converted) and through
+    FFmpeg's full-size RGB conversion and the shaper (the general path)."""
+    import av
+
+    source = VideoFileSource(video_clip, shaper)
+    fast = source.read()[1].image
+    source.close()
+    with av.open(str(video_clip)) as container:
+        frame = next(container.decode(video=0))
+        assert (frame.format.name, frame.colorspace, frame.color_range) == ("yuv420p", 6, 1)  # BT.601, limited
+        general = shaper(frame.to_ndarray(format="rgb24"))
+    return fast, general
+
+
+@pytest.mark.parametrize("size, crop", [((224, 224), True), ((226, 226), True), ((320, 180), False)])
+def test_video_frames_are_shaped_in_their_planes_with_the_same_picture(video_clip, size, crop):
+    fast, general = _first_frame_both_ways(video_clip, FrameShaper(size, crop))
+    assert fast.shape == general.shape == (size[1], size[0], 3) and fast.dtype == np.uint8
+    assert fast.flags.c_contiguous
+    diff = np.abs(fast.astype(int) - general)
+    # the two differ only in how chroma is interpolated: under a level on average, a few at colour edges
+    assert diff.mean() < 1.0 and diff.max() <= 8
+
+
+def test_upscaled_video_frames_take_the_general_path(video_clip):
+    fast, general = _first_frame_both_ways(video_clip, FrameShaper((1280, 720)))
+    np.testing.assert_array_equal(fast, general)
+
+
+def test_plane_shaping_declines_odd_geometry_and_upscaling():
+    y, uv = np.zeros((432, 768), np.uint8), np.full((216, 384), 128, np.uint8)
+    assert FrameShaper((224, 224), crop=True).from_i420(y, uv, uv) is not None
+    assert FrameShaper(None).from_i420(y, uv, uv) is None
+    assert FrameShaper((1280, 720)).from_i420(y, uv, uv) is None  # upscaling: convert first
+    odd = np.zeros((431, 767), np.uint8)
+    assert FrameShaper((224, 224)).from_i420(odd, uv, uv) is None
+
+
+def test_plane_shaping_converts_a_known_colour():
+    # BT.601 limited range: Y 81, U 90, V 240 is pure red (255, 0, 0) to within a level
+    y = np.full((120, 160), 81, np.uint8)
+    u, v = np.full((60, 80), 90, np.uint8), np.full((60, 80), 240, np.uint8)
+    rgb = FrameShaper((64, 48)).from_i420(y, u, v)
+    assert rgb.shape == (48, 64, 3)
+    np.testing.assert_allclose(rgb.reshape(-1, 3).mean(0), [255, 0, 0], atol=2)
