@@ -183,6 +183,13 @@ def bench_resolution(spec, size, engine_spec, n, repeats, qp, gop, preset, class
     # on a small CPU a stage that alone keeps every core busy cannot overlap with the others:
     # then the loop's ceiling is the serial sum of stage times, not the slowest stage
     out["stage_cores_used_alone"] = {k: CORES_USED.get(k) for k in s}
+    # what the cores allow at best: each capture stage's CPU seconds a frame (cores it kept busy alone / its
+    # rate; send+receive, not timed for CPU, counted as one busy core) spread over the budget's cores. When the
+    # heavy stage alone keeps most cores busy, the others' CPU time comes out of it, and the loop cannot reach
+    # the slowest stage's solo rate however well it overlaps: this is the ceiling it can reach
+    cpu_s = sum((out["stage_cores_used_alone"][k] or 1.0) / s[k] for k in CAPTURE_STAGES)
+    out["cpu_bound_fps"] = budget.cores / cpu_s
+    out["loop_vs_cpu_bound"] = out["capture_loop_fps"] / out["cpu_bound_fps"]
     out["bytes_per_frame"] = sum(len(p) for p in payloads) / n
     # header pack + unpack + validation, and the whole ZeroMQ hop, as shares of a frame's time
     reps = 20000
