@@ -139,7 +139,7 @@ def bench_resolution(spec, size, engine_spec, n, repeats, qp, gop, preset, class
     """One resolution under one --threads policy: each capture stage alone with the threads the policy gives
     it in the loop, the server's stages with their libraries' defaults, then the overlapped loop."""
     load_before = load_average()
-    budget = capture_budget(threads, engine_spec, "hevc", "libx265")
+    budget = capture_budget(threads, engine_spec, "hevc", "libx265", spec)
     opencv_before = set_opencv_threads(budget.opencv)  # as in the loop (process-wide), for the capture stages
     frames = read_all(spec, size, n, budget.source)
     images = [f.image for f in frames]

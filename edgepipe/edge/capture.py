@@ -206,7 +206,8 @@ def budget_engines(settings: CaptureSettings, ladder: Ladder | None) -> list[str
 
 def loop_budget(settings: CaptureSettings, ladder: Ladder | None) -> ThreadBudget:
     """The loop's thread budget (edge/threads.py), for the heaviest engine it loads."""
-    return capture_budget(settings.threads, budget_engine(settings, ladder), settings.codec, settings.encoder)
+    return capture_budget(settings.threads, budget_engine(settings, ladder), settings.codec, settings.encoder,
+                          settings.source)
 
 
 def default_stream_id() -> str:

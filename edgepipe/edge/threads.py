@@ -11,7 +11,11 @@ Policy `auto`, over C usable cores (the CPU affinity mask, capped by a cgroup CP
   - each other stage gets 1 thread (source: decoder threads and OpenCV's pool; encoder: x265 workers);
   - where the engine's and the encoder's threads together outnumber the cores, ONNX Runtime's idle
     threads sleep instead of spin-waiting for the next operator (a spinning thread holds a core the
-    encoder needs).
+    encoder needs);
+  - on 2 cores, a folder of photos gives the engine 1 thread: every unrelated photo is coded like a
+    keyframe, so the encoder costs about what the engine does, and two engine threads only fight it (the
+    strict split won in all four runs measured, by 2-20 %; docs/benchmarks.md). A camera's P-frames cost
+    the encoder a few milliseconds, and there the engine's second thread wins.
 Overrides (`--threads`, comma-separated items): `N` plans the same over N cores; `STAGE=N` sets one stage
 (source, engine, encoder); `spin=on|off` ONNX Runtime's spinning; `defaults` leaves every stage not named
 to its library's own default (the capture before budgets).
@@ -179,6 +183,7 @@ class ThreadBudget:
     engine: int | None = None   # ONNX Runtime intra-op threads, or PyTorch's
     encoder: int | None = None  # x265 worker (pool) threads; frame threads stay 1 (tune zerolatency)
     engine_spin: bool | None = None
+    why: str = ""  # a plan that departs from the plain split says why, in a few words
 
     @property
     def opencv(self) -> int | None:
@@ -191,7 +196,7 @@ class ThreadBudget:
     def as_dict(self) -> dict:
         return {"policy": self.policy, "cores": self.cores, "cores_found": self.cores_found, "heavy": self.heavy,
                 "source": self.source, "engine": self.engine, "encoder": self.encoder, "opencv": self.opencv,
-                "engine_spin": self.engine_spin}
+                "engine_spin": self.engine_spin, "why": self.why}
 
     def describe(self) -> str:
         """One line for the start-up message: "engine 2 (idle threads sleep), encoder 1, source 1 of 2 cores (auto)"."""
@@ -202,25 +207,30 @@ class ThreadBudget:
                 text += " (idle threads spin)" if self.engine_spin else " (idle threads sleep)"
             return text
 
-        return f"{', '.join(one(s) for s in ('engine', 'encoder', 'source'))} of {self.cores} cores ({self.policy})"
+        why = f": {self.why}" if self.why else ""
+        return f"{', '.join(one(s) for s in ('engine', 'encoder', 'source'))} of {self.cores} cores ({self.policy}{why})"
 
 
-def plan_threads(request: ThreadRequest, cores: Cores, heavy: str) -> ThreadBudget:
-    """The budget a request gives on these cores, `heavy` being the stage that does the most work."""
+def plan_threads(request: ThreadRequest, cores: Cores, heavy: str, photos: bool = False) -> ThreadBudget:
+    """The budget a request gives on these cores, `heavy` being the stage that does the most work; `photos`:
+    the source is a folder of unrelated images, each coded like a keyframe."""
     if request.cores is not None:
         cores = Cores(request.cores, f"--threads {request.cores} ({cores.found} here)")
     c = cores.count
+    why = ""
     if request.defaults:
         counts: dict[str, int | None] = dict.fromkeys(STAGES)
     else:
         counts = {stage: 1 for stage in STAGES}
         counts[heavy] = c if c <= 2 else c - 1
+        if photos and heavy == "engine" and c == 2 and "engine" not in request.stages:
+            counts["engine"], why = 1, "photos are coded like keyframes, the encoder keeps a core"
     counts.update(request.stages)
     spin = request.spin
     if spin is None and counts["engine"] is not None and not request.defaults:
         spin = counts["engine"] + (counts["encoder"] or c) <= c
     return ThreadBudget(request.text, c, cores.found, heavy, counts["source"], counts["engine"], counts["encoder"],
-                        spin)
+                        spin, why)
 
 
 def heavy_stage(engine_spec: str | None, codec: str, encoder: str) -> str:
@@ -235,6 +245,7 @@ def heavy_stage(engine_spec: str | None, codec: str, encoder: str) -> str:
 
 
 def capture_budget(threads: str, engine_spec: str | None, codec: str = "hevc", encoder: str = "libx265",
-                   root: Path = CGROUP, membership: Path = MEMBERSHIP) -> ThreadBudget:
-    """The capture's budget from its settings (`--threads`, `--engine`, `--codec`, `--encoder`)."""
-    return plan_threads(parse_threads(threads), usable_cores(root, membership), heavy_stage(engine_spec, codec, encoder))
+                   source: str = "", root: Path = CGROUP, membership: Path = MEMBERSHIP) -> ThreadBudget:
+    """The capture's budget from its settings (`--threads`, `--engine`, `--codec`, `--encoder`, the source)."""
+    return plan_threads(parse_threads(threads), usable_cores(root, membership), heavy_stage(engine_spec, codec, encoder),
+                        photos=source.startswith("folder:"))

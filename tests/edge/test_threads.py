@@ -170,8 +170,35 @@ def test_the_budget_reads_as_one_line_and_as_json(tmp_path, eight_cores):
     b = capture_budget("auto", "tvl1", root=tmp_path, membership=tmp_path / "none")
     assert b.describe() == "engine 7 (idle threads spin), encoder 1, source 1 of 8 cores (auto)"
     assert b.as_dict() == {"policy": "auto", "cores": 8, "cores_found": "affinity 8", "heavy": "engine",
-                           "source": 1, "engine": 7, "encoder": 1, "opencv": 1, "engine_spin": True}
+                           "source": 1, "engine": 7, "encoder": 1, "opencv": 1, "engine_spin": True, "why": ""}
     default = ThreadBudget("defaults", 2, "affinity 2", "engine")
     assert default.describe() == "engine default, encoder default, source default of 2 cores (defaults)"
     assert plan_threads(parse_threads("engine=1"), Cores(2, "affinity 2"), "engine").describe().startswith(
         "engine 1, ")  # one thread: no pool, nothing to spin
+
+
+@pytest.mark.parametrize("text, cores, heavy, expected", [
+    ("auto", 2, "engine", (1, 1, 1, True)),  # 2 cores: each photo is a keyframe, the encoder keeps a core
+    ("auto", 1, "engine", (1, 1, 1, False)),
+    ("auto", 4, "engine", (1, 3, 1, True)),  # from 3 cores the light stages have theirs already
+    ("auto", 2, "encoder", (1, 1, 2, False)),  # engine off the CPU: nothing to take from it
+    ("auto,engine=2", 2, "engine", (1, 2, 1, False)),  # a stage the user names is theirs
+    ("2", 2, "engine", (1, 1, 1, True)),
+    ("defaults", 2, "engine", (None, None, None, None)),
+])
+def test_a_folder_of_photos_splits_two_cores(text, cores, heavy, expected):
+    b = plan_threads(parse_threads(text), Cores(cores, f"affinity {cores}"), heavy, photos=True)
+    assert (b.source, b.engine, b.encoder, b.engine_spin) == expected
+    assert bool(b.why) == (expected == (1, 1, 1, True) and cores == 2)
+
+
+def test_the_source_decides_the_photo_split(tmp_path, monkeypatch):
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    none = tmp_path / "none"
+    folder = capture_budget("auto", "tvl1", source="folder:/photos", root=tmp_path, membership=none)
+    assert (folder.engine, folder.encoder) == (1, 1)
+    assert folder.describe() == ("engine 1, encoder 1, source 1 of 2 cores "
+                                 "(auto: photos are coded like keyframes, the encoder keeps a core)")
+    for camera in ("/dev/video0", "clip.mp4", "rtsp://cam/1"):
+        budget = capture_budget("auto", "tvl1", source=camera, root=tmp_path, membership=none)
+        assert (budget.engine, budget.why) == (2, "")
