@@ -320,6 +320,8 @@ class ZapHandler:
             while not self._stop.is_set():
                 if sock.poll(100):
                     sock.send_multipart(self._answer(sock.recv_multipart()))
+        except zmq.ContextTerminated:
+            pass  # the process is stopping (a second Ctrl-C terminates the context under us): nothing to answer
         finally:
             sock.close(0)
 

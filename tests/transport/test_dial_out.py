@@ -127,3 +127,16 @@ def test_the_zap_handler_keeps_one_allow_list_per_domain():
     assert zap.denied_by_domain == {("cams", "unknown_key"): 1, ("mons", "unknown_key"): 1,
                                     ("other", "unknown_domain"): 1}
     assert zap.accepted_by_domain == {"cams": 1, "mons": 1}
+
+
+def test_the_zap_handler_ends_quietly_when_its_context_is_terminated(monkeypatch):
+    """A second Ctrl-C terminates the context while the handler polls: its thread ends, without a traceback."""
+    import threading
+
+    failures = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    ctx = zmq.Context()
+    zap = ZapHandler(ctx, None).start()
+    ctx.term()  # returns once the handler has closed its socket
+    zap._thread.join(5)
+    assert not zap._thread.is_alive() and failures == []
