@@ -132,11 +132,13 @@ def capture_loop_rate(spec, size, engine_spec, n, qp, gop, preset, threads="auto
         settings = CaptureSettings(source=spec, publish=endpoint, engine=engine_spec, qp=qp, gop=gop, preset=preset,
                                    frames=n, size=size, crop=True, loop=True, wait_subscriber_s=10, threads=threads)
         loop = CaptureLoop(settings)
-        # warm up the engine outside the timed run (ORT allocates on the first call of a shape)
-        loop.engine.run(np.zeros((1, size[1], size[0], 3), np.uint8))
-        stats = loop.run()
-        rate = stats.frames_sent / (time.monotonic() - stats.started)
-        loop.close()
+        try:
+            # warm up the engine outside the timed run (ORT allocates on the first call of a shape)
+            loop.engine.run(np.zeros((1, size[1], size[0], 3), np.uint8))
+            stats = loop.run()
+            rate = stats.frames_sent / (time.monotonic() - stats.started)
+        finally:
+            loop.close()
     finally:
         drain.kill()
         drain.wait()

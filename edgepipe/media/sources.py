@@ -191,13 +191,12 @@ class VideoFileSource:
         goes through FFmpeg's RGB conversion at full size, then the shaper."""
         if (frame.format.name == "yuv420p" and frame.color_range != 2  # 2: full range (JPEG)
                 and frame.colorspace in (2, 5, 6)):  # unspecified, BT.470BG, SMPTE 170M: BT.601's matrix
-            h, w = frame.height, frame.width
+            h, w = frame.height, frame.width  # odd sizes: from_i420 declines them
             y, u, v = (np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:ph, :pw]
                        for p, pw, ph in zip(frame.planes, (w, w // 2, w // 2), (h, h // 2, h // 2)))
-            if w % 2 == 0 and h % 2 == 0:
-                rgb = self._shaper.from_i420(y, u, v)
-                if rgb is not None:
-                    return rgb
+            rgb = self._shaper.from_i420(y, u, v)
+            if rgb is not None:
+                return rgb
         return self._shaper(frame.to_ndarray(format="rgb24"))
 
     def _media_time(self, time_s: float | None, duration, time_base) -> float | None:
