@@ -78,6 +78,13 @@ def _recipe(args: dict[str, Any]) -> str:
         parts.append(f"λ_TV = {args['lambda_tv']:g} × TV ({args.get('tv_kind', 'anisotropic')})")
     if args.get("lambda_mse"):
         parts.append(f"λ_MSE = {args['lambda_mse']:g} × MSE(ED(x), x)")
+    if args.get("lambda_temporal"):
+        parts.append(f"λ_temporal = {args['lambda_temporal']:g} × change of the output between a crop and a moved, "
+                     "noisier copy, beyond its input's")
+    if args.get("lambda_frames") and args.get("frames"):
+        clips = ", ".join(Path(c).name for c in str(args["frames"]).split(","))
+        parts.append(f"λ_frames = {args['lambda_frames']:g} × KL of the recognizer's answer on the decoded ED output "
+                     f"of camera frames to its answer on the frames (no labels; the first 70 % of {clips})")
     return " + ".join(parts)
 
 

@@ -70,3 +70,17 @@ def test_a_soup_card_gives_every_run_and_the_average(tmp_path) -> None:
     assert block[2] == "python bench/average_checkpoints.py runs/final/w61.pt runs/final/w62.pt --out runs/final/ours.pt"
     assert block[3].startswith("edgepipe export runs/final/ours.pt")
     assert "22.0 min" in card and "no optimiser" in card
+
+
+def test_the_card_names_the_camera_and_temporal_terms() -> None:
+    """A model trained with the label-free camera term (or the temporal term) says so in its loss line, with
+    the clips it saw; one trained without them does not mention them."""
+    from edgepipe.train.card import _recipe
+
+    cfg = TrainConfig(data="d", out="o", codec="hevc:31-47", lambda_mse=5.0, lambda_temporal=300.0,
+                      frames="../shared/data/video/car.mp4,clips/person.mp4", lambda_frames=2.0)
+    line = _recipe(cfg.args())
+    assert "λ_frames = 2 × KL" in line and "car.mp4, person.mp4" in line
+    assert "λ_temporal = 300" in line
+    plain = _recipe(TrainConfig(data="d", out="o", codec="hevc:31-47", lambda_mse=5.0).args())
+    assert "λ_frames" not in plain and "λ_temporal" not in plain
