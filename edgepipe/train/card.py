@@ -21,6 +21,7 @@ from typing import Any
 from edgepipe.core.options import flag_name
 from edgepipe.models.ed import flops_per_pixel, model_from_checkpoint, read_checkpoint
 from edgepipe.train.config import TrainConfig
+from edgepipe.train.frames import TAIL
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def _recipe(args: dict[str, Any]) -> str:
     if args.get("lambda_frames") and args.get("frames"):
         clips = ", ".join(Path(c).name for c in str(args["frames"]).split(","))
         parts.append(f"λ_frames = {args['lambda_frames']:g} × KL of the recognizer's answer on the decoded ED output "
-                     f"of camera frames to its answer on the frames (no labels; the first 70 % of {clips})")
+                     f"of camera frames to its answer on the frames (no labels; the first {round(100 * (1 - TAIL))} % of {clips})")
     return " + ".join(parts)
 
 
