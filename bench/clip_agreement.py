@@ -41,13 +41,13 @@ DEFAULT_CLIPS = ROOT.parent / "shared" / "data" / "video"
 QPS = (47, 43, 37, 31)
 
 
-def read_frames(path: Path, every: int, limit: int, start: float = 0.0) -> np.ndarray:
+def read_frames(path: Path, every: int, limit: int, start: float = 0.0, first_frame: int | None = None) -> np.ndarray:
     """Every `every`-th frame, at most `limit`, from the fraction `start` of the clip on (0.7: the tail that
-    `edgepipe train --frames` leaves for judging, edgepipe/train/frames.py)."""
+    `edgepipe train --frames` leaves for judging, edgepipe/train/frames.py), or from frame index `first_frame`."""
     import av
 
-    first = 0
-    if start > 0:
+    first = first_frame or 0
+    if first_frame is None and start > 0:
         with av.open(str(path)) as container:
             first = int(sum(1 for _ in container.decode(video=0)) * start)
     frames = []
@@ -57,6 +57,8 @@ def read_frames(path: Path, every: int, limit: int, start: float = 0.0) -> np.nd
                 frames.append(frame.to_ndarray(format="rgb24"))
             if len(frames) >= limit:
                 break
+    if not frames:
+        raise ValueError(f"{path.name} has no frames from frame {first} on")
     return np.stack(frames)
 
 
@@ -153,6 +155,10 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=40, help="frames per clip")
     ap.add_argument("--start", type=float, default=0.0,
                     help="skip this fraction of each clip first (0.7: only the part `train --frames` never saw)")
+    ap.add_argument("--start-frame", type=int, default=None,
+                    help="start at this frame index instead of --start (a stretch no earlier judgement read)")
+    ap.add_argument("--clip", action="append", default=None,
+                    help="only this clip file name from --clips (repeatable; default: every .mp4)")
     ap.add_argument("--compare-to", default=None, help="one of --pre: every other one's paired BD against it, "
                     "with block-bootstrap intervals")
     ap.add_argument("--block", type=int, default=10, help="sampled frames per bootstrap block")
@@ -164,11 +170,21 @@ def main() -> int:
         return 2
 
     clips = sorted(Path(args.clips).glob("*.mp4"))
+    if args.clip:
+        missing = sorted(set(args.clip) - {c.name for c in clips})
+        if missing:
+            print(f"clip_agreement: --clip {', '.join(missing)} is not a clip in {args.clips}", file=sys.stderr)
+            return 2
+        clips = [c for c in clips if c.name in args.clip]
     if not clips:
         print(f"clip_agreement: no .mp4 clips in {args.clips}", file=sys.stderr)
         return 2
+    try:
+        frames = {c.name: read_frames(c, args.every, args.limit, args.start, args.start_frame) for c in clips}
+    except ValueError as e:
+        print(f"clip_agreement: {e}", file=sys.stderr)
+        return 2
     classifier = Classifier(threads=2)
-    frames = {c.name: read_frames(c, args.every, args.limit, args.start) for c in clips}
     reference = {name: classifier.logits(f) for name, f in frames.items()}
     started = time.time()
     rows = []
@@ -214,11 +230,12 @@ def main() -> int:
                 p = {"pre": spec, "against": args.compare_to,
                      **paired_overlap_bd(per_frame[args.compare_to], per_frame[spec], args.block)}
                 paired.append(p)
-                print(f"paired {spec} vs {args.compare_to}, both clips: top-5 overlap BD-rate (PCHIP) "
+                print(f"paired {spec} vs {args.compare_to}, {len(frames)} clip(s): top-5 overlap BD-rate (PCHIP) "
                       f"{p['bd_rate_top5_pchip_pct']:+.1f} % {_span(p['bd_rate_ci95'])}, BD-overlap "
                       f"{p['bd_top5_overlap_pchip_pts']:+.2f} points {_span(p['bd_top5_overlap_ci95'])} "
                       f"({p['blocks']} blocks of {args.block} frames)")
-    result = {"command": " ".join(sys.argv), "every": args.every, "limit": args.limit, "start": args.start, "qps": QPS,
+    result = {"command": " ".join(sys.argv), "every": args.every, "limit": args.limit, "start": args.start,
+              "start_frame": args.start_frame, "clips": list(frames), "qps": QPS,
               "seconds": round(time.time() - started, 1), "machine": platform.platform(), "rows": rows, "bd": bd,
               "paired": paired}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -168,21 +168,11 @@ def mc_residual(seq: np.ndarray, v: tuple[float, float], margin: int) -> float:
 
 
 def read_clip(path: Path, start: int, every: int, limit: int) -> np.ndarray:
-    """clip_agreement.read_frames after skipping the first `start` frames."""
-    if start == 0:
-        return read_frames(path, every, limit)
-    import av
-
-    frames = []
-    with av.open(str(path)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i >= start and (i - start) % every == 0:
-                frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) >= limit:
-                break
-    if not frames:
-        raise UsageError(f"{path.name} has no frames after --start {start}")
-    return np.stack(frames)
+    """clip_agreement.read_frames from frame index `start` on."""
+    try:
+        return read_frames(path, every, limit, first_frame=start)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def code_stream(seq: np.ndarray, qp: int, gop: int, preset: str) -> tuple[np.ndarray, list[int], list[bool]]:
