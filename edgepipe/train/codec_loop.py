@@ -1,11 +1,12 @@
 """The real codec inside the training step: encode and decode a batch of crops, report their bytes.
 
 Training on what the server sees means the recognizer's loss is taken on the *decoded* ED output. The
-forward pass here is the pipeline's own codec (HEVC intra through PyAV/libx265, JPEG through OpenCV), at
-an operating point drawn per batch from a range given as `codec:LOW-HIGH`:
+forward pass here is the pipeline's own codec (HEVC intra through PyAV/libx265, JPEG through OpenCV, JPEG 2000
+through Pillow/OpenJPEG), at an operating point drawn per batch from a range given as `codec:LOW-HIGH`:
 
-    hevc:31-47   libx265 intra QP 31..47 (preset medium, as `edgepipe eval` measures)
-    jpeg:5-40    libjpeg quality 5..40
+    hevc:31-47          libx265 intra QP 31..47 (preset medium, as `edgepipe eval` measures)
+    jpeg:5-40           libjpeg quality 5..40
+    jpeg2000-db:23-33   OpenJPEG, 9/7 wavelet, one quality layer stopping at 23..33 dB PSNR
 
 The backward pass is straight-through (see `straight_through`): gradients reach the ED as if the codec
 were the identity, while the loss sees the real quantisation error.
@@ -41,8 +42,23 @@ def jpeg_qstep(quality: float) -> float:
     return float(jpeg_tables(int(quality))[0].mean())
 
 
+# The dead-zone of codec_proxy drops only the coefficients under the step, far less error than uniform rounding
+# at that step; 2.5x the uniform-rounding step puts its PSNR within 0.2-1.7 dB of OpenJPEG's at 25-33 dB
+# (40 crops of 128^2 from Imagenette val; tests/train/test_codec_loop.py checks it on other crops).
+_JPEG2000_STEP_SCALE = 2.5
+
+
+def jpeg2000_qstep(psnr_db: float) -> float:
+    """The step codec_proxy models jpeg2000-db with at a target PSNR: JPEG 2000 has no step of its own there (it
+    truncates code-blocks where its distortion estimate reaches the PSNR), so this is the step of a uniform
+    quantiser at that distortion (step^2 / 12 = the target's MSE), scaled to the proxy's dead-zone."""
+    return _JPEG2000_STEP_SCALE * float(np.sqrt(12.0 * 255.0**2 * 10.0 ** (-psnr_db / 10.0)))
+
+
 def qstep(codec: str, setting: float) -> float:
-    return hevc_qstep(setting) if codec == "hevc" else jpeg_qstep(setting)
+    if codec == "hevc":
+        return hevc_qstep(setting)
+    return jpeg2000_qstep(setting) if codec == "jpeg2000-db" else jpeg_qstep(setting)
 
 
 class CodecRoundTrip:
@@ -101,12 +117,17 @@ def _soft_quantise_plane(plane: torch.Tensor, step) -> torch.Tensor:
 
 def codec_proxy(y: torch.Tensor, codec: str, setting: int) -> torch.Tensor:
     """A differentiable stand-in for the codec at `setting` (8x8 DCT soft quantisation, 4:2:0 chroma),
-    used only for the backward pass of `straight_through`."""
+    used only for the backward pass of `straight_through`. JPEG 2000 is a wavelet codec without chroma
+    subsampling; its stand-in is the same soft dead-zone at a flat step on all three full-resolution planes,
+    a model of what it drops (detail under its distortion target), not of how."""
+    ycc = to_ycbcr(y)
+    if codec == "jpeg2000-db":
+        step = jpeg2000_qstep(setting)
+        return to_rgb(torch.stack([_soft_quantise_plane(ycc[:, i], step) for i in range(3)], 1))
     if codec == "hevc":
         luma = chroma = hevc_qstep(setting)  # x265's default: flat scaling lists
     else:
         luma, chroma = jpeg_tables(setting)
-    ycc = to_ycbcr(y)
     out_y = _soft_quantise_plane(ycc[:, 0], luma)
     sub = F.avg_pool2d(ycc[:, 1:], 2, ceil_mode=True)
     out_c = torch.stack([_soft_quantise_plane(sub[:, i], chroma) for i in range(2)], 1)

@@ -1,4 +1,5 @@
-"""Codec ranges of the training loop, `hevc:31-47,jpeg:5-40`: which codec and settings a batch is coded at.
+"""Codec ranges of the training loop, `hevc:31-47,jpeg:5-40,jpeg2000-db:23-33`: which codec and settings a batch
+is coded at.
 Apart from codec_loop.py so that the settings (config.py) can check them without torch."""
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
 
-# Settings a range may span, per codec, and whether a larger setting means more bits.
-_LIMITS = {"hevc": (0, 51, False), "jpeg": (1, 100, True)}
+# Settings a range may span, per codec, and whether a larger setting means more bits. jpeg2000-db's setting is
+# the target PSNR in dB of its one quality layer (edgepipe/media/codecs/jpeg2000.py).
+_LIMITS = {"hevc": (0, 51, False), "jpeg": (1, 100, True), "jpeg2000-db": (15, 50, True)}
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,7 @@ class CodecRange:
 
     @classmethod
     def parse(cls, text: str) -> "CodecRange":
-        """`hevc:31-47`, `jpeg:5-40` or a single setting `hevc:37`."""
+        """`hevc:31-47`, `jpeg:5-40`, `jpeg2000-db:23-33` or a single setting `hevc:37`."""
         codec, _, span = text.strip().partition(":")
         codec = codec.lower()
         if codec not in _LIMITS:

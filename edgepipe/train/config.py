@@ -52,7 +52,8 @@ class TrainConfig:
     finetune_lr: float | None = setting(None, help="Learning rate once the reconstruction warm-up ends "
                                                    "(default: --lr).")
     codec: str | None = setting(None, metavar="RANGES", help="Real codec in the loop: comma list of CODEC:LOW-HIGH, "
-                                "taking turns per step, e.g. hevc:31-47,jpeg:5-40 (HEVC intra QP, JPEG quality). "
+                                "taking turns per step, e.g. hevc:31-47,jpeg:5-40,jpeg2000-db:23-33 (HEVC intra QP, JPEG "
+                                "quality, JPEG 2000 target PSNR in dB). "
                                 "The loss then sees the decoded output.")
     codec_workers: int | None = setting(None, help="Threads coding crops (default: cores, at most 8).")
     codec_preset: str = setting("medium", help="libx265 preset in the loop.")

@@ -135,19 +135,20 @@ def test_optimizer_state_is_reset_after_reconstruction_warmup(small_val_folder: 
 
 
 def test_codec_in_the_loop_trains_logs_and_resumes(small_val_folder: Path, tmp_path: Path) -> None:
-    """Two real HEVC/JPEG steps: the log has the coded loss, measured bpp and the proxy's correlation."""
-    kw = dict(codec="hevc:35-45,jpeg:10-30", lambda_tv=0.0, lambda_rate=0.3, lambda_mse=2.0, rescale_min=0.7,
-              codec_workers=2, crop=64)
-    train(_cfg(small_val_folder, tmp_path / "c.pt", max_steps=2, epochs=3, **kw))
+    """Three real HEVC/JPEG/JPEG 2000 steps: the log has the coded loss, measured bpp and the proxy's correlation."""
+    kw = dict(codec="hevc:35-45,jpeg:10-30,jpeg2000-db:25-31", lambda_tv=0.0, lambda_rate=0.3, lambda_mse=2.0,
+              rescale_min=0.7, codec_workers=2, crop=64, batch_size=3)  # 4 batches an epoch: 3 steps stay in one
+    train(_cfg(small_val_folder, tmp_path / "c.pt", max_steps=3, epochs=3, **kw))
     ckpt = read_checkpoint(tmp_path / "c.pt")
-    assert set(ckpt["rate_scale"]) == {"hevc", "jpeg"} and all(v > 0 for v in ckpt["rate_scale"].values())
+    assert set(ckpt["rate_scale"]) == {"hevc", "jpeg", "jpeg2000-db"}
+    assert all(v > 0 for v in ckpt["rate_scale"].values())
     row = list(csv.DictReader(open(tmp_path / "c.csv")))[-1]
     assert float(row["train_bpp_real"]) > 0.05 and float(row["train_rate"]) > 0
     assert 0 <= float(row["train_top1_coded"]) <= 1 and float(row["train_coded"]) > 0
-    train(_cfg(small_val_folder, tmp_path / "c.pt", max_steps=3, epochs=3, resume=True, **kw))
-    assert read_checkpoint(tmp_path / "c.pt")["step"] == 3
+    train(_cfg(small_val_folder, tmp_path / "c.pt", max_steps=4, epochs=3, resume=True, **kw))
+    assert read_checkpoint(tmp_path / "c.pt")["step"] == 4
     with pytest.raises(EdgepipeError, match="codec"):
-        train(_cfg(small_val_folder, tmp_path / "c.pt", max_steps=4, epochs=3, resume=True,
+        train(_cfg(small_val_folder, tmp_path / "c.pt", max_steps=5, epochs=3, resume=True,
                    **{**kw, "codec": "hevc:31-47"}))
     with pytest.raises(EdgepipeError, match="needs --codec"):
         _cfg(small_val_folder, tmp_path / "d.pt", lambda_rate=1.0)
