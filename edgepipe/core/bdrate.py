@@ -122,14 +122,30 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return max(a.min(), b.min()), min(a.max(), b.max())
 
 
-def bd_rate(rate_anchor, q_anchor, rate_test, q_test, method: str = "cubic") -> float:
-    """Average rate difference in percent at equal quality; NaN when the quality ranges do not overlap."""
-    ra, qa = _curve(rate_anchor, q_anchor)
-    rt, qt = _curve(rate_test, q_test)
+# Above this mean log-rate difference the percentage leaves the float range: a cubic fit through four points on a
+# saturating curve can run far off between them (seen on camera clips), which is no rate difference at all.
+_MAX_LOG_RATE_DIFF = 700.0
+
+
+def _runs_away(diff: float) -> bool:
+    return not math.isnan(diff) and not abs(diff) < _MAX_LOG_RATE_DIFF
+
+
+def _log_rate_diff(ra, qa, rt, qt, method: str) -> float:
     lo, hi = _overlap(qa, qt)
     if not hi > lo:
         return math.nan
-    diff = _mean_over(qt, np.log(rt), lo, hi, method) - _mean_over(qa, np.log(ra), lo, hi, method)
+    return _mean_over(qt, np.log(rt), lo, hi, method) - _mean_over(qa, np.log(ra), lo, hi, method)
+
+
+def bd_rate(rate_anchor, q_anchor, rate_test, q_test, method: str = "cubic") -> float:
+    """Average rate difference in percent at equal quality; NaN when the quality ranges do not overlap or the
+    fit runs away (a mean log-rate difference beyond any float percentage)."""
+    ra, qa = _curve(rate_anchor, q_anchor)
+    rt, qt = _curve(rate_test, q_test)
+    diff = _log_rate_diff(ra, qa, rt, qt, method)
+    if math.isnan(diff) or _runs_away(diff):
+        return math.nan
     return float((math.exp(diff) - 1.0) * 100.0)
 
 
@@ -178,10 +194,15 @@ def compare(rate_anchor, q_anchor, rate_test, q_test) -> BDComparison:
         if not _monotone(r, q):
             notes.append(f"{name} quality not strictly increasing with rate")
     values = {}
+    runaway = []
     for m in METHODS:
         values[f"rate_{m}"] = bd_rate(ra, qa, rt, qt, m)
         values[f"quality_{m}"] = bd_quality(ra, qa, rt, qt, m)
-    if any(math.isnan(v) for v in values.values()) and hi > lo:
+        if hi > lo and _runs_away(_log_rate_diff(ra, qa, rt, qt, m)):
+            runaway.append(m)
+    if runaway:
+        notes.append(f"the {' and '.join(runaway)} fit runs away between the points: BD-rate undefined")
+    if hi > lo and any(math.isnan(v) for k, v in values.items() if not any(k == f"rate_{m}" for m in runaway)):
         notes.append("tied values: PCHIP undefined")
     return BDComparison(overlap_lo=float(lo), overlap_hi=float(hi), overlap_iou=float(iou),
                         small_overlap=bool(iou < SMALL_OVERLAP_IOU), notes=tuple(notes), **values)

@@ -99,6 +99,17 @@ def test_ties_make_pchip_undefined_not_wrong():
     assert any("tied" in n for n in c.notes) and any("not strictly increasing" in n for n in c.notes)
 
 
+def test_a_cubic_fit_that_runs_away_is_undefined_not_a_crash():
+    # Two test qualities 1e-5 apart (a measure flat at high rate, as on the car clip): the cubic through them
+    # swings so far that the mean log-rate difference is ~4600, past any float percentage.
+    rate_a, q_a = [0.0108, 0.0147, 0.0276, 0.0589], [-0.657, -0.444, -0.135, -0.095]
+    rate_t, q_t = [0.0132, 0.0179, 0.0365, 0.0884], [-0.866, -0.739, -0.301, -0.30101]
+    assert math.isnan(bd_rate(rate_a, q_a, rate_t, q_t, "cubic"))
+    c = compare(rate_a, q_a, rate_t, q_t)
+    assert math.isnan(c.rate_cubic) and math.isfinite(c.rate_pchip)
+    assert any("cubic fit runs away" in n for n in c.notes) and not any("tied" in n for n in c.notes)
+
+
 def test_cubic_and_pchip_can_disagree_in_sign_on_saturating_accuracy():
     # Accuracy saturates at high rate; the test curve starts higher. The cubic's wiggle over the
     # flat part and PCHIP's monotone fit read the shared range differently (the warning).
