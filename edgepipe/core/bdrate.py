@@ -202,7 +202,8 @@ def compare(rate_anchor, q_anchor, rate_test, q_test) -> BDComparison:
             runaway.append(m)
     if runaway:
         notes.append(f"the {' and '.join(runaway)} fit runs away between the points: BD-rate undefined")
-    if hi > lo and any(math.isnan(v) for k, v in values.items() if not any(k == f"rate_{m}" for m in runaway)):
+    undefined_by_runaway = {f"rate_{m}" for m in runaway}
+    if hi > lo and any(math.isnan(v) for k, v in values.items() if k not in undefined_by_runaway):
         notes.append("tied values: PCHIP undefined")
     return BDComparison(overlap_lo=float(lo), overlap_hi=float(hi), overlap_iou=float(iou),
                         small_overlap=bool(iou < SMALL_OVERLAP_IOU), notes=tuple(notes), **values)
