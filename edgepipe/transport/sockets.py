@@ -493,8 +493,20 @@ class Subscriber:
         self.sock.close()
 
 
+_handed_out_ports: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_tcp_endpoint() -> str:
-    """A loopback endpoint on a port free now (demo, tests and benchmarks bind it next)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    """A loopback endpoint on a port free now (demo, tests and benchmarks bind it next), never one this process
+    was given before: two endpoints asked for one after the other are bound only later, and the OS may hand back
+    the port it has just released (a data and a control endpoint came back equal)."""
+    with _handed_out_lock:
+        for _ in range(100):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _handed_out_ports:
+                _handed_out_ports.add(port)
+                return f"tcp://127.0.0.1:{port}"
+    raise EdgepipeError("no free loopback port left that this process was not given already")

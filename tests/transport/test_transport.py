@@ -118,3 +118,30 @@ def test_pub_sub_over_loopback_and_endpoint_in_use():
     finally:
         pub.close()
         sub.close()
+
+
+def test_free_endpoints_are_never_handed_out_twice(monkeypatch) -> None:
+    """The OS may give back the port it has just released; the helper asks again rather than return it twice."""
+    import socket
+
+    from edgepipe.transport import sockets
+
+    offered = iter([61001, 61001, 61001, 61002])
+
+    class FakeSocket:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            self.port = next(offered)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(sockets, "_handed_out_ports", set())
+    monkeypatch.setattr(socket, "socket", FakeSocket)
+    assert sockets.free_tcp_endpoint() == "tcp://127.0.0.1:61001"
+    assert sockets.free_tcp_endpoint() == "tcp://127.0.0.1:61002"
