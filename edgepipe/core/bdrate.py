@@ -138,15 +138,18 @@ def _log_rate_diff(ra, qa, rt, qt, method: str) -> float:
     return _mean_over(qt, np.log(rt), lo, hi, method) - _mean_over(qa, np.log(ra), lo, hi, method)
 
 
+def _percent(diff: float) -> float:
+    if math.isnan(diff) or _runs_away(diff):
+        return math.nan
+    return float((math.exp(diff) - 1.0) * 100.0)
+
+
 def bd_rate(rate_anchor, q_anchor, rate_test, q_test, method: str = "cubic") -> float:
     """Average rate difference in percent at equal quality; NaN when the quality ranges do not overlap or the
     fit runs away (a mean log-rate difference beyond any float percentage)."""
     ra, qa = _curve(rate_anchor, q_anchor)
     rt, qt = _curve(rate_test, q_test)
-    diff = _log_rate_diff(ra, qa, rt, qt, method)
-    if math.isnan(diff) or _runs_away(diff):
-        return math.nan
-    return float((math.exp(diff) - 1.0) * 100.0)
+    return _percent(_log_rate_diff(ra, qa, rt, qt, method))
 
 
 def bd_quality(rate_anchor, q_anchor, rate_test, q_test, method: str = "cubic") -> float:
@@ -193,13 +196,12 @@ def compare(rate_anchor, q_anchor, rate_test, q_test) -> BDComparison:
     for name, r, q in (("anchor", ra, qa), ("test", rt, qt)):
         if not _monotone(r, q):
             notes.append(f"{name} quality not strictly increasing with rate")
+    diffs = {m: _log_rate_diff(ra, qa, rt, qt, m) for m in METHODS}  # NaN without overlap
     values = {}
-    runaway = []
     for m in METHODS:
-        values[f"rate_{m}"] = bd_rate(ra, qa, rt, qt, m)
+        values[f"rate_{m}"] = _percent(diffs[m])
         values[f"quality_{m}"] = bd_quality(ra, qa, rt, qt, m)
-        if hi > lo and _runs_away(_log_rate_diff(ra, qa, rt, qt, m)):
-            runaway.append(m)
+    runaway = [m for m in METHODS if _runs_away(diffs[m])]
     if runaway:
         notes.append(f"the {' and '.join(runaway)} fit runs away between the points: BD-rate undefined")
     undefined_by_runaway = {f"rate_{m}" for m in runaway}
