@@ -21,7 +21,7 @@ BACKWARD = ("dct", "identity")  # gradient through the codec: soft-quantisation 
 IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
                  "n_blocks", "stem_stride", "recon_warmup", "codec", "backward", "lambda_rate", "lambda_mse", "distill",
                  "clean_weight", "rescale_min", "rescale_max", "holdout", "init", "lambda_temporal", "ema",
-                 "frames", "lambda_frames")
+                 "frames", "lambda_frames", "frames_codec")
 
 
 def setting(default: Any, *name: str, **spec: Any) -> Any:
@@ -72,6 +72,9 @@ class TrainConfig:
                                  "what it is on the frames (the first 70 % of each clip; the rest is left for "
                                  "judging). Needs --lambda-frames.")
     lambda_frames: float = setting(0.0, help="Weight of that term (docs/training.md).")
+    frames_codec: str | None = setting(None, metavar="RANGES", help="Codec ranges the camera frames go through, "
+                                       "e.g. hevc:31-47, the pipeline's own codec (default: --codec's, taking "
+                                       "the same turns).")
     distill: float | None = setting(None, metavar="T", help="Distil at temperature T: match the recognizer's "
                                                             "output on the original image, no labels.")
     rescale_min: float = setting(1.0, help="Area-downscale each image by a random factor in [RESCALE_MIN, "
@@ -125,6 +128,13 @@ class TrainConfig:
             raise EdgepipeError(f"--backward must be one of {', '.join(BACKWARD)}, got {self.backward!r}")
         if bool(self.frames) != bool(self.lambda_frames):
             raise EdgepipeError("--frames and --lambda-frames go together: the clips, and the weight of their term")
+        if self.frames_codec is not None:
+            if not self.frames:
+                raise EdgepipeError("--frames-codec needs --frames: it says how the camera frames are coded")
+            if not parse_ranges(self.codec):
+                raise EdgepipeError("--frames-codec needs --codec: the camera frames share its coder")
+            if not parse_ranges(self.frames_codec):
+                raise EdgepipeError("--frames-codec is empty: give ranges like hevc:31-47")
         if self.lambda_rate and not parse_ranges(self.codec):
             raise EdgepipeError("--lambda-rate needs --codec: the rate term is calibrated to the bytes it measures")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ranges = parse_ranges(cfg.codec)
     codec = CodecLoop(ranges, CodecRoundTrip(cfg.codec_workers, cfg.codec_preset), RateCalibration(),
                       cfg.seed, cfg.backward) if ranges else None
+    # The camera frames may take other ranges (e.g. HEVC alone, the codec they meet in the pipeline); they share
+    # the coder and draw their settings from the same (seed, step).
+    camera_codec = replace(codec, ranges=parse_ranges(cfg.frames_codec)) if cfg.frames_codec else codec
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "elapsed": 0.0, "history": [], "running": {},
                              "unreadable": []}
@@ -292,7 +295,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 state["batch"] += 1
                 if len(images):
                     _step(model, criterion, optimizer, images, labels, state["step"] < cfg.recon_warmup,
-                          device, running, codec, state["step"], cfg, camera)
+                          device, running, codec, state["step"], cfg, camera, camera_codec)
                     if averager is not None:
                         averager.update(model)
                 state["step"] += 1
@@ -390,9 +393,9 @@ def _coded_terms(model_output: torch.Tensor, x: torch.Tensor, labels: torch.Tens
 def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: torch.optim.Optimizer,
           images: np.ndarray, labels: np.ndarray, reconstruct: bool, device: str, running: _Running,
           codec: CodecLoop | None = None, step: int = 0, cfg: TrainConfig | None = None,
-          camera: FramePool | None = None) -> None:
+          camera: FramePool | None = None, camera_codec: CodecLoop | None = None) -> None:
     """One optimiser step on one batch; `cfg` carries the optional terms' weights (None: none of them), `camera`
-    the --frames pool."""
+    the --frames pool and `camera_codec` its codec ranges (None: `codec`'s)."""
     lambda_temporal = cfg.lambda_temporal if cfg is not None else 0.0
     lambda_frames = cfg.lambda_frames if cfg is not None else 0.0
     x = torch.from_numpy(to_model_input(images)).to(device)
@@ -417,7 +420,7 @@ def _step(model: EncoderDecoder, criterion: RecognitionAwareLoss, optimizer: tor
         running.temporal += float(temporal.detach())
         running.n_temporal += 1
     if camera is not None and lambda_frames and not reconstruct:
-        divergence = frames_divergence(model, criterion.recognizer, camera, codec, step, device)
+        divergence = frames_divergence(model, criterion.recognizer, camera, camera_codec or codec, step, device)
         loss = loss + lambda_frames * divergence
         running.frames += float(divergence.detach())
         running.n_frames += 1

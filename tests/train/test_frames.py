@@ -104,7 +104,40 @@ def test_frames_and_validation_data_together(small_val_folder, clip, tmp_path):
     assert result["stopped"] == "max-steps" and result["train_frames"] > 0 and 0 <= result["top1_ed"] <= 1
 
 
+def test_frames_codec_codes_the_camera_frames_only(small_val_folder, clip, tmp_path, monkeypatch):
+    """With --frames-codec the photos keep --codec's turns and the camera frames go through the other ranges; each
+    step codes the photos first, then the frames. Without it both take --codec's turn."""
+    from edgepipe.train.codec_loop import CodecRoundTrip
+
+    calls: list[str] = []
+    real = CodecRoundTrip.__call__
+
+    def recording(self, frames, codec, setting):
+        calls.append(f"{codec}:{setting}")
+        return real(self, frames, codec, setting)
+
+    monkeypatch.setattr(CodecRoundTrip, "__call__", recording)
+
+    def cfg(out, **kw):
+        return TrainConfig(data=str(small_val_folder), out=str(tmp_path / out), crop=48, batch_size=4, progress=False,
+                           threads=2, codec_workers=2, frames=str(clip), lambda_frames=1.0, max_steps=3,
+                           codec="jpeg:20-40,jpeg2000-db:25-25", **kw)
+
+    train(cfg("split.pt", frames_codec="hevc:40-40"))
+    assert [c.split(":")[0] for c in calls[0::2]] == ["jpeg", "jpeg2000-db", "jpeg"]
+    assert calls[1::2] == ["hevc:40"] * 3
+    calls.clear()
+    train(cfg("same.pt"))
+    assert calls[0::2] == calls[1::2] and len(calls) == 6
+    with pytest.raises(EdgepipeError, match=r"other settings \(frames_codec: hevc:40-40 -> None\)"):
+        train(cfg("split.pt", resume=True))
+
+
 @pytest.mark.parametrize("kw, phrase", [
+    (dict(frames="x.mp4", lambda_frames=1.0, frames_codec="hevc:31-47"), "--frames-codec needs --codec"),
+    (dict(codec="jpeg:5-40", frames_codec="hevc:31-47"), "--frames-codec needs --frames"),
+    (dict(frames="x.mp4", lambda_frames=1.0, codec="jpeg:5-40", frames_codec="h264:3"), "codec in the loop must be"),
+    (dict(frames="x.mp4", lambda_frames=1.0, codec="jpeg:5-40", frames_codec=" "), "--frames-codec is empty"),
     (dict(frames="x.mp4"), "--frames and --lambda-frames go together"),
     (dict(lambda_frames=1.0), "--frames and --lambda-frames go together"),
     (dict(frames="x.mp4", lambda_frames=-1.0), "--lambda-frames must be >= 0"),
