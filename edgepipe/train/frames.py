@@ -4,8 +4,8 @@ Labelled photos teach the ED to change what the recognizer says where that makes
 scenes, which often hold no ImageNet object, the same change only moves an arbitrary answer, and the label-free
 check on the clips (coded frame against the source frame, bench/clip_agreement.py) counts that as a loss
 before any bits are spent. This term asks the recognizer's answer on the decoded ED output of camera frames to
-stay what it is on the frames themselves (a divergence at temperature 1, through the same codec round trip as
-the labelled batch), so the ED learns to leave such scenes alone.
+stay what it is on the frames themselves (a divergence at temperature 1, through the labelled batch's codec
+round trip, or through `--frames-codec`'s ranges), so the ED learns to leave such scenes alone.
 
 Only the first (1 - TAIL) of each clip trains; the last TAIL is left for judging
 (`bench/clip_agreement.py --start 0.7`). Crops are a pure function of (seed, step), so `--resume` continues
@@ -90,8 +90,8 @@ class FramePool:
 
 def frames_divergence(model, recognizer, pool: FramePool, codec, step: int, device: str):
     """The term: KL(recognizer(frames) || recognizer(decoded ED(frames))) at temperature 1 on one batch of the
-    pool. `codec` is the loop's CodecLoop (None without --codec): the batch goes through the same round trip and
-    setting as the labelled one (`CodecLoop.coded`), with the same gradient model."""
+    pool. `codec` is the loop's CodecLoop for the frames (None without --codec): the labelled batch's, or one
+    with --frames-codec's ranges; the batch goes through its round trip (`CodecLoop.coded`) and gradient model."""
     import torch
 
     from edgepipe.engines.base import to_model_input
