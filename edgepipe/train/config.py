@@ -16,12 +16,13 @@ from edgepipe.train.codec_ranges import parse_ranges
 
 TV_KINDS = ("anisotropic", "isotropic")
 BACKWARD = ("dct", "identity")  # gradient through the codec: soft-quantisation DCT proxy, or identity
+FRAMES_VIEWS = ("native", "monitor")  # the scale the recognizer sees camera crops at (frames.py)
 
 # Arguments that define *what* is trained; a resumed run must not change them.
 IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
                  "n_blocks", "stem_stride", "recon_warmup", "codec", "backward", "lambda_rate", "lambda_mse", "distill",
                  "clean_weight", "rescale_min", "rescale_max", "holdout", "init", "lambda_temporal", "ema",
-                 "frames", "lambda_frames", "frames_codec")
+                 "frames", "lambda_frames", "frames_codec", "frames_view")
 
 
 def setting(default: Any, *name: str, **spec: Any) -> Any:
@@ -75,6 +76,10 @@ class TrainConfig:
     frames_codec: str | None = setting(None, metavar="RANGES", help="Codec ranges the camera frames go through, "
                                        "e.g. hevc:31-47, the pipeline's own codec (default: --codec's, taking "
                                        "the same turns).")
+    frames_view: str = setting("native", choices=FRAMES_VIEWS, help="Scale the recognizer sees the camera crops at: "
+                               "native pixels, or monitor: the ED and the codec work on native pixels and the "
+                               "crop is shrunk as the monitor's centre-crop view shrinks the whole frame (a "
+                               "768x432 clip by 224/432) before the recognizer reads it.")
     distill: float | None = setting(None, metavar="T", help="Distil at temperature T: match the recognizer's "
                                                             "output on the original image, no labels.")
     rescale_min: float = setting(1.0, help="Area-downscale each image by a random factor in [RESCALE_MIN, "
@@ -128,6 +133,10 @@ class TrainConfig:
             raise EdgepipeError(f"--backward must be one of {', '.join(BACKWARD)}, got {self.backward!r}")
         if bool(self.frames) != bool(self.lambda_frames):
             raise EdgepipeError("--frames and --lambda-frames go together: the clips, and the weight of their term")
+        if self.frames_view not in FRAMES_VIEWS:
+            raise EdgepipeError(f"--frames-view must be one of {', '.join(FRAMES_VIEWS)}, got {self.frames_view!r}")
+        if self.frames_view != "native" and not self.frames:
+            raise EdgepipeError("--frames-view needs --frames: it says how the camera frames are seen")
         if self.frames_codec is not None:
             if not self.frames:
                 raise EdgepipeError("--frames-codec needs --frames: it says how the camera frames are coded")

@@ -141,6 +141,8 @@ def test_frames_codec_codes_the_camera_frames_only(small_val_folder, clip, tmp_p
     (dict(frames="x.mp4"), "--frames and --lambda-frames go together"),
     (dict(lambda_frames=1.0), "--frames and --lambda-frames go together"),
     (dict(frames="x.mp4", lambda_frames=-1.0), "--lambda-frames must be >= 0"),
+    (dict(frames_view="monitor"), "--frames-view needs --frames"),
+    (dict(frames="x.mp4", lambda_frames=1.0, frames_view="zoom"), "--frames-view must be one of native, monitor"),
 ])
 def test_bad_frame_settings_are_one_line(kw, phrase):
     with pytest.raises(EdgepipeError, match=phrase):
@@ -157,3 +159,58 @@ def test_a_file_that_is_not_a_video_is_one_line(tmp_path, small_val_folder):
         FramePool((str(clip),), crop=128, every=1)
     with pytest.raises(EdgepipeError, match="--frames nope.mp4: no such video file"):
         FramePool(("nope.mp4",))
+
+
+@pytest.fixture
+def wide_clip(tmp_path, small_val_folder) -> Path:
+    """10 real photos as a 400x240 clip: the monitor's centre-crop view shrinks it by 224/240."""
+    images = [FrameShaper((400, 240))(read_rgb(p)) for p in sorted(small_val_folder.glob("*/*"))[:10]]
+    return _write_clip(tmp_path / "wide.mp4", images)
+
+
+def test_the_monitor_view_cuts_larger_crops_and_shrinks_them_as_the_monitor_does(wide_clip):
+    """The ED and the codec get native crops of 64 * 240 / 224 -> 72 pixels; the recognizer reads both sides at 64,
+    shrunk the way the monitor's centre-crop view shrinks a frame."""
+    import cv2
+
+    from edgepipe.train.frames import native_side, shrink
+
+    pool = FramePool((str(wide_clip),), crop=64, batch_size=3, seed=1, every=1, view="monitor")
+    assert pool.side == native_side(64, (240, 400), "monitor") == 72
+    assert FramePool((str(wide_clip),), crop=64, every=1).side == 64
+    batch = pool.batch(0)
+    assert batch.shape == (3, 72, 72, 3)
+    seen: list[tuple[int, ...]] = []
+
+    def recognizer(x):
+        seen.append(tuple(x.shape))
+        return x.mean(dim=(2, 3)) * 10
+
+    class Recording(torch.nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return x * 0.5
+
+    divergence = frames_divergence(Recording(), recognizer, pool, None, 0, "cpu")
+    assert seen == [(3, 3, 72, 72), (3, 3, 64, 64), (3, 3, 64, 64)] and float(divergence) > 0
+    shrunk = shrink(torch.from_numpy(batch).permute(0, 3, 1, 2).float(), 64).permute(0, 2, 3, 1).numpy()
+    monitor = np.stack([cv2.resize(c, (64, 64), interpolation=cv2.INTER_AREA) for c in batch]).astype(np.float32)
+    assert np.abs(shrunk - monitor).max() <= 1.0  # cv2 rounds to whole grey levels
+
+
+def test_the_monitor_view_trains_and_a_resume_cannot_change_it(small_val_folder, wide_clip, tmp_path):
+    def cfg(**kw):
+        return TrainConfig(data=str(small_val_folder), out=str(tmp_path / "m.pt"), crop=48, batch_size=4,
+                           progress=False, threads=2, codec_workers=2, frames=str(wide_clip), lambda_frames=1.0,
+                           codec="hevc:40-40", **kw)
+
+    result = train(cfg(max_steps=2, frames_view="monitor"))
+    assert result["train_frames"] > 0
+    assert read_checkpoint(tmp_path / "m.pt")["args"]["frames_view"] == "monitor"
+    with pytest.raises(EdgepipeError, match=r"other settings \(frames_view: monitor -> native\)"):
+        train(cfg(max_steps=3, resume=True))
+
+
+def test_clips_that_need_different_crops_are_one_line(wide_clip, clip):
+    with pytest.raises(EdgepipeError, match="--frames-view monitor: the clips need crops of different sizes"):
+        FramePool((str(wide_clip), str(clip)), crop=48, every=1, view="monitor")
