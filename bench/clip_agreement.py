@@ -13,7 +13,7 @@ any codec against the reference, i.e. what the pre-transform alone changes. BD-R
 (KL as its negative) against `none` uses the evaluation's BD code; negative means the same quality for fewer
 bits.
 
-`--compare-to NAME` (one of --pre) adds, for each other pre-transform, its top-5-overlap BD against NAME
+`--compare-to NAME[,NAME]` (of --pre) adds, for each other pre-transform and each NAME, its top-5-overlap BD against NAME
 (BD-rate, and BD-overlap: points of top-5 overlap at equal bits, PCHIP) with 95 % intervals from a paired block
 bootstrap: the sampled frames of a clip in blocks of --block (consecutive frames are not independent), the
 same resampled blocks for both pre-transforms.
@@ -159,14 +159,16 @@ def main() -> int:
                     help="start at this frame index instead of --start (a stretch no earlier judgement read)")
     ap.add_argument("--clip", action="append", default=None,
                     help="only this clip file name from --clips (repeatable; default: every .mp4)")
-    ap.add_argument("--compare-to", default=None, help="one of --pre: every other one's paired BD against it, "
-                    "with block-bootstrap intervals")
+    ap.add_argument("--compare-to", default=None, help="one of --pre, or a comma list of them: every other one's "
+                    "paired BD against each, with block-bootstrap intervals")
     ap.add_argument("--block", type=int, default=10, help="sampled frames per bootstrap block")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "clip_agreement.json"))
     args = ap.parse_args()
     specs = [s.strip() for s in args.pre.split(",") if s.strip()]
-    if args.compare_to is not None and args.compare_to not in specs:
-        print(f"clip_agreement: --compare-to {args.compare_to} is not one of --pre", file=sys.stderr)
+    anchors = [a.strip() for a in (args.compare_to or "").split(",") if a.strip()]
+    if set(anchors) - set(specs):
+        print(f"clip_agreement: --compare-to {', '.join(sorted(set(anchors) - set(specs)))} is not one of --pre",
+              file=sys.stderr)
         return 2
 
     clips = sorted(Path(args.clips).glob("*.mp4"))
@@ -224,13 +226,12 @@ def main() -> int:
                         sign * np.array([np.mean([r[key] for r in v]) for v in by_qp.values()]))
             bd.append(bd_entry(spec, pres[0], name, QUALITY, curve))
     paired = []
-    if args.compare_to is not None:
+    for anchor in anchors:
         for spec in specs:
-            if spec != args.compare_to:
-                p = {"pre": spec, "against": args.compare_to,
-                     **paired_overlap_bd(per_frame[args.compare_to], per_frame[spec], args.block)}
+            if spec != anchor:
+                p = {"pre": spec, "against": anchor, **paired_overlap_bd(per_frame[anchor], per_frame[spec], args.block)}
                 paired.append(p)
-                print(f"paired {spec} vs {args.compare_to}, {len(frames)} clip(s): top-5 overlap BD-rate (PCHIP) "
+                print(f"paired {spec} vs {anchor}, {len(frames)} clip(s): top-5 overlap BD-rate (PCHIP) "
                       f"{p['bd_rate_top5_pchip_pct']:+.1f} % {_span(p['bd_rate_ci95'])}, BD-overlap "
                       f"{p['bd_top5_overlap_pchip_pts']:+.2f} points {_span(p['bd_top5_overlap_ci95'])} "
                       f"({p['blocks']} blocks of {args.block} frames)")
