@@ -15,8 +15,8 @@ bits.
 
 `--compare-to NAME[,NAME]` (of --pre) adds, for each other pre-transform and each NAME, its top-5-overlap BD
 against NAME (BD-rate, and BD-overlap: points of top-5 overlap at equal bits, PCHIP) with 95 % intervals from a
-paired block bootstrap: the sampled frames of a clip in blocks of --block (consecutive frames are not independent), the
-same resampled blocks for both pre-transforms.
+paired block bootstrap: the sampled frames of a clip in blocks of --block (consecutive frames are not independent),
+the same resampled blocks for both pre-transforms.
 """
 from __future__ import annotations
 
