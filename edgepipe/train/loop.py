@@ -174,6 +174,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if not out.exists():
             raise EdgepipeError(f"nothing to resume: {out} does not exist")
         ckpt = read_checkpoint(out)
+        if cfg.init is not None:  # a fine-tune took its architecture from --init, as the checkpoint it wrote has
+            _adopt_architecture(cfg, ckpt, str(out))
         _check_resume(ckpt, cfg, out)
     elif out.exists():
         raise EdgepipeError(f"{out} exists: pass --resume to continue it, or choose another --out")

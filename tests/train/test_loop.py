@@ -185,6 +185,14 @@ def test_init_fine_tunes_from_a_checkpoint(small_val_folder: Path, tmp_path: Pat
     with pytest.raises(EdgepipeError, match="widths"):
         train(_cfg(small_val_folder, tmp_path / "bad.pt", max_steps=1, widths=(16, 32, 48),
                    init=str(tmp_path / "base.pt")))
+    # The fine-tune's own command, repeated with --resume, goes on with the architecture it took from --init.
+    train(_cfg(small_val_folder, tmp_path / "ft.pt", max_steps=3, lr=1e-4, init=str(tmp_path / "base.pt"),
+               resume=True))
+    resumed = read_checkpoint(tmp_path / "ft.pt")
+    assert resumed["step"] == 3 and resumed["config"]["widths"] == [8, 16, 24]
+    with pytest.raises(EdgepipeError, match="widths"):
+        train(_cfg(small_val_folder, tmp_path / "ft.pt", max_steps=4, widths=(16, 32, 48),
+                   init=str(tmp_path / "base.pt"), resume=True))
     with pytest.raises(EdgepipeError, match="no such checkpoint"):
         train(_cfg(small_val_folder, tmp_path / "bad.pt", max_steps=1, init=str(tmp_path / "nope.pt")))
 
