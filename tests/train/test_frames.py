@@ -211,6 +211,21 @@ def test_the_monitor_view_trains_and_a_resume_cannot_change_it(small_val_folder,
         train(cfg(max_steps=3, resume=True))
 
 
+def test_a_clip_smaller_than_the_view_is_enlarged_as_the_monitor_enlarges_it(clip):
+    """A 160x96 clip: the centre-crop view enlarges it by 224/96, so 48-pixel views come from 24-pixel crops,
+    enlarged bilinearly as cv2.INTER_LINEAR does."""
+    import cv2
+
+    from edgepipe.train.frames import shrink
+
+    pool = FramePool((str(clip),), crop=48, batch_size=3, seed=2, every=1, view="monitor")
+    assert pool.side == 24
+    batch = pool.batch(0)
+    enlarged = shrink(torch.from_numpy(batch).permute(0, 3, 1, 2).float(), 48).permute(0, 2, 3, 1).numpy()
+    monitor = np.stack([cv2.resize(c, (48, 48), interpolation=cv2.INTER_LINEAR) for c in batch]).astype(np.float32)
+    assert enlarged.shape == (3, 48, 48, 3) and np.abs(enlarged - monitor).max() <= 1.0
+
+
 def test_clips_that_need_different_crops_are_one_line(wide_clip, clip):
     with pytest.raises(EdgepipeError, match="--frames-view monitor: the clips need crops of different sizes"):
         FramePool((str(wide_clip), str(clip)), crop=48, every=1, view="monitor")
