@@ -45,6 +45,7 @@ class EDConfig:
     widths: tuple[int, int, int] = (16, 32, 64)
     n_blocks: int = 1
     stem_stride: int = 1  # 2: the cheap variant works at half resolution from the first conv on (~1/4 FLOPs)
+    context: bool = False  # a branch down to 1/16 widens what each output pixel sees from ~27 px to ~110 px
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -82,6 +83,25 @@ class _Block(nn.Module):
         return F.relu(x + y) if self.residual else F.relu(y)
 
 
+class _Context(nn.Module):
+    """Two more strided convs (1/4 -> 1/16), a residual block there, and a zero-initialised 1x1 whose output is
+    upsampled (bilinear) and added to the body's: each output pixel then sees ~110 px around it instead of ~27,
+    enough to tell the object from the background it may simplify. Zero at start, so adding the branch to a
+    trained model leaves its output unchanged until training moves it."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.down1, self.down2 = _conv(c, c, stride=2), _conv(c, c, stride=2)
+        self.block = _Block(c, residual=True)
+        self.back = nn.Conv2d(c, c, 1)
+        nn.init.zeros_(self.back.weight)
+        nn.init.zeros_(self.back.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.block(F.relu(self.down2(F.relu(self.down1(x)))))
+        return F.interpolate(self.back(c), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 class EncoderDecoder(nn.Module):
     """RGB float NCHW in [0, 1] -> RGB float NCHW in [0, 1], same size."""
 
@@ -95,6 +115,7 @@ class EncoderDecoder(nn.Module):
         self.down1 = _conv(c1, c2, stride=2)
         self.down2 = _conv(c2, c3, stride=2)
         self.body = nn.Sequential(*[_Block(c3, config.bypass) for _ in range(config.n_blocks)])
+        self.context = _Context(c3) if config.context else None
         self.up2 = nn.Conv2d(c3, c2 * 4, 1)
         self.up1 = nn.Conv2d(c2, c1 * 4, 1)
         # At stem stride 2 the last conv predicts each 2x2 block of output pixels from one half-resolution
@@ -115,6 +136,8 @@ class EncoderDecoder(nn.Module):
         d1 = F.relu(self.down1(s))
         d2 = F.relu(self.down2(d1))
         b = self.body(d2)
+        if self.context is not None:
+            b = b + self.context(d2)
         u2 = F.relu(F.pixel_shuffle(self.up2(b), 2))[..., : d1.shape[-2], : d1.shape[-1]]
         if bypass:
             u2 = u2 + d1

@@ -20,7 +20,7 @@ FRAMES_VIEWS = ("native", "monitor")  # the scale the recognizer sees camera cro
 
 # Arguments that define *what* is trained; a resumed run must not change them.
 IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
-                 "n_blocks", "stem_stride", "recon_warmup", "codec", "backward", "lambda_rate", "lambda_mse", "distill",
+                 "n_blocks", "stem_stride", "context", "recon_warmup", "codec", "backward", "lambda_rate", "lambda_mse", "distill",
                  "clean_weight", "rescale_min", "rescale_max", "holdout", "init", "lambda_temporal", "ema",
                  "frames", "lambda_frames", "frames_codec", "frames_view")
 
@@ -44,6 +44,9 @@ class TrainConfig:
     n_blocks: int = setting(1, "--blocks", help="Residual blocks in the body.")
     stem_stride: int = setting(1, choices=(1, 2), help="2: work at half resolution from the first conv on "
                                                        "(ours-fast, ~1/4 of the FLOPs).")
+    context: bool = setting(False, help="Add a branch down to 1/16 resolution, so each output pixel sees ~110 px "
+                                        "instead of ~27 (+2 kFLOP/pixel). With --init it starts at zero: the "
+                                        "fine-tune starts from the init model's exact output.")
     epochs: int = setting(1, help="Passes over the training images.")
     crop: int = setting(128, help="Random crop side (native pixel scale).")
     batch_size: int = setting(16, help="Crops per step.")

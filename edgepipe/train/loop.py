@@ -137,6 +137,20 @@ def _adopt_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any], path: str) 
         if asked != getattr(default, name) and asked != value:
             raise EdgepipeError(f"--init {path} has {name}={value}, but {name}={asked} was asked for")
         setattr(cfg, name, value)
+    # The context branch may be added (it starts at zero, so the model starts as its init), never taken away.
+    if arch.context and not cfg.context:
+        raise EdgepipeError(f"--init {path} has a context branch: pass --context to fine-tune it")
+
+
+def _model_from_init(init_ckpt: dict[str, Any], cfg: TrainConfig) -> EncoderDecoder:
+    """The --init model, with a fresh (zero-output) context branch when the fine-tune adds one."""
+    model = model_from_checkpoint(init_ckpt, cfg.init)
+    if cfg.context and not model.config.context:
+        grown = EncoderDecoder(replace(model.config, context=True))
+        missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("context.") for k in missing), (missing, unexpected)
+        model = grown
+    return model
 
 
 def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, out: Path) -> None:
@@ -192,10 +206,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if ckpt is not None:
         model = model_from_checkpoint(ckpt, out)
     elif init_ckpt is not None:
-        model = model_from_checkpoint(init_ckpt, cfg.init)
+        model = _model_from_init(init_ckpt, cfg)
     else:
         model = EncoderDecoder(EDConfig(bypass=cfg.bypass, widths=cfg.widths, n_blocks=cfg.n_blocks,
-                                        stem_stride=cfg.stem_stride))
+                                        stem_stride=cfg.stem_stride, context=cfg.context))
     model.to(device).train()
     averager = WeightAverage(model, cfg.ema) if cfg.ema else None
     if averager is not None and ckpt is not None:
