@@ -36,6 +36,9 @@ def command_of(args: dict[str, Any], out: str) -> str:
     for key, value in args.items():
         if key in _SKIP or value is None or value == _DEFAULTS.get(key):
             continue
+        if isinstance(value, bool):  # an on/off flag that is off by default (--no-bypass is the one inverted)
+            parts.append(_FLAGS[key])
+            continue
         text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
         parts += [_FLAGS[key], text]
     if not args.get("bypass", True):
@@ -156,7 +159,8 @@ def write_card(checkpoint: Path, metrics: dict[str, float], qp: int, notes: str,
         f"| λ | rate {args.get('lambda_rate', 0):g}, TV {args.get('lambda_tv', 0):g}, MSE {args.get('lambda_mse', 0):g} |",
         f"| Bypass structures | {'yes (residual body, U-Net skips, long skip: y = clamp(x + r))' if model.config.bypass else 'no (plain encoder-decoder)'} |",
         f"| Architecture | widths {list(model.config.widths)}, {model.config.n_blocks} body block(s), stem stride "
-        f"{model.config.stem_stride}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{model.config.stem_stride}" + (", a context branch down to 1/16" if model.config.context else "")
+        + f", {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"**{flops_per_pixel(model) / 1e3:.1f} kFLOP/pixel** |",
         f"| Reconstruction warm-up | {args.get('recon_warmup', 0)} steps of MSE(ED(x), x) |",
         f"| Steps | {_steps(ckpt, args)}"

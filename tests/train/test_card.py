@@ -28,10 +28,10 @@ def test_card_command_round_trips() -> None:
 def test_card_command_round_trips_the_codec_recipe() -> None:
     cfg = TrainConfig(data="d", out="o", codec="hevc:31-47,jpeg:5-40", lambda_rate=0.5, lambda_mse=5.0,
                       lambda_tv=5.0, rescale_min=0.6, holdout=0.05, distill=2.0, widths=(16, 32, 48),
-                      stem_stride=2, backward="identity", tv_kind="isotropic", n_blocks=2)
+                      stem_stride=2, backward="identity", tv_kind="isotropic", n_blocks=2, context=True)
     back = parsed(command_of(cfg.args(), "x.pt"))
     assert back.args() == {**cfg.args(), "out": "x.pt"}
-    assert back.widths == (16, 32, 48) and back.stem_stride == 2 and back.tv_kind == "isotropic"
+    assert back.widths == (16, 32, 48) and back.stem_stride == 2 and back.tv_kind == "isotropic" and back.context
 
 
 def test_every_setting_is_a_flag_with_help() -> None:
@@ -84,3 +84,18 @@ def test_the_card_names_the_camera_and_temporal_terms() -> None:
     assert "λ_temporal = 300" in line
     plain = _recipe(TrainConfig(data="d", out="o", codec="hevc:31-47", lambda_mse=5.0).args())
     assert "λ_frames" not in plain and "λ_temporal" not in plain
+
+
+def test_the_card_names_the_context_branch(tmp_path) -> None:
+    from edgepipe.models.ed import EDConfig, EncoderDecoder, save_checkpoint
+    from edgepipe.train.card import write_card
+
+    metrics = {"val_images": 10, "bpp_images": 5, "top1_input": 0.7, "top1_ed": 0.72, "psnr_ed": 24.0,
+               "bpp_input": 1.0, "bpp_ed": 0.9, "bpp_saving": 0.1}
+    for context in (True, False):
+        cfg = TrainConfig(data="d", out="o", context=context)
+        save_checkpoint(tmp_path / "m.pt", EncoderDecoder(EDConfig(context=context)), args=cfg.args(), step=9)
+        write_card(tmp_path / "m.pt", metrics, 32, "", tmp_path / "m.md")
+        card = (tmp_path / "m.md").read_text()
+        assert ("a context branch down to 1/16" in card) is context
+        assert ("19.6 kFLOP/pixel" if context else "17.6 kFLOP/pixel") in card

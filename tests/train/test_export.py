@@ -14,12 +14,15 @@ from edgepipe.models.ed import EDConfig, EncoderDecoder, save_checkpoint
 from edgepipe.train.export import export_onnx
 
 
-@pytest.mark.parametrize("bypass", [True, False])
-def test_export_parity_and_engine(tmp_path: Path, small_val_folder: Path, real_frames, bypass: bool) -> None:
+@pytest.mark.parametrize("config", [EDConfig(bypass=True), EDConfig(bypass=False), EDConfig(context=True)],
+                         ids=["bypass", "plain", "context"])
+def test_export_parity_and_engine(tmp_path: Path, small_val_folder: Path, real_frames, config: EDConfig) -> None:
     torch.manual_seed(0)
-    model = EncoderDecoder(EDConfig(bypass=bypass))
+    model = EncoderDecoder(config)
     with torch.no_grad():  # a non-identity ED, so parity means something
         model.out.weight.normal_(std=0.2)
+        if config.context:  # and the branch's bilinear upsampling is in it
+            model.context.back.weight.normal_(std=0.2)
     ckpt = tmp_path / "m.pt"
     save_checkpoint(ckpt, model)
     report = export_onnx(ckpt, tmp_path / "m.onnx", check_data=small_val_folder)

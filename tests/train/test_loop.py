@@ -251,3 +251,28 @@ def test_a_setting_newer_than_the_checkpoint_counts_as_its_default(small_val_fol
         train(_cfg(small_val_folder, tmp_path / "old.pt", max_steps=2, epochs=3, ema=0.9, resume=True))
     train(_cfg(small_val_folder, tmp_path / "old.pt", max_steps=2, epochs=3, resume=True))
     assert read_checkpoint(tmp_path / "old.pt")["step"] == 2
+
+
+def test_init_with_context_adds_the_branch_at_zero(small_val_folder: Path, tmp_path: Path) -> None:
+    """--init M --context: M's weights plus a branch whose output starts at zero, so the fine-tune starts from M's
+    exact output; it resumes; a context model cannot be fine-tuned without its branch."""
+    train(_cfg(small_val_folder, tmp_path / "base.pt", max_steps=2, widths=(8, 16, 24)))
+    base = read_checkpoint(tmp_path / "base.pt")
+    train(_cfg(small_val_folder, tmp_path / "ft0.pt", max_steps=0, init=str(tmp_path / "base.pt"), context=True))
+    ft0 = read_checkpoint(tmp_path / "ft0.pt")
+    assert ft0["config"]["context"] is True and ft0["config"]["widths"] == [8, 16, 24]
+    for key, value in base["state_dict"].items():
+        torch.testing.assert_close(ft0["state_dict"][key], value)
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(load_ed(tmp_path / "ft0.pt")(x), load_ed(tmp_path / "base.pt")(x))
+    train(_cfg(small_val_folder, tmp_path / "ft.pt", max_steps=2, init=str(tmp_path / "base.pt"), context=True))
+    train(_cfg(small_val_folder, tmp_path / "ft.pt", max_steps=3, init=str(tmp_path / "base.pt"), context=True,
+               resume=True))
+    ft = read_checkpoint(tmp_path / "ft.pt")
+    assert ft["step"] == 3 and ft["config"]["context"] is True
+    assert ft["state_dict"]["context.back.weight"].abs().max() > 0  # the branch trains
+    with pytest.raises(EdgepipeError, match="pass --context"):
+        train(_cfg(small_val_folder, tmp_path / "bad.pt", max_steps=1, init=str(tmp_path / "ft.pt")))
+    with pytest.raises(EdgepipeError, match="context"):  # nor resumed without it
+        train(_cfg(small_val_folder, tmp_path / "ft.pt", max_steps=4, init=str(tmp_path / "base.pt"), resume=True))

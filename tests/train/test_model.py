@@ -136,3 +136,36 @@ def test_cheap_variant_is_identity_at_start_any_size_and_under_4_kflop() -> None
     assert flops_per_pixel(model) <= 4000 < flops_per_pixel(EncoderDecoder())
     assert EDConfig.from_dict(cfg.to_dict()) == cfg
     assert EDConfig.from_dict({"bypass": True}).stem_stride == 1  # checkpoints from before the option
+
+
+def _randomised(model: EncoderDecoder, seed: int = 0) -> EncoderDecoder:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=0.1)
+    return model.eval()
+
+
+def test_context_branch_starts_at_zero_and_widens_what_a_pixel_sees() -> None:
+    """--context: a trained model plus the fresh branch gives the model's own output; once the branch has weights,
+    pixels 40-55 px from a change move (the plain ED sees ~27 px, so it cannot); any size; +2 kFLOP/pixel."""
+    plain = _randomised(EncoderDecoder())
+    grown = EncoderDecoder(EDConfig(context=True)).eval()
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("context.") for k in missing)
+    x = torch.rand(1, 3, 192, 192)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x), plain(x))
+        _randomised(grown.context, seed=1)
+        for h, w in SIZES:
+            assert grown(torch.rand(1, 3, h, w)).shape == (1, 3, h, w)
+        x2 = x.clone()
+        x2[..., 96, 96] = 1.0 - x2[..., 96, 96]
+        far = (slice(None), slice(None), 96, slice(96 + 40, 96 + 56))  # 40-55 px to the right of the change
+        assert torch.equal(plain(x)[far], plain(x2)[far])
+        assert (grown(x)[far] - grown(x2)[far]).abs().max() > 1e-6
+    # 1/8: 3x3 conv 64->64; 1/16: 3x3 conv, two in the block, a 1x1: MACs per full-resolution pixel
+    extra = 64 * 64 * 9 / 64 + 3 * 64 * 64 * 9 / 256 + 64 * 64 / 256
+    assert flops_per_pixel(grown, 64, 64) == pytest.approx(flops_per_pixel(plain, 64, 64) + 2 * extra)
+    assert flops_per_pixel(grown) <= 20_000
+    assert EDConfig.from_dict({"bypass": True}).context is False  # checkpoints from before the option
