@@ -65,16 +65,21 @@ def prune(model) -> None:
 
 
 def alignment(model) -> int:
-    """The total stride of the ED: the product of its upsampling factors, DepthToSpace block sizes and
-    ConvTranspose strides (1 for a graph without any).
+    """The total stride of the ED: the product of its upsampling factors, DepthToSpace block sizes,
+    ConvTranspose strides and constant Resize scales (1 for a graph without any).
 
-    Input sizes divisible by it pass through every level without padding, so the crops are whole-tensor."""
+    Input sizes divisible by it pass through every level without padding, so the crops are whole-tensor. (The
+    context branch's x4 Resize sits beside the trunk's two x2 levels: 2 x 2 x 4 = 16 is its depth, 1/16.)"""
+    consts = _consts(model)
     factor = 1
     for node in model.graph.node:
         if node.op_type == "DepthToSpace":
             factor *= int(_attrs(node).get("blocksize", 1))
         elif node.op_type == "ConvTranspose":
             factor *= int(max(_attrs(node).get("strides", [1]), default=1))
+        elif node.op_type == "Resize":
+            scales = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            factor *= int(round(float(np.max(scales)))) if scales is not None and scales.size else 1
     return factor
 
 

@@ -99,7 +99,9 @@ class _Context(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.block(F.relu(self.down2(F.relu(self.down1(x)))))
-        return F.interpolate(self.back(c), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        # A fixed x4 (a constant Resize scale, so the engine's alignment counts it) cropped like the other levels.
+        up = F.interpolate(self.back(c), scale_factor=4.0, mode="bilinear", align_corners=False)
+        return up[..., : x.shape[-2], : x.shape[-1]]
 
 
 class EncoderDecoder(nn.Module):

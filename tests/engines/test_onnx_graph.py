@@ -168,3 +168,31 @@ def test_all_graph_optimisations_are_on():
     for session in (engine._session, engine._aligned):
         level = session.get_session_options().graph_optimization_level
         assert level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_a_context_model_runs_crop_free_at_sizes_divisible_by_16(tmp_path, photos, caplog):
+    """`train --context`: its x4 Resize counts in the alignment (1/16 deep), so 224 and 1280x720 run the crop-free
+    graph and 100x68 (divisible by 4, not 16) the full one, with the file's pixels either way and no warning."""
+    import torch
+
+    from edgepipe.models.ed import EDConfig, EncoderDecoder, save_checkpoint
+    from edgepipe.train.export import export_onnx
+
+    torch.manual_seed(0)
+    model = EncoderDecoder(EDConfig(context=True))
+    with torch.no_grad():  # the branch must matter, or a wrong crop would go unseen
+        model.out.weight.normal_(std=0.2)
+        model.context.back.weight.normal_(std=0.2)
+    save_checkpoint(tmp_path / "c.pt", model)
+    export_onnx(tmp_path / "c.pt", tmp_path / "c.onnx")
+    with caplog.at_level(logging.WARNING, logger="edgepipe.engines.onnx_engine"):
+        fast = OnnxEngine(tmp_path / "c.onnx", threads=1)
+    assert "not used" not in caplog.text
+    assert fast.rewrites == ["conv_transpose:2", "without_crops:16"] and fast.alignment == 16
+    plain = OnnxEngine(tmp_path / "c.onnx", threads=1, rewrite=False)
+    import cv2
+
+    for h, w in ((224, 224), (720, 1280), (100, 68)):
+        batch = np.ascontiguousarray(cv2.resize(photos[0], (w, h))[None])
+        assert (fast.session_for(h, w) is fast._aligned) == (h % 16 == 0 and w % 16 == 0)
+        assert np.abs(fast.run(batch).astype(int) - plain.run(batch).astype(int)).max() <= 1
