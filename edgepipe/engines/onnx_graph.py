@@ -79,7 +79,7 @@ def alignment(model) -> int:
             factor *= int(max(_attrs(node).get("strides", [1]), default=1))
         elif node.op_type == "Resize":
             scales = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-            factor *= int(round(float(np.max(scales)))) if scales is not None and scales.size else 1
+            factor *= max(1, int(round(float(np.max(scales))))) if scales is not None and scales.size else 1
     return factor
 
 

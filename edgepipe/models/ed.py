@@ -85,8 +85,8 @@ class _Block(nn.Module):
 
 class _Context(nn.Module):
     """Two more strided convs (1/4 -> 1/16), a residual block there, and a zero-initialised 1x1 whose output is
-    upsampled (bilinear) and added to the body's: each output pixel then sees ~110 px around it instead of ~27,
-    enough to tell the object from the background it may simplify. Zero at start, so adding the branch to a
+    upsampled (bilinear) and added to the body's: each output pixel then sees ~110 px around it instead of ~27, room
+    to tell an object from the background a recognition-aware ED may simplify. Zero at start, so adding the branch to a
     trained model leaves its output unchanged until training moves it."""
 
     def __init__(self, c: int):
