@@ -88,7 +88,9 @@ def _recipe(args: dict[str, Any]) -> str:
     if args.get("lambda_frames") and args.get("frames"):
         clips = ", ".join(Path(c).name for c in str(args["frames"]).split(","))
         parts.append(f"λ_frames = {args['lambda_frames']:g} × KL of the recognizer's answer on the decoded ED output "
-                     f"of camera frames to its answer on the frames (no labels; the first {round(100 * (1 - TAIL))} % of {clips})")
+                     f"of camera frames to its answer on the frames (no labels; the first {round(100 * (1 - TAIL))} % of {clips}"
+                     + (f", zoomed out by a factor in [{args['frames_rescale_min']:g}, 1]"
+                        if args.get("frames_rescale_min", 1.0) < 1.0 else "") + ")")
     return " + ".join(parts)
 
 

@@ -22,7 +22,8 @@ FRAMES_VIEWS = ("native", "monitor")  # the scale the recognizer sees camera cro
 IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
                  "n_blocks", "stem_stride", "context", "recon_warmup", "codec", "backward", "lambda_rate", "lambda_mse", "distill",
                  "clean_weight", "rescale_min", "rescale_max", "holdout", "init", "lambda_temporal", "ema",
-                 "frames", "lambda_frames", "frames_codec", "frames_view")
+                 "frames", "lambda_frames", "frames_codec", "frames_view",
+                 "frames_rescale_min")
 
 
 def setting(default: Any, *name: str, **spec: Any) -> Any:
@@ -83,6 +84,9 @@ class TrainConfig:
                                "native pixels, or monitor: the ED and the codec work on native pixels and the "
                                "crop is shrunk as the monitor's centre-crop view shrinks the whole frame (a "
                                "768x432 clip by 224/432) before the recognizer reads it.")
+    frames_rescale_min: float = setting(1.0, help="Zoom the camera crops out by a random factor in "
+                                        "[FRAMES_RESCALE_MIN, 1] (cut larger, area-filtered down): the two "
+                                        "clips' scenes at more scales, so the term is not learnt by heart.")
     distill: float | None = setting(None, metavar="T", help="Distil at temperature T: match the recognizer's "
                                                             "output on the original image, no labels.")
     rescale_min: float = setting(1.0, help="Area-downscale each image by a random factor in [RESCALE_MIN, "
@@ -140,6 +144,11 @@ class TrainConfig:
             raise EdgepipeError(f"--frames-view must be one of {', '.join(FRAMES_VIEWS)}, got {self.frames_view!r}")
         if self.frames_view != "native" and not self.frames:
             raise EdgepipeError("--frames-view needs --frames: it says how the camera frames are seen")
+        if self.frames_rescale_min != 1.0:
+            if not self.frames:
+                raise EdgepipeError("--frames-rescale-min needs --frames: it zooms the camera crops")
+            if not 0.1 <= self.frames_rescale_min <= 1.0:
+                raise EdgepipeError(f"--frames-rescale-min must be in 0.1..1, got {self.frames_rescale_min}")
         if self.frames_codec is not None:
             if not self.frames:
                 raise EdgepipeError("--frames-codec needs --frames: it says how the camera frames are coded")

@@ -60,7 +60,11 @@ def read_clip(path: str, every: int) -> np.ndarray:
 
 @dataclass
 class FramePool:
-    """Random crops (and flips) of the training part of some camera clips."""
+    """Random crops (and flips) of the training part of some camera clips.
+
+    `rescale_min` < 1 zooms out: each crop is cut from a square of side / s native pixels, s drawn in
+    [rescale_min, 1], and area-filtered down to the crop's side, as if the camera saw the scene from farther
+    away. Two fixed cameras are few scenes to learn from; the same scenes at other scales are more of them."""
 
     paths: tuple[str, ...]
     crop: int = 128
@@ -68,10 +72,13 @@ class FramePool:
     seed: int = 0
     every: int = 5
     view: str = "native"
+    rescale_min: float = 1.0
     frames: list[np.ndarray] = field(init=False, repr=False)
     side: int = field(init=False)  # the crop's side in native pixels; the recognizer sees it at `crop`
 
     def __post_init__(self) -> None:
+        if not 0.1 <= self.rescale_min <= 1.0:
+            raise EdgepipeError(f"--frames-rescale-min must be in 0.1..1, got {self.rescale_min}")
         self.frames = []
         sides = {}
         for path in self.paths:
@@ -92,13 +99,20 @@ class FramePool:
 
     def batch(self, step: int) -> np.ndarray:
         """uint8 crops (batch_size, side, side, 3) of native pixels, the same for the same (seed, step)."""
+        import cv2
+
         rng = np.random.default_rng([self.seed, step, 13])
         crops = []
         for i in rng.integers(0, len(self.frames), self.batch_size):
             image = self.frames[int(i)]
             h, w = image.shape[:2]
-            top, left = int(rng.integers(0, h - self.side + 1)), int(rng.integers(0, w - self.side + 1))
-            crop = image[top:top + self.side, left:left + self.side]
+            # No draw without zoom, so the crops of runs trained before the option stay what they were.
+            scale = 1.0 if self.rescale_min >= 1.0 else float(rng.uniform(self.rescale_min, 1.0))
+            cut = min(h, w, round(self.side / scale))
+            top, left = int(rng.integers(0, h - cut + 1)), int(rng.integers(0, w - cut + 1))
+            crop = image[top:top + cut, left:left + cut]
+            if cut != self.side:
+                crop = cv2.resize(crop, (self.side, self.side), interpolation=cv2.INTER_AREA)
             crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
         return np.ascontiguousarray(np.stack(crops))
 

@@ -177,7 +177,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     batches = CropBatches(cfg.data, cfg.crop, cfg.batch_size, cfg.seed, cfg.rescale_min, cfg.holdout,
                            cfg.rescale_max)
     camera = FramePool(tuple(p.strip() for p in cfg.frames.split(",")), cfg.crop, cfg.batch_size, cfg.seed,
-                       view=cfg.frames_view) if cfg.frames else None
+                       view=cfg.frames_view, rescale_min=cfg.frames_rescale_min) if cfg.frames else None
     if cfg.val_data is not None:
         from edgepipe.core.datasets import list_labelled_images
 

@@ -81,7 +81,10 @@ def test_the_card_names_the_camera_and_temporal_terms() -> None:
                       frames="../shared/data/video/car.mp4,clips/person.mp4", lambda_frames=2.0)
     line = _recipe(cfg.args())
     assert "λ_frames = 2 × KL" in line and "car.mp4, person.mp4" in line
-    assert "λ_temporal = 300" in line
+    assert "λ_temporal = 300" in line and "zoomed out" not in line
+    zoomed = _recipe(TrainConfig(data="d", out="o", codec="hevc:31-47", frames="car.mp4", lambda_frames=2.0,
+                                 frames_rescale_min=0.5).args())
+    assert "car.mp4, zoomed out by a factor in [0.5, 1])" in zoomed
     plain = _recipe(TrainConfig(data="d", out="o", codec="hevc:31-47", lambda_mse=5.0).args())
     assert "λ_frames" not in plain and "λ_temporal" not in plain
 

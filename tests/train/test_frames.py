@@ -143,6 +143,9 @@ def test_frames_codec_codes_the_camera_frames_only(small_val_folder, clip, tmp_p
     (dict(frames="x.mp4", lambda_frames=-1.0), "--lambda-frames must be >= 0"),
     (dict(frames_view="monitor"), "--frames-view needs --frames"),
     (dict(frames="x.mp4", lambda_frames=1.0, frames_view="zoom"), "--frames-view must be one of native, monitor"),
+    (dict(frames_rescale_min=0.5), "--frames-rescale-min needs --frames"),
+    (dict(frames="x.mp4", lambda_frames=1.0, frames_rescale_min=0.05), r"--frames-rescale-min must be in 0.1..1"),
+    (dict(frames="x.mp4", lambda_frames=1.0, frames_rescale_min=1.5), r"--frames-rescale-min must be in 0.1..1"),
 ])
 def test_bad_frame_settings_are_one_line(kw, phrase):
     with pytest.raises(EdgepipeError, match=phrase):
@@ -229,3 +232,47 @@ def test_a_clip_smaller_than_the_view_is_enlarged_as_the_monitor_enlarges_it(cli
 def test_clips_that_need_different_crops_are_one_line(wide_clip, clip):
     with pytest.raises(EdgepipeError, match="--frames-view monitor: the clips need crops of different sizes"):
         FramePool((str(wide_clip), str(clip)), crop=48, every=1, view="monitor")
+
+
+def test_zoomed_crops_are_area_filtered_cuts_of_the_training_frames(wide_clip):
+    """--frames-rescale-min: each crop is a larger square of a training frame, area-filtered down to the crop's
+    side; the same for the same (seed, step); and without it the crops are exactly what they were before."""
+    import cv2
+
+    pool = FramePool((str(wide_clip),), crop=48, batch_size=8, seed=4, every=1, rescale_min=0.25)
+    batch = pool.batch(3)
+    assert batch.shape == (8, 48, 48, 3)
+    np.testing.assert_array_equal(batch, FramePool((str(wide_clip),), crop=48, batch_size=8, seed=4, every=1,
+                                                   rescale_min=0.25).batch(3))
+    # Re-draw what batch() drew, and rebuild each crop from its frame.
+    rng = np.random.default_rng([4, 3, 13])
+    zoomed = 0
+    for crop, i in zip(batch, rng.integers(0, len(pool.frames), 8)):
+        image = pool.frames[int(i)]
+        scale = float(rng.uniform(0.25, 1.0))
+        cut = min(240, round(48 / scale))
+        top, left = int(rng.integers(0, 240 - cut + 1)), int(rng.integers(0, 400 - cut + 1))
+        want = cv2.resize(image[top:top + cut, left:left + cut], (48, 48), interpolation=cv2.INTER_AREA)
+        want = want[:, ::-1] if rng.random() < 0.5 else want
+        np.testing.assert_array_equal(crop, want)
+        zoomed += cut > 60
+    assert zoomed >= 4  # most crops come from squares well over the crop's side
+    # rescale_min 1 draws nothing more: the crops of every run trained before the option are unchanged.
+    plain = FramePool((str(wide_clip),), crop=48, batch_size=8, seed=4, every=1).batch(3)
+    rng = np.random.default_rng([4, 3, 13])
+    for crop, i in zip(plain, rng.integers(0, len(pool.frames), 8)):
+        top, left = int(rng.integers(0, 240 - 48 + 1)), int(rng.integers(0, 400 - 48 + 1))
+        want = pool.frames[int(i)][top:top + 48, left:left + 48]
+        np.testing.assert_array_equal(crop, want[:, ::-1] if rng.random() < 0.5 else want)
+
+
+def test_a_zoomed_run_trains_and_a_resume_cannot_change_the_zoom(small_val_folder, wide_clip, tmp_path):
+    def cfg(**kw):
+        return TrainConfig(data=str(small_val_folder), out=str(tmp_path / "m.pt"), crop=48, batch_size=4,
+                           progress=False, threads=2, codec_workers=2, frames=str(wide_clip), lambda_frames=1.0,
+                           codec="hevc:40-40", **kw)
+
+    assert train(cfg(max_steps=2, frames_rescale_min=0.5))["train_frames"] > 0
+    assert read_checkpoint(tmp_path / "m.pt")["args"]["frames_rescale_min"] == 0.5
+    with pytest.raises(EdgepipeError, match=r"other settings \(frames_rescale_min: 0.5 -> 1.0\)"):
+        train(cfg(max_steps=3, resume=True))
