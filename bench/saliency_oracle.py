@@ -29,7 +29,6 @@ import json
 import platform
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgepipe.core.bdrate import compare  # noqa: E402
+from edgepipe.core.bdrate import compare, paired_bootstrap  # noqa: E402
 
 
 def cam_maps(model, images: np.ndarray) -> np.ndarray:
@@ -106,24 +105,11 @@ def curve(bpp: np.ndarray, correct: np.ndarray, idx=None) -> tuple[list[float], 
 
 def bd_with_intervals(bpp: dict, correct: dict, name: str, n_boot: int, seed: int = 0) -> dict:
     base = compare(*curve(bpp["none"], correct["none"]), *curve(bpp[name], correct[name]))
-    rng = np.random.default_rng(seed)
-    n = bpp["none"].shape[1]
-    boots = {"cubic": [], "pchip": []}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(n_boot):
-            idx = rng.integers(0, n, n)
-            b = compare(*curve(bpp["none"], correct["none"], idx), *curve(bpp[name], correct[name], idx))
-            boots["cubic"].append(b.rate_cubic)
-            boots["pchip"].append(b.rate_pchip)
-    out = {"variant": name, "bd_rate_cubic_pct": base.rate_cubic, "bd_rate_pchip_pct": base.rate_pchip,
-           "bd_top1_pchip_pts": base.quality_pchip, "notes": list(base.notes)}
-    for m, v in boots.items():
-        v = np.asarray(v, float)
-        v = v[np.isfinite(v)]
-        out[f"bd_rate_{m}_ci95"] = ([float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
-                                    if len(v) >= 0.9 * n_boot else None)
-    return out
+    ci = paired_bootstrap(lambda idx: curve(bpp["none"], correct["none"], idx),
+                          lambda idx: curve(bpp[name], correct[name], idx), bpp["none"].shape[1], n_boot, seed)
+    return {"variant": name, "bd_rate_cubic_pct": base.rate_cubic, "bd_rate_pchip_pct": base.rate_pchip,
+            "bd_top1_pchip_pts": base.quality_pchip, "notes": list(base.notes),
+            "bd_rate_cubic_ci95": ci["cubic"], "bd_rate_pchip_ci95": ci["pchip"]}
 
 
 def main(argv=None) -> int:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from edgepipe.core.bdrate import compare
+from edgepipe.core.bdrate import compare, paired_bootstrap
 
 
 def load(path: str) -> dict:
@@ -65,20 +64,15 @@ def curve(z: dict, points: list[int], schedule: dict[int, float], idx=None) -> t
     return rates, accs
 
 
+def _span(ci: list[float] | None) -> str:
+    return f"[{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "[none: under 90 % of the resamples fit]"
+
+
 def bd(z: dict, points: list[int], schedule: dict[int, float], n_boot: int = 200) -> dict:
     anchor = {q: 0.0 for q in points}
     c = compare(*curve(z, points, anchor), *curve(z, points, schedule))
-    rng = np.random.default_rng(0)
-    n = z["bpp"].shape[2]
-    boots = {"cubic": [], "pchip": []}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(n_boot):
-            idx = rng.integers(0, n, n)
-            b = compare(*curve(z, points, anchor, idx), *curve(z, points, schedule, idx))
-            boots["cubic"].append(b.rate_cubic)
-            boots["pchip"].append(b.rate_pchip)
-    ci = {m: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for m, v in boots.items()}
+    ci = paired_bootstrap(lambda idx: curve(z, points, anchor, idx), lambda idx: curve(z, points, schedule, idx),
+                          z["bpp"].shape[2], n_boot)
     rates, accs = curve(z, points, schedule)
     return {"cubic": c.rate_cubic, "pchip": c.rate_pchip, "ci": ci, "top1_pts_pchip": c.quality_pchip,
             "bpp": rates, "top1": accs}
@@ -120,7 +114,7 @@ def main(argv=None) -> int:
         print(f"\n{path} ({role}; points {pts}; {z['bpp'].shape[2]} images)")
         for name, r in rows.items():
             print(f"  {name:>9}: {r['cubic']:+6.1f} / {r['pchip']:+6.1f} %   "
-                  f"PCHIP CI [{r['ci']['pchip'][0]:+.1f}, {r['ci']['pchip'][1]:+.1f}]   "
+                  f"PCHIP CI {_span(r['ci']['pchip'])}   "
                   f"top-1 {' '.join(f'{a:.1f}' for a in r['top1'])}")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

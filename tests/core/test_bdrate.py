@@ -144,3 +144,28 @@ def test_numpy_pchip_is_scipys():
             for a, b in ((x[0], x[-1]), (lo, hi)):
                 want = scipy_interpolate.PchipInterpolator(x, y).integrate(a, b)
                 assert _pchip_integral(x, y, a, b) == pytest.approx(want, rel=1e-10, abs=1e-10)
+
+
+def test_paired_bootstrap_brackets_a_known_saving_and_refuses_a_mostly_undefined_one():
+    """Per-sample rates and qualities at four settings; the test curve takes 0.7 x the anchor's rate at the same
+    quality: BD-rate -30 %. Curves whose quality ranges do not overlap give no interval."""
+    from edgepipe.core.bdrate import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    n = 200
+    rates = np.array([0.2, 0.4, 0.8, 1.6])[:, None] * rng.uniform(0.5, 1.5, (1, n))
+    quality = np.array([40.0, 55.0, 65.0, 72.0])[:, None] + rng.normal(0, 5, (4, n))
+
+    def curve(r, q):
+        return lambda idx: (list(r[:, idx].mean(axis=1)), list(q[:, idx].mean(axis=1)))
+
+    ci = paired_bootstrap(curve(rates, quality), curve(0.7 * rates, quality), n, n_boot=100)
+    # Paired: every resample draws the same samples for both curves, so each one sees exactly -30 %; two
+    # separate draws would scatter it by the samples' spread.
+    assert ci == {"cubic": [pytest.approx(-30.0), pytest.approx(-30.0)],
+                  "pchip": [pytest.approx(-30.0), pytest.approx(-30.0)]}
+    noisy = paired_bootstrap(curve(rates, quality), curve(0.7 * rates, quality + rng.normal(0, 8, (4, n))), n)
+    for lo, hi in noisy.values():
+        assert lo < -30.0 < hi and hi - lo > 1.0
+    apart = paired_bootstrap(curve(rates, quality), curve(rates, quality + 100.0), n, n_boot=50)
+    assert apart == {"cubic": None, "pchip": None}
