@@ -144,11 +144,8 @@ class TrainConfig:
             raise EdgepipeError(f"--frames-view must be one of {', '.join(FRAMES_VIEWS)}, got {self.frames_view!r}")
         if self.frames_view != "native" and not self.frames:
             raise EdgepipeError("--frames-view needs --frames: it says how the camera frames are seen")
-        if self.frames_rescale_min != 1.0:
-            if not self.frames:
-                raise EdgepipeError("--frames-rescale-min needs --frames: it zooms the camera crops")
-            if not 0.1 <= self.frames_rescale_min <= 1.0:
-                raise EdgepipeError(f"--frames-rescale-min must be in 0.1..1, got {self.frames_rescale_min}")
+        if self.frames_rescale_min != 1.0 and not self.frames:  # its range: FramePool, as --rescale-min's is CropBatches'
+            raise EdgepipeError("--frames-rescale-min needs --frames: it zooms the camera crops")
         if self.frames_codec is not None:
             if not self.frames:
                 raise EdgepipeError("--frames-codec needs --frames: it says how the camera frames are coded")
