@@ -46,11 +46,7 @@ def cam_maps(model, images: np.ndarray) -> np.ndarray:
 
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     with torch.no_grad():
-        h = (x * 255.0 - 127.0) / 128.0
-        h = F.relu6(model._bn0(model._conv_stem(h)))
-        for block in model._blocks:
-            h = block(h)
-        feats = F.relu6(model._bn1(model._conv_head(h)))              # (N, 1280, h, w)
+        feats = model.features(x)                                      # (N, 1280, h, w)
         logits = model._fc(feats.mean(dim=(2, 3)))
         cls = logits.argmax(1)
         w = model._fc.weight[cls]                                      # (N, 1280)

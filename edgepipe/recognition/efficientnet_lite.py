@@ -64,15 +64,18 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = nn.BatchNorm2d(1280, **_BN)
         self._fc = nn.Linear(1280, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map (N, 1280, H/32, W/32): the logits are its spatial mean through `_fc`, so `_fc`
+        applied at each cell splits them over the picture (a class activation map, bench/saliency_oracle.py)."""
         # The published weights expect (pixel - 127) / 128 on 0..255 pixels.
         x = (x * 255.0 - 127.0) / 128.0
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        x = F.relu6(self._bn1(self._conv_head(x)))
-        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return self._fc(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
 def packaged_weights_path() -> str:

@@ -28,6 +28,19 @@ def test_onnxruntime_and_torch_backends_agree(batch):
     assert (ort.argmax(1) == pt.argmax(1)).all()
 
 
+def test_efficientnet_lite0_logits_split_over_its_last_feature_map(batch):
+    """The class activation map the saliency oracle reads: the linear layer applied at each cell of `features`
+    averages to the logits."""
+    model = build_recognizer("efficientnet-lite0")
+    x = torch.from_numpy(batch[0][:4]).permute(0, 3, 1, 2).float() / 255.0
+    with torch.no_grad():
+        feats = model.features(x)
+        per_cell = torch.einsum("kc,nchw->nkhw", model._fc.weight, feats) + model._fc.bias[None, :, None, None]
+        logits = model(x)
+    assert feats.shape == (4, 1280, 7, 7)
+    torch.testing.assert_close(per_cell.mean(dim=(2, 3)), logits, atol=1e-4, rtol=1e-4)
+
+
 def test_recognizer_is_frozen():
     model = build_recognizer("efficientnet-lite0")
     assert not model.training
