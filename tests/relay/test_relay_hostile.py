@@ -37,13 +37,14 @@ def test_a_subscription_flood_at_the_relay_is_capped_and_the_real_streams_carry_
     runs = [Running(monitor.run), Running(capture.run)]
     flooder = None
     try:
-        assert wait_for(lambda: monitor.monitor.decoded >= 10, 20)
+        assert wait_for(lambda: monitor.monitor.decoded >= 10, 20), _state("before the flood", monitor, relay)
         flooder = subprocess.Popen([sys.executable, "-c", FLOODER, mons, "2000"])
-        assert wait_for(lambda: relay.relay.resets >= 1, 20)
+        assert wait_for(lambda: relay.relay.resets >= 1, 20), _state("no reset", monitor, relay)
         flooder.kill()
         flooder.wait()
         decoded = monitor.monitor.decoded
-        assert wait_for(lambda: monitor.monitor.decoded >= decoded + 20, 30)  # the real stream is back
+        assert wait_for(lambda: monitor.monitor.decoded >= decoded + 20, 30), \
+            _state(f"the stream is not back (decoded {decoded} at the flooder's kill)", monitor, relay)
         # A flooder that reconnected between the reset and its kill holds topics until its death reaches the relay
         # as unsubscriptions (a clean-clone run once read 26 live topics a moment too early); wait for that.
         wait_for(lambda: relay.report()["subscriptions"]["topics_live"] <= 2, 10)
@@ -58,8 +59,14 @@ def test_a_subscription_flood_at_the_relay_is_capped_and_the_real_streams_carry_
         relay_run.stop()
         for s in (capture, monitor, relay):
             s.close()
-    assert report["subscriptions"]["floods"] >= 1 and report["subscriptions"]["resets"] >= 1
-    assert report["subscriptions"]["topics_live"] <= 2  # the flood's topics unsubscribed; the monitor's b"" back
-    assert live_at_capture <= 2  # upstream too: the camera holds the real subscription only
-    (stream,) = monitor.report()["streams"]
-    assert stream["stream"] == "gate" and stream["received"] > 0
+    subs = report["subscriptions"]
+    assert subs["floods"] >= 1 and subs["resets"] >= 1, subs
+    assert subs["topics_live"] <= 2, subs  # the flood's topics unsubscribed; the monitor's b"" back
+    assert live_at_capture <= 2, live_at_capture  # upstream too: the camera holds the real subscription only
+    streams = monitor.report()["streams"]
+    assert len(streams) == 1 and streams[0]["stream"] == "gate" and streams[0]["received"] > 0, streams
+
+
+def _state(what: str, monitor, relay) -> str:
+    """What a failed wait saw (this test failed twice in full runs on a loaded 2-core machine, never alone)."""
+    return f"{what}: monitor decoded {monitor.monitor.decoded}, relay {relay.report()}"
