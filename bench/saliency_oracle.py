@@ -141,9 +141,13 @@ def main(argv=None) -> int:
     bpp: dict[str, np.ndarray] = {}
     correct: dict[str, np.ndarray] = {}
     uncoded: dict[str, list[bool]] = {}
+    skipped: list[str] = []
     t0 = time.time()
     for i, im in enumerate(images):
         x = read_rgb(im.path)
+        if x is None:  # counted and left out of every variant's columns below
+            skipped.append(str(im.path))
+            continue
         h, w = x.shape[:2]
         cam = cam_maps(model, x[None])[0]
         made = variants(x, cam, keeps, sigmas)
@@ -161,12 +165,18 @@ def main(argv=None) -> int:
             correct[name][:, i] = clf.top1(np.stack(decoded)) == im.label
         print(f"\r{i + 1}/{len(images)} images, {time.time() - t0:.0f} s", end="", file=sys.stderr)
     print(file=sys.stderr)
+    left_out = set(skipped)
+    kept = [i for i, im in enumerate(images) if str(im.path) not in left_out]
+    bpp = {n: v[:, kept] for n, v in bpp.items()}
+    correct = {n: v[:, kept] for n, v in correct.items()}
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}", file=sys.stderr)
     rows = [{"variant": n, "point": q, "bpp": float(np.nanmean(bpp[n][j])), "top1": float(100 * correct[n][j].mean())}
             for n in bpp for j, q in enumerate(points)]
     rows += [{"variant": n, "point": "uncoded", "top1": float(100 * np.mean(v))} for n, v in uncoded.items()]
     bd = [bd_with_intervals(bpp, correct, n, args.boot) for n in bpp if n != "none"]
     result = {"command": "bench/saliency_oracle.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "data": args.data, "images": len(images), "codec": args.codec, "points": points,
+              "data": args.data, "images": len(kept), "skipped": skipped, "codec": args.codec, "points": points,
               "seconds": round(time.time() - t0, 1), "machine": platform.platform(), "rows": rows, "bd": bd}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
@@ -180,4 +190,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from edgepipe.core.errors import EdgepipeError
+
+    try:
+        raise SystemExit(main())
+    except EdgepipeError as exc:  # a missing or empty --data folder: one line
+        raise SystemExit(f"error: {exc}") from None
