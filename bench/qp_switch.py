@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.evaluation.report import bd_rows, bootstrap_bd, curve_rows
+from edgepipe.evaluation.report import bd_table
 from edgepipe.evaluation.runner import Evaluation, PreSpec, Runner
 from edgepipe.recognition import DEFAULT_RECOGNIZER
 
@@ -47,21 +48,9 @@ def with_switch(ev: Evaluation, codec: str, high: str, low: str, switch_qp: int)
                    points={codec: points}, results=results)
 
 
-def bd_table(ev: Evaluation, anchor: str) -> list[dict]:
-    """BD rows of every pre-transform but `anchor` (and the codec alone) against `anchor`, with intervals."""
-    ci = bootstrap_bd(ev, anchor_pre=anchor)
-    rows = []
-    for b in bd_rows(curve_rows(ev), anchor):
-        if b["pre"] == "none" and anchor != "none":
-            continue
-        c = ci.get((b["pre"], b["codec"]), {})
-        rows.append({"pre": b["pre"], "cubic": b["bd_rate_cubic_pct"], "pchip": b["bd_rate_pchip_pct"],
-                     "top1_pchip": b["bd_top1_pchip_pts"], "ci95": c})
-    return rows
-
-
-def _span(lo_hi) -> str:
-    return f"[{lo_hi[0]:+.1f}, {lo_hi[1]:+.1f}]" if lo_hi else "[n/a]"
+def _span(row: dict, column: str) -> str:
+    lo, hi = row[f"{column}_ci95_lo"], row[f"{column}_ci95_hi"]
+    return "[n/a]" if math.isnan(lo) else f"[{lo:+.1f}, {hi:+.1f}]"
 
 
 def main(argv=None) -> int:
@@ -90,13 +79,14 @@ def main(argv=None) -> int:
     report = {"data": args.data, "codec": args.codec, "points": ev.points[args.codec], "images": ev.n_images,
               "high": args.high, "low": args.low, "switch_qp": args.switch_qp, "against": {}}
     for anchor in ["none"] + ([args.compare_to] if args.compare_to else []):
-        rows = bd_table(ev, anchor)
-        report["against"][anchor] = rows
+        rows = bd_table(ev, anchor)  # the columns of edgepipe eval's bdrate*.csv
+        report["against"][anchor] = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+                                     for r in rows]  # JSON has no NaN
         print(f"against {anchor} ({args.codec} at {ev.points[args.codec]}, {ev.n_images} images): "
               "BD-rate cubic / PCHIP [PCHIP 95 %], BD-top-1 PCHIP [95 %]")
         for r in rows:
-            print(f"  {r['pre']:>8}: {r['cubic']:+6.1f} / {r['pchip']:+6.1f} % {_span(r['ci95'].get('pchip'))}   "
-                  f"{r['top1_pchip']:+.2f} pt {_span(r['ci95'].get('top1_pchip'))}")
+            print(f"  {r['pre']:>8}: {r['bd_rate_cubic_pct']:+6.1f} / {r['bd_rate_pchip_pct']:+6.1f} % "
+                  f"{_span(r, 'bd_rate_pchip')}   {r['bd_top1_pchip_pts']:+.2f} pt {_span(r, 'bd_top1_pchip')}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return 0

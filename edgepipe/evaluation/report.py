@@ -300,15 +300,22 @@ def _with_intervals(ev: Evaluation, bds: list[dict], anchor_pre: str) -> list[di
     return bds
 
 
+def bd_table(ev: Evaluation, anchor_pre: str = "none") -> list[dict]:
+    """Every pre-transform against `anchor_pre` (the codec alone leaves the table when it is not the anchor),
+    each BD row with its bootstrap intervals: the rows of bdrate.csv and bdrate_vs_<anchor>.csv."""
+    rows = [b for b in bd_rows(curve_rows(ev), anchor_pre) if anchor_pre == "none" or b["pre"] != "none"]
+    return _with_intervals(ev, rows, anchor_pre)
+
+
 def write_all(ev: Evaluation, out: Path, command: str, compare_to: str | None = None) -> dict[str, Path]:
     """The reports; with `compare_to` (a pre-transform's label) also every other one against it, paired."""
     out.mkdir(parents=True, exist_ok=True)
     rows = curve_rows(ev)
-    bds = _with_intervals(ev, bd_rows(rows), "none")
+    bds = bd_table(ev)
     paths = {"csv": out / "results.csv", "bd": out / "bdrate.csv", "md": out / "results.md", "png": out / "rd.png"}
     versus: list[dict] = []
     if compare_to is not None:
-        versus = _with_intervals(ev, [b for b in bd_rows(rows, compare_to) if b["pre"] != "none"], compare_to)
+        versus = bd_table(ev, compare_to)
         paths["versus"] = out / f"bdrate_vs_{compare_to}.csv"
         write_csv(versus, paths["versus"])
     write_csv(rows, paths["csv"], CSV_FIELDS)
