@@ -88,6 +88,7 @@ def main(argv=None) -> int:
             print(f"  {r['pre']:>8}: {r['bd_rate_cubic_pct']:+6.1f} / {r['bd_rate_pchip_pct']:+6.1f} % "
                   f"{_span(r, 'bd_rate_pchip')}   {r['bd_top1_pchip_pts']:+.2f} pt {_span(r, 'bd_top1_pchip')}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return 0
 
