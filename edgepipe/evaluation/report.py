@@ -180,6 +180,14 @@ def _interval(b: dict, column: str, decimals: int) -> str:
     return "" if math.isnan(lo) else f" [{lo:+.{decimals}f}, {hi:+.{decimals}f}]"
 
 
+def _score_note(ev: Evaluation) -> list[str]:
+    if ev.score == "top1":
+        return []
+    return [f"Score: **top-1 among the {ev.among_classes} classes of the data's labels** (`--score {ev.score}`): "
+            "an answer outside them never counts, so moving the recognizer's belief onto them gains nothing. "
+            "Every top-1 below is this one; the operating points were chosen on top-1 over all classes.", ""]
+
+
 def markdown(ev: Evaluation, rows: list[dict], bds: list[dict], command: str, versus: list[dict] = (),
              compare_to: str | None = None) -> str:
     find = {(b["pre"], b["codec"]): b for b in bds}
@@ -189,6 +197,7 @@ def markdown(ev: Evaluation, rows: list[dict], bds: list[dict], command: str, ve
         f"Command: `{command}`", "",
         f"Images: {ev.n_images} evaluated{_views_note(ev)}, {ev.n_skipped} skipped (unreadable). "
         f"Operating points chosen on the first {ev.calibration_images} images (anchor, codec alone).", "",
+        *_score_note(ev),
         "BD numbers are `cubic / PCHIP`: cubic = VCEG-M33 polynomial fit (what the paper used), "
         "PCHIP = piecewise cubic Hermite (JCT-VC CTC). Negative BD-rate = fewer bits for the same top-1. "
         "⚠ = the two curves share less than half of their combined accuracy range (IoU < 0.5), "

@@ -32,6 +32,7 @@ from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.fidelity import psnr
 from edgepipe.core.files import atomic_path, sha256_file
 from edgepipe.engines import EngineThreads, load_engine, parse_spec
+from edgepipe.evaluation.config import SCORES
 from edgepipe.media.codecs import CODECS, STILL_CODECS, bits_per_pixel, decode_image, encode_image
 
 log = logging.getLogger(__name__)
@@ -161,15 +162,30 @@ class Result:
     bpp: np.ndarray
     psnr: np.ndarray
     correct: np.ndarray  # int8: 1 right, 0 wrong, -1 skipped (unreadable)
+    # the same, top-1 taken among `among_classes` only; None in caches written before --score existed
+    correct_among: np.ndarray | None = None
+    among_classes: np.ndarray | None = None
 
     def save(self, path: Path) -> None:
+        extra = {} if self.correct_among is None else {"correct_among": self.correct_among,
+                                                       "among_classes": self.among_classes}
         with atomic_path(path, suffix=".tmp.npz") as tmp:  # an interrupted run never leaves half a file
-            np.savez(tmp, bpp=self.bpp, psnr=self.psnr, correct=self.correct)
+            np.savez(tmp, bpp=self.bpp, psnr=self.psnr, correct=self.correct, **extra)
 
     @classmethod
     def load(cls, path: Path) -> Result:
         with np.load(path) as z:
+            if "correct_among" in z:
+                return cls(z["bpp"], z["psnr"], z["correct"], z["correct_among"], z["among_classes"])
             return cls(z["bpp"], z["psnr"], z["correct"])
+
+    def scored(self, score: str) -> Result:
+        """This result with `correct` holding the answers `score` counts (SCORES)."""
+        if score == "top1":
+            return self
+        if self.correct_among is None:
+            raise EdgepipeError("internal: a cached result without top-1 among labels was not recomputed")
+        return Result(self.bpp, self.psnr, self.correct_among, self.correct_among, self.among_classes)
 
 
 class _Worker:
@@ -215,14 +231,20 @@ class _Worker:
                     out[i] = y[j]
         return out
 
-    def _classify(self, frames: list[np.ndarray | None], labels: list[int]) -> np.ndarray:
+    def _classify(self, frames: list[np.ndarray | None], labels: list[int],
+                  among: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per frame: is the top-1 right over all classes, and among the classes `among` only (-1: skipped)."""
         correct = np.full(len(frames), -1, np.int8)
+        correct_among = np.full(len(frames), -1, np.int8)
         for idx in self._by_shape(frames).values():
-            pred = self.classifier.top1(np.stack([frames[i] for i in idx]))
-            correct[idx] = (pred == np.asarray([labels[i] for i in idx])).astype(np.int8)
-        return correct
+            logits = self.classifier.logits(np.stack([frames[i] for i in idx]))
+            truth = np.asarray([labels[i] for i in idx])
+            correct[idx] = (logits.argmax(1) == truth).astype(np.int8)
+            correct_among[idx] = (among[logits[:, among].argmax(1)] == truth).astype(np.int8)
+        return correct, correct_among
 
-    def run(self, spec: str, paths: list[str], labels: list[int], settings: list[Setting]) -> dict[Setting, Result]:
+    def run(self, spec: str, paths: list[str], labels: list[int], settings: list[Setting],
+            among: np.ndarray) -> dict[Setting, Result]:
         originals = [read_rgb(p) for p in paths]
         for p, im in zip(paths, originals):
             if im is None:
@@ -250,7 +272,8 @@ class _Worker:
                         raise EdgepipeError(f"{codec} decoded {paths[i]} as {y.shape}, expected {x.shape}")
                 quality_db[i] = psnr(orig, y)  # against the original, i.e. the pre-transform's input
                 decoded[i] = y
-            results[(codec, quality)] = Result(bpp, quality_db, self._classify(decoded, labels))
+            correct, correct_among = self._classify(decoded, labels, among)
+            results[(codec, quality)] = Result(bpp, quality_db, correct, correct_among, among)
         return results
 
 
@@ -272,9 +295,9 @@ def _init_worker(recognizer: str, weights: str | None, threads: int | None, view
 
 
 def _run_task(task: tuple) -> tuple:
-    key, spec, paths, labels, settings = task
+    key, spec, paths, labels, settings, among = task
     assert _WORKER is not None
-    return key, len(paths), _WORKER.run(spec, paths, labels, settings)
+    return key, len(paths), _WORKER.run(spec, paths, labels, settings, among)
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -294,13 +317,15 @@ class Evaluation:
     seconds: float = 0.0
     computed_tasks: int = 0
     sources: list[str] | None = None     # per image, the photo it shows (core.datasets.source_of): views share one
+    score: str = "top1"                  # what `correct` counts (SCORES)
+    among_classes: int = 0               # how many classes top1-among-labels chose among
 
 
 class Runner:
     def __init__(self, data: str | Path, recognizer: str, weights: str | None, pres: list[str],
                  codecs: list[str], points: int = 4, max_bpp: float = 1.0, limit: int | None = None,
                  jobs: int = 2, out: str | Path = "eval-out", cached_only: bool = False,
-                 progress: bool = True, view: str = "native"):
+                 progress: bool = True, view: str = "native", score: str = "top1"):
         from edgepipe.recognition import RECOGNIZER_REGISTRY, VIEWS
 
         RECOGNIZER_REGISTRY[recognizer]  # an unknown name: one line listing the recognizers
@@ -312,10 +337,14 @@ class Runner:
             raise EdgepipeError(f"--jobs must be at least 1, got {jobs}")
         if view not in VIEWS:
             raise EdgepipeError(f"unknown recognizer view {view!r}; choose one of {', '.join(VIEWS)}")
-        self.view = view
+        if score not in SCORES:
+            raise EdgepipeError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
+        self.view, self.score = view, score
         self.codecs = check_codecs(codecs)
         self.pres = resolve_pres(pres)
         self.items = ordered_images(data, limit)
+        # the label set of the whole folder, so --limit does not change what "among labels" means
+        self.among = np.array(sorted({it.label for it in list_labelled_images(data)}), np.int64)
         self.chunks = chunks_of(self.items)
         self.recognizer, self.weights = recognizer, (str(Path(weights).resolve()) if weights else None)
         self.n_points, self.max_bpp, self.jobs = points, max_bpp, jobs
@@ -339,7 +368,20 @@ class Runner:
         return self.cache / name
 
     def _missing(self, pre: PreSpec, settings: list[Setting], chunk: int) -> list[Setting]:
-        return [s for s in settings if not self._path(pre, s, chunk).exists()]
+        return [s for s in settings if not self._cached(self._path(pre, s, chunk))]
+
+    def _cached(self, path: Path) -> bool:
+        """A file answers for top-1 over all classes; for top-1 among labels only if it holds that, for this
+        folder's label set (caches written before --score lack it and are recomputed once)."""
+        if not path.exists():
+            return False
+        if self.score == "top1":
+            return True
+        try:
+            with np.load(path) as z:
+                return "among_classes" in z and np.array_equal(z["among_classes"], self.among)
+        except (OSError, ValueError):
+            return False
 
     # execution -----------------------------------------------------------------------------------
     def _executor(self) -> Callable[[list[tuple]], Iterable[tuple]]:
@@ -362,7 +404,7 @@ class Runner:
             if missing:
                 imgs = self.chunks[chunk]
                 tasks.append(((pre.label, chunk), pre.spec, [str(i.path) for i in imgs],
-                              [i.label for i in imgs], missing))
+                              [i.label for i in imgs], missing, self.among))
         if not tasks:
             return
         if self.cached_only:
@@ -391,8 +433,8 @@ class Runner:
                 return c
         return upto
 
-    def _gather(self, pre: PreSpec, setting: Setting, chunks: range) -> Result:
-        parts = [Result.load(self._path(pre, setting, c)) for c in chunks]
+    def _gather(self, pre: PreSpec, setting: Setting, chunks: range, score: str = "top1") -> Result:
+        parts = [Result.load(self._path(pre, setting, c)).scored(score) for c in chunks]
         return Result(np.concatenate([p.bpp for p in parts]), np.concatenate([p.psnr for p in parts]),
                       np.concatenate([p.correct for p in parts]))
 
@@ -437,10 +479,11 @@ class Runner:
             self._compute(wanted, "evaluating")
         finally:
             self.close()
-        ev = Evaluation(self.pres, self.codecs, points, candidates, int(ok.sum()), self.max_bpp, 0, 0)
+        ev = Evaluation(self.pres, self.codecs, points, candidates, int(ok.sum()), self.max_bpp, 0, 0,
+                        score=self.score, among_classes=len(self.among))
         for pre in self.pres:
-            for s in settings:
-                ev.results[(pre.label, s[0], s[1])] = self._gather(pre, s, chunks)
+            for s in settings:  # the operating points above were chosen on top-1 over all classes, whatever the score
+                ev.results[(pre.label, s[0], s[1])] = self._gather(pre, s, chunks, self.score)
         ev.sources = [source_of(it.path) for c in chunks for it in self.chunks[c]]  # the results' order
         first = ev.results[("none",) + RAW]
         ev.n_skipped = int((first.correct < 0).sum())

@@ -215,3 +215,36 @@ def test_tvl1_with_a_weight_end_to_end(small_val_folder, tmp_path):
     assert json.loads((out / "run.json").read_text())["pre"] == {"none": "none", "tvl1:1.5": "tvl1-lam1.5-it100"}
     smoothed = {r["quality"]: float(r["psnr_db"]) for r in rows if r["pre"] == "tvl1:1.5"}
     assert all(smoothed[r["quality"]] < float(r["psnr_db"]) for r in rows if r["pre"] == "none")  # it filtered
+
+
+def test_score_among_labels_counts_the_answer_among_the_data_classes(small_val_folder, tmp_path):
+    """--score top1-among-labels: top-1 taken among the folder's classes only, computed by the recognizer's
+    logits; never below top-1 over all classes; old caches without it are recomputed, the points stay."""
+    from edgepipe.core.datasets import list_labelled_images, read_rgb
+    from edgepipe.evaluation.runner import RAW, Runner
+    from edgepipe.recognition import Classifier
+
+    args = dict(recognizer="efficientnet-lite0", weights=None, pres=["none"], codecs=["jpeg"],
+                points=3, max_bpp=1.0, jobs=1, out=tmp_path / "out", progress=False)
+    full = Runner(small_val_folder, **args).run()
+    # a cache from before --score: drop the new fields from every file
+    for path in (tmp_path / "out" / "cache").glob("*.npz"):
+        with np.load(path) as z:
+            old = {k: z[k] for k in ("bpp", "psnr", "correct")}
+        np.savez(path, **old)
+    among = Runner(small_val_folder, score="top1-among-labels", **args).run()
+    assert among.computed_tasks > 0 and among.points == full.points and among.among_classes == 3
+    items = list_labelled_images(small_val_folder)
+    classes = np.array(sorted({it.label for it in items}))
+    logits = Classifier(threads=1).logits(np.stack([read_rgb(it.path) for it in items]))
+    expected = dict(zip((str(it.path) for it in items), classes[logits[:, classes].argmax(1)] == [it.label for it in items]))
+    runner = Runner(small_val_folder, score="top1-among-labels", **args)
+    order = [str(it.path) for it in runner.items]
+    got = among.results[("none",) + RAW].correct
+    assert got.tolist() == [int(expected[p]) for p in order]
+    assert got.mean() > full.results[("none",) + RAW].correct.mean()  # 3 classes: fewer ways to be wrong
+    for key, r in among.results.items():
+        assert (r.correct >= full.results[key].correct).all()
+    again = runner.run()  # now cached for both scores
+    assert again.computed_tasks == 0
+    assert Runner(small_val_folder, **args).run().computed_tasks == 0
