@@ -68,6 +68,7 @@ def evaluate(checkpoints: list[Path], val_data: str, val_limit: int, bpp_limit: 
 def _recipe(args: dict[str, Any]) -> str:
     """The loss in one line, from the arguments stored in a checkpoint."""
     task = (f"KL to the recognizer's output on the original, T = {args['distill']:g}" if args.get("distill")
+            else "CE with the labels, softmax over the training data's classes only" if args.get("label_scope") == "dataset"
             else "CE with the labels")
     parts = []
     if args.get("codec"):

@@ -16,11 +16,15 @@ from edgepipe.train.codec_ranges import parse_ranges
 
 TV_KINDS = ("anisotropic", "isotropic")
 BACKWARD = ("dct", "identity")  # gradient through the codec: soft-quantisation DCT proxy, or identity
-FRAMES_VIEWS = ("native", "monitor")  # the scale the recognizer sees camera crops at (frames.py)
+FRAMES_VIEWS = ("native", "monitor")
+# The softmax of the label CE: over the recognizer's 1000 classes, or over the training data's classes only, so
+# the ED gains nothing by moving the recognizer's answers onto those classes (docs/training.md, "What top-1 over
+# 1000 classes rewards"), only by telling them apart.
+LABEL_SCOPES = ("all", "dataset")  # the scale the recognizer sees camera crops at (frames.py)
 
 # Arguments that define *what* is trained; a resumed run must not change them.
 IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
-                 "n_blocks", "stem_stride", "context", "recon_warmup", "codec", "backward", "lambda_rate", "lambda_mse", "distill",
+                 "n_blocks", "stem_stride", "context", "recon_warmup", "codec", "backward", "lambda_rate", "lambda_mse", "distill", "label_scope",
                  "clean_weight", "rescale_min", "rescale_max", "holdout", "init", "lambda_temporal", "ema",
                  "frames", "lambda_frames", "frames_codec", "frames_view",
                  "frames_rescale_min")
@@ -89,6 +93,9 @@ class TrainConfig:
                                         "clips' scenes at more scales, so the term is not learnt by heart.")
     distill: float | None = setting(None, metavar="T", help="Distil at temperature T: match the recognizer's "
                                                             "output on the original image, no labels.")
+    label_scope: str = setting("all", choices=LABEL_SCOPES, help="The label CE's softmax: over all the "
+                               "recognizer's classes, or over the classes of --data only (moving answers onto "
+                               "them then earns nothing; eval --score top1-among-labels scores the same way).")
     rescale_min: float = setting(1.0, help="Area-downscale each image by a random factor in [RESCALE_MIN, "
                                            "RESCALE_MAX] before cropping (washes out the JPEG grid of the "
                                            "training images).")
@@ -132,6 +139,10 @@ class TrainConfig:
                 raise EdgepipeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.distill is not None and not self.distill > 0:
             raise EdgepipeError(f"--distill (a temperature) must be > 0, got {self.distill}")
+        if self.label_scope not in LABEL_SCOPES:
+            raise EdgepipeError(f"--label-scope must be one of {', '.join(LABEL_SCOPES)}, got {self.label_scope!r}")
+        if self.label_scope != "all" and self.distill is not None:
+            raise EdgepipeError("--label-scope shapes the label CE, and --distill replaces it: use one of them")
         if not 0 <= self.ema < 1:
             raise EdgepipeError(f"--ema (a decay per step) must be in [0, 1), got {self.ema}")
         if not 0 <= self.holdout < 1:

@@ -223,7 +223,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         return averager.copy_into(shipped_model) if averager is not None else model
     criterion = RecognitionAwareLoss(recognizer, cfg.lambda_tv, cfg.tv_kind, lambda_rate=cfg.lambda_rate,
                                      lambda_mse=cfg.lambda_mse, distill_temperature=cfg.distill,
-                                     clean_weight=cfg.clean_weight).to(device)
+                                     clean_weight=cfg.clean_weight,
+                                     label_classes=(sorted({it.label for it in batches.items})
+                                                    if cfg.label_scope == "dataset" else None)).to(device)
     ranges = parse_ranges(cfg.codec)
     codec = CodecLoop(ranges, CodecRoundTrip(cfg.codec_workers, cfg.codec_preset), RateCalibration(),
                       cfg.seed, cfg.backward) if ranges else None

@@ -114,13 +114,13 @@ class RecognitionAwareLoss(nn.Module):
              + clean_weight * task(recognizer(y))
              + lambda_tv * TV(y) + lambda_rate * rate(y) + lambda_mse * MSE(y, x)
 
-    task is the cross-entropy with the labels, or with `distill_temperature` the divergence from the
-    recognizer's output on the original x (no labels needed). Without a codec in the loop and with the
-    defaults this is the paper's CE + lambda * TV."""
+    task is the cross-entropy with the labels (its softmax over `label_classes` only when given), or with
+    `distill_temperature` the divergence from the recognizer's output on the original x (no labels needed).
+    Without a codec in the loop and with the defaults this is the paper's CE + lambda * TV."""
 
     def __init__(self, recognizer: nn.Module, lambda_tv: float = 1.0, tv_kind: str = "anisotropic",
                  lambda_rate: float = 0.0, lambda_mse: float = 0.0, distill_temperature: float | None = None,
-                 clean_weight: float = 1.0, coded_weight: float = 1.0):
+                 clean_weight: float = 1.0, coded_weight: float = 1.0, label_classes: list[int] | None = None):
         super().__init__()
         if tv_kind not in TV_KINDS:
             raise ValueError(f"unknown TV kind {tv_kind!r}")
@@ -134,6 +134,15 @@ class RecognitionAwareLoss(nn.Module):
         self.distill_temperature = distill_temperature
         self.clean_weight = float(clean_weight)
         self.coded_weight = float(coded_weight)
+        # CE over these classes only (None: all). A buffer of the classes, and one mapping a class to its column.
+        if label_classes is not None:
+            classes = torch.as_tensor(sorted(set(label_classes)), dtype=torch.long)
+            column = torch.full((int(classes.max()) + 1,), -1, dtype=torch.long)
+            column[classes] = torch.arange(len(classes))
+            self.register_buffer("label_classes", classes)
+            self.register_buffer("label_column", column)
+        else:
+            self.label_classes = None
 
     def train(self, mode: bool = True) -> "RecognitionAwareLoss":
         super().train(mode)
@@ -143,6 +152,8 @@ class RecognitionAwareLoss(nn.Module):
     def _task(self, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None) -> torch.Tensor:
         if self.distill_temperature:
             return distillation(logits, teacher, self.distill_temperature)
+        if self.label_classes is not None:
+            return F.cross_entropy(logits[:, self.label_classes], self.label_column[labels])
         return F.cross_entropy(logits, labels)
 
     def forward(self, y: torch.Tensor, labels: torch.Tensor, x: torch.Tensor | None = None,

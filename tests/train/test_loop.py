@@ -276,3 +276,19 @@ def test_init_with_context_adds_the_branch_at_zero(small_val_folder: Path, tmp_p
         train(_cfg(small_val_folder, tmp_path / "bad.pt", max_steps=1, init=str(tmp_path / "ft.pt")))
     with pytest.raises(EdgepipeError, match="context"):  # nor resumed without it
         train(_cfg(small_val_folder, tmp_path / "ft.pt", max_steps=4, init=str(tmp_path / "base.pt"), resume=True))
+
+
+def test_label_scope_dataset_trains_resumes_and_is_refused_with_distill(small_val_folder: Path, tmp_path: Path) -> None:
+    """--label-scope dataset: the CE over the folder's 3 classes trains and is written into the card's recipe;
+    a resume cannot change it, and --distill (which replaces the CE) refuses it."""
+    from edgepipe.train.card import _recipe
+
+    kw = dict(label_scope="dataset", lambda_tv=0.0, crop=64, batch_size=3)
+    train(_cfg(small_val_folder, tmp_path / "s.pt", max_steps=2, **kw))
+    ckpt = read_checkpoint(tmp_path / "s.pt")
+    assert ckpt["step"] == 2 and ckpt["args"]["label_scope"] == "dataset"
+    assert "softmax over the training data's classes only" in _recipe(ckpt["args"])
+    with pytest.raises(EdgepipeError, match=r"label_scope: dataset -> all"):
+        train(_cfg(small_val_folder, tmp_path / "s.pt", max_steps=3, resume=True, **{**kw, "label_scope": "all"}))
+    with pytest.raises(EdgepipeError, match="--distill replaces it"):
+        _cfg(small_val_folder, tmp_path / "d.pt", label_scope="dataset", distill=1.0)

@@ -139,3 +139,23 @@ def test_objective_sums_its_weighted_terms() -> None:
     kd = RecognitionAwareLoss(_Linear(), lambda_tv=0.0, distill_temperature=2.0)
     same = kd(x.clone(), labels, x=x)
     assert same["ce"].item() == pytest.approx(0.0, abs=1e-6)  # ED output == input: nothing to distil
+
+
+def test_label_scope_dataset_ignores_where_the_mass_outside_the_classes_goes() -> None:
+    """CE over the data's classes only: the same as a CE on those columns, unmoved by logits outside them,
+    where the CE over all classes is moved."""
+    class Fixed(torch.nn.Module):  # a "recognizer" that returns the logits it is given as its input
+        def forward(self, z):
+            return z.flatten(1)
+
+    classes = [7, 2, 11]
+    logits = torch.randn(3, 1, 1, 16)
+    labels = torch.tensor([2, 11, 7])
+    scoped = RecognitionAwareLoss(Fixed(), lambda_tv=0.0, label_classes=classes)
+    full = RecognitionAwareLoss(Fixed(), lambda_tv=0.0)
+    want = torch.nn.functional.cross_entropy(logits.flatten(1)[:, [2, 7, 11]], torch.tensor([0, 2, 1]))
+    torch.testing.assert_close(scoped(logits, labels)["ce"], want)
+    outside = logits.clone()
+    outside[..., [0, 1, 3]] += 5.0  # more belief on classes outside the set
+    torch.testing.assert_close(scoped(outside, labels)["ce"], want)
+    assert full(outside, labels)["ce"].item() > full(logits, labels)["ce"].item() + 1.0
