@@ -16,11 +16,11 @@ from edgepipe.train.codec_ranges import parse_ranges
 
 TV_KINDS = ("anisotropic", "isotropic")
 BACKWARD = ("dct", "identity")  # gradient through the codec: soft-quantisation DCT proxy, or identity
-FRAMES_VIEWS = ("native", "monitor")
+FRAMES_VIEWS = ("native", "monitor")  # the scale the recognizer sees camera crops at (frames.py)
 # The softmax of the label CE: over the recognizer's 1000 classes, or over the training data's classes only, so
 # the ED gains nothing by moving the recognizer's answers onto those classes (docs/training.md, "What top-1 over
 # 1000 classes rewards"), only by telling them apart.
-LABEL_SCOPES = ("all", "dataset")  # the scale the recognizer sees camera crops at (frames.py)
+LABEL_SCOPES = ("all", "dataset")
 
 # Arguments that define *what* is trained; a resumed run must not change them.
 IDENTITY_ARGS = ("recognizer", "lambda_tv", "tv_kind", "bypass", "crop", "batch_size", "seed", "widths",
