@@ -33,7 +33,7 @@ from edgepipe.core.datasets import list_labelled_images, read_rgb  # noqa: E402
 from edgepipe.engines import load_engine  # noqa: E402
 from edgepipe.evaluation.runner import ordered_images  # noqa: E402
 from edgepipe.media.codecs import bits_per_pixel, decode_image, encode_image  # noqa: E402
-from edgepipe.recognition import Classifier, centre_crop  # noqa: E402
+from edgepipe.recognition import Classifier  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from clip_agreement import DEFAULT_CLIPS, read_frames  # noqa: E402
@@ -48,15 +48,6 @@ def shares(logits: np.ndarray, classes: np.ndarray, labels: np.ndarray | None = 
         out["top1"] = float((top == labels).mean())
         out["top1_among_labels"] = float((classes[logits[:, classes].argmax(1)] == labels).mean())
     return out
-
-
-def monitor_view(frame: np.ndarray) -> np.ndarray:
-    """The monitor's view of a wide frame: scaled to 224 high (area filter), its centre square."""
-    import cv2
-
-    h, w = frame.shape[:2]
-    small = cv2.resize(frame, (round(w * 224 / h), 224), interpolation=cv2.INTER_AREA)
-    return centre_crop(small, 224)
 
 
 def hevc_round_trip(frames: np.ndarray, qp: int) -> tuple[np.ndarray, float]:
@@ -92,7 +83,8 @@ def main() -> int:
     images = np.stack(images)
     clips = sorted(Path(a.clips).glob("*.mp4"))
     frames = np.concatenate([read_frames(c, 3, a.clip_frames, start=0.7) for c in clips]) if clips else None
-    classifier = Classifier(threads=a.threads)
+    # the monitor's view: the shorter side to 224 (area filter), the centre square; 224x224 photos pass unchanged
+    classifier = Classifier(threads=a.threads, view="centre-crop")
     results = {}
     for spec in [p.strip() for p in a.pre.split(",") if p.strip()]:
         engine = None if spec == "none" else load_engine(spec, a.threads)
@@ -107,10 +99,10 @@ def main() -> int:
             row[f"hevc_qp{qp}"] = shares(classifier.logits(decoded), classes, labels) | {"bpp": bpp}
         if frames is not None:
             yf = apply(frames, 8)
-            row["clips_uncoded"] = shares(classifier.logits(np.stack([monitor_view(f) for f in yf])), classes)
+            row["clips_uncoded"] = shares(classifier.logits(yf), classes)
             for qp in qps:
                 decoded, _ = hevc_round_trip(yf, qp)
-                row[f"clips_hevc_qp{qp}"] = shares(classifier.logits(np.stack([monitor_view(f) for f in decoded])), classes)
+                row[f"clips_hevc_qp{qp}"] = shares(classifier.logits(decoded), classes)
         results[spec] = row
         print(spec, json.dumps({k: {m: round(v, 4) for m, v in r.items()} for k, r in row.items() if not k.startswith("clips")}),
               flush=True)

@@ -185,7 +185,7 @@ class Result:
             return self
         if self.correct_among is None:
             raise EdgepipeError("internal: a cached result without top-1 among labels was not recomputed")
-        return Result(self.bpp, self.psnr, self.correct_among, self.correct_among, self.among_classes)
+        return Result(self.bpp, self.psnr, self.correct_among)
 
 
 class _Worker:
