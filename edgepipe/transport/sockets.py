@@ -42,6 +42,9 @@ class SocketDefaults:
     heartbeat_ivl_ms: int = 2000
     heartbeat_timeout_ms: int = 6000
     reconnect_ivl_max_ms: int = 5000  # a connecting side backs off 100 ms -> 5 s while the peer is down
+    # The publisher's kernel send buffer per connection, bytes (0: the kernel's, which on loopback grows to
+    # megabytes). libzmq applies it only to connections made after it is set, so it is set before bind.
+    send_buffer_bytes: int = 0
     max_message_bytes: int = MAX_PAYLOAD + 4096  # ZeroMQ drops a peer that sends more, unread
 
 
@@ -179,6 +182,8 @@ class Publisher:
         sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, a restarted monitor's included
         sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full subscriber queue is reported, not dropped silently
         sock.setsockopt(zmq.MAXMSGSIZE, 1024)  # subscribers only ever send (un)subscriptions
+        if self._defaults.send_buffer_bytes:
+            sock.setsockopt(zmq.SNDBUF, self._defaults.send_buffer_bytes)
         _heartbeats(sock, self._defaults)
         if self.dials_out:
             # no queue while the relay is away: libzmq would keep the pipe (and its subscriptions) across a

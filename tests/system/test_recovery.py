@@ -215,8 +215,9 @@ def test_stuck_network_never_sends_a_frame_whose_reference_was_dropped(scene_cha
     """A monitor that stops reading: the sender waits, drops, forces an IDR and drops the dependents.
     Every gap the monitor sees is followed by a keyframe, so nothing is ever undecodable."""
     endpoint = free_tcp_endpoint()
-    pub = Publisher(endpoint, SocketDefaults(send_hwm=2))
-    pub.sock.setsockopt(zmq.SNDBUF, 8192)  # applies to connections accepted from now on
+    # a kernel buffer of 8 KB: the hung hub fills it in a frame or two, not after megabytes of loopback
+    # buffer (which at a loaded machine's frame rate outlast the heartbeat timeout that unsubscribes it)
+    pub = Publisher(endpoint, SocketDefaults(send_hwm=2, send_buffer_bytes=8192))
     settings = CaptureSettings(source="paced", publish=endpoint, gop=50, qp=20, send_stall_s=0.1,
                                keyframe_min_interval_s=0.0, wait_subscriber_s=10)
     loop = CaptureLoop(settings, source=PacedSource(scene_changes, fps=60), publisher=pub)

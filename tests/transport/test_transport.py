@@ -4,7 +4,7 @@ import pytest
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.transport.protocol import _FIXED, FrameHeader, ProtocolError, parse_message
-from edgepipe.transport.sockets import Publisher, Subscriber, free_tcp_endpoint
+from edgepipe.transport.sockets import Publisher, SocketDefaults, Subscriber, free_tcp_endpoint
 
 
 def header(**kw):
@@ -118,6 +118,33 @@ def test_pub_sub_over_loopback_and_endpoint_in_use():
     finally:
         pub.close()
         sub.close()
+
+
+def test_a_small_send_buffer_shows_a_hung_subscriber_within_a_few_frames():
+    """A subscriber that stops reading fills the publisher's queue only once the kernel buffers are full: set
+    before bind, send_buffer_bytes bounds the publisher's, so the first refused send comes within a few 12 KB
+    frames. Without it loopback's buffer grows to megabytes (here: over 100 frames unrefused)."""
+    import os
+
+    import zmq
+
+    endpoint = free_tcp_endpoint()
+    pub = Publisher(endpoint, SocketDefaults(send_hwm=2, send_buffer_bytes=8192))
+    hung = zmq.Context.instance().socket(zmq.SUB)
+    hung.setsockopt(zmq.RCVHWM, 2)
+    hung.setsockopt(zmq.RCVBUF, 8192)
+    hung.setsockopt(zmq.SUBSCRIBE, b"")
+    hung.connect(endpoint)
+    payload = os.urandom(12_000)
+    try:
+        assert pub.wait_for_subscriber(5.0)
+        sent = 0
+        while sent < 100 and pub.send(header(seq=sent), payload, timeout=0.1):
+            sent += 1
+        assert sent < 16, sent
+    finally:
+        pub.close()
+        hung.close(0)
 
 
 def test_free_endpoints_are_never_handed_out_twice(monkeypatch) -> None:
