@@ -30,12 +30,14 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.options import flag
+from edgepipe.edge.engine_runs import OrderedRuns
 from edgepipe.edge.ladder import Ladder, load_engines, make_ladder
 from edgepipe.edge.references import REFERENCE_CODEC, REFERENCE_QUALITY, REFERENCE_VIEWS, ReferencePolicy
 from edgepipe.edge.stats import CaptureStats
@@ -380,11 +382,24 @@ class CaptureLoop:
         self._put(out, _END)
 
     def _infer(self, inp: queue.Queue, out: queue.Queue) -> None:
+        runs = OrderedRuns(self.budget.engine_frames)  # frames side by side where the engine allows, in order
+        try:
+            self._infer_frames(inp, out, runs)
+        finally:
+            runs.close()  # after the runs in flight: close() must not close an engine under one
+
+    def _run_engine(self, engine: Engine, image: np.ndarray, share: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        result = engine.run(image[np.newaxis])[0]
+        # runs overlap: each counts 1/share of its time, so the stage's busy time stays wall time when it is full
+        self.stats.timed("engine", (time.perf_counter() - t0) / share)
+        return result
+
+    def _infer_frames(self, inp: queue.Queue, out: queue.Queue, runs: OrderedRuns) -> None:
         n = 0  # frames through this stage: with a ladder, block n // GOP takes the next operating point
         ladder = self.ladder
         gop = max(1, self.settings.gop)
         while (frame := self._get(inp)) is not _END:
-            t0 = time.perf_counter()
             point = ladder.index(n) if ladder is not None else None
             wanted = self._engine_wanted
             if wanted is not None and point is None and n % gop == 0:
@@ -395,11 +410,21 @@ class CaptureLoop:
             n += 1
             spec = self.engine_spec if point is None else ladder.points[point].engine
             self.references.keep(frame)  # the answer we want to keep: before the pre-transform
-            frame.image = self.engines[spec].run(frame.image[np.newaxis])[0]
-            self.stats.timed("engine", time.perf_counter() - t0)
-            if not self._put(out, (frame, point, spec)):
+            engine = self.engines[spec]
+            concurrent = getattr(engine, "concurrent_runs", False)
+            done = runs.submit(partial(self._run_engine, engine, frame.image, runs.at_once if concurrent else 1),
+                               (frame, point, spec), alone=not concurrent)
+            if not self._hand_on(done, out):
                 return
-        self._put(out, _END)
+        if self._hand_on(runs.drain(), out):
+            self._put(out, _END)
+
+    def _hand_on(self, done: list, out: queue.Queue) -> bool:
+        for (frame, point, spec), image in done:
+            frame.image = image
+            if not self._put(out, (frame, point, spec)):
+                return False
+        return True
 
     def _encode(self, inp: queue.Queue, out: queue.Queue) -> None:
         s = self.settings

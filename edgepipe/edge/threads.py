@@ -15,10 +15,14 @@ Policy `auto`, over C usable cores (the CPU affinity mask, capped by a cgroup CP
   - on 2 cores, a folder of photos gives the engine 1 thread: every unrelated photo is coded like a
     keyframe, so the encoder costs about what the engine does, and two engine threads only fight it (the
     strict split won in all four runs measured, by 2-20 %; docs/benchmarks.md). A camera's P-frames cost
-    the encoder a few milliseconds, and there the engine's second thread wins.
+    the encoder a few milliseconds, and there the engine's second thread wins;
+  - an engine that may run frames side by side (ONNX Runtime's) gets its cores as frames at once, a thread
+    each, up to 4 (edge/engine_runs.py): two threads on one frame wait for each other at every operator,
+    two frames on a thread each do not (224² camera loop on 2 cores: 71.5 against 57.9 frames/s).
 Overrides (`--threads`, comma-separated items): `N` plans the same over N cores; `STAGE=N` sets one stage
-(source, engine, encoder); `spin=on|off` ONNX Runtime's spinning; `defaults` leaves every stage not named
-to its library's own default (the capture before budgets).
+(source, engine, encoder; engine: threads per frame, and one frame at a time unless engine-frames is given);
+`engine-frames=K` the engine's frames at once; `spin=on|off` ONNX Runtime's spinning; `defaults` leaves every
+stage not named to its library's own default (the capture before budgets).
 """
 from __future__ import annotations
 
@@ -32,13 +36,17 @@ from edgepipe.engines import EngineThreads, parse_spec
 
 STAGES = ("source", "engine", "encoder")
 MAX_THREADS = 256  # per stage, and cores for `N`: far above any edge box, low enough to catch a typo
+# frames an engine runs at once under `auto`: past a few, more only add latency and activation memory
+MAX_ENGINE_FRAMES = 4
 CGROUP = Path("/sys/fs/cgroup")
 MEMBERSHIP = Path("/proc/self/cgroup")
 
 THREADS_HELP = ("CPU threads per stage, so the stages do not fight for the cores. auto: the heavy stage (the engine "
                 "when it runs on the CPU, else the encoder) gets every core (all but one from 3 cores on), the "
-                "others 1 each; N: the same over N cores; STAGE=N sets source, engine or encoder; spin=on|off: "
-                "ONNX Runtime's idle threads; defaults: each library's own. Items combine: auto,encoder=2.")
+                "others 1 each; an ONNX engine's cores run frames side by side, a thread each; N: the same over N "
+                "cores; STAGE=N sets source, engine (threads per frame) or encoder; engine-frames=K: the engine's "
+                "frames at once; spin=on|off: ONNX Runtime's idle threads; defaults: each library's own. Items "
+                "combine: auto,encoder=2.")
 
 
 # --- the cores --------------------------------------------------------------------------------------
@@ -124,11 +132,12 @@ class ThreadRequest:
     defaults: bool = False    # stages not named keep their libraries' defaults
     stages: dict[str, int] = field(default_factory=dict)
     spin: bool | None = None
+    engine_frames: int | None = None  # engine-frames=K: frames the engine runs at once
 
 
 def parse_threads(text: str) -> ThreadRequest:
     """A --threads value; a one-line EdgepipeError for anything else."""
-    cores, defaults, spin, stages = None, False, None, {}
+    cores, defaults, spin, stages, engine_frames = None, False, None, {}, None
     base_given = False
     for item in (part.strip() for part in text.split(",")):
         name, eq, value = (part.strip().lower() for part in item.partition("="))
@@ -148,18 +157,22 @@ def parse_threads(text: str) -> ThreadRequest:
             if value not in ("on", "off"):
                 raise EdgepipeError(f"--threads {text!r}: spin is on or off, got {value!r}")
             spin = value == "on"
+        elif name == "engine-frames":
+            if engine_frames is not None:
+                raise EdgepipeError(f"--threads {text!r}: engine-frames is given twice")
+            engine_frames = _count(text, "engine-frames", value)
         elif name in STAGES:
             if name in stages:
                 raise EdgepipeError(f"--threads {text!r}: {name} is given twice")
             stages[name] = _count(text, f"{name}'s threads", value)
         else:
             raise _unknown(text, item)
-    return ThreadRequest(text, cores, defaults, stages, spin)
+    return ThreadRequest(text, cores, defaults, stages, spin, engine_frames)
 
 
 def _unknown(text: str, item: str) -> EdgepipeError:
     return EdgepipeError(f"--threads {text!r}: unknown item {item!r}; use auto, defaults, a core count N, "
-                         f"spin=on|off or STAGE=N with STAGE one of {', '.join(STAGES)}")
+                         f"spin=on|off, engine-frames=K or STAGE=N with STAGE one of {', '.join(STAGES)}")
 
 
 def _count(text: str, what: str, value: str) -> int:
@@ -180,10 +193,11 @@ class ThreadBudget:
     cores_found: str   # how they were counted
     heavy: str         # the stage that got the most
     source: int | None = None   # decoder threads; OpenCV's process-wide pool takes the same
-    engine: int | None = None   # ONNX Runtime intra-op threads, or PyTorch's
+    engine: int | None = None   # ONNX Runtime intra-op threads, or PyTorch's: per frame
     encoder: int | None = None  # x265 worker (pool) threads; frame threads stay 1 (tune zerolatency)
     engine_spin: bool | None = None
     why: str = ""  # a plan that departs from the plain split says why, in a few words
+    engine_frames: int = 1  # frames the engine runs at once, each on `engine` threads (edge/engine_runs.py)
 
     @property
     def opencv(self) -> int | None:
@@ -196,13 +210,15 @@ class ThreadBudget:
     def as_dict(self) -> dict:
         return {"policy": self.policy, "cores": self.cores, "cores_found": self.cores_found, "heavy": self.heavy,
                 "source": self.source, "engine": self.engine, "encoder": self.encoder, "opencv": self.opencv,
-                "engine_spin": self.engine_spin, "why": self.why}
+                "engine_spin": self.engine_spin, "engine_frames": self.engine_frames, "why": self.why}
 
     def describe(self) -> str:
         """One line for the start-up message: "engine 2 (idle threads sleep), encoder 1, source 1 of 2 cores (auto)"."""
         def one(stage: str) -> str:
             n = getattr(self, stage)
             text = f"{stage} {'default' if n is None else n}"
+            if stage == "engine" and self.engine_frames > 1:
+                text = f"engine {'default' if n is None else n} x {self.engine_frames} frames at once"
             if stage == "engine" and self.engine_spin is not None and n != 1:  # 1 thread: no pool to idle
                 text += " (idle threads spin)" if self.engine_spin else " (idle threads sleep)"
             return text
@@ -211,9 +227,11 @@ class ThreadBudget:
         return f"{', '.join(one(s) for s in ('engine', 'encoder', 'source'))} of {self.cores} cores ({self.policy}{why})"
 
 
-def plan_threads(request: ThreadRequest, cores: Cores, heavy: str, photos: bool = False) -> ThreadBudget:
+def plan_threads(request: ThreadRequest, cores: Cores, heavy: str, photos: bool = False,
+                 concurrent: bool = False) -> ThreadBudget:
     """The budget a request gives on these cores, `heavy` being the stage that does the most work; `photos`:
-    the source is a folder of unrelated images, each coded like a keyframe."""
+    the source is a folder of unrelated images, each coded like a keyframe; `concurrent`: the engine may run
+    frames side by side (engines/registry.py), so its cores go to frames at once, a thread each."""
     if request.cores is not None:
         cores = Cores(request.cores, f"--threads {request.cores} ({cores.found} here)")
     c = cores.count
@@ -225,12 +243,30 @@ def plan_threads(request: ThreadRequest, cores: Cores, heavy: str, photos: bool 
         counts[heavy] = c if c <= 2 else c - 1
         if photos and heavy == "engine" and c == 2 and "engine" not in request.stages:
             counts["engine"], why = 1, "photos are coded like keyframes, the encoder keeps a core"
+    frames = request.engine_frames or 1
+    if not concurrent:
+        frames = 1  # its run() may not overlap another
+    elif request.engine_frames is None and not request.defaults and heavy == "engine" \
+            and "engine" not in request.stages:
+        # a thread per frame: one frame on two ORT threads ran 1.3-1.5x, two frames on a thread each 1.7-1.9x
+        frames = min(counts["engine"], MAX_ENGINE_FRAMES)
+        counts["engine"] = max(1, counts["engine"] // frames)
+    elif request.engine_frames is not None and "engine" not in request.stages and counts["engine"] is not None:
+        counts["engine"] = max(1, counts["engine"] // frames)  # engine-frames=K alone: the planned cores shared
     counts.update(request.stages)
     spin = request.spin
     if spin is None and counts["engine"] is not None and not request.defaults:
-        spin = counts["engine"] + (counts["encoder"] or c) <= c
+        spin = counts["engine"] * frames + (counts["encoder"] or c) <= c
     return ThreadBudget(request.text, c, cores.found, heavy, counts["source"], counts["engine"], counts["encoder"],
-                        spin, why)
+                        spin, why, frames)
+
+
+def runs_concurrently(engine_spec: str | None) -> bool:
+    """Whether the engine a spec names may run frames side by side (asked before it loads)."""
+    try:
+        return parse_spec(engine_spec)[0].concurrent_runs
+    except EdgepipeError:
+        return False  # a bad spec fails with its own line when the engine loads
 
 
 def heavy_stage(engine_spec: str | None, codec: str, encoder: str) -> str:
@@ -248,4 +284,4 @@ def capture_budget(threads: str, engine_spec: str | None, codec: str = "hevc", e
                    source: str = "", root: Path = CGROUP, membership: Path = MEMBERSHIP) -> ThreadBudget:
     """The capture's budget from its settings (`--threads`, `--engine`, `--codec`, `--encoder`, the source)."""
     return plan_threads(parse_threads(threads), usable_cores(root, membership), heavy_stage(engine_spec, codec, encoder),
-                        photos=source.startswith("folder:"))
+                        photos=source.startswith("folder:"), concurrent=runs_concurrently(engine_spec))

@@ -39,6 +39,8 @@ def onnx_weights_id(path: Path) -> str:
 
 
 class OnnxEngine:
+    concurrent_runs = True  # ONNX Runtime's Run() is thread-safe; run() keeps no state between calls
+
     def __init__(self, path: str | Path, providers: list[str] | None = None,
                  threads: int | EngineThreads | None = None, rewrite: bool = True):
         try:
@@ -152,4 +154,4 @@ def _computes_on_cpu() -> bool:
 
 
 register_engine(EngineKind("onnx", lambda path, threads: OnnxEngine(path, threads=threads), suffixes=(".onnx",),
-                           computes_on_cpu=_computes_on_cpu))
+                           computes_on_cpu=_computes_on_cpu, concurrent_runs=True))

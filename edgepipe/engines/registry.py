@@ -57,6 +57,9 @@ class EngineKind:
     # whether its engines would compute on this machine's CPU, asked before one loads: the capture's thread
     # budget gives most of the cores to the engine only then (else to the encoder)
     computes_on_cpu: Callable[[], bool] = _on_cpu
+    # whether its engines' run() may be called from several threads at once (ONNX Runtime's may): the capture's
+    # budget then runs CPU frames side by side, a thread each, rather than one frame on several threads
+    concurrent_runs: bool = False
 
 
 ENGINES: Registry[EngineKind] = Registry("engine")

@@ -60,7 +60,9 @@ def test_a_core_count_is_said_against_what_the_machine_has():
     ("", "an empty item"),
     ("auto,", "an empty item"),
     ("fast", "unknown item 'fast'"),
-    ("gpu=2", "unknown item 'gpu=2'; use auto, defaults, a core count N, spin=on|off or STAGE=N"),
+    ("gpu=2", "unknown item 'gpu=2'; use auto, defaults, a core count N, spin=on|off, engine-frames=K or STAGE=N"),
+    ("engine-frames=0", "engine-frames must be a whole number 1..256, got '0'"),
+    ("engine-frames=2,engine-frames=1", "engine-frames is given twice"),
     ("auto,4", "give one of auto, defaults or a core count, not two"),
     ("defaults,auto", "not two"),
     ("0", "a core count must be a whole number 1..256, got '0'"),
@@ -170,7 +172,8 @@ def test_the_budget_reads_as_one_line_and_as_json(tmp_path, eight_cores):
     b = capture_budget("auto", "tvl1", root=tmp_path, membership=tmp_path / "none")
     assert b.describe() == "engine 7 (idle threads spin), encoder 1, source 1 of 8 cores (auto)"
     assert b.as_dict() == {"policy": "auto", "cores": 8, "cores_found": "affinity 8", "heavy": "engine",
-                           "source": 1, "engine": 7, "encoder": 1, "opencv": 1, "engine_spin": True, "why": ""}
+                           "source": 1, "engine": 7, "encoder": 1, "opencv": 1, "engine_spin": True,
+                           "engine_frames": 1, "why": ""}
     default = ThreadBudget("defaults", 2, "affinity 2", "engine")
     assert default.describe() == "engine default, encoder default, source default of 2 cores (defaults)"
     assert plan_threads(parse_threads("engine=1"), Cores(2, "affinity 2"), "engine").describe().startswith(
@@ -190,6 +193,40 @@ def test_a_folder_of_photos_splits_two_cores(text, cores, heavy, expected):
     b = plan_threads(parse_threads(text), Cores(cores, f"affinity {cores}"), heavy, photos=True)
     assert (b.source, b.engine, b.encoder, b.engine_spin) == expected
     assert bool(b.why) == (expected == (1, 1, 1, True) and cores == 2)
+
+
+@pytest.mark.parametrize("text, cores, heavy, photos, expected", [
+    # an engine that may run frames side by side: its cores go to frames at once, a thread each (up to 4)
+    ("auto", 2, "engine", False, (1, 2, False)),
+    ("auto", 1, "engine", False, (1, 1, False)),
+    ("auto", 3, "engine", False, (1, 2, True)),
+    ("auto", 8, "engine", False, (1, 4, True)),  # 7 cores: 4 frames, the rest would only add latency
+    ("auto", 16, "engine", False, (3, 4, True)),  # 15 cores: 4 frames of 3 threads
+    ("auto", 2, "engine", True, (1, 1, True)),  # photos on 2 cores: the engine's one core, one frame
+    ("auto", 2, "encoder", False, (1, 1, False)),  # the engine is not the heavy stage: as before
+    ("auto,engine=2", 2, "engine", False, (2, 1, False)),  # threads the user gives go to one frame, as before
+    ("auto,engine-frames=1", 2, "engine", False, (2, 1, False)),  # the plan before frames at once
+    ("auto,engine-frames=3", 2, "engine", False, (1, 3, False)),
+    ("engine=2,engine-frames=2", 4, "engine", False, (2, 2, False)),
+    ("defaults", 2, "engine", False, (None, 1, None)),
+    ("defaults,engine-frames=2", 2, "engine", False, (None, 2, None)),
+])
+def test_frames_at_once_for_an_engine_that_allows_them(text, cores, heavy, photos, expected):
+    b = plan_threads(parse_threads(text), Cores(cores, f"affinity {cores}"), heavy, photos=photos, concurrent=True)
+    assert (b.engine, b.engine_frames, b.engine_spin) == expected
+    assert b.as_dict()["engine_frames"] == expected[1]
+
+
+def test_an_engine_that_may_not_overlap_runs_one_frame(tmp_path, monkeypatch):
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    none = tmp_path / "none"
+    for text in ("auto", "auto,engine-frames=2"):
+        b = capture_budget(text, "tvl1", source="clip.mp4", root=tmp_path, membership=none)
+        assert (b.engine, b.engine_frames) == (2, 1)
+    ours = capture_budget("auto", "ours", source="clip.mp4", root=tmp_path, membership=none)
+    if ours.heavy == "engine":  # ONNX Runtime on the CPU
+        assert (ours.engine, ours.engine_frames) == (1, 2)
+        assert ours.describe() == "engine 1 x 2 frames at once, encoder 1, source 1 of 2 cores (auto)"
 
 
 def test_the_source_decides_the_photo_split(tmp_path, monkeypatch):
