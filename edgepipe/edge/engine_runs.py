@@ -1,7 +1,7 @@
 """Frames through the engine several at a time, handed on in the order they came (issue 13 item 1).
 
-On a CPU, one frame on two ONNX Runtime threads runs about 1.3-1.5 x as fast as on one: the threads wait for each
-other at every operator. Two frames at once, one thread each, run about 1.7-1.9 x (docs/benchmarks.md). So where an
+On a CPU, one frame on two ONNX Runtime threads ran 1.2-1.7 x as fast as on one: the threads wait for each other
+at every operator. Two frames at once, one thread each, ran 1.5-2.1 x (docs/benchmarks.md, "Frames at once"). So where an
 engine's run() may be called from several threads at once (an ONNX Runtime session on the CPU may), the capture's
 engine stage keeps up to `at_once` frames in flight and passes each on only after every frame before it.
 """

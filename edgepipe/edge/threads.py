@@ -12,13 +12,15 @@ Policy `auto`, over C usable cores (the CPU affinity mask, capped by a cgroup CP
   - where the engine's and the encoder's threads together outnumber the cores, ONNX Runtime's idle
     threads sleep instead of spin-waiting for the next operator (a spinning thread holds a core the
     encoder needs);
-  - on 2 cores, a folder of photos gives the engine 1 thread: every unrelated photo is coded like a
-    keyframe, so the encoder costs about what the engine does, and two engine threads only fight it (the
-    strict split won in all four runs measured, by 2-20 %; docs/benchmarks.md). A camera's P-frames cost
-    the encoder a few milliseconds, and there the engine's second thread wins;
+  - on 2 cores, a folder of photos gives an engine that runs one frame at a time 1 thread: every unrelated
+    photo is coded like a keyframe, so the encoder costs about what the engine does, and two engine threads
+    on one frame only fight it (the strict split won in all four runs measured, by 2-20 %; docs/benchmarks.md).
+    A camera's P-frames cost the encoder a few milliseconds, and there the engine's second thread wins;
   - an engine that may run frames side by side (ONNX Runtime's) gets its cores as frames at once, a thread
     each, up to 4 (edge/engine_runs.py): two threads on one frame wait for each other at every operator,
-    two frames on a thread each do not (224² camera loop on 2 cores: 71.5 against 57.9 frames/s).
+    two frames on a thread each do not. On 2 cores this won at 720p (`ours` 5.0 against 4.2 frames/s,
+    `ours-fast` 13.0 against 10.6) and for photos (55.7 against 53.9, the one-thread split), and was level at
+    224² from a camera (61.1 against 61.3): medians of 3 runs, docs/benchmarks.md.
 Overrides (`--threads`, comma-separated items): `N` plans the same over N cores; `STAGE=N` sets one stage
 (source, engine, encoder; engine: threads per frame, and one frame at a time unless engine-frames is given);
 `engine-frames=K` the engine's frames at once; `spin=on|off` ONNX Runtime's spinning; `defaults` leaves every
@@ -241,14 +243,14 @@ def plan_threads(request: ThreadRequest, cores: Cores, heavy: str, photos: bool 
     else:
         counts = {stage: 1 for stage in STAGES}
         counts[heavy] = c if c <= 2 else c - 1
-        if photos and heavy == "engine" and c == 2 and "engine" not in request.stages:
+        if photos and heavy == "engine" and c == 2 and "engine" not in request.stages and not concurrent:
             counts["engine"], why = 1, "photos are coded like keyframes, the encoder keeps a core"
     frames = request.engine_frames or 1
     if not concurrent:
         frames = 1  # its run() may not overlap another
     elif request.engine_frames is None and not request.defaults and heavy == "engine" \
             and "engine" not in request.stages:
-        # a thread per frame: one frame on two ORT threads ran 1.3-1.5x, two frames on a thread each 1.7-1.9x
+        # a thread per frame: one frame on two ORT threads ran 1.2-1.7x, two frames on a thread each 1.5-2.1x
         frames = min(counts["engine"], MAX_ENGINE_FRAMES)
         counts["engine"] = max(1, counts["engine"] // frames)
     elif request.engine_frames is not None and "engine" not in request.stages and counts["engine"] is not None:

@@ -202,7 +202,7 @@ def test_a_folder_of_photos_splits_two_cores(text, cores, heavy, expected):
     ("auto", 3, "engine", False, (1, 2, True)),
     ("auto", 8, "engine", False, (1, 4, True)),  # 7 cores: 4 frames, the rest would only add latency
     ("auto", 16, "engine", False, (3, 4, True)),  # 15 cores: 4 frames of 3 threads
-    ("auto", 2, "engine", True, (1, 1, True)),  # photos on 2 cores: the engine's one core, one frame
+    ("auto", 2, "engine", True, (1, 2, False)),  # photos too: two frames on a thread each do not fight the encoder
     ("auto", 2, "encoder", False, (1, 1, False)),  # the engine is not the heavy stage: as before
     ("auto,engine=2", 2, "engine", False, (2, 1, False)),  # threads the user gives go to one frame, as before
     ("auto,engine-frames=1", 2, "engine", False, (2, 1, False)),  # the plan before frames at once
