@@ -476,7 +476,10 @@ def test_g_a_stopped_monitor_counts_what_it_received_but_did_not_decode(real_str
     rep = mon.report()
     assert rep["rejects"].get("unprocessed_at_stop", 0) > 0
     assert rep["messages"] == len(real_stream) == rep["decoded"] + sum(rep["rejects"].values())
-    assert rep["classified"] == rep["decoded"]  # what was decoded was classified before the monitor stopped
+    # what was decoded was classified before the monitor stopped, but for the one frame in hand: the stop ends
+    # its wait for room in the full classify queue, and it is counted unclassified at stop (a loaded run saw it)
+    at_stop = rep["unclassified_by_cause"].get("at_stop", 0)
+    assert rep["classified"] + at_stop == rep["decoded"] and at_stop <= 1
 
 
 def test_g_a_joining_monitor_asks_for_a_keyframe(clip):
