@@ -19,7 +19,7 @@ Policy `auto`, over C usable cores (the CPU affinity mask, capped by a cgroup CP
   - an engine that may run frames side by side (ONNX Runtime's) gets its cores as frames at once, a thread
     each, up to 4 (edge/engine_runs.py): two threads on one frame wait for each other at every operator,
     two frames on a thread each do not. On 2 cores this won at 720p (`ours` 5.0 against 4.2 frames/s,
-    `ours-fast` 13.0 against 10.6) and for photos (55.7 against 53.9, the one-thread split), and was level at
+    `ours-fast` 12.9 against 11.2) and for photos (55.7 against 53.9, the one-thread split), and was level at
     224² from a camera (61.1 against 61.3): medians of 3 runs, docs/benchmarks.md.
 Overrides (`--threads`, comma-separated items): `N` plans the same over N cores; `STAGE=N` sets one stage
 (source, engine, encoder; engine: threads per frame, and one frame at a time unless engine-frames is given);
