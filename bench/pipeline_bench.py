@@ -167,11 +167,9 @@ def bench_resolution(spec, size, engine_spec, n, repeats, qp, gop, preset, class
            "preset": preset, "threads": budget.as_dict(), "stages_fps": {}}
     s = out["stages_fps"]
     s["source"] = median_rate(lambda: read_all(spec, size, n, budget.source), n, repeats, "source")
-    # the engine as the loop runs it: budget.engine_frames frames at once where it allows, in order
-    at_once = budget.engine_frames if getattr(engine, "concurrent_runs", False) else 1
-
+    # the engine as the loop runs it: budget.engine_frames frames at once (1 where it may not overlap), in order
     def run_engine():
-        return run_in_order(lambda im: engine.run(im[None])[0], images, at_once)
+        return run_in_order(lambda im: engine.run(im[None])[0], images, budget.engine_frames)
 
     s["engine"] = median_rate(run_engine, n, repeats, "engine")
     transformed = run_engine()

@@ -41,7 +41,7 @@ from edgepipe.edge.engine_runs import OrderedRuns
 from edgepipe.edge.ladder import Ladder, load_engines, make_ladder
 from edgepipe.edge.references import REFERENCE_CODEC, REFERENCE_QUALITY, REFERENCE_VIEWS, ReferencePolicy
 from edgepipe.edge.stats import CaptureStats
-from edgepipe.edge.threads import THREADS_HELP, ThreadBudget, capture_budget
+from edgepipe.edge.threads import THREADS_HELP, ThreadBudget, capture_budget, runs_concurrently
 from edgepipe.engines import Engine, describe_specs, load_engine
 from edgepipe.media.codecs import CODECS, HEVC_ENCODERS, STREAM_CODECS, X265_PRESETS, StreamEncoder
 from edgepipe.media.frames import DEFAULT_FPS, Frame, ReadStatus
@@ -265,6 +265,8 @@ class CaptureLoop:
         missing = [e for e in specs if e not in self.engines]
         if missing:
             raise EdgepipeError(f"the engine {missing[0]!r} was not loaded")
+        # which engines may run frames side by side (asked of their kind, as the budget does); the others run alone
+        self._concurrent = {spec: runs_concurrently(spec) for spec in self.engines}
         if self.ladder is not None:
             self.stats.ladder_points = [(p.quality, p.engine, self.engines[p.engine].model_id)
                                         for p in self.ladder.points]
@@ -410,10 +412,9 @@ class CaptureLoop:
             n += 1
             spec = self.engine_spec if point is None else ladder.points[point].engine
             self.references.keep(frame)  # the answer we want to keep: before the pre-transform
-            engine = self.engines[spec]
-            concurrent = getattr(engine, "concurrent_runs", False)
-            done = runs.submit(partial(self._run_engine, engine, frame.image, runs.at_once if concurrent else 1),
-                               (frame, point, spec), alone=not concurrent)
+            concurrent = self._concurrent[spec]
+            done = runs.submit(partial(self._run_engine, self.engines[spec], frame.image,
+                                       runs.at_once if concurrent else 1), (frame, point, spec), alone=not concurrent)
             if not self._hand_on(done, out):
                 return
         if self._hand_on(runs.drain(), out):

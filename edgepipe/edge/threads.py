@@ -247,14 +247,16 @@ def plan_threads(request: ThreadRequest, cores: Cores, heavy: str, photos: bool 
             counts["engine"], why = 1, "photos are coded like keyframes, the encoder keeps a core"
     frames = request.engine_frames or 1
     if not concurrent:
+        if frames > 1:
+            why = ", ".join(filter(None, (why, "this engine runs one frame at a time")))
         frames = 1  # its run() may not overlap another
-    elif request.engine_frames is None and not request.defaults and heavy == "engine" \
-            and "engine" not in request.stages:
-        # a thread per frame: one frame on two ORT threads ran 1.2-1.7x, two frames on a thread each 1.5-2.1x
-        frames = min(counts["engine"], MAX_ENGINE_FRAMES)
-        counts["engine"] = max(1, counts["engine"] // frames)
-    elif request.engine_frames is not None and "engine" not in request.stages and counts["engine"] is not None:
-        counts["engine"] = max(1, counts["engine"] // frames)  # engine-frames=K alone: the planned cores shared
+    else:
+        if request.engine_frames is None and not request.defaults and heavy == "engine" \
+                and "engine" not in request.stages:
+            # a thread per frame: one frame on two ORT threads ran 1.2-1.7x, two frames on a thread each 1.5-2.1x
+            frames = min(counts["engine"], MAX_ENGINE_FRAMES)
+        if "engine" not in request.stages and counts["engine"] is not None:
+            counts["engine"] = max(1, counts["engine"] // frames)  # the planned cores shared among the frames
     counts.update(request.stages)
     spin = request.spin
     if spin is None and counts["engine"] is not None and not request.defaults:

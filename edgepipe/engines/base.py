@@ -19,8 +19,6 @@ from edgepipe.engines.registry import EngineKind, EngineThreads, register_engine
 
 class Engine(Protocol):
     model_id: str  # travels in the stream header, so the server knows what made the frames
-    # An engine whose run() may be called from several threads at once says so with `concurrent_runs = True`
-    # (the capture then runs frames side by side: edge/engine_runs.py); one without the attribute may not.
 
     def run(self, frames: np.ndarray) -> np.ndarray: ...
 
@@ -76,7 +74,6 @@ class IdentityEngine:
     """`--engine none`: no pre-transform; frames pass through untouched."""
 
     model_id = "none"
-    concurrent_runs = True
 
     def run(self, frames: np.ndarray) -> np.ndarray:
         return frames
@@ -95,4 +92,4 @@ def _no_cpu_work() -> bool:
     return False
 
 
-register_engine(EngineKind("none", _load_identity, computes_on_cpu=_no_cpu_work))
+register_engine(EngineKind("none", _load_identity, computes_on_cpu=_no_cpu_work, concurrent_runs=True))

@@ -39,8 +39,6 @@ def onnx_weights_id(path: Path) -> str:
 
 
 class OnnxEngine:
-    concurrent_runs = True  # ONNX Runtime's Run() is thread-safe; run() keeps no state between calls
-
     def __init__(self, path: str | Path, providers: list[str] | None = None,
                  threads: int | EngineThreads | None = None, rewrite: bool = True):
         try:
@@ -154,4 +152,5 @@ def _computes_on_cpu() -> bool:
 
 
 register_engine(EngineKind("onnx", lambda path, threads: OnnxEngine(path, threads=threads), suffixes=(".onnx",),
-                           computes_on_cpu=_computes_on_cpu, concurrent_runs=True))
+                           computes_on_cpu=_computes_on_cpu,
+                           concurrent_runs=True))  # ONNX Runtime's Run() is thread-safe; run() keeps no state

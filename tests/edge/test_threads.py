@@ -223,6 +223,7 @@ def test_an_engine_that_may_not_overlap_runs_one_frame(tmp_path, monkeypatch):
     for text in ("auto", "auto,engine-frames=2"):
         b = capture_budget(text, "tvl1", source="clip.mp4", root=tmp_path, membership=none)
         assert (b.engine, b.engine_frames) == (2, 1)
+        assert ("one frame at a time" in b.describe()) == ("engine-frames" in text)  # an asked-for K not kept is said
     ours = capture_budget("auto", "ours", source="clip.mp4", root=tmp_path, membership=none)
     if ours.heavy == "engine":  # ONNX Runtime on the CPU
         assert (ours.engine, ours.engine_frames) == (1, 2)
