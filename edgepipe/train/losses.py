@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgepipe.media.codecs.dct import blocks, to_ycbcr
 from edgepipe.train.config import TV_KINDS  # one list, in the settings
-from edgepipe.train.dct import blocks, to_ycbcr
 
 _ISO_EPS = 1e-6
 

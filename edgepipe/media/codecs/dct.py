@@ -1,5 +1,5 @@
-"""8x8 block DCT helpers shared by the rate term and the codec proxy: colour transform, 4:2:0 chroma,
-block transforms and the quantiser steps of the codecs in the loop (HEVC: flat; JPEG: IJG tables)."""
+"""8x8 block DCT helpers shared by the training rate term and the codec model (model.py): colour transform,
+4:2:0 chroma, block transforms and JPEG's quantiser tables (HEVC's step is flat, model.hevc_qstep)."""
 from __future__ import annotations
 
 import math
