@@ -33,6 +33,7 @@ from edgepipe.core.fidelity import psnr
 from edgepipe.core.files import atomic_path, sha256_file
 from edgepipe.engines import EngineThreads, load_engine, parse_spec
 from edgepipe.evaluation.config import SCORES
+from edgepipe.guidance.guided import GUIDED_CODECS, GuidanceSettings, GuidedPreTransform, is_guided
 from edgepipe.media.codecs import CODECS, STILL_CODECS, bits_per_pixel, decode_image, encode_image
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ def resolve_pres(specs: Iterable[str]) -> list[PreSpec]:
     for spec in specs:
         spec = spec.strip()
         if not spec:
+            continue
+        if is_guided(spec):  # no file and no engine: its settings are what make its pictures (and the recognizer)
+            out.append(PreSpec(spec, spec, GuidanceSettings.parse(spec).model_id))
             continue
         kind, argument = parse_spec(spec)
         if not kind.suffixes:
@@ -196,6 +200,7 @@ class _Worker:
 
         self.threads = threads
         self.classifier = Classifier(recognizer, weights=weights, threads=threads, batch_size=32, view=view)
+        self.recognizer, self.weights = recognizer, weights
         self.engines: dict[str, object] = {}
 
     def engine(self, spec: str):
@@ -214,6 +219,20 @@ class _Worker:
             if im is not None:
                 groups.setdefault(im.shape, []).append(i)
         return groups
+
+    def _guided(self, spec: str, images: list[np.ndarray | None], setting: Setting) -> list[np.ndarray | None]:
+        """The guided pictures for one codec setting: the recognizer the evaluation scores with guides them."""
+        if setting == RAW:  # nothing to guide towards: uncoded, the pictures are the originals
+            return images
+        if spec not in self.engines:
+            self.engines[spec] = GuidedPreTransform(GuidanceSettings.parse(spec), self.recognizer, self.weights,
+                                                    self.threads)
+        out: list[np.ndarray | None] = [None] * len(images)
+        for idx in self._by_shape(images).values():
+            y = self.engines[spec].run(np.stack([images[i] for i in idx]), *setting)
+            for j, i in enumerate(idx):
+                out[i] = y[j]
+        return out
 
     def _pretransform(self, spec: str, images: list[np.ndarray | None]) -> list[np.ndarray | None]:
         if spec == "none":
@@ -249,10 +268,13 @@ class _Worker:
         for p, im in zip(paths, originals):
             if im is None:
                 log.warning("unreadable image skipped: %s", p)
-        pre = self._pretransform(spec, originals)
+        guided = is_guided(spec)
+        pre = originals if guided else self._pretransform(spec, originals)
         results: dict[Setting, Result] = {}
         n = len(paths)
         for codec, quality in settings:
+            if guided:  # a picture of its own for each setting
+                pre = self._guided(spec, originals, (codec, quality))
             bpp = np.full(n, np.nan)
             quality_db = np.full(n, np.nan)
             decoded: list[np.ndarray | None] = [None] * n
@@ -342,6 +364,10 @@ class Runner:
         self.view, self.score = view, score
         self.codecs = check_codecs(codecs)
         self.pres = resolve_pres(pres)
+        unguided = [c for c in self.codecs if c not in GUIDED_CODECS]
+        if unguided and any(is_guided(p.spec) for p in self.pres):
+            raise EdgepipeError(f"the guided pre-transform has no model of {', '.join(unguided)}; "
+                                f"it guides {', '.join(GUIDED_CODECS)}")
         self.items = ordered_images(data, limit)
         # the label set of the whole folder, so --limit does not change what "among labels" means
         self.among = np.array(sorted({it.label for it in list_labelled_images(data)}), np.int64)
