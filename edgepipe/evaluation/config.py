@@ -45,7 +45,9 @@ class EvalSettings:
     weights: str | None = setting(None, path="file", help="Recognizer weights (vgg16 needs them).")
     # the flags' comma lists, split here
     pre: tuple[str, ...] = setting(("none", "tvl1"), type=str,
-                                   help=f"Comma list of pre-transforms, each {describe_specs()}.")
+                                   help=f"Comma list of pre-transforms, each {describe_specs()}; or "
+                                        "guided[:STEPS[@PSNR_DB]]: each picture optimised for each codec setting by "
+                                        "the recognizer (docs/guided.md; default 8 steps, 30 dB).")
     codec: tuple[str, ...] = setting(("jpeg", "jpeg2000", "hevc"), type=str,
                                      help="Comma list of " + ", ".join(f"{name} [{CODECS[name].title}]"
                                                                        for name in STILL_CODECS) + ".")
