@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgepipe.core.bdrate import compare  # noqa: E402
 from edgepipe.engines import load_engine  # noqa: E402
+from edgepipe.guidance.guided import GuidanceSettings, GuidedPreTransform, is_guided  # noqa: E402
 from edgepipe.media.codecs import bits_per_pixel, decode_image, encode_image  # noqa: E402
 from edgepipe.recognition import Classifier  # noqa: E402
 
@@ -149,7 +150,8 @@ def bd_entry(spec: str, anchor: str, name: str, keys, curve) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pre", default="none,ours", help="comma list: none, shipped model names or model files")
+    ap.add_argument("--pre", default="none,ours", help="comma list: none, shipped model names, model files, or "
+                    "guided[:STEPS[@PSNR_DB]] (edgepipe/guidance)")
     ap.add_argument("--clips", default=str(DEFAULT_CLIPS), help="folder of .mp4 clips")
     ap.add_argument("--every", type=int, default=10, help="take every K-th frame")
     ap.add_argument("--limit", type=int, default=40, help="frames per clip")
@@ -192,11 +194,14 @@ def main() -> int:
     rows = []
     per_frame: dict[str, dict] = {}  # spec -> clip -> qp -> (bits per frame, top-5 overlap per frame)
     for spec in specs:
-        engine = load_engine(spec)
+        guided = is_guided(spec)  # a picture of its own per QP, guided by the recognizer that scores it (native view)
+        engine = GuidedPreTransform(GuidanceSettings.parse(spec), threads=2) if guided else load_engine(spec)
         for name, source in frames.items():
-            out = engine.run(source)
+            out = source if guided else engine.run(source)
             uncoded = measures(classifier.logits(out), reference[name], "ed_")
             for qp in QPS:
+                if guided:
+                    out = engine.run(source, "hevc", qp)
                 decoded, sizes = [], []  # sizes: bytes per frame
                 for f in out:
                     data = encode_image("hevc", f, qp)
