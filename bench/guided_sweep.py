@@ -52,6 +52,30 @@ def bd_with_intervals(bpp: dict, scores: dict, name: str, score: str, n_boot: in
             "notes": list(base.notes), "bd_rate_cubic_ci95": ci["cubic"], "bd_rate_pchip_ci95": ci["pchip"]}
 
 
+def bits_at_equal_score(rows: list[dict], variant: str, score: str) -> list[dict]:
+    """For each of the variant's points whose score the codec alone also reaches between two of its points: the
+    bits the codec alone needs for that score (log-rate interpolated between its neighbouring points, along its
+    running best score so the curve is monotone) and the variant's saving against them. A BD fit needs the two
+    curves to overlap widely and to rise strictly; on a curve as flat as the guided one it fails, this does not."""
+    anchor = sorted((r for r in rows if r["variant"] == "none" and r["point"] != "uncoded"), key=lambda r: r["bpp"])
+    log_bpp = np.log([r["bpp"] for r in anchor])
+    best = np.maximum.accumulate([r[score] for r in anchor])
+    out = []
+    for r in rows:
+        if r["variant"] != variant or r["point"] == "uncoded" or not best[0] <= r[score] <= best[-1]:
+            continue
+        k = int(np.searchsorted(best, r[score]))  # first anchor point at or above the score
+        if k == 0:
+            needed = float(np.exp(log_bpp[0]))
+        else:
+            lo, hi = best[k - 1], best[k]
+            t = 0.0 if hi == lo else (r[score] - lo) / (hi - lo)
+            needed = float(np.exp(log_bpp[k - 1] + t * (log_bpp[k] - log_bpp[k - 1])))
+        out.append({"variant": variant, "score": score, "point": r["point"], "bpp": r["bpp"], "value": r[score],
+                    "codec_alone_bpp": needed, "saving_pct": 100.0 * (1.0 - r["bpp"] / needed)})
+    return out
+
+
 def mse_each(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
 
@@ -167,10 +191,12 @@ def main(argv=None) -> int:
         if v in uncoded:
             rows.append({"variant": v, "point": "uncoded", **{s: float(100 * uncoded[v][s].mean()) for s in SCORES}})
     bd = [bd_with_intervals(bpp, scores, v, s, args.boot) for v in variants[1:] for s in SCORES]
+    equal = [e for v in variants[1:] for s in SCORES for e in bits_at_equal_score(rows, v, s)]
     result = {"command": "bench/guided_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "data": args.data, "images": n, "skipped": skipped, "codec": args.codec, "points": points,
               "steps": args.steps, "lr": args.lr, "psnr_floor_db": args.psnr_floor,
-              "seconds": round(time.time() - t0, 1), "machine": platform.platform(), "rows": rows, "bd": bd}
+              "seconds": round(time.time() - t0, 1), "machine": platform.platform(), "rows": rows, "bd": bd,
+              "bits_at_equal_score": equal}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     for r in rows:
@@ -185,6 +211,9 @@ def main(argv=None) -> int:
         span = f"[{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "[—]"
         print(f"{r['variant']:>8} {r['score']:>6}: BD-rate {r['bd_rate_cubic_pct']:+.1f} / "
               f"{r['bd_rate_pchip_pct']:+.1f} % (PCHIP 95 % {span}) {'; '.join(r['notes'])}")
+    for e in equal:
+        print(f"{e['variant']:>8} {e['score']:>6} at {e['point']}: {e['value']:.1f} % at {e['bpp']:.4f} bpp; the codec "
+              f"alone needs {e['codec_alone_bpp']:.4f} bpp: {e['saving_pct']:+.1f} % saved")
     print(f"wrote {args.out}")
     return 0
 
