@@ -55,7 +55,9 @@ class PreviewSettings:
     command's options are made from them; its IMAGE|VIDEO argument arrives as `source`). `write_preview` runs
     them; every check is `make_preview`'s and `check_output`'s, one line each, before any work."""
     source: str  # the command's IMAGE|VIDEO argument
-    engine: str = setting("none", help=f"Pre-transform: {describe_specs()}.")
+    engine: str = setting("none", help=f"Pre-transform: {describe_specs()}; or guided[:STEPS[@PSNR_DB]], the "
+                                       "picture optimised for --codec at --qp by the recognizer seeing it whole "
+                                       "(docs/guided.md).")
     out: str = field(metadata=flag(short="-o", path=True, help="The PNG to write (its folder must exist)."))
     codec: str = setting("hevc", choices=STILL_CODECS, help="The still codec, coded as `edgepipe eval` codes it.")
     quality: int | None = setting(None, "--qp", help=f"Codec setting (default in brackets): {_setting_help()}.")
@@ -198,6 +200,7 @@ def make_preview(source: str | Path, engine: str = "none", codec: str = "hevc", 
     """Validate everything (one-line EdgepipeError), then measure the four panels."""
     from edgepipe.engines import load_engine
     from edgepipe.evaluation.runner import check_codecs, resolve_pres
+    from edgepipe.guidance.guided import GUIDED_CODECS, GuidanceSettings, GuidedPreTransform, is_guided
     from edgepipe.media.codecs import bits_per_pixel
     from edgepipe.recognition import DEFAULT_RECOGNIZER, RECOGNIZER_REGISTRY, Classifier
 
@@ -216,9 +219,16 @@ def make_preview(source: str | Path, engine: str = "none", codec: str = "hevc", 
     pre = resolve_pres([engine or "none"])[-1]  # loads and probe-runs a model; 'none' comes first
     classifier = Classifier(recognizer, weights, batch_size=TOP_K, view="centre-crop")  # as the monitor sees it
 
-    ed = load_engine(pre.spec)
+    if is_guided(pre.spec):  # a picture for this codec setting, guided by the recognizer the panels are scored by
+        if codec not in GUIDED_CODECS:
+            raise EdgepipeError(f"the guided pre-transform has no model of {codec}; it guides {', '.join(GUIDED_CODECS)}")
+        ed = GuidedPreTransform(GuidanceSettings.parse(pre.spec), recognizer, weights)
+        run = lambda frames: ed.run(frames, codec, quality)  # noqa: E731
+    else:
+        ed = load_engine(pre.spec)
+        run = ed.run
     try:
-        out = ed.run(image[None])
+        out = run(image[None])
     finally:
         ed.close()
     if out.shape != (1,) + image.shape or out.dtype != np.uint8:

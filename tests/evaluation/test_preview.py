@@ -143,3 +143,17 @@ def test_bad_input_is_one_line_before_any_work(args, message, church, tmp_path, 
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
     assert not (tmp_path / "p.png").exists()
+
+
+def test_guided_preview_changes_the_picture_within_its_budget(church):
+    """--engine guided: the picture optimised for this codec setting, within its PSNR floor, scored as coded."""
+    pv = make_preview(church, engine="guided:2", codec="hevc", quality=47)
+    original, guided, guided_codec, codec = pv.panels
+    assert pv.engine == "guided:2"
+    assert 30.0 - 0.2 <= guided.psnr_db < 100  # changed, within the floor (uint8 rounding aside)
+    assert guided_codec.nbytes == len(encode_image("hevc", guided.image, 47, threads=1))  # as eval codes it
+
+
+def test_guided_preview_with_a_codec_it_cannot_model_is_one_line(church, tmp_path):
+    res = _preview("--engine", "guided", church, "-o", tmp_path / "g.png", "--codec", "jpeg2000", "--qp", "40")
+    assert res.exit_code != 0 and "no model of jpeg2000" in res.output and "Traceback" not in res.output
