@@ -364,10 +364,14 @@ class Runner:
         self.view, self.score = view, score
         self.codecs = check_codecs(codecs)
         self.pres = resolve_pres(pres)
-        unguided = [c for c in self.codecs if c not in GUIDED_CODECS]
-        if unguided and any(is_guided(p.spec) for p in self.pres):
-            raise EdgepipeError(f"the guided pre-transform has no model of {', '.join(unguided)}; "
-                                f"it guides {', '.join(GUIDED_CODECS)}")
+        if any(is_guided(p.spec) for p in self.pres):
+            unguided = [c for c in self.codecs if c not in GUIDED_CODECS]
+            if unguided:
+                raise EdgepipeError(f"the guided pre-transform has no model of {', '.join(unguided)}; "
+                                    f"it guides {', '.join(GUIDED_CODECS)}")
+            if view != "native":  # it optimises what the recognizer sees of the whole picture
+                raise EdgepipeError("the guided pre-transform is guided by the recognizer seeing each picture "
+                                    f"whole; use --recognizer-view native, not {view}")
         self.items = ordered_images(data, limit)
         # the label set of the whole folder, so --limit does not change what "among labels" means
         self.among = np.array(sorted({it.label for it in list_labelled_images(data)}), np.int64)

@@ -44,3 +44,9 @@ def test_guided_with_a_codec_it_has_no_model_of_is_one_line(small_val_folder, tm
 def test_guided_spec_errors_are_one_line(small_val_folder, tmp_path):
     res = _eval("--data", str(small_val_folder), "--pre", "guided:0", "--codec", "hevc", "--out", str(tmp_path / "o"))
     assert res.exit_code != 0 and "STEPS must be 1..200" in res.output and "Traceback" not in res.output
+
+
+def test_guided_with_a_cropping_view_is_one_line(small_val_folder, tmp_path):
+    res = _eval("--data", str(small_val_folder), "--pre", "guided", "--codec", "hevc", "--recognizer-view",
+                "centre-crop", "--out", str(tmp_path / "o"))
+    assert res.exit_code != 0 and "--recognizer-view native" in res.output and "Traceback" not in res.output
