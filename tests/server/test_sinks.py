@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -164,8 +163,12 @@ def test_record_targets_are_checked_first(tmp_path, spec, message):
     assert parse_record_target(f"file://{tmp_path}/a.mkv") == tmp_path / "a.mkv"
 
 
-def _limit_file_size():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))  # a disk that takes 16 KiB a file, then EFBIG
+# A disk that takes 16 KiB a file, then EFBIG: the limit is set by a small interpreter that then execs the
+# monitor, not by preexec_fn, which runs Python in a forked copy of this many-threaded test process and can
+# deadlock there before exec (the subprocess docs' warning; it hung a full run once).
+LIMITED_EDGEPIPE = [sys.executable, "-c", "import os, resource, sys; "
+                    "resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384)); "
+                    "os.execv(sys.executable, [sys.executable, '-m', 'edgepipe.cli', *sys.argv[1:]])"]
 
 
 def test_cli_records_and_saves_over_loopback_and_a_file_size_limit_is_counted(tmp_path, video_clip):
@@ -176,11 +179,10 @@ def test_cli_records_and_saves_over_loopback_and_a_file_size_limit_is_counted(tm
         out.mkdir()
         endpoint = free_tcp_endpoint()
         monitor = subprocess.Popen(
-            EDGEPIPE + ["monitor", "--connect", endpoint, "--no-classify", "--frames", "40", "--idle-timeout", "60",
+            (LIMITED_EDGEPIPE if limited else EDGEPIPE) + ["monitor", "--connect", endpoint, "--no-classify", "--frames", "40", "--idle-timeout", "60",
                         "--record", str(out / "rec.mkv"), "--save-frames", str(out / "png"), "--save-every", "10",
                         "--report", str(out / "report.json")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=_limit_file_size if limited else None)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             cap = subprocess.run(EDGEPIPE + ["capture", "--source", str(video_clip), "--publish", endpoint,
                                              "--size", "384x216", "--qp", "12", "--gop", "10", "--frames", "40",
