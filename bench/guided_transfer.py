@@ -83,4 +83,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from edgepipe.core.errors import EdgepipeError
+
+    try:
+        raise SystemExit(main())
+    except EdgepipeError as exc:  # a missing or empty data folder: one line
+        raise SystemExit(f"error: {exc}") from None
