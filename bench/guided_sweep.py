@@ -31,25 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgepipe.core.bdrate import compare, paired_bootstrap  # noqa: E402
+from saliency_oracle import bd_with_intervals  # noqa: E402  (the same paired BD per variant, one score at a time)
 
 SCORES = ("top1", "among", "agree")
-
-
-def curve(bpp: np.ndarray, score: np.ndarray, idx=None) -> tuple[list[float], list[float]]:
-    b = bpp if idx is None else bpp[:, idx]
-    s = score if idx is None else score[:, idx]
-    return list(np.nanmean(b, axis=1)), list(100.0 * s.mean(axis=1))
-
-
-def bd_with_intervals(bpp: dict, scores: dict, name: str, score: str, n_boot: int) -> dict:
-    anchor, test = scores["none"][score], scores[name][score]
-    base = compare(*curve(bpp["none"], anchor), *curve(bpp[name], test))
-    ci = paired_bootstrap(lambda idx: curve(bpp["none"], anchor, idx), lambda idx: curve(bpp[name], test, idx),
-                          bpp["none"].shape[1], n_boot, 0)
-    return {"variant": name, "score": score, "bd_rate_cubic_pct": base.rate_cubic,
-            "bd_rate_pchip_pct": base.rate_pchip, "bd_score_pchip_pts": base.quality_pchip,
-            "notes": list(base.notes), "bd_rate_cubic_ci95": ci["cubic"], "bd_rate_pchip_ci95": ci["pchip"]}
 
 
 def bits_at_equal_score(rows: list[dict], variant: str, score: str) -> list[dict]:
@@ -190,7 +174,8 @@ def main(argv=None) -> int:
                          "changed_share": float(np.mean(fidelity[v][j] > 0))})
         if v in uncoded:
             rows.append({"variant": v, "point": "uncoded", **{s: float(100 * uncoded[v][s].mean()) for s in SCORES}})
-    bd = [bd_with_intervals(bpp, scores, v, s, args.boot) for v in variants[1:] for s in SCORES]
+    bd = [{"score": s, **bd_with_intervals(bpp, {v: scores[v][s] for v in variants}, v, args.boot)}
+          for v in variants[1:] for s in SCORES]
     equal = [e for v in variants[1:] for s in SCORES for e in bits_at_equal_score(rows, v, s)]
     result = {"command": "bench/guided_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "data": args.data, "images": n, "skipped": skipped, "codec": args.codec, "points": points,

@@ -227,23 +227,22 @@ class _Worker:
         if spec not in self.engines:
             self.engines[spec] = GuidedPreTransform(GuidanceSettings.parse(spec), self.recognizer, self.weights,
                                                     self.threads)
-        out: list[np.ndarray | None] = [None] * len(images)
-        for idx in self._by_shape(images).values():
-            y = self.engines[spec].run(np.stack([images[i] for i in idx]), *setting)
-            for j, i in enumerate(idx):
-                out[i] = y[j]
-        return out
+        guide = self.engines[spec]
+        return self._apply(spec, images, lambda frames: guide.run(frames, *setting), guide.settings.batch)
 
     def _pretransform(self, spec: str, images: list[np.ndarray | None]) -> list[np.ndarray | None]:
         if spec == "none":
             return images
-        engine = self.engine(spec)
+        return self._apply(spec, images, self.engine(spec).run, self.batch_size(spec))
+
+    def _apply(self, spec: str, images: list[np.ndarray | None], run: Callable[[np.ndarray], np.ndarray],
+               batch: int) -> list[np.ndarray | None]:
+        """run() over the images, `batch` frames of one size at a time; each output checked against its input."""
         out: list[np.ndarray | None] = [None] * len(images)
-        batch = self.batch_size(spec)
         for shape, idx in self._by_shape(images).items():
             for s in range(0, len(idx), batch):
                 part = idx[s:s + batch]
-                y = engine.run(np.stack([images[i] for i in part]))
+                y = run(np.stack([images[i] for i in part]))
                 if y.shape != (len(part),) + shape or y.dtype != np.uint8:
                     raise EdgepipeError(f"pre-transform {spec} returned {y.dtype} {y.shape} for {shape} frames")
                 for j, i in enumerate(part):
